@@ -1,0 +1,15 @@
+import type { Command } from 'commander';
+
+/**
+ * Every subcommand lives in its own module and registers itself here, one line each,
+ * so adding a command never touches another command's code.
+ */
+type Register = (program: Command) => void;
+
+const registrations: Register[] = [
+  // (subcommands are added here, one import each)
+];
+
+export function registerAll(program: Command): void {
+  for (const register of registrations) register(program);
+}

@@ -1,0 +1,92 @@
+/**
+ * The engine's ports: everything it needs from the outside world reaches it through these
+ * small interfaces, so the engine stays pure logic (no Node I/O) and every timeout is testable
+ * with a fake clock. `persist` implements the stores, `gateway` implements the event sink.
+ */
+
+/** Milliseconds, monotonic for timeouts; `now()` is also the event timestamp source. */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): TimerHandle;
+  clearTimeout(handle: TimerHandle): void;
+}
+export type TimerHandle = { readonly __timer: unique symbol } | number | object;
+
+export type EventPhase = 'begin' | 'write' | 'end' | 'verify' | 'register' | 'persist' | 'boot' | 'restore';
+
+export type ProvisioningEventType =
+  | 'provisioning.started'
+  | 'provisioning.progress'
+  | 'provisioning.complete'
+  | 'provisioning.error'
+  | 'provisioning.aborted'
+  | 'provisioning.persisted'
+  | 'provisioning.rollback'
+  | 'provisioning.wear_warning'
+  | 'value.restored'
+  | 'value.defaulted'
+  | 'boot.attempt'
+  | 'boot.source'
+  | 'boot.failed'
+  | 'boot.alert'
+  | 'warning';
+
+/** An event as the engine produces it; the sink assigns the global `seq` and `ts`. */
+export interface EngineEvent {
+  type: ProvisioningEventType;
+  pid: number | null;
+  phase: EventPhase;
+  data: Record<string, unknown>;
+}
+
+/** The envelope the HSX executive uses on the wire. */
+export interface EventEnvelope extends EngineEvent {
+  seq: number;
+  ts: number;
+}
+
+export interface EventSink {
+  emit(event: EngineEvent): void;
+}
+
+/** Metadata recorded with a persisted image (the manifest entry). */
+export interface ImageMeta {
+  appName: string;
+  version: string;
+  securityCounter: number;
+  reqCaps: number;
+  codeLen: number;
+  roLen: number;
+  bssSize: number;
+  source: string;
+  crc32: number;
+  sha256: string;
+  bootPriority: number;
+}
+
+export type CommitMode = 'test' | 'permanent';
+
+/** The device's non-volatile image store (A/B slots with power-fail-safe commit). */
+export interface ImageStore {
+  /** Write into the inactive slot, verify from the device, then switch atomically. */
+  commit(image: Uint8Array, meta: ImageMeta, mode: CommitMode): Promise<{ slot: 'A' | 'B'; seq: number }>;
+  /** Mark a tested image permanent. */
+  confirm(): Promise<void>;
+  /** Switch back to the previous known-good image. */
+  rollback(reason: string): Promise<{ slot: 'A' | 'B'; meta: ImageMeta | null }>;
+  /** The active image and its metadata, or null when the device holds none. */
+  active(): { image: Uint8Array; meta: ImageMeta; confirmed: boolean } | null;
+  /** Highest security counter ever committed; only moves forward (anti-downgrade). */
+  securityCounter(): number;
+}
+
+export type ValueReadResult =
+  | { ok: true; raw: number }
+  | { ok: false; reason: 'missing' | 'corrupt' | 'schema_changed' };
+
+/** Persisted values by persist key (f16 raw bits), backed by a power-safe journal. */
+export interface ValueStore {
+  read(key: number, schema: { valueType: string }): ValueReadResult;
+  write(key: number, raw: number, schema: { valueType: string }, debounceMs?: number): void;
+  flush(): Promise<void>;
+}
