@@ -1,4 +1,6 @@
 import type { Command } from 'commander';
+import { registerFlash } from './flash.js';
+import { registerDevice } from './device.js';
 
 /**
  * Every subcommand lives in its own module and registers itself here, one line each,
@@ -8,6 +10,8 @@ type Register = (program: Command) => void;
 
 const registrations: Register[] = [
   // (subcommands are added here, one import each)
+  registerFlash,
+  registerDevice,
 ];
 
 export function registerAll(program: Command): void {
