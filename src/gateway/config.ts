@@ -1,0 +1,199 @@
+/**
+ * The gateway's one configuration file (TOML), validated at start-up. Unknown keys are errors,
+ * and every error names the key path and what was expected, because a bench rig's config is
+ * edited by hand and a silently ignored typo costs an afternoon.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parse as parseToml } from 'smol-toml';
+import { z } from 'zod';
+
+const hostPort = z
+  .string()
+  .regex(/^[^:\s]+:\d{1,5}$/, 'expected "HOST:PORT", e.g. "127.0.0.1:9998"');
+
+const role = z.enum(['viewer', 'operator', 'admin']);
+
+const tokenSchema = z.strictObject({
+  name: z.string().min(1),
+  role,
+  /** SHA-256 of the token, hex; the token itself never sits in the file. */
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits (SHA-256 of the token)'),
+});
+
+const controlSchema = z.strictObject({
+  listen: hostPort.default('127.0.0.1:9998'),
+  tokens: z.array(tokenSchema).default([]),
+  max_line_bytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
+});
+
+const mqttSchema = z
+  .strictObject({
+    embedded: z.boolean().default(false),
+    /** Port for the embedded broker; 0 picks a free one. */
+    embedded_port: z.number().int().min(0).max(65535).default(1883),
+    url: z.string().regex(/^mqtts?:\/\/.+/, 'expected an mqtt:// or mqtts:// URL').optional(),
+    client_id: z.string().min(1).max(64).optional(),
+    username: z.string().optional(),
+    password: z.string().optional(),
+    ca_file: z.string().optional(),
+    cert_file: z.string().optional(),
+    key_file: z.string().optional(),
+    topic_prefix: z.string().regex(/^[^#+\s]+$/, 'expected a topic prefix without wildcards or spaces').default('hsx'),
+    protocol_version: z.union([z.literal(4), z.literal(5)]).optional(),
+    qos_terminal: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(1),
+    qos_progress: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(0),
+    buffer_limit: z.number().int().min(16).max(1_000_000).default(10_000),
+  })
+  .refine((m) => !(m.embedded && m.url), { message: 'give either embedded = true or url, not both', path: ['url'] });
+
+const linkRole = z.enum(['master', 'listener']);
+
+const uartLinkSchema = z.strictObject({
+  port: z.string().min(1),
+  baud: z.number().int().min(1200).max(16_000_000).default(921_600),
+  role: linkRole,
+  /** For a listener: the simulated device it feeds. */
+  device: z.string().optional(),
+});
+
+const canLinkSchema = z.strictObject({
+  interface: z.string().min(1),
+  backend: z.enum(['socketcan', 'virtual']).default('socketcan'),
+  bitrate: z.number().int().min(10_000).max(1_000_000).default(500_000),
+  /** Model bus timing on the virtual backend (frames take the time a real bus gives them). */
+  timing: z.boolean().default(true),
+  fd: z.boolean().default(false),
+  node_id: z.number().int().min(0).max(127).optional(),
+  role: linkRole,
+});
+
+const deviceSchema = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,32}$/, 'expected 1-32 characters of [A-Za-z0-9_.-]'),
+  state_dir: z.string().min(1),
+  node_id: z.number().int().min(1).max(127).optional(),
+  flash: z
+    .strictObject({
+      size: z.number().int().min(64 * 1024).max(256 * 1024 * 1024).optional(),
+      sector_size: z.number().int().min(256).max(1024 * 1024).optional(),
+      page_size: z.number().int().min(1).max(64 * 1024).optional(),
+      endurance: z.number().int().min(1).optional(),
+    })
+    .default({}),
+  fram: z.strictObject({ size: z.number().int().min(1024).max(64 * 1024 * 1024).optional() }).default({}),
+  /** The CAN link (by interface) this device listens on, if any. */
+  can: z.string().optional(),
+});
+
+const bootSchema = z.strictObject({
+  preload_dir: z.string().optional(),
+  sd_manifest: z.string().optional(),
+  /** How long to wait for a CAN master's announcement before falling back. */
+  can_wait_ms: z.number().int().min(0).max(600_000).default(0),
+  max_failed_boots: z.number().int().min(1).max(100).default(3),
+  confirm_window_ms: z.number().int().min(0).max(24 * 3600_000).default(10_000),
+});
+
+const policySchema = z.strictObject({
+  profile: z.enum(['desktop', 'embedded']).default('desktop'),
+  require_signature: z.boolean().default(false),
+  keys_dir: z.string().optional(),
+  name_policy: z.enum(['reject', 'rename']).optional(),
+});
+
+const gatewaySchema = z.strictObject({
+  id: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'expected 1-64 characters of [A-Za-z0-9_.-] (it is an MQTT topic level)'),
+  log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+});
+
+export const configSchema = z.strictObject({
+  gateway: gatewaySchema,
+  control: controlSchema.default(controlSchema.parse({})),
+  mqtt: mqttSchema.optional(),
+  links: z
+    .strictObject({
+      uart: z.array(uartLinkSchema).default([]),
+      can: z.array(canLinkSchema).default([]),
+    })
+    .default({ uart: [], can: [] }),
+  devices: z.array(deviceSchema).default([]),
+  /** Engine budgets and timeouts, passed to the engine's own validator (which names bad keys). */
+  engine: z.record(z.string(), z.unknown()).default({}),
+  policy: policySchema.default(policySchema.parse({})),
+  boot: bootSchema.default(bootSchema.parse({})),
+});
+
+export type GatewayConfig = z.infer<typeof configSchema>;
+export type DeviceConfig = GatewayConfig['devices'][number];
+export type MqttConfig = z.infer<typeof mqttSchema>;
+
+export interface ConfigError {
+  code: 'ECONFIG';
+  file: string;
+  /** Each problem as `key.path: what was expected`. */
+  problems: string[];
+  message: string;
+}
+
+function keyPath(path: ReadonlyArray<PropertyKey>): string {
+  return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '');
+}
+
+/** Validates an already-parsed object; paths in it are resolved against `baseDir`. */
+export function validateConfig(raw: unknown, file = '<inline>', baseDir = process.cwd()):
+  { ok: true; value: GatewayConfig } | { ok: false; error: ConfigError } {
+  const parsed = configSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => {
+      const where = keyPath(i.path) || '(top level)';
+      if (i.code === 'unrecognized_keys') return `${where ? where + ': ' : ''}unknown key(s) ${i.keys.map((k) => `"${k}"`).join(', ')}`;
+      return `${where}: ${i.message}`;
+    });
+    return { ok: false, error: { code: 'ECONFIG', file, problems, message: `${file}: invalid configuration:\n  ${problems.join('\n  ')}` } };
+  }
+  const cfg = parsed.data;
+  const names = new Set<string>();
+  const problems: string[] = [];
+  cfg.devices.forEach((d, i) => {
+    if (names.has(d.name)) problems.push(`devices[${i}].name: duplicate device name "${d.name}"`);
+    names.add(d.name);
+    d.state_dir = resolvePath(baseDir, d.state_dir);
+  });
+  cfg.links.uart.forEach((u, i) => {
+    if (u.device !== undefined && !names.has(u.device)) problems.push(`links.uart[${i}].device: no device named "${u.device}"`);
+  });
+  if (problems.length) {
+    return { ok: false, error: { code: 'ECONFIG', file, problems, message: `${file}: invalid configuration:\n  ${problems.join('\n  ')}` } };
+  }
+  if (cfg.boot.preload_dir) cfg.boot.preload_dir = resolvePath(baseDir, cfg.boot.preload_dir);
+  if (cfg.boot.sd_manifest) cfg.boot.sd_manifest = resolvePath(baseDir, cfg.boot.sd_manifest);
+  if (cfg.policy.keys_dir) cfg.policy.keys_dir = resolvePath(baseDir, cfg.policy.keys_dir);
+  for (const k of ['ca_file', 'cert_file', 'key_file'] as const) {
+    const v = cfg.mqtt?.[k];
+    if (cfg.mqtt && v) cfg.mqtt[k] = resolvePath(baseDir, v);
+  }
+  return { ok: true, value: cfg };
+}
+
+function resolvePath(baseDir: string, p: string): string {
+  return isAbsolute(p) ? p : resolve(baseDir, p);
+}
+
+/** Reads and validates a TOML config file; a syntax error names the line and column. */
+export function loadConfig(file: string): { ok: true; value: GatewayConfig } | { ok: false; error: ConfigError } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const msg = (e as Error).message;
+    return { ok: false, error: { code: 'ECONFIG', file, problems: [msg], message: `${file}: cannot read: ${msg}` } };
+  }
+  let raw: unknown;
+  try {
+    raw = parseToml(text);
+  } catch (e) {
+    const msg = (e as Error).message.split('\n')[0] ?? 'syntax error';
+    return { ok: false, error: { code: 'ECONFIG', file, problems: [msg], message: `${file}: TOML syntax error: ${msg}` } };
+  }
+  return validateConfig(raw, file, dirname(resolve(file)));
+}

@@ -1,0 +1,180 @@
+/**
+ * Republishes the gateway's events on MQTT (layout in docs/mqtt.md). The bridge never blocks
+ * the event producer: while the broker is away messages wait in a bounded OutageBuffer and are
+ * flushed in order on reconnect. Availability is a retained `online` status with a Last Will
+ * `offline`, so a subscriber sees a gateway that died without saying goodbye.
+ */
+import { readFileSync } from 'node:fs';
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { EventEnvelope } from '../../engine/ports.js';
+import { OutageBuffer, type BufferedMessage, type OutageCounters } from './outage-buffer.js';
+import { deviceStateTopic, eventTopic, statusTopic, type TopicRoot } from './topics.js';
+
+export interface BridgeLogger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface BridgeOptions {
+  url: string;
+  topics: TopicRoot;
+  clientId?: string;
+  username?: string;
+  password?: string;
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  /** 4 = MQTT 3.1.1 (needed for the embedded aedes broker), 5 = MQTT 5 (default). */
+  protocolVersion?: 4 | 5;
+  qosTerminal?: 0 | 1 | 2;
+  qosProgress?: 0 | 1 | 2;
+  bufferLimit?: number;
+  reconnectPeriodMs?: number;
+  logger?: BridgeLogger;
+}
+
+/** An event as the bridge sees it: the engine envelope plus the device it happened on. */
+export type BridgeEvent = EventEnvelope & { device?: string };
+
+const DROPPABLE = new Set(['provisioning.progress']);
+
+export interface BridgeStats extends OutageCounters {
+  published: number;
+  refused: number;
+  connected: boolean;
+  reconnects: number;
+}
+
+const silentLogger: BridgeLogger = { info() {}, warn() {}, error() {} };
+
+export class MqttBridge {
+  private readonly client: MqttClient;
+  private readonly buffer: OutageBuffer;
+  private readonly log: BridgeLogger;
+  private published = 0;
+  private refused = 0;
+  private reconnects = 0;
+  private connectedOnce = false;
+  private stopping = false;
+
+  constructor(private readonly opts: BridgeOptions) {
+    this.log = opts.logger ?? silentLogger;
+    this.buffer = new OutageBuffer(opts.bufferLimit ?? 10_000);
+    const status = statusTopic(opts.topics);
+    const clientOpts: IClientOptions = {
+      protocolVersion: opts.protocolVersion ?? 5,
+      clientId: opts.clientId ?? `hsx-gateway-${opts.topics.gatewayId}-${process.pid}`,
+      reconnectPeriod: opts.reconnectPeriodMs ?? 500,
+      connectTimeout: 5_000,
+      queueQoSZero: false,
+      will: { topic: status, payload: Buffer.from(JSON.stringify({ state: 'offline', reason: 'connection_lost' })), qos: 1, retain: true },
+    };
+    if (opts.username !== undefined) clientOpts.username = opts.username;
+    if (opts.password !== undefined) clientOpts.password = opts.password;
+    if (opts.caFile) clientOpts.ca = readFileSync(opts.caFile);
+    if (opts.certFile) clientOpts.cert = readFileSync(opts.certFile);
+    if (opts.keyFile) clientOpts.key = readFileSync(opts.keyFile);
+    this.client = mqtt.connect(opts.url, clientOpts);
+    this.client.on('connect', () => this.onConnect());
+    this.client.on('close', () => {
+      if (!this.stopping && this.connectedOnce) this.log.warn({ url: opts.url, buffered: this.buffer.size }, 'mqtt broker connection lost; buffering events');
+    });
+    this.client.on('error', (e) => this.log.error({ url: opts.url, err: e.message }, 'mqtt error'));
+  }
+
+  /** Resolves once connected (or rejects after `timeoutMs`); the bridge keeps retrying either way. */
+  waitConnected(timeoutMs = 5_000): Promise<void> {
+    if (this.client.connected) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.client.off('connect', onConnect);
+        reject(new Error(`mqtt: no connection to ${this.opts.url} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onConnect = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.client.once('connect', onConnect);
+    });
+  }
+
+  private onConnect(): void {
+    if (this.connectedOnce) this.reconnects++;
+    this.connectedOnce = true;
+    this.send({ topic: statusTopic(this.opts.topics), payload: JSON.stringify({ state: 'online', ts: Date.now(), pid: process.pid }), qos: 1, retain: true, terminal: true });
+    const backlog = this.buffer.drain();
+    const lost = this.buffer.takeCounters();
+    for (const m of backlog) this.send(m);
+    if (backlog.length || lost.droppedProgress || lost.droppedTerminal) {
+      this.log.info({ flushed: backlog.length, droppedProgress: lost.droppedProgress, droppedTerminal: lost.droppedTerminal }, 'mqtt reconnected; flushed buffered events');
+    }
+    if (lost.droppedProgress || lost.droppedTerminal) {
+      this.send({
+        topic: eventTopic(this.opts.topics, 'warning'),
+        payload: JSON.stringify({ type: 'warning', data: { reason: 'mqtt_buffer_overflow', dropped_progress: lost.droppedProgress, dropped_terminal: lost.droppedTerminal } }),
+        qos: 1,
+        retain: false,
+        terminal: true,
+      });
+    }
+  }
+
+  /** Publishes one event (and the retained device state when an image reached READY). */
+  publishEvent(e: BridgeEvent): void {
+    const droppable = DROPPABLE.has(e.type);
+    const qos = droppable ? (this.opts.qosProgress ?? 0) : (this.opts.qosTerminal ?? 1);
+    this.enqueue({ topic: eventTopic(this.opts.topics, e.type, e.device), payload: JSON.stringify(e), qos, retain: false, terminal: !droppable });
+    if (e.type === 'provisioning.complete' && e.device !== undefined) {
+      const d = e.data;
+      const state = {
+        pid: e.pid,
+        appName: d['appName'] ?? d['app_name'] ?? null,
+        version: d['version'] ?? null,
+        crc32: d['crc32'] ?? null,
+        source: d['source'] ?? null,
+        ts: e.ts,
+        seq: e.seq,
+      };
+      this.enqueue({ topic: deviceStateTopic(this.opts.topics, e.device), payload: JSON.stringify(state), qos: this.opts.qosTerminal ?? 1, retain: true, terminal: true });
+    }
+  }
+
+  private enqueue(m: BufferedMessage): void {
+    if (this.client.connected) this.send(m);
+    else this.buffer.push(m);
+  }
+
+  private send(m: BufferedMessage): void {
+    this.client.publish(m.topic, m.payload, { qos: m.qos, retain: m.retain }, (err) => {
+      if (!err) {
+        this.published++;
+        return;
+      }
+      const code = (err as Error & { code?: number }).code;
+      if (typeof code === 'number' && code >= 0x80) {
+        // The broker answered and said no (MQTT 5 reason code, e.g. 135 not authorized): retrying won't help.
+        this.refused++;
+        this.log.error({ topic: m.topic, reasonCode: code, err: err.message }, `mqtt publish to ${m.topic} refused by the broker`);
+        return;
+      }
+      // Lost with the connection: keep it for the next connect.
+      this.buffer.push(m);
+    });
+  }
+
+  stats(): BridgeStats {
+    return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.client.connected, reconnects: this.reconnects };
+  }
+
+  /** Clean shutdown: flush, say `offline` ourselves (the will is only for deaths), disconnect. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.client.connected) {
+      await new Promise<void>((resolve) => {
+        this.client.publish(statusTopic(this.opts.topics), JSON.stringify({ state: 'offline', reason: 'shutdown', ts: Date.now() }), { qos: 1, retain: true }, () => resolve());
+      });
+    }
+    await this.client.endAsync();
+  }
+}
