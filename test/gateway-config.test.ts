@@ -1,0 +1,69 @@
+import test from 'ava';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig, validateConfig } from '../src/gateway/config.js';
+
+test('configs/gateway.toml and configs/demo.toml load', (t) => {
+  for (const f of ['configs/gateway.toml', 'configs/demo.toml']) {
+    const r = loadConfig(f);
+    if (!r.ok) t.fail(r.error.message);
+    else t.true(r.value.gateway.id.length > 0, f);
+  }
+  const demo = loadConfig('configs/demo.toml');
+  t.true(demo.ok && demo.value.mqtt?.embedded === true);
+  t.true(demo.ok && demo.value.devices.length === 4);
+});
+
+test('unknown keys are errors naming the key path', (t) => {
+  const r = validateConfig({ gateway: { id: 'g' }, mqtt: { embeded: true } });
+  t.false(r.ok);
+  if (!r.ok) {
+    t.is(r.error.code, 'ECONFIG');
+    t.true(r.error.problems.some((p) => p.startsWith('mqtt') && p.includes('"embeded"')), r.error.message);
+  }
+});
+
+test('bad values name the key and what was expected', (t) => {
+  const r = validateConfig({ gateway: { id: 'has space' }, control: { listen: 'nope' }, devices: [{ name: 'a', state_dir: 's', node_id: 500 }] });
+  t.false(r.ok);
+  if (r.ok) return;
+  const text = r.error.problems.join('\n');
+  t.regex(text, /gateway\.id: expected 1-64 characters/);
+  t.regex(text, /control\.listen: expected "HOST:PORT"/);
+  t.regex(text, /devices\[0\]\.node_id/);
+});
+
+test('duplicate device names and dangling device references are refused', (t) => {
+  const r = validateConfig({
+    gateway: { id: 'g' },
+    devices: [{ name: 'd', state_dir: 'x' }, { name: 'd', state_dir: 'y' }],
+    links: { uart: [{ port: '/dev/null', role: 'listener', device: 'ghost' }] },
+  });
+  t.false(r.ok);
+  if (r.ok) return;
+  t.true(r.error.problems.some((p) => p.includes('devices[1].name: duplicate')));
+  t.true(r.error.problems.some((p) => p.includes('links.uart[0].device: no device named "ghost"')));
+});
+
+test('embedded and url together are refused; TOML syntax errors are reported with the file', (t) => {
+  t.false(validateConfig({ gateway: { id: 'g' }, mqtt: { embedded: true, url: 'mqtt://x:1' } }).ok);
+  const dir = mkdtempSync(join(tmpdir(), 'hsx-cfg-'));
+  const f = join(dir, 'bad.toml');
+  writeFileSync(f, '[gateway\nid = 1\n');
+  const r = loadConfig(f);
+  t.false(r.ok);
+  if (!r.ok) t.regex(r.error.message, /bad\.toml: TOML syntax error/);
+  const missing = loadConfig(join(dir, 'none.toml'));
+  t.false(missing.ok);
+});
+
+test('relative paths resolve against the config file directory', (t) => {
+  const r = loadConfig('configs/gateway.toml');
+  t.true(r.ok);
+  if (!r.ok) return;
+  t.true(r.value.devices[0]!.state_dir.endsWith('configs/state/dut1'));
+  t.true(r.value.boot.sd_manifest!.endsWith('configs/sd/manifest.toml'));
+  t.is(r.value.control.max_line_bytes, 1024 * 1024);
+  t.is(r.value.boot.max_failed_boots, 3);
+});
