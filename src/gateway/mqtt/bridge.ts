@@ -146,6 +146,12 @@ export class MqttBridge {
   }
 
   private send(m: BufferedMessage): void {
+    if (m.qos === 0) {
+      // QoS 0 has no acknowledgement to wait for; a callback would only cost time per message.
+      this.client.publish(m.topic, m.payload, { qos: 0, retain: m.retain });
+      this.published++;
+      return;
+    }
     this.client.publish(m.topic, m.payload, { qos: m.qos, retain: m.retain }, (err) => {
       if (!err) {
         this.published++;
