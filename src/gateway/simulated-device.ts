@@ -1,0 +1,55 @@
+/**
+ * One simulated device: an engine whose image and value stores live in memory-mapped flash and
+ * FRAM files under the device's state directory. Every listener (UART, CAN), the gateway and the
+ * demo assemble a device here, so there is one way to make one.
+ */
+import { mkdirSync } from 'node:fs';
+import { ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink, type PreRegistrationGate } from '../engine/index.js';
+import { openDevice, type Device, type DeviceGeometry } from '../persist/index.js';
+
+export interface SimulatedDeviceOptions {
+  name: string;
+  /** Created when missing; holds flash.bin and fram.bin. */
+  stateDir: string;
+  geometry?: Partial<DeviceGeometry>;
+  events: EventSink;
+  engineConfig?: EngineConfigInput;
+  gates?: PreRegistrationGate[];
+  clock?: Clock;
+}
+
+export interface SimulatedDevice {
+  name: string;
+  engine: ProvisioningEngine;
+  storage: Device;
+  close(): Promise<void>;
+}
+
+/** Events from a device carry its name in `data.device`, so one bus can serve many devices. */
+export function deviceEventSink(sink: EventSink, device: string): EventSink {
+  return { emit: (e) => sink.emit({ ...e, data: { ...e.data, device } }) };
+}
+
+export async function openSimulatedDevice(opts: SimulatedDeviceOptions): Promise<SimulatedDevice> {
+  mkdirSync(opts.stateDir, { recursive: true });
+  const events = deviceEventSink(opts.events, opts.name);
+  const storage = await openDevice(opts.stateDir, opts.geometry ?? {}, events);
+  const engineOpts: ConstructorParameters<typeof ProvisioningEngine>[0] = {
+    clock: opts.clock ?? systemClock,
+    events,
+    imageStore: storage.imageStore,
+    valueStore: storage.valueStore,
+  };
+  if (opts.engineConfig) engineOpts.config = opts.engineConfig;
+  if (opts.gates) engineOpts.gates = opts.gates;
+  const engine = new ProvisioningEngine(engineOpts);
+  return {
+    name: opts.name,
+    engine,
+    storage,
+    async close() {
+      await storage.valueStore.flush();
+      await storage.close();
+    },
+  };
+}
