@@ -36,6 +36,8 @@ export interface BootReport {
   /** True when the boot gave up because of earlier consecutive failures. */
   halted: boolean;
   ok: boolean;
+  /** Cancels the pending confirm-or-rollback of tested images (on shutdown before the window ends). */
+  cancelConfirm: () => void;
 }
 
 interface BootCounter {
@@ -89,7 +91,7 @@ export async function bootDevice(opts: BootOptions): Promise<BootReport> {
   const { device, events } = opts;
   const engine = device.engine;
   const counter = readCounter(opts.stateDir);
-  const report: BootReport = { attempt: counter.attempts + 1, restored: null, loaded: [], failed: [], problems: [], halted: false, ok: false };
+  const report: BootReport = { attempt: counter.attempts + 1, restored: null, loaded: [], failed: [], problems: [], halted: false, ok: false, cancelConfirm: () => {} };
   const emit = (type: 'boot.attempt' | 'boot.source' | 'boot.failed' | 'boot.alert', data: Record<string, unknown>) =>
     events.emit({ type, pid: null, phase: 'boot', data: { device: device.name, ...data } });
 
@@ -160,10 +162,11 @@ export async function bootDevice(opts: BootOptions): Promise<BootReport> {
 
   // 3. Tested images are confirmed once they have stayed up for the window; otherwise rolled back.
   if (toConfirm.length) {
-    opts.clock.setTimeout(() => {
+    const timer = opts.clock.setTimeout(() => {
       const alive = toConfirm.every((pid) => engine.task(pid) !== undefined);
       void (alive ? engine.confirm() : engine.rollback('not_confirmed'));
     }, opts.confirmWindowMs);
+    report.cancelConfirm = () => opts.clock.clearTimeout(timer);
   }
   return report;
 }

@@ -14,7 +14,8 @@ export interface SimulatedDeviceOptions {
   geometry?: Partial<DeviceGeometry>;
   events: EventSink;
   engineConfig?: EngineConfigInput;
-  gates?: PreRegistrationGate[];
+  /** Pre-registration gates; a function because some (anti-downgrade) read the device's own store. */
+  gates?: (storage: Device) => PreRegistrationGate[];
   clock?: Clock;
 }
 
@@ -41,7 +42,7 @@ export async function openSimulatedDevice(opts: SimulatedDeviceOptions): Promise
     valueStore: storage.valueStore,
   };
   if (opts.engineConfig) engineOpts.config = opts.engineConfig;
-  if (opts.gates) engineOpts.gates = opts.gates;
+  if (opts.gates) engineOpts.gates = opts.gates(storage);
   const engine = new ProvisioningEngine(engineOpts);
   return {
     name: opts.name,

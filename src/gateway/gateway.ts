@@ -1,0 +1,255 @@
+/**
+ * The gateway process, assembled from a validated configuration: event bus, MQTT bridge (to an
+ * external broker or an embedded one), simulated devices booted from their sources, a CAN listener
+ * per device that sits on a bus, and the control server. `stop()` undoes it in reverse order so
+ * that in-flight work is aborted cleanly, MQTT is flushed and every file is closed.
+ */
+import { systemClock, type Clock, type EngineConfigInput } from '../engine/index.js';
+import { policyGate } from '../engine/policy.js';
+import { CanListener } from '../link/can/listener.js';
+import { openCanBus } from '../link/can/address.js';
+import type { CanBus } from '../link/can/bus.js';
+import { preloadDirSource, sdManifestSource, type ImageSourceTransport } from '../link/sources/source-transport.js';
+import { bootDevice, type BootReport } from './boot.js';
+import type { GatewayConfig } from './config.js';
+import { ControlServer } from './control/server.js';
+import { EventBus, type BusEvent } from './events/index.js';
+import { loadSignaturePolicy } from './keys.js';
+import type { Logger } from './logger.js';
+import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
+import { MqttBridge } from './mqtt/bridge.js';
+import { allTopics } from './mqtt/topics.js';
+import { engineConfigFor, loadProfile } from './profiles.js';
+import { openSimulatedDevice, type SimulatedDevice } from './simulated-device.js';
+
+export interface GatewayOverrides {
+  controlPort?: number;
+  mqttUrl?: string;
+}
+
+export interface GatewayStartError {
+  code: 'ESTART';
+  component: string;
+  message: string;
+}
+
+/** `virtual` CAN links are in-process buses by name, or cross-process ones when written HOST:PORT. */
+function canAddress(link: GatewayConfig['links']['can'][number]): string {
+  if (link.backend === 'socketcan') return link.interface;
+  const timing = link.timing ? `?bitrate=${link.bitrate}` : '';
+  return `virtual:${link.interface}${timing}`;
+}
+
+export class Gateway {
+  readonly devices = new Map<string, SimulatedDevice>();
+  readonly bootReports = new Map<string, BootReport>();
+  readonly bus: EventBus;
+  control: ControlServer | null = null;
+  bridge: MqttBridge | null = null;
+  embeddedBroker: EmbeddedBroker | null = null;
+  private readonly canBuses: CanBus[] = [];
+  private readonly canListeners: CanListener[] = [];
+  private unsubscribeBridge: (() => void) | null = null;
+
+  private constructor(
+    readonly config: GatewayConfig,
+    readonly log: Logger,
+    private readonly clock: Clock,
+  ) {
+    this.bus = new EventBus({ clock, logger: log.child({ component: 'events' }) });
+  }
+
+  /** Starts everything; on a failure, whatever was started is stopped again before the error returns. */
+  static async start(config: GatewayConfig, log: Logger, overrides: GatewayOverrides = {}, clock: Clock = systemClock):
+    Promise<{ ok: true; value: Gateway } | { ok: false; error: GatewayStartError }> {
+    const gw = new Gateway(config, log, clock);
+    try {
+      await gw.startMqtt(overrides.mqttUrl);
+      await gw.startDevices();
+      await gw.startCan();
+      await gw.startControl(overrides.controlPort);
+      return { ok: true, value: gw };
+    } catch (e) {
+      await gw.stop().catch(() => undefined);
+      const ge = e as Partial<GatewayStartError>;
+      return { ok: false, error: { code: 'ESTART', component: ge.component ?? 'gateway', message: ge.message ?? String(e) } };
+    }
+  }
+
+  private fail(component: string, message: string): never {
+    throw Object.assign(new Error(message), { component });
+  }
+
+  private async startMqtt(urlOverride?: string): Promise<void> {
+    const m = this.config.mqtt;
+    if (!m && !urlOverride) return;
+    let url = urlOverride ?? m?.url;
+    let protocolVersion: 4 | 5 = m?.protocol_version ?? 5;
+    if (!urlOverride && m?.embedded) {
+      try {
+        this.embeddedBroker = await startEmbeddedBroker(m.embedded_port);
+      } catch (e) {
+        this.fail('mqtt', `embedded MQTT broker cannot listen on 127.0.0.1:${m.embedded_port}: ${(e as Error).message}`);
+      }
+      url = this.embeddedBroker.url;
+      protocolVersion = 4;
+    }
+    if (!url) return;
+    const topics = { prefix: m?.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id };
+    const opts: ConstructorParameters<typeof MqttBridge>[0] = {
+      url,
+      topics,
+      protocolVersion,
+      qosTerminal: m?.qos_terminal ?? 1,
+      qosProgress: m?.qos_progress ?? 0,
+      bufferLimit: m?.buffer_limit ?? 10_000,
+      logger: this.log.child({ component: 'mqtt' }),
+    };
+    if (m?.client_id) opts.clientId = m.client_id;
+    if (m?.username !== undefined) opts.username = m.username;
+    if (m?.password !== undefined) opts.password = m.password;
+    if (m?.ca_file) opts.caFile = m.ca_file;
+    if (m?.cert_file) opts.certFile = m.cert_file;
+    if (m?.key_file) opts.keyFile = m.key_file;
+    const bridge = new MqttBridge(opts);
+    this.bridge = bridge;
+    const sub = this.bus.subscribe({
+      // The bridge never refuses an event (it buffers on its own), so this depth is only a safety net.
+      maxEvents: 2048,
+      deliver: (ev: BusEvent) => {
+        bridge.publishEvent(toBridgeEvent(ev));
+        return true;
+      },
+    });
+    this.unsubscribeBridge = () => this.bus.unsubscribe(sub.token);
+    this.log.info({ url, topics: allTopics(topics) }, 'mqtt bridge started');
+    // The broker may be down at start: the bridge buffers and keeps retrying, so don't fail.
+    await bridge.waitConnected(3_000).catch((e: Error) => this.log.warn({ err: e.message }, 'mqtt broker not reachable yet; buffering events'));
+  }
+
+  private async startDevices(): Promise<void> {
+    const policy = loadSignaturePolicy(this.config.policy);
+    if (!policy.ok) this.fail('policy', policy.error.message);
+    const profile = loadProfile(this.config.policy.profile);
+    if (!profile.ok) this.fail('policy', profile.error.message);
+    const engineConfig: EngineConfigInput = engineConfigFor(profile.value, this.config.engine);
+    for (const d of this.config.devices) {
+      const geometry: Record<string, number> = {};
+      if (d.flash.size !== undefined) geometry['flashSize'] = d.flash.size;
+      if (d.flash.sector_size !== undefined) geometry['sectorSize'] = d.flash.sector_size;
+      if (d.flash.page_size !== undefined) geometry['pageSize'] = d.flash.page_size;
+      if (d.flash.endurance !== undefined) geometry['endurance'] = d.flash.endurance;
+      if (d.fram.size !== undefined) geometry['framSize'] = d.fram.size;
+      let dev: SimulatedDevice;
+      try {
+        dev = await openSimulatedDevice({
+          name: d.name,
+          stateDir: d.state_dir,
+          geometry,
+          events: this.bus,
+          engineConfig,
+          clock: this.clock,
+          gates: (storage) => [policyGate(policy.value, storage.imageStore)],
+        });
+      } catch (e) {
+        this.fail(`devices.${d.name}`, `device ${d.name}: ${(e as Error).message}`);
+      }
+      this.devices.set(d.name, dev);
+      const sources: ImageSourceTransport[] = [];
+      if (this.config.boot.preload_dir) sources.push(preloadDirSource(this.config.boot.preload_dir));
+      if (this.config.boot.sd_manifest) sources.push(sdManifestSource(this.config.boot.sd_manifest));
+      const report = await bootDevice({
+        device: dev,
+        stateDir: d.state_dir,
+        sources,
+        events: this.bus,
+        clock: this.clock,
+        maxFailedBoots: this.config.boot.max_failed_boots,
+        confirmWindowMs: this.config.boot.confirm_window_ms,
+      });
+      this.bootReports.set(d.name, report);
+      this.log.info({ device: d.name, restored: report.restored?.appName ?? null, loaded: report.loaded.length, failed: report.failed, halted: report.halted }, 'device booted');
+    }
+  }
+
+  private async startCan(): Promise<void> {
+    for (const d of this.config.devices) {
+      if (d.node_id === undefined) continue;
+      const link = this.config.links.can.find((l) => l.interface === (d.can ?? this.config.links.can[0]?.interface));
+      if (!link) continue;
+      const address = canAddress(link);
+      let bus: CanBus;
+      try {
+        bus = await openCanBus(address, { fd: link.fd });
+      } catch (e) {
+        this.fail(`links.can.${link.interface}`, `CAN ${address}: ${(e as Error).message}`);
+      }
+      this.canBuses.push(bus);
+      const dev = this.devices.get(d.name)!;
+      const listener = new CanListener({
+        bus,
+        node: d.node_id,
+        engine: dev.engine,
+        source: `can:${link.interface}`,
+        onReady: async (task) => dev.engine.persist(task.pid, 'permanent'),
+      });
+      listener.start();
+      this.canListeners.push(listener);
+    }
+  }
+
+  private async startControl(portOverride?: number): Promise<void> {
+    const [host = '127.0.0.1', portText = '9998'] = this.config.control.listen.split(':');
+    const port = portOverride ?? Number(portText);
+    const engines = new Map([...this.devices].map(([name, d]) => [name, d.engine]));
+    const created = ControlServer.create({
+      engines,
+      bus: this.bus,
+      clock: this.clock,
+      host,
+      port,
+      tokens: this.config.control.tokens,
+      maxLineBytes: this.config.control.max_line_bytes,
+      logger: this.log.child({ component: 'control' }),
+      info: { gateway: this.config.gateway.id, devices: [...this.devices.keys()] },
+    });
+    if (!created.ok) this.fail('control', created.error.message);
+    const listening = await created.value.listen();
+    if (!listening.ok) this.fail('control', listening.error.message);
+    this.control = created.value;
+  }
+
+  controlAddress(): { host: string; port: number } | null {
+    return this.control?.address() ?? null;
+  }
+
+  /** Stops in reverse order: no new requests, no new frames, flush MQTT, close the device files. */
+  async stop(): Promise<void> {
+    for (const r of this.bootReports.values()) r.cancelConfirm();
+    await this.control?.close().catch(() => undefined);
+    this.control = null;
+    for (const l of this.canListeners) l.stop();
+    this.canListeners.length = 0;
+    for (const b of this.canBuses) await b.close().catch(() => undefined);
+    this.canBuses.length = 0;
+    for (const d of this.devices.values()) {
+      for (const s of d.engine.sessions()) d.engine.abort(s.sessionId, 'gateway_shutdown');
+    }
+    this.unsubscribeBridge?.();
+    await this.bridge?.stop().catch(() => undefined);
+    this.bridge = null;
+    await this.embeddedBroker?.close().catch(() => undefined);
+    this.embeddedBroker = null;
+    for (const d of this.devices.values()) await d.close().catch((e: Error) => this.log.error({ device: d.name, err: e.message }, 'closing device files failed'));
+    this.devices.clear();
+    this.bus.close();
+  }
+}
+
+/** Bus events carry the device in `data.device` (see simulated-device.ts); MQTT topics want it apart. */
+export function toBridgeEvent(ev: BusEvent): Parameters<MqttBridge['publishEvent']>[0] {
+  const device = typeof ev.data['device'] === 'string' ? (ev.data['device'] as string) : undefined;
+  const out = { ...ev, phase: ev.phase ?? 'boot' } as Parameters<MqttBridge['publishEvent']>[0];
+  if (device !== undefined) out.device = device;
+  return out;
+}
