@@ -4,8 +4,8 @@
  * per device that sits on a bus, and the control server. `stop()` undoes it in reverse order so
  * that in-flight work is aborted cleanly, MQTT is flushed and every file is closed.
  */
-import { systemClock, type Clock, type EngineConfigInput } from '../engine/index.js';
-import { policyGate } from '../engine/policy.js';
+import { systemClock, type Clock } from '../engine/index.js';
+import { withAuditLog } from '../engine/policy.js';
 import { CanListener } from '../link/can/listener.js';
 import { openCanBus } from '../link/can/address.js';
 import type { CanBus } from '../link/can/bus.js';
@@ -14,12 +14,11 @@ import { bootDevice, type BootReport } from './boot.js';
 import type { GatewayConfig } from './config.js';
 import { ControlServer } from './control/server.js';
 import { EventBus, type BusEvent } from './events/index.js';
-import { loadSignaturePolicy } from './keys.js';
 import type { Logger } from './logger.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
 import { MqttBridge } from './mqtt/bridge.js';
 import { allTopics } from './mqtt/topics.js';
-import { engineConfigFor, loadProfile } from './profiles.js';
+import { engineSetup } from './profiles.js';
 import { openSimulatedDevice, type SimulatedDevice } from './simulated-device.js';
 
 export interface GatewayOverrides {
@@ -128,11 +127,11 @@ export class Gateway {
   }
 
   private async startDevices(): Promise<void> {
-    const policy = loadSignaturePolicy(this.config.policy);
-    if (!policy.ok) this.fail('policy', policy.error.message);
-    const profile = loadProfile(this.config.policy.profile);
-    if (!profile.ok) this.fail('policy', profile.error.message);
-    const engineConfig: EngineConfigInput = engineConfigFor(profile.value, this.config.engine);
+    const setup = engineSetup(this.config.policy, this.config.engine);
+    if (!setup.ok) this.fail('policy', setup.error.message);
+    // Refusals by policy also become audit lines in the log (who, what, verdict).
+    const audit = this.log.child({ component: 'audit' });
+    const events = withAuditLog(this.bus, (line) => audit.warn(line));
     for (const d of this.config.devices) {
       const geometry: Record<string, number> = {};
       if (d.flash.size !== undefined) geometry['flashSize'] = d.flash.size;
@@ -142,15 +141,7 @@ export class Gateway {
       if (d.fram.size !== undefined) geometry['framSize'] = d.fram.size;
       let dev: SimulatedDevice;
       try {
-        dev = await openSimulatedDevice({
-          name: d.name,
-          stateDir: d.state_dir,
-          geometry,
-          events: this.bus,
-          engineConfig,
-          clock: this.clock,
-          gates: (storage) => [policyGate(policy.value, storage.imageStore)],
-        });
+        dev = await openSimulatedDevice({ name: d.name, stateDir: d.state_dir, geometry, events, engineConfig: setup.value.config, clock: this.clock });
       } catch (e) {
         this.fail(`devices.${d.name}`, `device ${d.name}: ${(e as Error).message}`);
       }

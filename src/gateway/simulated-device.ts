@@ -4,7 +4,7 @@
  * demo assemble a device here, so there is one way to make one.
  */
 import { mkdirSync } from 'node:fs';
-import { ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink, type PreRegistrationGate } from '../engine/index.js';
+import { ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink } from '../engine/index.js';
 import { openDevice, type Device, type DeviceGeometry } from '../persist/index.js';
 
 export interface SimulatedDeviceOptions {
@@ -14,8 +14,6 @@ export interface SimulatedDeviceOptions {
   geometry?: Partial<DeviceGeometry>;
   events: EventSink;
   engineConfig?: EngineConfigInput;
-  /** Pre-registration gates; a function because some (anti-downgrade) read the device's own store. */
-  gates?: (storage: Device) => PreRegistrationGate[];
   clock?: Clock;
 }
 
@@ -42,7 +40,6 @@ export async function openSimulatedDevice(opts: SimulatedDeviceOptions): Promise
     valueStore: storage.valueStore,
   };
   if (opts.engineConfig) engineOpts.config = opts.engineConfig;
-  if (opts.gates) engineOpts.gates = opts.gates(storage);
   const engine = new ProvisioningEngine(engineOpts);
   return {
     name: opts.name,
