@@ -4,15 +4,16 @@
  * per device that sits on a bus, and the control server. `stop()` undoes it in reverse order so
  * that in-flight work is aborted cleanly, MQTT is flushed and every file is closed.
  */
-import { systemClock, type Clock } from '../engine/index.js';
+import { systemClock, type Clock, type EngineConfigInput, type EventSink } from '../engine/index.js';
 import { withAuditLog } from '../engine/policy.js';
 import { CanListener } from '../link/can/listener.js';
 import { openCanBus } from '../link/can/address.js';
 import type { CanBus } from '../link/can/bus.js';
 import { preloadDirSource, sdManifestSource, type ImageSourceTransport } from '../link/sources/source-transport.js';
 import { bootDevice, type BootReport } from './boot.js';
-import type { GatewayConfig } from './config.js';
+import type { DeviceConfig, GatewayConfig } from './config.js';
 import { ControlServer } from './control/server.js';
+import type { ControlEngine } from './control/engine-port.js';
 import { EventBus, type BusEvent } from './events/index.js';
 import type { Logger } from './logger.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
@@ -39,6 +40,13 @@ function canAddress(link: GatewayConfig['links']['can'][number]): string {
   return `virtual:${link.interface}${timing}`;
 }
 
+interface RunningDevice {
+  dev: SimulatedDevice;
+  listener: CanListener | null;
+  bus: CanBus | null;
+  report: BootReport | null;
+}
+
 export class Gateway {
   readonly devices = new Map<string, SimulatedDevice>();
   readonly bootReports = new Map<string, BootReport>();
@@ -46,8 +54,9 @@ export class Gateway {
   control: ControlServer | null = null;
   bridge: MqttBridge | null = null;
   embeddedBroker: EmbeddedBroker | null = null;
-  private readonly canBuses: CanBus[] = [];
-  private readonly canListeners: CanListener[] = [];
+  private readonly running = new Map<string, RunningDevice>();
+  private engineConfig: EngineConfigInput = {};
+  private deviceEvents: EventSink;
   private unsubscribeBridge: (() => void) | null = null;
 
   private constructor(
@@ -56,6 +65,7 @@ export class Gateway {
     private readonly clock: Clock,
   ) {
     this.bus = new EventBus({ clock, logger: log.child({ component: 'events' }) });
+    this.deviceEvents = this.bus;
   }
 
   /** Starts everything; on a failure, whatever was started is stopped again before the error returns. */
@@ -65,7 +75,6 @@ export class Gateway {
     try {
       await gw.startMqtt(overrides.mqttUrl);
       await gw.startDevices();
-      await gw.startCan();
       await gw.startControl(overrides.controlPort);
       return { ok: true, value: gw };
     } catch (e) {
@@ -129,70 +138,122 @@ export class Gateway {
   private async startDevices(): Promise<void> {
     const setup = engineSetup(this.config.policy, this.config.engine);
     if (!setup.ok) this.fail('policy', setup.error.message);
+    this.engineConfig = setup.value.config;
     // Refusals by policy also become audit lines in the log (who, what, verdict).
     const audit = this.log.child({ component: 'audit' });
-    const events = withAuditLog(this.bus, (line) => audit.warn(line));
-    for (const d of this.config.devices) {
-      const geometry: Record<string, number> = {};
-      if (d.flash.size !== undefined) geometry['flashSize'] = d.flash.size;
-      if (d.flash.sector_size !== undefined) geometry['sectorSize'] = d.flash.sector_size;
-      if (d.flash.page_size !== undefined) geometry['pageSize'] = d.flash.page_size;
-      if (d.flash.endurance !== undefined) geometry['endurance'] = d.flash.endurance;
-      if (d.fram.size !== undefined) geometry['framSize'] = d.fram.size;
-      let dev: SimulatedDevice;
-      try {
-        dev = await openSimulatedDevice({ name: d.name, stateDir: d.state_dir, geometry, events, engineConfig: setup.value.config, clock: this.clock });
-      } catch (e) {
-        this.fail(`devices.${d.name}`, `device ${d.name}: ${(e as Error).message}`);
-      }
-      this.devices.set(d.name, dev);
-      const sources: ImageSourceTransport[] = [];
-      if (this.config.boot.preload_dir) sources.push(preloadDirSource(this.config.boot.preload_dir));
-      if (this.config.boot.sd_manifest) sources.push(sdManifestSource(this.config.boot.sd_manifest));
-      const report = await bootDevice({
-        device: dev,
-        stateDir: d.state_dir,
-        sources,
-        events: this.bus,
-        clock: this.clock,
-        maxFailedBoots: this.config.boot.max_failed_boots,
-        confirmWindowMs: this.config.boot.confirm_window_ms,
-      });
-      this.bootReports.set(d.name, report);
-      this.log.info({ device: d.name, restored: report.restored?.appName ?? null, loaded: report.loaded.length, failed: report.failed, halted: report.halted }, 'device booted');
-    }
+    this.deviceEvents = withAuditLog(this.bus, (line) => audit.warn(line));
+    for (const d of this.config.devices) await this.bringUp(d);
   }
 
-  private async startCan(): Promise<void> {
-    for (const d of this.config.devices) {
-      if (d.node_id === undefined) continue;
-      const link = this.config.links.can.find((l) => l.interface === (d.can ?? this.config.links.can[0]?.interface));
-      if (!link) continue;
-      const address = canAddress(link);
-      let bus: CanBus;
-      try {
-        bus = await openCanBus(address, { fd: link.fd });
-      } catch (e) {
-        this.fail(`links.can.${link.interface}`, `CAN ${address}: ${(e as Error).message}`);
-      }
-      this.canBuses.push(bus);
-      const dev = this.devices.get(d.name)!;
-      const listener = new CanListener({
-        bus,
-        node: d.node_id,
-        engine: dev.engine,
-        source: `can:${link.interface}`,
-        onReady: async (task) => dev.engine.persist(task.pid, 'permanent'),
-      });
-      listener.start();
-      this.canListeners.push(listener);
+  /** Opens a device's files, starts its CAN listener (so a master's announcement can reach it) and boots it. */
+  private async bringUp(d: DeviceConfig): Promise<void> {
+    const geometry: Record<string, number> = {};
+    if (d.flash.size !== undefined) geometry['flashSize'] = d.flash.size;
+    if (d.flash.sector_size !== undefined) geometry['sectorSize'] = d.flash.sector_size;
+    if (d.flash.page_size !== undefined) geometry['pageSize'] = d.flash.page_size;
+    if (d.flash.endurance !== undefined) geometry['endurance'] = d.flash.endurance;
+    if (d.fram.size !== undefined) geometry['framSize'] = d.fram.size;
+    let dev: SimulatedDevice;
+    try {
+      dev = await openSimulatedDevice({ name: d.name, stateDir: d.state_dir, geometry, events: this.deviceEvents, engineConfig: this.engineConfig, clock: this.clock });
+    } catch (e) {
+      this.fail(`devices.${d.name}`, `device ${d.name}: ${(e as Error).message}`);
     }
+    const running: RunningDevice = { dev, listener: null, bus: null, report: null };
+    this.running.set(d.name, running);
+    this.devices.set(d.name, dev);
+    await this.startCanListener(d, running);
+    const sources: ImageSourceTransport[] = [];
+    if (this.config.boot.preload_dir) sources.push(preloadDirSource(this.config.boot.preload_dir));
+    if (this.config.boot.sd_manifest) sources.push(sdManifestSource(this.config.boot.sd_manifest));
+    const report = await bootDevice({
+      device: dev,
+      stateDir: d.state_dir,
+      sources,
+      events: this.bus,
+      clock: this.clock,
+      maxFailedBoots: this.config.boot.max_failed_boots,
+      confirmWindowMs: this.config.boot.confirm_window_ms,
+    });
+    running.report = report;
+    this.bootReports.set(d.name, report);
+    this.log.info({ device: d.name, restored: report.restored?.appName ?? null, loaded: report.loaded.length, failed: report.failed, halted: report.halted }, 'device booted');
+  }
+
+  private async startCanListener(d: DeviceConfig, running: RunningDevice): Promise<void> {
+    if (d.node_id === undefined) return;
+    const link = this.config.links.can.find((l) => l.interface === (d.can ?? this.config.links.can[0]?.interface));
+    if (!link) return;
+    const address = canAddress(link);
+    let bus: CanBus;
+    try {
+      bus = await openCanBus(address, { fd: link.fd });
+    } catch (e) {
+      this.fail(`links.can.${link.interface}`, `CAN ${address}: ${(e as Error).message}`);
+    }
+    const engine = running.dev.engine;
+    const listener = new CanListener({
+      bus,
+      node: d.node_id,
+      engine,
+      source: `can:${link.interface}`,
+      onReady: async (task) => engine.persist(task.pid, 'permanent'),
+    });
+    listener.start();
+    running.bus = bus;
+    running.listener = listener;
+  }
+
+  /** Stops a device's listener, aborts its transfers and closes its files (what losing power does, minus the tearing). */
+  private async bringDown(name: string): Promise<void> {
+    const r = this.running.get(name);
+    if (!r) return;
+    this.running.delete(name);
+    r.report?.cancelConfirm();
+    r.listener?.stop();
+    await r.bus?.close().catch(() => undefined);
+    for (const s of r.dev.engine.sessions()) r.dev.engine.abort(s.sessionId, 'gateway_shutdown');
+    await r.dev.close().catch((e: Error) => this.log.error({ device: name, err: e.message }, 'closing device files failed'));
+    this.devices.delete(name);
+  }
+
+  /** Closes a device's files and opens and boots it again, as a power cycle would. */
+  async powerCycle(name: string): Promise<SimulatedDevice> {
+    const d = this.config.devices.find((x) => x.name === name);
+    if (!d) throw new Error(`no device named ${name}`);
+    await this.bringDown(name);
+    await this.bringUp(d);
+    return this.devices.get(name)!;
+  }
+
+  /**
+   * The control server keeps one engine per device name for its whole life; this handle always
+   * forwards to the device's current engine, so a power cycle does not strand its clients.
+   */
+  private controlHandle(name: string): ControlEngine {
+    const e = () => {
+      const dev = this.devices.get(name);
+      if (!dev) throw new Error(`device ${name} is powered off`);
+      return dev.engine;
+    };
+    return {
+      loadImage: (bytes, opts) => e().loadImage(bytes, opts),
+      begin: (opts) => e().begin(opts),
+      write: (sid, seq, chunk) => e().write(sid, seq, chunk),
+      end: (sid) => e().end(sid),
+      abort: (sid, reason) => e().abort(sid, reason),
+      unload: (pid) => e().unload(pid),
+      ps: () => e().ps(),
+      persist: (pid, mode) => e().persist(pid, mode),
+      confirm: () => e().confirm(),
+      rollback: (reason) => e().rollback(reason),
+    };
   }
 
   private async startControl(portOverride?: number): Promise<void> {
     const [host = '127.0.0.1', portText = '9998'] = this.config.control.listen.split(':');
     const port = portOverride ?? Number(portText);
-    const engines = new Map([...this.devices].map(([name, d]) => [name, d.engine]));
+    const engines = new Map([...this.devices.keys()].map((name) => [name, this.controlHandle(name)]));
     const created = ControlServer.create({
       engines,
       bus: this.bus,
@@ -216,23 +277,14 @@ export class Gateway {
 
   /** Stops in reverse order: no new requests, no new frames, flush MQTT, close the device files. */
   async stop(): Promise<void> {
-    for (const r of this.bootReports.values()) r.cancelConfirm();
     await this.control?.close().catch(() => undefined);
     this.control = null;
-    for (const l of this.canListeners) l.stop();
-    this.canListeners.length = 0;
-    for (const b of this.canBuses) await b.close().catch(() => undefined);
-    this.canBuses.length = 0;
-    for (const d of this.devices.values()) {
-      for (const s of d.engine.sessions()) d.engine.abort(s.sessionId, 'gateway_shutdown');
-    }
+    for (const name of [...this.running.keys()]) await this.bringDown(name);
     this.unsubscribeBridge?.();
     await this.bridge?.stop().catch(() => undefined);
     this.bridge = null;
     await this.embeddedBroker?.close().catch(() => undefined);
     this.embeddedBroker = null;
-    for (const d of this.devices.values()) await d.close().catch((e: Error) => this.log.error({ device: d.name, err: e.message }, 'closing device files failed'));
-    this.devices.clear();
     this.bus.close();
   }
 }
