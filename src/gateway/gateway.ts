@@ -4,6 +4,7 @@
  * per device that sits on a bus, and the control server. `stop()` undoes it in reverse order so
  * that in-flight work is aborted cleanly, MQTT is flushed and every file is closed.
  */
+import { EventEmitter } from 'node:events';
 import { systemClock, type Clock, type EngineConfigInput, type EventSink } from '../engine/index.js';
 import { withAuditLog } from '../engine/policy.js';
 import { CanListener } from '../link/can/listener.js';
@@ -45,6 +46,8 @@ interface RunningDevice {
   listener: CanListener | null;
   bus: CanBus | null;
   report: BootReport | null;
+  /** The CAN listener's verdicts, for the boot step that waits for a master. */
+  verdicts: EventEmitter;
 }
 
 export class Gateway {
@@ -142,11 +145,20 @@ export class Gateway {
     // Refusals by policy also become audit lines in the log (who, what, verdict).
     const audit = this.log.child({ component: 'audit' });
     this.deviceEvents = withAuditLog(this.bus, (line) => audit.warn(line));
-    for (const d of this.config.devices) await this.bringUp(d);
+    // Every device listens on its bus before any boots, so one broadcast during boot reaches them all.
+    for (const d of this.config.devices) await this.openOne(d);
+    for (const d of this.config.devices) await this.bootOne(d);
+    await this.awaitCanAnnouncements(this.config.devices);
   }
 
-  /** Opens a device's files, starts its CAN listener (so a master's announcement can reach it) and boots it. */
+  /** Opens a device's files, starts its CAN listener and boots it. */
   private async bringUp(d: DeviceConfig): Promise<void> {
+    await this.openOne(d);
+    await this.bootOne(d);
+    await this.awaitCanAnnouncements([d]);
+  }
+
+  private async openOne(d: DeviceConfig): Promise<void> {
     const geometry: Record<string, number> = {};
     if (d.flash.size !== undefined) geometry['flashSize'] = d.flash.size;
     if (d.flash.sector_size !== undefined) geometry['sectorSize'] = d.flash.sector_size;
@@ -159,10 +171,15 @@ export class Gateway {
     } catch (e) {
       this.fail(`devices.${d.name}`, `device ${d.name}: ${(e as Error).message}`);
     }
-    const running: RunningDevice = { dev, listener: null, bus: null, report: null };
+    const running: RunningDevice = { dev, listener: null, bus: null, report: null, verdicts: new EventEmitter() };
     this.running.set(d.name, running);
     this.devices.set(d.name, dev);
     await this.startCanListener(d, running);
+  }
+
+  private async bootOne(d: DeviceConfig): Promise<void> {
+    const running = this.running.get(d.name)!;
+    const dev = running.dev;
     const sources: ImageSourceTransport[] = [];
     if (this.config.boot.preload_dir) sources.push(preloadDirSource(this.config.boot.preload_dir));
     if (this.config.boot.sd_manifest) sources.push(sdManifestSource(this.config.boot.sd_manifest));
@@ -198,10 +215,51 @@ export class Gateway {
       engine,
       source: `can:${link.interface}`,
       onReady: async (task) => engine.persist(task.pid, 'permanent'),
+      onEvent: (e) => {
+        if (e.type === 'verdict') running.verdicts.emit('verdict', e);
+      },
     });
     listener.start();
     running.bus = bus;
     running.listener = listener;
+  }
+
+  /**
+   * The last boot source: a CAN master's transfer that starts within `boot.can_wait_ms`. The
+   * listener loads (and persists) by itself; boot waits for its verdict so the device's boot
+   * report and events say whether the bus delivered an image.
+   */
+  private async awaitCanAnnouncements(devices: DeviceConfig[]): Promise<void> {
+    if (this.config.boot.can_wait_ms <= 0) return;
+    await Promise.all(
+      devices.map((d) => {
+        const running = this.running.get(d.name);
+        return running?.listener ? this.awaitCanAnnouncement(d.name, running) : undefined;
+      }),
+    );
+  }
+
+  private async awaitCanAnnouncement(name: string, running: RunningDevice): Promise<void> {
+    const waitMs = this.config.boot.can_wait_ms;
+    const verdict = await new Promise<{ status: string; reason: string } | null>((resolve) => {
+      const timer = setTimeout(() => {
+        running.verdicts.off('verdict', onVerdict);
+        resolve(null);
+      }, waitMs);
+      const onVerdict = (v: { status: string; reason: string }) => {
+        clearTimeout(timer);
+        resolve(v);
+      };
+      running.verdicts.once('verdict', onVerdict);
+    });
+    const source = `can:${running.bus?.name ?? 'bus'}`;
+    this.bus.emit({
+      type: 'boot.source',
+      pid: null,
+      phase: 'boot',
+      data: { device: name, source, waited_ms: waitMs, images: verdict ? 1 : 0, loaded: verdict?.status === 'READY' ? 1 : 0, ...(verdict && verdict.status !== 'READY' ? { error: verdict.reason } : {}) },
+    });
+    if (verdict && verdict.status !== 'READY') running.report?.failed.push({ source, error: verdict.reason });
   }
 
   /** Stops a device's listener, aborts its transfers and closes its files (what losing power does, minus the tearing). */
