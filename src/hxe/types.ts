@@ -79,6 +79,8 @@ export interface CommandEntry {
   name: string | null;
   help: string | null;
   groupName: string | null;
+  /** High 16 bits of the entry's last word (the low 16 are groupName's offset); kept for exact rebuilds. */
+  reserved?: number;
 }
 
 export interface MailboxEntry {
@@ -88,6 +90,12 @@ export interface MailboxEntry {
   mode: number;
   /** Bindings or other fields of the JSON form that the engine does not interpret, kept verbatim. */
   extra?: Record<string, unknown>;
+  /**
+   * The JSON object exactly as the image carries it (keys such as `mode: "rw|tap"` included), so a rebuild
+   * reproduces the toolchain's bytes. The builder writes it verbatim while it still describes the same
+   * target, capacity and mode; otherwise it writes the canonical form.
+   */
+  source?: Record<string, unknown>;
 }
 
 export interface SectionInfo {
@@ -108,6 +116,40 @@ export interface HxeImage {
   warnings: HxeWarning[];
   /** Total image size in bytes (the whole file). */
   size: number;
+  /**
+   * End of the image body: the furthest end of code, rodata, metadata table and sections. Bytes in
+   * [bodyEnd, size) are trailing bytes (reported as a `trailing_bytes` warning unless a trailer claims them).
+   */
+  bodyEnd: number;
+  /** How the `.mailbox` section was encoded, when the image has one (`legacy` = 16-byte structs). */
+  mailboxFormat?: 'json' | 'legacy';
+  /** The signature trailer at the end of the body, when a well-formed one is present (docs/hxe_format.md). */
+  trailer?: SignatureTrailer;
+}
+
+/** `major.minor.patch+build`, the image version recorded in a signature trailer. */
+export interface ImageVersion {
+  major: number;
+  minor: number;
+  patch: number;
+  build: number;
+}
+
+/** A decoded signature trailer. Parsing checks its structure only; src/hxe/signature.ts checks the crypto. */
+export interface SignatureTrailer {
+  /** File offset of the trailer's first byte: the end of the image body. */
+  offset: number;
+  /** Trailer length in bytes; it always runs to the end of the file. */
+  length: number;
+  /** File offset where the signed part of the trailer (head + protected TLVs) ends. */
+  protectedEnd: number;
+  version: ImageVersion;
+  securityCounter: number;
+  /** First 8 bytes of SHA-256 over the raw 32-byte Ed25519 public key, lowercase hex. */
+  keyId: string;
+  /** SHA-256 of the signed message, lowercase hex. */
+  sha256: string;
+  signature: Uint8Array;
 }
 
 /** Limits applied before any allocation; the HSX VM's defaults are 0x10000 each. */

@@ -1,0 +1,160 @@
+import { CRC_PREFIX_END, resolveLimits } from './constants.js';
+import { crcUpdate, hxeCrc32 } from './crc.js';
+import { fail } from './errors.js';
+import { checkHeaderPrefix, decodeHeader, headerSizeForVersion } from './header.js';
+import { verifyBody } from './body.js';
+import { u16be } from './bytes.js';
+import type { Result } from './result.js';
+import type { HxeError, HxeHeader, HxeImage, HxeLimits } from './types.js';
+
+export interface StreamingOptions {
+  /** Announced total size, when the sender gives one: impossible lengths are then rejected at the header. */
+  totalBytes?: number;
+}
+
+/** Growth step cap: the buffer never exceeds the bytes pushed by more than this (lengths are untrusted). */
+const MAX_SLACK = 64 * 1024;
+const INITIAL_CAPACITY = 256;
+/** CRC work is batched into blocks of this many bytes. */
+const CRC_BLOCK = 16 * 1024;
+
+/**
+ * Verifies an image that arrives in chunks of any size (down to 1 byte). The header is checked as soon as
+ * it is complete (bad magic and version even earlier), the CRC accumulates in 16 KiB blocks, and `finish()`
+ * gives the same verdict `parseImage` gives on the concatenated bytes.
+ *
+ * Memory: the bytes are kept (the VM needs code and rodata, the registries the metadata) in one buffer
+ * that grows with what is pushed, never by more than 64 KiB beyond it — the header's lengths are never
+ * used to size an allocation.
+ */
+export class StreamingVerifier {
+  private readonly limits: HxeLimits;
+  private readonly totalBytes: number | undefined;
+  private buf = new Uint8Array(0);
+  private len = 0;
+  private crc = 0;
+  /** Bytes before this offset are in `crc` (or excluded from it). */
+  private crcPos = 0;
+  private decoded: HxeHeader | null = null;
+  private failure: HxeError | null = null;
+  private finished: Result<HxeImage, HxeError> | null = null;
+
+  constructor(limits?: Partial<HxeLimits>, options: StreamingOptions = {}) {
+    this.limits = resolveLimits(limits);
+    this.totalBytes = options.totalBytes;
+  }
+
+  /** Bytes accepted so far. */
+  get bytesReceived(): number {
+    return this.len;
+  }
+
+  /** The decoded header once it is complete and valid, else null. */
+  get header(): HxeHeader | null {
+    return this.decoded;
+  }
+
+  /** The first error seen, if any (every later push returns it too). */
+  get error(): HxeError | null {
+    return this.failure;
+  }
+
+  /** Running CRC over the covered bytes received so far. */
+  get runningCrc(): number {
+    this.catchUpCrc();
+    return this.crc;
+  }
+
+  /** Bytes held by the verifier's buffer (for tests of the allocation bound). */
+  get capacity(): number {
+    return this.buf.length;
+  }
+
+  push(chunk: Uint8Array): HxeError | null {
+    if (this.failure) return this.failure;
+    if (this.finished) return this.fail(fail('truncated', 'push after finish()', this.len).error);
+    const n = chunk.length;
+    if (n === 0) return null;
+    if (this.totalBytes !== undefined && this.len + n > this.totalBytes) {
+      return this.fail(fail('truncated', `received ${this.len + n} bytes, more than the ${this.totalBytes} announced`, this.totalBytes).error);
+    }
+    this.append(chunk);
+    if (!this.decoded) return this.checkHeader();
+    // The CRC runs over the kept bytes in blocks: per-call overhead would dominate with 8-byte CAN chunks.
+    if (this.len - this.crcPos >= CRC_BLOCK) this.catchUpCrc();
+    return null;
+  }
+
+  finish(): Result<HxeImage, HxeError> {
+    if (this.finished) return this.finished;
+    const bytes = this.buf.subarray(0, this.len);
+    let result: Result<HxeImage, HxeError>;
+    if (this.failure) {
+      result = { ok: false, error: this.failure };
+    } else if (!this.decoded) {
+      // Too short for a header: decodeHeader gives the same too_small/header_truncated verdict parseImage does.
+      const h = decodeHeader(bytes, this.limits);
+      result = h.ok ? verifyBody(bytes, h.value, hxeCrc32(bytes, h.value.headerSize)) : h;
+    } else {
+      this.catchUpCrc();
+      result = verifyBody(bytes, this.decoded, this.crc);
+    }
+    this.finished = result;
+    // The image's code/rodata are views into this buffer, which nothing else references any more.
+    this.buf = new Uint8Array(0);
+    return result;
+  }
+
+  private fail(e: HxeError): HxeError {
+    this.failure = e;
+    this.buf = new Uint8Array(0);
+    return e;
+  }
+
+  private append(chunk: Uint8Array): void {
+    const need = this.len + chunk.length;
+    if (need > this.buf.length) {
+      const grown = Math.max(need, INITIAL_CAPACITY, this.buf.length + Math.min(this.buf.length, MAX_SLACK));
+      const next = new Uint8Array(Math.min(grown, need + MAX_SLACK));
+      next.set(this.buf.subarray(0, this.len), 0);
+      this.buf = next;
+    }
+    if (chunk.length <= 16) {
+      // a native set() costs more than a short loop
+      for (let i = 0; i < chunk.length; i++) this.buf[this.len + i] = chunk[i] as number;
+    } else {
+      this.buf.set(chunk, this.len);
+    }
+    this.len = need;
+  }
+
+  /**
+   * Brings the CRC up to the bytes received. It covers [0, 0x1C) and [headerSize, ∞): the bytes in between
+   * (stored CRC, app name, metadata pointers, reserved) are skipped. Needs the header to be decoded.
+   */
+  private catchUpCrc(): void {
+    if (!this.decoded || this.crcPos >= this.len) return;
+    const hs = this.decoded.headerSize;
+    if (this.crcPos < CRC_PREFIX_END) {
+      this.crc = crcUpdate(this.crc, this.buf.subarray(this.crcPos, CRC_PREFIX_END));
+      this.crcPos = hs;
+    }
+    if (this.crcPos < hs) this.crcPos = hs;
+    if (this.len > this.crcPos) {
+      this.crc = crcUpdate(this.crc, this.buf.subarray(this.crcPos, this.len));
+      this.crcPos = this.len;
+    }
+  }
+
+  private checkHeader(): HxeError | null {
+    const prefix = checkHeaderPrefix(this.buf, this.len);
+    if (prefix) return this.fail(prefix);
+    if (this.len < 6) return null;
+    const size = headerSizeForVersion(u16be(this.buf, 4));
+    if (this.len < size) return null;
+    const h = decodeHeader(this.buf.subarray(0, this.len), this.limits, this.totalBytes);
+    if (!h.ok) return this.fail(h.error);
+    this.decoded = h.value;
+    return null;
+  }
+}
