@@ -20,6 +20,7 @@ export type ProvisioningEventType =
   | 'provisioning.complete'
   | 'provisioning.error'
   | 'provisioning.aborted'
+  | 'provisioning.unloaded'
   | 'provisioning.persisted'
   | 'provisioning.rollback'
   | 'provisioning.wear_warning'

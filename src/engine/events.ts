@@ -1,0 +1,34 @@
+/**
+ * Event production helpers. The engine only produces events (`EngineEvent`); numbering,
+ * timestamps, coalescing and delivery belong to the sink (the gateway's event bus).
+ * `CollectingEventSink` is the simplest real sink: it numbers and keeps everything, for tests
+ * and for tools that want the whole transcript.
+ */
+import type { Clock, EngineEvent, EventEnvelope, EventSink, ProvisioningEventType } from './ports.js';
+
+export class CollectingEventSink implements EventSink {
+  readonly events: EventEnvelope[] = [];
+  private seq = 0;
+
+  /** Without a clock, `ts` is `Date.now()`. */
+  constructor(private readonly clock?: Pick<Clock, 'now'>) {}
+
+  emit(event: EngineEvent): void {
+    this.events.push({ seq: ++this.seq, ts: this.clock ? this.clock.now() : Date.now(), ...event });
+  }
+
+  ofType(type: ProvisioningEventType): EventEnvelope[] {
+    return this.events.filter((e) => e.type === type);
+  }
+
+  forPid(pid: number): EventEnvelope[] {
+    return this.events.filter((e) => e.pid === pid);
+  }
+
+  clear(): void {
+    this.events.length = 0;
+  }
+}
+
+/** A sink that drops everything (benchmarks that measure the engine alone). */
+export const nullEventSink: EventSink = { emit() {} };
