@@ -1,0 +1,249 @@
+import { closeSync, fstatSync, fsyncSync, linkSync, openSync, readSync, statSync, unlinkSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import type { EventSink } from '../engine/ports.js';
+import { mappedBacking, memoryBacking, type Backing, type BlockDevice } from './block-device.js';
+import { DEVICE_FILE_HEADER_SIZE, FLASH_MAGIC, FRAM_MAGIC, decodeDeviceFileHeader, deviceFileSize } from './device-file.js';
+import { PersistError } from './errors.js';
+import { Fram, framFileSize } from './fram.js';
+import { SlotImageStore } from './image-store.js';
+import { mapFile, type MappedFile } from './native.js';
+import { NorFlash, norFileSize, type NorGeometry } from './nor-flash.js';
+import { ValueJournal, type ValueJournalOptions } from './value-journal.js';
+
+/**
+ * A simulated device's non-volatile memory: `flash.bin` (NOR flash with the A/B image layout)
+ * and `fram.bin` (FRAM with the value journal) in a state directory, memory-mapped. First use
+ * creates and formats them (in a temporary file, linked into place only when complete); later
+ * uses reopen them and run recovery.
+ */
+export interface DeviceGeometry {
+  flashSize: number;
+  sectorSize: number;
+  pageSize: number;
+  /** Rated erase cycles per flash sector. */
+  endurance: number;
+  /** Sectors in the status ring (>= 2). */
+  statusSectors: number;
+  framSize: number;
+}
+
+export const DEFAULT_GEOMETRY: DeviceGeometry = {
+  flashSize: 1 << 20,
+  sectorSize: 4096,
+  pageSize: 256,
+  endurance: 100_000,
+  statusSectors: 4,
+  framSize: 64 << 10,
+};
+
+export const FLASH_FILE = 'flash.bin';
+export const FRAM_FILE = 'fram.bin';
+
+export interface Device {
+  imageStore: SlotImageStore;
+  valueStore: ValueJournal;
+  flash: BlockDevice;
+  fram: BlockDevice;
+  paths: { flash: string | null; fram: string | null };
+  close(): Promise<void>;
+}
+
+export function norGeometryOf(g: DeviceGeometry): NorGeometry {
+  if (!Number.isInteger(g.flashSize) || g.flashSize % g.sectorSize !== 0) {
+    throw new PersistError('EINVAL', 'format', 'bad_geometry', `flashSize ${g.flashSize} is not a multiple of sectorSize ${g.sectorSize}`, { field: 'flashSize' });
+  }
+  return { sectorSize: g.sectorSize, pageSize: g.pageSize, sectorCount: g.flashSize / g.sectorSize, endurance: g.endurance };
+}
+
+/** Attach the stores to two devices (any BlockDevice: mapped, in memory, fault-injecting) and recover. */
+export interface OpenOptions {
+  /** Timer source for value debouncing (tests pass a manual clock). */
+  clock?: ValueJournalOptions['clock'];
+  /**
+   * 'own' (default): emit only what the store alone sees — automatic rollbacks at boot, wear
+   * warnings, journal warnings; the engine emits persisted/rollback/value.defaulted for the
+   * operations it drives. 'all': also those (for use without an engine).
+   */
+  emit?: 'own' | 'all';
+}
+
+export async function openStores(flash: BlockDevice, fram: BlockDevice, events?: EventSink, options: OpenOptions = {}):
+Promise<{ imageStore: SlotImageStore; valueStore: ValueJournal }> {
+  const all = options.emit === 'all';
+  const valueStore = ValueJournal.open(fram, { ...(events ? { events } : {}), ...(options.clock ? { clock: options.clock } : {}), emitReadEvents: all });
+  const imageStore = await SlotImageStore.open(flash, { values: valueStore, ...(events ? { events } : {}), emitOperationEvents: all });
+  return { imageStore, valueStore };
+}
+
+/** Format fresh devices (erased flash + layout header, zeroed FRAM + journal). */
+export function formatDevices(flash: BlockDevice, fram: BlockDevice, statusSectors: number): void {
+  SlotImageStore.format(flash, statusSectors);
+  ValueJournal.format(fram);
+}
+
+/** Fresh device images in memory, for tests and fault injection. Attach with NorFlash/Fram.attach(memoryBacking(bytes)). */
+export function formatMemoryDevice(geometry: Partial<DeviceGeometry> = {}): { flashBytes: Uint8Array; framBytes: Uint8Array } {
+  const g = { ...DEFAULT_GEOMETRY, ...geometry };
+  const ng = norGeometryOf(g);
+  const flashBytes = new Uint8Array(norFileSize(ng));
+  const framBytes = new Uint8Array(framFileSize(g.framSize));
+  const flash = NorFlash.format(memoryBacking(flashBytes), ng);
+  const fram = Fram.format(memoryBacking(framBytes), g.framSize);
+  formatDevices(flash, fram, g.statusSectors);
+  return { flashBytes, framBytes };
+}
+
+function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try { fsyncSync(fd); } finally { closeSync(fd); }
+}
+
+/** Read and check a device file's header; returns its total size. Errors name the path. */
+export function probeDeviceFile(path: string, magic: string): { size: number; header: ReturnType<typeof decodeDeviceFileHeader> } {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    const ne = e as NodeJS.ErrnoException;
+    throw new PersistError(ne.code === 'EACCES' ? 'EACCES' : 'ENOENT', 'open', (ne.code ?? 'open_failed').toLowerCase(),
+      `${path}: ${ne.message}`, { path, errno: ne.errno, syscall: ne.syscall });
+  }
+  try {
+    const head = new Uint8Array(DEVICE_FILE_HEADER_SIZE);
+    const n = readSync(fd, head, 0, head.length, 0);
+    const header = decodeDeviceFileHeader(head.subarray(0, n), magic, path);
+    const size = deviceFileSize(header);
+    const actual = fstatSync(fd).size;
+    if (actual !== size) {
+      throw new PersistError('EBADMSG', 'open', 'size_mismatch', `${path}: file is ${actual} bytes, its header describes ${size}`, { path, actual, expected: size });
+    }
+    return { size, header };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Create `path` completely or not at all: map a temporary file, format it, msync, then hard-link
+ * it into place (link fails if another process won the race, and we open theirs instead).
+ */
+function createMapped<T>(path: string, size: number, format: (b: Backing) => T): { map: MappedFile; model: T } | null {
+  const tmp = `${path}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  const map = mapFile(tmp, size, { create: true, lock: true });
+  try {
+    const model = format(mappedBacking(map));
+    map.sync();
+    try {
+      linkSync(tmp, path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
+        map.unmap();
+        return null;
+      }
+      throw e;
+    }
+    fsyncDir(dirname(path));
+    return { map, model };
+  } catch (e) {
+    map.unmap();
+    throw e;
+  } finally {
+    try { unlinkSync(tmp); } catch { /* already gone */ }
+  }
+}
+
+function checkGeometryMatches(path: string, want: Partial<DeviceGeometry>, have: Partial<DeviceGeometry>): void {
+  for (const k of Object.keys(want) as (keyof DeviceGeometry)[]) {
+    if (k === 'statusSectors') continue; // a property of the layout, checked against the header when read
+    if (have[k] !== undefined && want[k] !== undefined && want[k] !== have[k]) {
+      throw new PersistError('EINVAL', 'open', 'geometry_mismatch',
+        `${path}: existing device has ${k} ${have[k]}, asked for ${want[k]}`, { path, field: k, existing: have[k], requested: want[k] });
+    }
+  }
+}
+
+function openOrCreateFlash(path: string, g: DeviceGeometry, asked: Partial<DeviceGeometry>): NorFlash {
+  try {
+    statSync(path);
+  } catch {
+    const ng = norGeometryOf(g);
+    const made = createMapped(path, norFileSize(ng), (b) => {
+      const flash = NorFlash.format(b, ng);
+      SlotImageStore.format(flash, g.statusSectors);
+      return flash;
+    });
+    if (made) return made.model;
+  }
+  const { size, header } = probeDeviceFile(path, FLASH_MAGIC);
+  checkGeometryMatches(path, asked, {
+    sectorSize: header.sectorSize, pageSize: header.pageSize, endurance: header.endurance, flashSize: header.sectorSize * header.sectorCount,
+  });
+  const map = mapFile(path, size, { lock: true });
+  try {
+    return NorFlash.attach(mappedBacking(map));
+  } catch (e) {
+    map.unmap();
+    throw e;
+  }
+}
+
+function openOrCreateFram(path: string, g: DeviceGeometry, asked: Partial<DeviceGeometry>): Fram {
+  try {
+    statSync(path);
+  } catch {
+    const made = createMapped(path, framFileSize(g.framSize), (b) => {
+      const fram = Fram.format(b, g.framSize);
+      ValueJournal.format(fram);
+      return fram;
+    });
+    if (made) return made.model;
+  }
+  const { size, header } = probeDeviceFile(path, FRAM_MAGIC);
+  checkGeometryMatches(path, asked, { framSize: header.sectorCount });
+  const map = mapFile(path, size, { lock: true });
+  try {
+    return Fram.attach(mappedBacking(map));
+  } catch (e) {
+    map.unmap();
+    throw e;
+  }
+}
+
+export async function openDevice(stateDir: string, geometry: Partial<DeviceGeometry> = {}, events?: EventSink, options: OpenOptions = {}): Promise<Device> {
+  let st;
+  try {
+    st = statSync(stateDir);
+  } catch (e) {
+    throw new PersistError('ENOENT', 'open', 'state_dir_missing', `${stateDir}: state directory does not exist (${(e as Error).message})`, { path: stateDir });
+  }
+  if (!st.isDirectory()) throw new PersistError('EINVAL', 'open', 'state_dir_not_directory', `${stateDir}: not a directory`, { path: stateDir });
+  const g = { ...DEFAULT_GEOMETRY, ...geometry };
+  const paths = { flash: join(stateDir, FLASH_FILE), fram: join(stateDir, FRAM_FILE) };
+  const flash = openOrCreateFlash(paths.flash, g, geometry);
+  let fram: Fram;
+  try {
+    fram = openOrCreateFram(paths.fram, g, geometry);
+  } catch (e) {
+    flash.close();
+    throw e;
+  }
+  if (events) {
+    flash.onWearWarning = (w) => events.emit({ type: 'provisioning.wear_warning', pid: null, phase: 'persist', data: { ...w, path: paths.flash } });
+  }
+  try {
+    const { imageStore, valueStore } = await openStores(flash, fram, events, options);
+    let closed = false;
+    return {
+      imageStore, valueStore, flash, fram, paths,
+      async close() {
+        if (closed) return;
+        closed = true;
+        try { await valueStore.close(); } finally { flash.close(); fram.close(); }
+      },
+    };
+  } catch (e) {
+    flash.close();
+    fram.close();
+    throw e;
+  }
+}

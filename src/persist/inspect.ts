@@ -1,0 +1,107 @@
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { mappedBacking } from './block-device.js';
+import { FLASH_FILE, FRAM_FILE, probeDeviceFile } from './device.js';
+import { FLASH_MAGIC, FRAM_MAGIC } from './device-file.js';
+import { Fram } from './fram.js';
+import { readLayout, partitionBytes, type Partition } from './layout.js';
+import { mapFile } from './native.js';
+import { NorFlash, WEAR_WARNING_FRACTION } from './nor-flash.js';
+import { StatusRing } from './status-ring.js';
+import { ValueJournal } from './value-journal.js';
+import { createHash } from 'node:crypto';
+import { PersistError } from './errors.js';
+
+/**
+ * Read-only inspection of a device's files (for `hsx-gateway flash-info`). Maps the files
+ * PROT_READ without the writer's lock, so it works while a device process runs, and never
+ * writes: no recovery actions, it only reports what recovery would find.
+ */
+export interface DeviceReport {
+  flashPath: string;
+  geometry: { sectorSize: number; pageSize: number; sectorCount: number; flashSize: number; endurance: number };
+  partitions: (Partition & { offset: number; bytes: number })[];
+  status: { seq: number; intactRecords: number; tornRecords: number; active: 'A' | 'B' | null; rollbackTarget: 'A' | 'B' | null; securityCounter: number };
+  slots: {
+    slot: 'A' | 'B'; state: 'empty' | 'test' | 'good'; active: boolean; verified: boolean | null; imageLen: number; commitSeq: number;
+    meta: Record<string, unknown> | null;
+  }[];
+  wear: { maxEraseCount: number; totalErases: number; warnAt: number; endurance: number; sectorsOverWarning: number[]; perPartition: Record<string, { max: number; total: number }> };
+  values: { framPath: string; keys: number; generation: number; bank: number; usedBytes: number; bankSize: number; corruptKeys: number[]; entries: { key: number; raw: number }[] } | null;
+}
+
+/** `path` is a state directory or a flash file; the FRAM file is looked for next to it. */
+export function inspectDevice(path: string): DeviceReport {
+  let isDir: boolean;
+  try {
+    isDir = statSync(path).isDirectory();
+  } catch (e) {
+    throw new PersistError('ENOENT', 'open', 'missing', `${path}: ${(e as Error).message}`, { path });
+  }
+  const flashPath = isDir ? join(path, FLASH_FILE) : path;
+  const framPath = join(isDir ? path : join(flashPath, '..'), FRAM_FILE);
+  const { size } = probeDeviceFile(flashPath, FLASH_MAGIC);
+  const map = mapFile(flashPath, size, { readonly: true });
+  try {
+    const flash = NorFlash.attach(mappedBacking(map, true));
+    const layout = readLayout(flash, flashPath);
+    const ring = new StatusRing(flash, layout);
+    const scan = ring.scan();
+    const st = scan.latest;
+    const name = (s: 0 | 1 | null | undefined): 'A' | 'B' | null => (s === 0 ? 'A' : s === 1 ? 'B' : null);
+    const slots = ([0, 1] as const).map((s) => {
+      const e = st?.slots[s] ?? null;
+      const off = layout.slots[s].firstSector * layout.sectorSize;
+      const verified = e ? createHash('sha256').update(flash.view(off, Math.min(e.imageLen, partitionBytes(layout, layout.slots[s])))).digest('hex') === e.meta.sha256 : null;
+      return {
+        slot: name(s)!, state: e?.state ?? 'empty', active: st?.active === s, verified,
+        imageLen: e?.imageLen ?? 0, commitSeq: e?.commitSeq ?? 0, meta: e ? { ...e.meta } : null,
+      };
+    });
+    const counts = [...Array(flash.sectorCount).keys()].map((i) => flash.eraseCount(i));
+    const warnAt = Math.ceil(flash.endurance * WEAR_WARNING_FRACTION);
+    const parts = [layout.header, layout.status, layout.slots[0], layout.slots[1]];
+    const perPartition: Record<string, { max: number; total: number }> = {};
+    for (const p of parts) {
+      const c = counts.slice(p.firstSector, p.firstSector + p.sectorCount);
+      perPartition[p.name] = { max: Math.max(0, ...c), total: c.reduce((a, b) => a + b, 0) };
+    }
+    return {
+      flashPath,
+      geometry: { sectorSize: flash.eraseSize, pageSize: flash.programSize, sectorCount: flash.sectorCount, flashSize: flash.size, endurance: flash.endurance },
+      partitions: parts.map((p) => ({ ...p, offset: p.firstSector * layout.sectorSize, bytes: partitionBytes(layout, p) })),
+      status: {
+        seq: st?.seq ?? 0, intactRecords: scan.intact, tornRecords: scan.torn, active: name(st?.active), rollbackTarget: name(st?.previous),
+        securityCounter: st?.securityCounter ?? 0,
+      },
+      slots,
+      wear: {
+        maxEraseCount: Math.max(0, ...counts), totalErases: counts.reduce((a, b) => a + b, 0), warnAt, endurance: flash.endurance,
+        sectorsOverWarning: counts.flatMap((c, i) => (c >= warnAt ? [i] : [])), perPartition,
+      },
+      values: inspectValues(framPath),
+    };
+  } finally {
+    map.unmap();
+  }
+}
+
+function inspectValues(framPath: string): DeviceReport['values'] {
+  try {
+    statSync(framPath);
+  } catch {
+    return null;
+  }
+  const { size } = probeDeviceFile(framPath, FRAM_MAGIC);
+  const map = mapFile(framPath, size, { readonly: true });
+  try {
+    const j = ValueJournal.open(Fram.attach(mappedBacking(map, true)));
+    const info = j.bankInfo();
+    return {
+      framPath, keys: info.keys, generation: info.generation, bank: info.bank, usedBytes: info.usedBytes, bankSize: info.bankSize,
+      corruptKeys: info.corruptKeys, entries: [...j.entries()].map(([key, v]) => ({ key, raw: v.raw })).sort((a, b) => a.key - b.key),
+    };
+  } finally {
+    map.unmap();
+  }
+}

@@ -1,0 +1,136 @@
+import type { BlockDevice } from './block-device.js';
+import { partitionOffset, type FlashLayout } from './layout.js';
+import { decodeStatus, encodeStatus, type StatusRecord } from './status-record.js';
+
+/**
+ * The status partition as a ring of record slots spread over several sectors. Records are
+ * appended; when a sector is full the next one (holding only older records) is erased and
+ * writing continues there, so status writes wear all status sectors evenly and the sector
+ * holding the newest record is never erased. Recovery = read every slot, keep the intact record
+ * with the highest seq. A slot that is neither intact nor erased (a torn write) is skipped, never
+ * programmed over.
+ */
+export class StatusRing {
+  private readonly base: number;
+  private readonly sectors: number;
+  private readonly perSector: number;
+  private readonly recordSize: number;
+  private readonly sectorSize: number;
+  /** Where the next record goes, and whether that sector must be erased first. */
+  private nextSector = 0;
+  private nextSlot = 0;
+  private nextNeedsErase = false;
+  lastWrite: { offset: number; length: number } | null = null;
+
+  constructor(private readonly dev: BlockDevice, layout: FlashLayout) {
+    this.base = partitionOffset(layout, layout.status);
+    this.sectors = layout.status.sectorCount;
+    this.sectorSize = layout.sectorSize;
+    this.recordSize = layout.statusRecordSize;
+    this.perSector = Math.floor(layout.sectorSize / layout.statusRecordSize);
+  }
+
+  private slotOffset(sector: number, slot: number): number {
+    return this.base + sector * this.sectorSize + slot * this.recordSize;
+  }
+
+  private isErased(offset: number, length: number): boolean {
+    const v = this.dev.view(offset, length);
+    for (let i = 0; i < v.length; i++) if (v[i] !== 0xff) return false;
+    return true;
+  }
+
+  /** Read every slot; return the newest intact record and position the ring after it. */
+  scan(): { latest: StatusRecord | null; intact: number; torn: number } {
+    let latest: StatusRecord | null = null;
+    let at = { sector: 0, slot: -1 };
+    let intact = 0;
+    let torn = 0;
+    for (let s = 0; s < this.sectors; s++) {
+      for (let k = 0; k < this.perSector; k++) {
+        const off = this.slotOffset(s, k);
+        const v = this.dev.view(off, this.recordSize);
+        const r = decodeStatus(v);
+        if (r) {
+          intact++;
+          if (!latest || r.seq > latest.seq) {
+            latest = r;
+            at = { sector: s, slot: k };
+          }
+        } else if (!this.isErased(off, this.recordSize)) {
+          torn++;
+        }
+      }
+    }
+    this.position(latest ? at : null);
+    return { latest, intact, torn };
+  }
+
+  private position(after: { sector: number; slot: number } | null): void {
+    if (after) {
+      for (let k = after.slot + 1; k < this.perSector; k++) {
+        if (this.isErased(this.slotOffset(after.sector, k), this.recordSize)) {
+          this.nextSector = after.sector;
+          this.nextSlot = k;
+          this.nextNeedsErase = false;
+          return;
+        }
+      }
+      this.moveToSector((after.sector + 1) % this.sectors);
+    } else {
+      this.moveToSector(0);
+    }
+  }
+
+  private moveToSector(sector: number): void {
+    this.nextSector = sector;
+    this.nextSlot = 0;
+    this.nextNeedsErase = !this.isErased(this.slotOffset(sector, 0), this.sectorSize);
+  }
+
+  /** Absolute sector numbers the next `n` appends may erase (for the wear check before a commit). */
+  sectorsToErase(n: number): number[] {
+    const out: number[] = [];
+    let sector = this.nextSector;
+    let slot = this.nextSlot;
+    let needs = this.nextNeedsErase;
+    const firstSector = this.base / this.sectorSize;
+    for (let i = 0; i < n; i++) {
+      if (slot === 0 && needs) out.push(firstSector + sector);
+      slot++;
+      if (slot >= this.perSector) {
+        sector = (sector + 1) % this.sectors;
+        slot = 0;
+        needs = true;
+      } else {
+        needs = false;
+      }
+    }
+    return out;
+  }
+
+  /** Append one record: erase the sector first if the ring just entered it. */
+  append(r: StatusRecord): void {
+    if (this.nextSlot === 0 && this.nextNeedsErase) {
+      this.dev.erase(this.slotOffset(this.nextSector, 0), this.sectorSize);
+      this.nextNeedsErase = false;
+    }
+    const off = this.slotOffset(this.nextSector, this.nextSlot);
+    this.dev.program(off, encodeStatus(r, this.recordSize));
+    this.lastWrite = { offset: off, length: this.recordSize };
+    this.nextSlot++;
+    if (this.nextSlot >= this.perSector) this.moveToSector((this.nextSector + 1) % this.sectors);
+  }
+
+  /** Every intact record in the ring, oldest first (for inspection). */
+  records(): StatusRecord[] {
+    const out: StatusRecord[] = [];
+    for (let s = 0; s < this.sectors; s++) {
+      for (let k = 0; k < this.perSector; k++) {
+        const r = decodeStatus(this.dev.view(this.slotOffset(s, k), this.recordSize));
+        if (r) out.push(r);
+      }
+    }
+    return out.sort((a, b) => a.seq - b.seq);
+  }
+}
