@@ -1,0 +1,169 @@
+/**
+ * A client of the control server (JSON lines over TCP), for the CLI's thin commands (`ps`,
+ * `status`, `persist`, `rollback`) and for scripts. One request at a time, in order; every
+ * failure is a value saying whether it was the connection, the protocol or the server's answer.
+ */
+import { connect, type Socket } from 'node:net';
+import { err, ok, type Result } from '../../hxe/result.js';
+
+export const DEFAULT_CONNECT = '127.0.0.1:9998';
+/** A CLI reads its token from here when --token is not given (kept out of shell history). */
+export const CLIENT_TOKEN_ENV = 'HSX_GATEWAY_TOKEN';
+
+export interface ClientError {
+  kind: 'usage' | 'connect' | 'timeout' | 'closed' | 'protocol' | 'remote';
+  message: string;
+  /** For `remote`: the server's error string (e.g. `EPERM:admin_required`) and detail. */
+  error?: string;
+  detail?: Record<string, unknown>;
+}
+
+export type Reply = Record<string, unknown>;
+
+export function parseHostPort(target: string): Result<{ host: string; port: number }, ClientError> {
+  const m = /^(\[[^\]]+\]|[^:\s]+):(\d{1,5})$/.exec(target.trim());
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || !(port > 0 && port < 65536)) {
+    return err({ kind: 'usage', message: `--connect: expected HOST:PORT (e.g. ${DEFAULT_CONNECT}), got "${target}"` });
+  }
+  return ok({ host: (m[1] as string).replace(/^\[|\]$/g, ''), port });
+}
+
+export class ControlClient {
+  private buf = '';
+  private readonly lines: string[] = [];
+  private waiter: (() => void) | null = null;
+  private closedWith: string | null = null;
+
+  private constructor(private readonly socket: Socket, private readonly token: string | undefined, private readonly timeoutMs: number) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      this.buf += d;
+      let i: number;
+      while ((i = this.buf.indexOf('\n')) >= 0) {
+        this.lines.push(this.buf.slice(0, i));
+        this.buf = this.buf.slice(i + 1);
+      }
+      this.wake();
+    });
+    socket.on('error', (e) => {
+      this.closedWith ??= e.message;
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.closedWith ??= 'connection closed by the server';
+      this.wake();
+    });
+  }
+
+  static connect(target: string, opts: { token?: string; timeoutMs?: number } = {}): Promise<Result<ControlClient, ClientError>> {
+    const hp = parseHostPort(target);
+    if (!hp.ok) return Promise.resolve(hp);
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    return new Promise((done) => {
+      const socket = connect(hp.value.port, hp.value.host);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        done(err({ kind: 'timeout', message: `no connection to ${target} within ${timeoutMs} ms` }));
+      }, timeoutMs);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        done(ok(new ControlClient(socket, opts.token, timeoutMs)));
+      });
+      socket.once('error', (e) => {
+        clearTimeout(timer);
+        done(err({ kind: 'connect', message: `cannot connect to ${target}: ${e.message}` }));
+      });
+    });
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  private async nextLine(): Promise<Result<string, ClientError>> {
+    const deadline = Date.now() + this.timeoutMs;
+    while (this.lines.length === 0) {
+      if (this.closedWith !== null) return err({ kind: 'closed', message: this.closedWith });
+      const left = deadline - Date.now();
+      if (left <= 0) return err({ kind: 'timeout', message: `no reply within ${this.timeoutMs} ms` });
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, left);
+        this.waiter = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+    }
+    return ok(this.lines.shift() as string);
+  }
+
+  /** Sends one request; an `error` reply comes back as a `remote` error with the server's string. */
+  async request(cmd: string, fields: Record<string, unknown> = {}): Promise<Result<Reply, ClientError>> {
+    const req: Record<string, unknown> = { version: 1, cmd, ...fields };
+    if (this.token !== undefined) req['token'] = this.token;
+    this.socket.write(`${JSON.stringify(req)}\n`);
+    const line = await this.nextLine();
+    if (!line.ok) return line;
+    let reply: unknown;
+    try {
+      reply = JSON.parse(line.value);
+    } catch {
+      return err({ kind: 'protocol', message: `reply is not JSON: ${line.value.slice(0, 200)}` });
+    }
+    if (reply === null || typeof reply !== 'object') return err({ kind: 'protocol', message: 'reply is not a JSON object' });
+    const r = reply as Reply;
+    if (r['status'] !== 'ok') {
+      const error = String(r['error'] ?? 'unknown_error');
+      const e: ClientError = { kind: 'remote', message: `server: ${error}`, error };
+      if (r['detail'] && typeof r['detail'] === 'object') e.detail = r['detail'] as Record<string, unknown>;
+      return err(e);
+    }
+    return ok(r);
+  }
+
+  close(): void {
+    this.socket.end();
+    this.socket.destroy();
+  }
+}
+
+export interface ClientCommandOptions {
+  connect?: string;
+  token?: string;
+  json?: boolean;
+  device?: string;
+}
+
+/**
+ * The whole life of a thin CLI command: connect, one request, print (JSON or human), exit code
+ * (0 ok, 1 the server or the connection said no, 2 usage).
+ */
+export async function runClientCommand(
+  opts: ClientCommandOptions,
+  cmd: string,
+  fields: Record<string, unknown>,
+  human: (reply: Reply) => string,
+  io: { out: (s: string) => void; err: (s: string) => void } = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) },
+): Promise<number> {
+  const token = opts.token ?? process.env[CLIENT_TOKEN_ENV];
+  const c = await ControlClient.connect(opts.connect ?? DEFAULT_CONNECT, token === undefined ? {} : { token });
+  const fail = (e: ClientError): number => {
+    if (opts.json) io.out(`${JSON.stringify({ ok: false, kind: e.kind, error: e.error ?? e.message, ...(e.detail ? { detail: e.detail } : {}) })}\n`);
+    else io.err(`${cmd}: ${e.message}${e.detail?.['message'] ? ` (${String(e.detail['message'])})` : ''}\n`);
+    return e.kind === 'usage' ? 2 : 1;
+  };
+  if (!c.ok) return fail(c.error);
+  try {
+    const withDevice = opts.device === undefined ? fields : { ...fields, device: opts.device };
+    const r = await c.value.request(cmd, withDevice);
+    if (!r.ok) return fail(r.error);
+    if (opts.json) io.out(`${JSON.stringify({ ok: true, ...r.value })}\n`);
+    else io.out(human(r.value));
+    return 0;
+  } finally {
+    c.value.close();
+  }
+}

@@ -1,0 +1,333 @@
+/**
+ * One control connection: framing, request parsing, the version/command/role/session checks in
+ * the reference's order, sequential handling (replies keep request order even when a handler
+ * awaits), and bounded output. A client that stops reading first stops being read (we pause the
+ * socket), and is dropped if its unread output still passes the limit. When the connection
+ * becomes an event stream, the event bus's subscription decides what it gets; the socket's
+ * buffer is only the last hop. Streaming loads opened here are aborted when it goes away.
+ */
+import type { Socket } from 'node:net';
+import type { BusEvent, CloseReason, Subscription } from '../events/index.js';
+import { roleAllows, type Identity } from './auth.js';
+import type { CommandContext, CommandResult, CommandSpec, ConnectionApi, ServerCore } from './command-types.js';
+import { LineFramer, type Frame } from './framing.js';
+import { RequestError } from './sessions.js';
+import type { AuditLog } from './audit.js';
+import type { TokenStore } from './auth.js';
+
+export interface ConnectionLimits {
+  maxLineBytes: number;
+  /** Unread reply/event bytes a client may leave in our buffer before it is dropped. */
+  maxOutBytes: number;
+  /** Event delivery pauses (and the bus queues) above this many unread bytes. */
+  streamHighWater: number;
+  /** Requests read ahead of the one being handled before we stop reading. */
+  maxPipelined: number;
+  /** A client whose unread output has not drained for this long is dropped. */
+  stalledDropMs: number;
+}
+
+export interface ConnectionDeps {
+  core: ServerCore;
+  commands: Readonly<Record<string, CommandSpec>>;
+  tokens: TokenStore | null;
+  audit: AuditLog;
+  limits: ConnectionLimits;
+  log?: (level: 'info' | 'warn' | 'debug', obj: Record<string, unknown>, msg: string) => void;
+  onAbortSession: (device: string, sessionId: number) => void;
+}
+
+type Reply = Record<string, unknown>;
+
+export class Connection implements ConnectionApi {
+  readonly peer: string;
+  private readonly framer: LineFramer;
+  /** Requests (and framing errors, which keep their place in line) waiting to be handled. */
+  private readonly pendingLines: ({ line: string } | { reply: Reply })[] = [];
+  private busy = false;
+  private identity: Identity | null;
+  private stream: Subscription | null = null;
+  private closed = false;
+  /** The stream ended and the socket is half-closed: ignore whatever still arrives. */
+  private ending = false;
+  private readPaused = false;
+  private stallTimer: NodeJS.Timeout | null = null;
+  private readonly owned = new Map<string, Set<number>>();
+
+  constructor(
+    readonly id: number,
+    private readonly socket: Socket,
+    private readonly deps: ConnectionDeps,
+  ) {
+    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    // Without a token store every (necessarily local) client is trusted fully.
+    this.identity = deps.tokens ? null : { name: 'local', role: 'admin' };
+    this.framer = new LineFramer(deps.limits.maxLineBytes, (f) => this.onFrame(f));
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.framer.push(chunk));
+    socket.on('drain', () => this.onDrain());
+    socket.on('error', () => {
+      /* reported through 'close' */
+    });
+    socket.on('close', () => this.onClose());
+  }
+
+  // ---- ConnectionApi -------------------------------------------------------------------------
+
+  ownSession(device: string, sessionId: number): void {
+    let set = this.owned.get(device);
+    if (!set) this.owned.set(device, (set = new Set()));
+    set.add(sessionId);
+  }
+
+  disownSession(device: string, sessionId: number): void {
+    this.owned.get(device)?.delete(sessionId);
+  }
+
+  setIdentity(identity: Identity): void {
+    this.identity = identity;
+  }
+
+  deliverEvent(ev: BusEvent): boolean {
+    if (this.closed) return false;
+    // Written at once, not corked until the tick ends: a producer's burst can take milliseconds,
+    // and corking measurably added that to every event's latency (bench/events.ts).
+    this.writeLine(JSON.stringify(ev));
+    return !this.closed && this.socket.writableLength < this.deps.limits.streamHighWater;
+  }
+
+  streamClosed(_reason: CloseReason): void {
+    // The reference ends the stream connection when its subscription ends (EOF after unsubscribe).
+    this.stream = null;
+    this.ending = true; // nothing more is read or written on it
+    if (this.closed) return;
+    this.socket.end();
+    // A client that is not reading would hold the half-closed socket open forever.
+    if (this.socket.writableLength > 0) setTimeout(() => this.socket.destroy(), 1000).unref();
+  }
+
+  /** Ends the connection (server shutdown). */
+  close(): void {
+    if (!this.closed) this.socket.destroy();
+  }
+
+  // ---- input ----------------------------------------------------------------------------------
+
+  private onFrame(f: Frame): void {
+    if (this.closed || this.ending) return;
+    if (this.stream) return; // a stream connection carries events only; its input is ignored (as the reference does)
+    if (f.kind === 'too_long') {
+      this.enqueueReply({ version: 1, status: 'error', error: `line_too_long:${f.limit}` });
+      return;
+    }
+    if (f.kind === 'invalid_utf8') {
+      this.enqueueReply({ version: 1, status: 'error', error: 'invalid_utf8' });
+      return;
+    }
+    this.pendingLines.push({ line: f.text });
+    if (this.pendingLines.length >= this.deps.limits.maxPipelined) this.pauseReading();
+    void this.pump();
+  }
+
+  /** Error replies found while framing still wait their turn behind earlier requests. */
+  private enqueueReply(reply: Reply): void {
+    this.pendingLines.push({ reply });
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      while (this.pendingLines.length && !this.closed && !this.stream) {
+        const item = this.pendingLines.shift() as { line: string } | { reply: Reply };
+        if ('reply' in item) {
+          this.writeLine(JSON.stringify(item.reply));
+          continue;
+        }
+        const result = await this.handle(item.line);
+        if (this.closed) break;
+        if (result.kind === 'stream') {
+          this.writeLine(JSON.stringify({ version: 1, status: 'ok', ...result.body }));
+          this.stream = result.subscription;
+          this.pendingLines.length = 0;
+          result.subscription.start();
+          break;
+        }
+        this.writeLine(JSON.stringify(
+          result.kind === 'ok'
+            ? { version: 1, status: 'ok', ...result.body }
+            : result.detail === undefined
+              ? { version: 1, status: 'error', error: result.error }
+              : { version: 1, status: 'error', error: result.error, detail: result.detail },
+        ));
+      }
+    } finally {
+      this.busy = false;
+    }
+    if (this.pendingLines.length < this.deps.limits.maxPipelined / 2) this.resumeReading();
+  }
+
+  private async handle(line: string): Promise<CommandResult> {
+    let req: unknown;
+    try {
+      req = JSON.parse(line);
+    } catch {
+      return { kind: 'error', error: 'invalid_json' };
+    }
+    if (req === null || typeof req !== 'object' || Array.isArray(req)) return { kind: 'error', error: 'invalid_json' };
+    const r = req as Record<string, unknown>;
+    const version = r['version'] ?? 1;
+    if (version !== 1) return { kind: 'error', error: `unsupported_version:${typeof version === 'string' ? version : JSON.stringify(version)}` };
+    const cmd = String(r['cmd'] ?? '').toLowerCase();
+    const spec = this.deps.commands[cmd];
+    if (!spec) return { kind: 'error', error: `unknown_cmd:${cmd}` };
+
+    const core = this.deps.core;
+    const sessionRaw = r['session'];
+    const sessionId = typeof sessionRaw === 'string' && sessionRaw.trim() ? sessionRaw.trim() : null;
+
+    // Who is asking: a token on the request, else the connection's (auth command), else nobody.
+    let identity = this.identity;
+    if (typeof r['token'] === 'string' && this.deps.tokens) {
+      identity = this.deps.tokens.verify(r['token']);
+      if (!identity) return this.deny(cmd, r, null, 'EPERM:invalid_token');
+    }
+    if (cmd === 'auth') return this.authenticate(r);
+    if (spec.role !== null && !roleAllows(identity?.role ?? null, spec.role)) {
+      return this.deny(cmd, r, identity, `EPERM:${spec.role}_required`);
+    }
+
+    const ctx: CommandContext = { cmd, req: r, sessionId, identity, conn: this, core };
+    let result: CommandResult;
+    try {
+      core.sessions.prune();
+      if (sessionId !== null && !cmd.startsWith('session.')) core.sessions.touch(sessionId);
+      // A pid locked by a session may be changed only through that session (reference semantics).
+      if (typeof r['pid'] === 'number' && spec.mutates) core.sessions.ensurePidAccess(r['pid'], sessionId);
+      result = await spec.run(ctx);
+    } catch (e) {
+      if (e instanceof RequestError) {
+        result = e.detail === undefined ? { kind: 'error', error: e.wire } : { kind: 'error', error: e.wire, detail: e.detail };
+      } else {
+        this.deps.log?.('warn', { err: String(e), cmd }, 'control command failed unexpectedly');
+        result = { kind: 'error', error: `internal_error:${(e as Error)?.message ?? String(e)}` };
+      }
+    }
+    if (spec.mutates) {
+      this.deps.audit.record({
+        who: identity?.name ?? 'anonymous',
+        role: identity?.role ?? null,
+        peer: this.peer,
+        cmd,
+        ...(typeof r['device'] === 'string' ? { device: r['device'] } : {}),
+        target: targetOf(r),
+        verdict: result.kind === 'error' ? 'error' : 'ok',
+        ...(result.kind === 'error' ? { reason: result.error } : {}),
+      });
+    }
+    return result;
+  }
+
+  private authenticate(r: Record<string, unknown>): CommandResult {
+    if (!this.deps.tokens) return { kind: 'ok', body: { auth: { name: 'local', role: 'admin', tokens: false } } };
+    const token = r['token'];
+    const id = typeof token === 'string' ? this.deps.tokens.verify(token) : null;
+    if (!id) return this.deny('auth', r, null, 'EPERM:invalid_token');
+    this.identity = id;
+    return { kind: 'ok', body: { auth: { name: id.name, role: id.role } } };
+  }
+
+  private deny(cmd: string, r: Record<string, unknown>, identity: Identity | null, error: string): CommandResult {
+    this.deps.audit.record({
+      who: identity?.name ?? 'anonymous',
+      role: identity?.role ?? null,
+      peer: this.peer,
+      cmd,
+      ...(typeof r['device'] === 'string' ? { device: r['device'] } : {}),
+      target: targetOf(r),
+      verdict: 'denied',
+      reason: error,
+    });
+    return { kind: 'error', error };
+  }
+
+  // ---- output ---------------------------------------------------------------------------------
+
+  private writeLine(text: string): void {
+    if (this.closed || this.ending) return;
+    const flushed = this.socket.write(`${text}\n`);
+    if (this.socket.writableLength > this.deps.limits.maxOutBytes) {
+      this.deps.log?.('warn', { peer: this.peer, unread: this.socket.writableLength }, 'control client is not reading; dropping it');
+      this.socket.destroy();
+      return;
+    }
+    if (!flushed) {
+      // A client that does not read its replies stops being read (requests wait in its socket)...
+      if (!this.stream) this.pauseReading();
+      // ...and one that stays that way is dropped, so it cannot pin a connection forever.
+      this.stallTimer ??= setTimeout(() => {
+        this.deps.log?.('warn', { peer: this.peer, unread: this.socket.writableLength }, 'control client stopped reading; dropping it');
+        this.socket.destroy();
+      }, this.deps.limits.stalledDropMs).unref();
+    }
+  }
+
+  /** Bytes written to this client that it has not read yet (what we hold for it). */
+  get unreadBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  get streaming(): boolean {
+    return this.stream !== null;
+  }
+
+  private onDrain(): void {
+    if (this.stallTimer) {
+      clearTimeout(this.stallTimer);
+      this.stallTimer = null;
+    }
+    if (this.stream) this.stream.resume();
+    else if (this.pendingLines.length < this.deps.limits.maxPipelined) this.resumeReading();
+  }
+
+  private pauseReading(): void {
+    if (!this.readPaused) {
+      this.readPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  private resumeReading(): void {
+    if (this.readPaused && this.socket.writableLength < this.deps.limits.streamHighWater) {
+      this.readPaused = false;
+      this.socket.resume();
+    }
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pendingLines.length = 0;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    if (this.stream) {
+      const sub = this.stream;
+      this.stream = null;
+      this.deps.core.bus.unsubscribe(sub.token);
+    }
+    for (const [device, ids] of this.owned) {
+      for (const sid of ids) this.deps.onAbortSession(device, sid);
+    }
+    this.owned.clear();
+  }
+}
+
+/** The request fields that say what a command acts on, for the audit line. */
+function targetOf(r: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of ['pid', 'session_id', 'path', 'target', 'source', 'reason']) {
+    const v = r[k];
+    if (typeof v === 'string' || typeof v === 'number') out[k] = typeof v === 'string' && v.length > 200 ? `${v.slice(0, 200)}…` : v;
+  }
+  return out;
+}

@@ -1,0 +1,195 @@
+/**
+ * The HSX executive's own commands: ping, info, ps, sessions and the event stream. Reply shapes
+ * and error strings follow the reference daemon's recorded transcript
+ * (test/fixtures/reference/protocol_transcript.json).
+ */
+import { randomUUID } from 'node:crypto';
+import { RequestError } from './sessions.js';
+import {
+  failWith,
+  okBody,
+  toInt,
+  type CommandContext,
+  type CommandResult,
+  type CommandSpec,
+} from './command-types.js';
+import { taskToPsRow, taskToWire } from './engine-port.js';
+
+function parseFilters(raw: unknown): { pids: number[] | null; categories: string[] | null; sinceSeq: number | null } {
+  if (raw === undefined || raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+    return { pids: null, categories: null, sinceSeq: null };
+  }
+  const f = raw as Record<string, unknown>;
+  let pids: number[] | null = null;
+  if (f['pid'] !== undefined && f['pid'] !== null) {
+    const list = Array.isArray(f['pid']) ? f['pid'] : [f['pid']];
+    pids = list.map((v) => toInt(v, 'filters.pid must contain integer PIDs'));
+  }
+  let categories: string[] | null = null;
+  if (f['categories'] !== undefined && f['categories'] !== null) {
+    const list = Array.isArray(f['categories']) ? f['categories'] : [f['categories']];
+    categories = list.map((c) => String(c));
+  }
+  let sinceSeq: number | null = null;
+  if (f['since_seq'] !== undefined && f['since_seq'] !== null) {
+    sinceSeq = toInt(f['since_seq'], 'filters.since_seq must be an integer when provided');
+    if (sinceSeq < 0) throw new RequestError('filters.since_seq must be non-negative');
+  }
+  return { pids, categories, sinceSeq };
+}
+
+function subscriptionOf(ctx: CommandContext) {
+  ctx.core.sessions.get(ctx.sessionId);
+  const token = ctx.core.streams.get(ctx.sessionId as string);
+  const sub = token === undefined ? undefined : ctx.core.bus.get(token);
+  if (!sub) throw new RequestError('session_required');
+  return sub;
+}
+
+function subscribe(ctx: CommandContext): CommandResult {
+  const { core, req } = ctx;
+  const session = core.sessions.get(ctx.sessionId);
+  const { pids, categories, sinceSeq } = parseFilters(req['filters']);
+  let ackWindow: number | null = null;
+  if (req['ack_window'] !== undefined && req['ack_window'] !== null) {
+    ackWindow = toInt(req['ack_window'], 'events.subscribe ack_window must be an integer');
+    if (ackWindow < 1) throw new RequestError('events.subscribe ack_window must be positive');
+  }
+  // One subscription per session, as in the reference: a new one replaces (and ends) the old.
+  const old = core.streams.get(session.id);
+  if (old !== undefined) core.bus.unsubscribe(old);
+  const sub = core.bus.subscribe({
+    token: `${session.id}:${randomUUID()}`,
+    maxEvents: session.maxEvents,
+    pids,
+    categories,
+    sinceSeq,
+    ackWindow,
+    deferStart: true,
+    deliver: (ev) => ctx.conn.deliverEvent(ev),
+    onClose: (reason) => {
+      if (core.streams.get(session.id) === sub.token) core.streams.delete(session.id);
+      ctx.conn.streamClosed(reason);
+    },
+  });
+  core.streams.set(session.id, sub.token);
+  const m = sub.metrics();
+  const events: Record<string, unknown> = {
+    token: sub.token,
+    max: sub.maxEvents,
+    cursor: core.bus.lastSeq,
+    retention_ms: core.bus.config.retentionMs,
+    pending: m.pending,
+    high_water: m.high_water,
+    drops: m.drop_count,
+  };
+  if (sinceSeq !== null) events['since_seq'] = sinceSeq;
+  if (ackWindow !== null) events['ack_window'] = ackWindow;
+  return { kind: 'stream', body: { events }, subscription: sub };
+}
+
+export const protocolCommands: Record<string, CommandSpec> = {
+  ping: { role: 'viewer', mutates: false, run: () => okBody({ reply: 'pong' }) },
+
+  auth: {
+    role: null,
+    mutates: false,
+    // Handled by the connection (it needs the token store); listed so it is a known command.
+    run: () => okBody(),
+  },
+
+  info: {
+    role: 'viewer',
+    mutates: false,
+    run(ctx) {
+      const pidRaw = ctx.req['pid'];
+      if (pidRaw === undefined || pidRaw === null) return okBody({ info: ctx.core.info() });
+      const pid = toInt(pidRaw, 'info pid must be an integer');
+      const dev = ctx.core.device(ctx.req['device']);
+      if ('error' in dev) return failWith(dev);
+      const task = dev.engine.ps().find((t) => t.pid === pid);
+      if (!task) return failWith({ error: `ESRCH:unknown_pid`, detail: { pid } });
+      return okBody({ info: { device: dev.name, ...taskToWire(task) } });
+    },
+  },
+
+  ps: {
+    role: 'viewer',
+    mutates: false,
+    run(ctx) {
+      const dev = ctx.core.device(ctx.req['device']);
+      if ('error' in dev) return failWith(dev);
+      const rows = dev.engine.ps().map(taskToPsRow);
+      return okBody({ tasks: { tasks: rows, current_pid: null }, device: dev.name });
+    },
+  },
+
+  'session.open': {
+    role: 'viewer',
+    mutates: false,
+    run(ctx) {
+      const rec = ctx.core.sessions.open({
+        client: ctx.req['client'],
+        capabilities: ctx.req['capabilities'],
+        pid_lock: ctx.req['pid_lock'],
+        heartbeat_s: ctx.req['heartbeat_s'],
+      });
+      return okBody({ session: ctx.core.sessions.payload(rec) });
+    },
+  },
+
+  'session.keepalive': {
+    role: 'viewer',
+    mutates: false,
+    run(ctx) {
+      ctx.core.sessions.touch(ctx.sessionId);
+      return okBody();
+    },
+  },
+
+  'session.close': {
+    role: 'viewer',
+    mutates: false,
+    run(ctx) {
+      ctx.core.sessions.close(ctx.sessionId);
+      return okBody();
+    },
+  },
+
+  'events.subscribe': { role: 'viewer', mutates: false, run: subscribe },
+
+  'events.ack': {
+    role: 'viewer',
+    mutates: false,
+    run(ctx) {
+      const sub = subscriptionOf(ctx);
+      const raw = ctx.req['seq'];
+      if (raw === undefined || raw === null) throw new RequestError("events.ack requires 'seq'");
+      const seq = toInt(raw, 'events.ack seq must be an integer');
+      if (seq < 0) throw new RequestError('ack seq must be non-negative');
+      sub.ack(seq);
+      const m = sub.metrics();
+      return okBody({ events: { pending: m.pending, high_water: m.high_water, drops: m.drop_count, last_ack: m.last_ack } });
+    },
+  },
+
+  'events.unsubscribe': {
+    role: 'viewer',
+    mutates: false,
+    run(ctx) {
+      ctx.core.sessions.get(ctx.sessionId);
+      const token = ctx.core.streams.get(ctx.sessionId as string);
+      const removed = token !== undefined && ctx.core.bus.unsubscribe(token);
+      return okBody({ unsubscribed: removed });
+    },
+  },
+
+  shutdown: {
+    role: 'admin',
+    mutates: true,
+    run(ctx) {
+      ctx.core.requestShutdown();
+      return okBody();
+    },
+  },
+};

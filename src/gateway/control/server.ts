@@ -1,0 +1,284 @@
+/**
+ * The control server: JSON lines over TCP, compatible with the HSX executive protocol
+ * (docs/executive_protocol.md), in front of one engine or several (one per simulated device).
+ * It owns the listening socket, the connections, the protocol sessions and the access policy;
+ * the engines and the event bus come from its caller. Reading image files for `load` happens
+ * here, in the gateway layer, because the engine does no I/O.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { readFile, stat } from 'node:fs/promises';
+import { isAbsolute, relative, resolve } from 'node:path';
+import pino, { type Logger } from 'pino';
+import { systemClock } from '../../engine/clock.js';
+import type { Clock, TimerHandle } from '../../engine/ports.js';
+import { err, ok, type Result } from '../../hxe/result.js';
+import type { EventBus } from '../events/index.js';
+import { AuditLog } from './audit.js';
+import { isLoopbackHost, parseTokenEnv, TokenStore, type TokenEntry } from './auth.js';
+import type { CommandSpec, DeviceRef, ServerCore } from './command-types.js';
+import { Connection, type ConnectionLimits } from './connection.js';
+import type { ControlEngine, WireError } from './engine-port.js';
+import { protocolCommands } from './protocol-commands.js';
+import { provisionCommands } from './provision-commands.js';
+import { DEFAULT_SESSION_LIMITS, SessionRegistry, type SessionLimits } from './sessions.js';
+
+export const TOKENS_ENV = 'HSX_GATEWAY_TOKENS';
+export const DEFAULT_CONTROL_PORT = 9998;
+
+export interface ControlServerOptions {
+  /** One engine (device "default"), or a map of device name → engine; a request may name `device`. */
+  engine?: ControlEngine;
+  engines?: ReadonlyMap<string, ControlEngine> | Readonly<Record<string, ControlEngine>>;
+  bus: EventBus;
+  clock?: Clock;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** Token hashes from the gateway config (`[[control.tokens]]`). */
+  tokens?: readonly TokenEntry[];
+  /** Where HSX_GATEWAY_TOKENS is read from (default process.env). */
+  env?: Readonly<Record<string, string | undefined>>;
+  maxLineBytes?: number;
+  maxOutBytes?: number;
+  streamHighWater?: number;
+  maxPipelined?: number;
+  stalledDropMs?: number;
+  maxConnections?: number;
+  logger?: Logger;
+  /** Relative `load` paths resolve here (default: the working directory). */
+  loadRoot?: string;
+  /** Refuse `load` paths outside loadRoot. */
+  confineLoads?: boolean;
+  maxImageBytes?: number;
+  sessionLimits?: Partial<SessionLimits>;
+  /** Called after an admin's `shutdown` was answered (default: close this server). */
+  onShutdown?: () => void;
+  /** Extra fields for `info`. */
+  info?: Record<string, unknown>;
+}
+
+export interface ControlServerError {
+  code: 'EINSECURE' | 'ETOKENS' | 'ENODEV' | 'ELISTEN';
+  message: string;
+}
+
+const COMMANDS: Readonly<Record<string, CommandSpec>> = { ...protocolCommands, ...provisionCommands };
+
+/** The `[control]` table of the gateway config (src/gateway/config.ts) as server options. */
+export function controlOptionsFromConfig(control: {
+  listen: string;
+  tokens: readonly TokenEntry[];
+  max_line_bytes: number;
+}): Pick<ControlServerOptions, 'host' | 'port' | 'tokens' | 'maxLineBytes'> {
+  const at = control.listen.lastIndexOf(':');
+  return {
+    host: control.listen.slice(0, at).replace(/^\[|\]$/g, ''),
+    port: Number(control.listen.slice(at + 1)),
+    tokens: control.tokens,
+    maxLineBytes: control.max_line_bytes,
+  };
+}
+
+/** Every command and the role it needs (for docs, tests and `info`). */
+export function commandRoles(): Record<string, string | null> {
+  return Object.fromEntries(Object.entries(COMMANDS).map(([k, v]) => [k, v.role]));
+}
+
+export class ControlServer {
+  readonly notes: string[] = [];
+  private readonly server: Server;
+  private readonly connections = new Set<Connection>();
+  private readonly devices: Map<string, ControlEngine>;
+  private readonly tokens: TokenStore | null;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private readonly core: ServerCore;
+  private readonly limits: ConnectionLimits;
+  private readonly host: string;
+  private readonly port: number;
+  private nextConnId = 1;
+  private pruneTimer: TimerHandle | null = null;
+  private listening = false;
+
+  private constructor(private readonly opts: ControlServerOptions, devices: Map<string, ControlEngine>, tokens: TokenStore | null) {
+    this.devices = devices;
+    this.tokens = tokens;
+    this.clock = opts.clock ?? systemClock;
+    this.logger = opts.logger ?? pino({ name: 'control' }, pino.destination(2));
+    this.host = opts.host ?? '127.0.0.1';
+    this.port = opts.port ?? DEFAULT_CONTROL_PORT;
+    this.limits = {
+      maxLineBytes: opts.maxLineBytes ?? 1024 * 1024,
+      maxOutBytes: opts.maxOutBytes ?? 8 * 1024 * 1024,
+      streamHighWater: opts.streamHighWater ?? 256 * 1024,
+      maxPipelined: opts.maxPipelined ?? 64,
+      stalledDropMs: opts.stalledDropMs ?? 30_000,
+    };
+    const sessions = new SessionRegistry(this.clock, { ...DEFAULT_SESSION_LIMITS, ...opts.sessionLimits }, (id) => {
+      const token = this.core.streams.get(id);
+      if (token !== undefined) opts.bus.unsubscribe(token);
+    });
+    const audit = new AuditLog(this.logger.child({ component: 'audit' }), () => Date.now());
+    const names = [...devices.keys()];
+    this.core = {
+      bus: opts.bus,
+      sessions,
+      clock: this.clock,
+      tokensConfigured: tokens !== null,
+      streams: new Map(),
+      device: (name) => this.deviceRef(name),
+      deviceNames: () => names,
+      readImage: (path) => this.readImage(path),
+      requestShutdown: () => {
+        setImmediate(() => (opts.onShutdown ? opts.onShutdown() : void this.close()));
+      },
+      info: () => ({
+        name: 'hsx-gateway',
+        protocol: 1,
+        devices: names,
+        default_device: names[0] ?? null,
+        event_seq: opts.bus.lastSeq,
+        sessions: sessions.size,
+        connections: this.connections.size,
+        auth: tokens ? 'tokens' : 'loopback',
+        ...opts.info,
+      }),
+    };
+    this.server = createServer((socket) => this.accept(socket, audit));
+    this.server.maxConnections = opts.maxConnections ?? 1024;
+  }
+
+  /** Validates the options (devices, tokens) without touching the network. */
+  static create(opts: ControlServerOptions): Result<ControlServer, ControlServerError> {
+    const devices = new Map<string, ControlEngine>();
+    if (opts.engines) {
+      const entries = opts.engines instanceof Map ? [...opts.engines] : Object.entries(opts.engines);
+      for (const [name, engine] of entries) devices.set(name, engine as ControlEngine);
+    } else if (opts.engine) {
+      devices.set('default', opts.engine);
+    }
+    if (devices.size === 0) return err({ code: 'ENODEV', message: 'control server: give an engine or a map of devices' });
+    const entries: TokenEntry[] = [...(opts.tokens ?? [])];
+    const envValue = (opts.env ?? process.env)[TOKENS_ENV];
+    if (envValue !== undefined && envValue.trim() !== '') {
+      const parsed = parseTokenEnv(envValue, TOKENS_ENV);
+      if (!parsed.ok) return err({ code: 'ETOKENS', message: parsed.error.message });
+      entries.push(...parsed.value);
+    }
+    return ok(new ControlServer(opts, devices, entries.length ? new TokenStore(entries) : null));
+  }
+
+  /** Binds; refuses a non-loopback address when no token is configured. */
+  listen(): Promise<Result<{ host: string; port: number }, ControlServerError>> {
+    if (!this.tokens && !isLoopbackHost(this.host)) {
+      const message = `control server: refusing to listen on ${this.host}: no access tokens configured ` +
+        `(set [[control.tokens]] in the config or ${TOKENS_ENV}), and without them only loopback is allowed`;
+      this.logger.error({ host: this.host }, message);
+      return Promise.resolve(err({ code: 'EINSECURE', message }));
+    }
+    return new Promise((done) => {
+      const onError = (e: Error) => done(err({ code: 'ELISTEN', message: `control server: cannot listen on ${this.host}:${this.port}: ${e.message}` }));
+      this.server.once('error', onError);
+      this.server.listen(this.port, this.host, () => {
+        this.server.off('error', onError);
+        this.listening = true;
+        const addr = this.address();
+        if (!this.tokens) {
+          this.note(`control: no access tokens configured; listening on loopback only (${addr.host}:${addr.port}), every local client has the admin role`);
+        } else {
+          this.note(`control: listening on ${addr.host}:${addr.port} with ${this.tokens.size} access token(s)`);
+        }
+        this.schedulePrune();
+        done(ok(addr));
+      });
+    });
+  }
+
+  address(): { host: string; port: number } {
+    const a = this.server.address();
+    if (a && typeof a === 'object') return { host: a.address, port: a.port };
+    return { host: this.host, port: this.port };
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Per connection: peer, unread output bytes, whether it carries an event stream. */
+  connectionsInfo(): { id: number; peer: string; unreadBytes: number; streaming: boolean }[] {
+    return [...this.connections].map((c) => ({ id: c.id, peer: c.peer, unreadBytes: c.unreadBytes, streaming: c.streaming }));
+  }
+
+  /** Stops accepting, ends every connection (aborting their streaming loads) and every session. */
+  close(): Promise<void> {
+    if (this.pruneTimer !== null) this.clock.clearTimeout(this.pruneTimer);
+    this.pruneTimer = null;
+    for (const c of this.connections) c.close();
+    this.core.sessions.closeAll('server_shutdown');
+    if (!this.listening) return Promise.resolve();
+    this.listening = false;
+    return new Promise((done) => this.server.close(() => done()));
+  }
+
+  private note(message: string): void {
+    this.notes.push(message);
+    this.logger.warn(message);
+  }
+
+  private schedulePrune(): void {
+    this.pruneTimer = this.clock.setTimeout(() => {
+      this.core.sessions.prune();
+      if (this.listening) this.schedulePrune();
+    }, 5000);
+  }
+
+  private accept(socket: Socket, audit: AuditLog): void {
+    const conn = new Connection(this.nextConnId++, socket, {
+      core: this.core,
+      commands: COMMANDS,
+      tokens: this.tokens,
+      audit,
+      limits: this.limits,
+      log: (level, obj, msg) => this.logger[level](obj, msg),
+      onAbortSession: (device, sid) => {
+        const engine = this.devices.get(device);
+        const r = engine?.abort(sid, 'client_disconnected');
+        this.logger.info({ device, session_id: sid, aborted: r?.ok ?? false }, 'control client left mid-stream; session aborted');
+      },
+    });
+    this.connections.add(conn);
+    socket.on('close', () => this.connections.delete(conn));
+  }
+
+  private deviceRef(name: unknown): DeviceRef | WireError {
+    if (name === undefined || name === null) {
+      const [first] = this.devices;
+      if (!first) return { error: 'ENODEV:no_device' };
+      return { name: first[0], engine: first[1] };
+    }
+    const engine = typeof name === 'string' ? this.devices.get(name) : undefined;
+    if (!engine) return { error: `ENODEV:unknown_device`, detail: { device: String(name), devices: [...this.devices.keys()] } };
+    return { name: name as string, engine };
+  }
+
+  private async readImage(path: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }> {
+    const root = resolve(this.opts.loadRoot ?? process.cwd());
+    const full = isAbsolute(path) ? path : resolve(root, path);
+    if (this.opts.confineLoads) {
+      const rel = relative(root, full);
+      if (rel.startsWith('..') || isAbsolute(rel)) return { ok: false, error: { error: 'EPERM:path_outside_root', detail: { path } } };
+    }
+    const max = this.opts.maxImageBytes ?? 16 * 1024 * 1024;
+    try {
+      const st = await stat(full);
+      if (!st.isFile()) return { ok: false, error: { error: 'EISDIR:not_a_file', detail: { path } } };
+      // Checked before reading: an untrusted size never decides an allocation.
+      if (st.size > max) return { ok: false, error: { error: 'ENOSPC:image_too_large', detail: { path, size: st.size, max } } };
+      const buf = await readFile(full);
+      return { ok: true, bytes: new Uint8Array(buf.buffer, buf.byteOffset, buf.length), source: path };
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+      return { ok: false, error: { error: `${code}:${path}`, detail: { path, message: (e as Error).message } } };
+    }
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * Protocol sessions of the HSX executive (`session.open/keepalive/close`): a client names itself,
+ * negotiates features, its event queue depth and heartbeat, and may lock pids. Clamping and
+ * warning strings follow the reference daemon (execd.py) so its shell sees what it expects.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Clock } from '../../engine/ports.js';
+
+export interface SessionRecord {
+  id: string;
+  client: string;
+  features: string[];
+  maxEvents: number;
+  pidLocks: number[];
+  heartbeatS: number;
+  warnings: string[];
+  createdAt: number;
+  lastSeen: number;
+}
+
+export interface SessionLimits {
+  heartbeatDefault: number;
+  heartbeatMin: number;
+  heartbeatMax: number;
+  eventsDefault: number;
+  eventsMax: number;
+  features: readonly string[];
+}
+
+export const DEFAULT_SESSION_LIMITS: SessionLimits = {
+  heartbeatDefault: 30,
+  heartbeatMin: 5,
+  heartbeatMax: 300,
+  eventsDefault: 256,
+  eventsMax: 2048,
+  features: ['events', 'provisioning', 'values'],
+};
+
+/** A request-level failure with the exact wire string (e.g. `session_required`). */
+export class RequestError extends Error {
+  constructor(readonly wire: string, readonly detail?: Record<string, unknown>) {
+    super(wire);
+  }
+}
+
+function intOf(v: unknown, what: string): number {
+  if (typeof v === 'number' && Number.isInteger(v)) return v;
+  if (typeof v === 'string' && /^-?\d+$/.test(v.trim())) return Number.parseInt(v, 10);
+  throw new RequestError(what);
+}
+
+export class SessionRegistry {
+  private readonly sessions = new Map<string, SessionRecord>();
+  private readonly pidLocks = new Map<number, string>();
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly limits: SessionLimits = DEFAULT_SESSION_LIMITS,
+    private readonly onClosed: (id: string, reason: string) => void = () => {},
+  ) {}
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  private nowS(): number {
+    return this.clock.now() / 1000;
+  }
+
+  open(req: { client?: unknown; capabilities?: unknown; pid_lock?: unknown; heartbeat_s?: unknown }): SessionRecord {
+    const caps = (req.capabilities ?? {}) as Record<string, unknown>;
+    if (typeof caps !== 'object' || caps === null || Array.isArray(caps)) throw new RequestError('capabilities must be an object when provided');
+    const requested = caps['features'] ?? [];
+    if (!Array.isArray(requested)) throw new RequestError('capabilities.features must be a list when provided');
+    const features: string[] = [];
+    const warnings: string[] = [];
+    for (const f of requested) {
+      const name = String(f);
+      if (this.limits.features.includes(name)) features.push(name);
+      else warnings.push(`unsupported_feature:${name}`);
+    }
+    let maxEvents = this.limits.eventsDefault;
+    if (caps['max_events'] !== undefined && caps['max_events'] !== null) {
+      maxEvents = intOf(caps['max_events'], 'capabilities.max_events must be an integer when provided');
+      if (maxEvents <= 0) throw new RequestError('capabilities.max_events must be positive');
+      if (maxEvents < 2) {
+        warnings.push('max_events_clamped:2');
+        maxEvents = 2;
+      }
+      if (maxEvents > this.limits.eventsMax) {
+        warnings.push(`max_events_clamped:${this.limits.eventsMax}`);
+        maxEvents = this.limits.eventsMax;
+      }
+    }
+    let heartbeat = this.limits.heartbeatDefault;
+    if (req.heartbeat_s !== undefined && req.heartbeat_s !== null) {
+      heartbeat = intOf(req.heartbeat_s, 'heartbeat_s must be an integer when provided');
+      if (heartbeat < this.limits.heartbeatMin) {
+        warnings.push(`heartbeat_clamped:${this.limits.heartbeatMin}`);
+        heartbeat = this.limits.heartbeatMin;
+      } else if (heartbeat > this.limits.heartbeatMax) {
+        warnings.push(`heartbeat_clamped:${this.limits.heartbeatMax}`);
+        heartbeat = this.limits.heartbeatMax;
+      }
+    }
+    const locks = this.normalisePids(req.pid_lock);
+    for (const pid of locks) if (this.pidLocks.has(pid)) throw new RequestError(`pid_locked:${pid}`);
+    const now = this.nowS();
+    const rec: SessionRecord = {
+      id: randomUUID(),
+      client: req.client === undefined || req.client === null ? '' : String(req.client),
+      features,
+      maxEvents,
+      pidLocks: locks,
+      heartbeatS: heartbeat,
+      warnings,
+      createdAt: now,
+      lastSeen: now,
+    };
+    this.sessions.set(rec.id, rec);
+    for (const pid of locks) this.pidLocks.set(pid, rec.id);
+    return rec;
+  }
+
+  /** The reference's session payload. */
+  payload(rec: SessionRecord): Record<string, unknown> {
+    const out: Record<string, unknown> = {
+      id: rec.id,
+      client: rec.client,
+      heartbeat_s: rec.heartbeatS,
+      features: [...rec.features],
+      max_events: rec.maxEvents,
+      pid_lock: rec.pidLocks.length === 0 ? null : rec.pidLocks.length === 1 ? rec.pidLocks[0] : [...rec.pidLocks],
+      created_at: rec.createdAt,
+      last_seen: rec.lastSeen,
+    };
+    if (rec.warnings.length) out['warnings'] = [...rec.warnings];
+    return out;
+  }
+
+  get(id: string | null): SessionRecord {
+    const rec = id === null ? undefined : this.sessions.get(id);
+    if (!rec) throw new RequestError('session_required');
+    return rec;
+  }
+
+  touch(id: string | null): SessionRecord {
+    const rec = this.get(id);
+    rec.lastSeen = this.nowS();
+    return rec;
+  }
+
+  close(id: string | null, reason = 'client_close'): void {
+    const rec = this.get(id);
+    this.drop(rec, reason);
+  }
+
+  /** A pid locked by another session may not be changed by this one. */
+  ensurePidAccess(pid: number, sessionId: string | null): void {
+    const owner = this.pidLocks.get(pid);
+    if (owner !== undefined && owner !== sessionId) throw new RequestError(`pid_locked:${pid}`);
+  }
+
+  /** Closes sessions whose heartbeat lapsed. */
+  prune(): string[] {
+    const now = this.nowS();
+    const expired = [...this.sessions.values()].filter((r) => now - r.lastSeen > r.heartbeatS);
+    for (const r of expired) this.drop(r, 'timeout');
+    return expired.map((r) => r.id);
+  }
+
+  closeAll(reason: string): void {
+    for (const r of [...this.sessions.values()]) this.drop(r, reason);
+  }
+
+  private drop(rec: SessionRecord, reason: string): void {
+    if (!this.sessions.delete(rec.id)) return;
+    for (const pid of rec.pidLocks) if (this.pidLocks.get(pid) === rec.id) this.pidLocks.delete(pid);
+    this.onClosed(rec.id, reason);
+  }
+
+  private normalisePids(v: unknown): number[] {
+    if (v === undefined || v === null) return [];
+    const list = Array.isArray(v) ? v : [v];
+    const pids = new Set<number>();
+    for (const x of list) {
+      if (x === null || x === undefined) continue;
+      const pid = intOf(x, 'pid_lock must be an integer or sequence of integers');
+      if (pid < 0) throw new RequestError('pid_lock values must be non-negative');
+      pids.add(pid);
+    }
+    return [...pids].sort((a, b) => a - b);
+  }
+}

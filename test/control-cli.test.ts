@@ -1,0 +1,81 @@
+/**
+ * The CLI's thin control-server clients (`ps`, `status`, `persist`, `rollback`), run as real
+ * processes against a real server: output, --json, and honest exit codes.
+ */
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { sha256Hex } from '../src/gateway/control/auth.js';
+import { runClientCommand } from '../src/gateway/control/client.js';
+import { renderPs } from '../src/cli/commands/ps.js';
+import { renderStatus } from '../src/cli/commands/status.js';
+import { renderPersist } from '../src/cli/commands/persist.js';
+import { renderRollback } from '../src/cli/commands/rollback.js';
+import { fixturePath, startHarness } from './control-harness.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((done) => {
+    execFile(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: root, env: { ...process.env, ...env } }, (e, stdout, stderr) => {
+      const code = e ? (typeof (e as { code?: unknown }).code === 'number' ? (e as { code: number }).code : 1) : 0;
+      done({ code, stdout, stderr });
+    });
+  });
+}
+
+test('ps, status, persist, rollback against a running server', async (t) => {
+  t.timeout(60_000);
+  const tokens = [
+    { name: 'op', role: 'operator' as const, sha256: sha256Hex('operator-secret') },
+    { name: 'boss', role: 'admin' as const, sha256: sha256Hex('admin-secret') },
+  ];
+  const h = await startHarness({ tokens });
+  t.teardown(() => h.close());
+  const c = await h.client();
+  const loaded = await c.request({ cmd: 'provision.load', token: 'operator-secret', path: fixturePath('t04b_value_cmd_help.hxe') });
+  const pid = (loaded['task'] as Record<string, unknown>)['pid'] as number;
+  const at = `127.0.0.1:${h.port}`;
+
+  // three real processes (the wiring: commander, exit codes, stdout), the rest in-process
+  const [ps, rollbackDenied, badConnect] = await Promise.all([
+    cli(['ps', '--connect', at, '--json'], { HSX_GATEWAY_TOKEN: 'operator-secret' }),
+    cli(['rollback', '--connect', at, '--token', 'operator-secret', '--json']),
+    cli(['persist', '7', '--connect', 'nowhere']),
+  ]);
+  t.is(ps.code, 0, ps.stderr);
+  const psJson = JSON.parse(ps.stdout) as Record<string, unknown>;
+  t.true(psJson['ok'] as boolean);
+  t.is(((psJson['tasks'] as Record<string, unknown>)['tasks'] as unknown[]).length, 1);
+  t.is(rollbackDenied.code, 1);
+  t.is((JSON.parse(rollbackDenied.stdout) as Record<string, unknown>)['error'], 'EPERM:admin_required');
+  t.is(badConnect.code, 2);
+  t.regex(badConnect.stderr, /expected HOST:PORT/);
+
+  const run = async (cmd: string, fields: Record<string, unknown>, render: (r: Record<string, unknown>) => string, opts: Record<string, unknown>) => {
+    let out = '';
+    let errText = '';
+    const code = await runClientCommand({ connect: at, ...opts }, cmd, fields, render, { out: (x) => void (out += x), err: (x) => void (errText += x) });
+    return { code, out, err: errText };
+  };
+  const psHuman = await run('ps', {}, renderPs, { token: 'operator-secret' });
+  t.is(psHuman.code, 0);
+  t.regex(psHuman.out, /^PID\s+STATE\s+APP\s+SOURCE\n/);
+  t.regex(psHuman.out, /sensor_app/);
+  const status = await run('provision.status', { pid }, renderStatus, { token: 'operator-secret' });
+  t.is(status.code, 0, status.err);
+  t.regex(status.out, new RegExp(`^pid ${pid}  READY  sensor_app  329 bytes`));
+  const noToken = await run('provision.status', {}, renderStatus, { json: true });
+  t.is(noToken.code, 1);
+  t.deepEqual(JSON.parse(noToken.out), { ok: false, kind: 'remote', error: 'EPERM:viewer_required' });
+  const persist = await run('provision.persist', { pid, target: 'test' }, renderPersist, { token: 'operator-secret' });
+  t.is(persist.code, 0, persist.err);
+  t.regex(persist.out, /^persisted to slot [AB] \(seq \d+\) on default\n$/);
+  const rollback = await run('provision.rollback', { reason: 'cli-test' }, renderRollback, { token: 'admin-secret' });
+  t.true(rollback.code === 0 ? /^rolled back to slot/.test(rollback.out) : /server: E/.test(rollback.err), rollback.out + rollback.err);
+  const refused = await run('ps', {}, renderPs, { connect: '127.0.0.1:1', json: true });
+  t.is(refused.code, 1);
+  t.is((JSON.parse(refused.out) as Record<string, unknown>)['kind'], 'connect');
+  const audits = h.logs.filter((l) => l['audit'] === true && l['verdict'] === 'denied').map((l) => `${String(l['cmd'])}:${String(l['who'])}`);
+  t.true(audits.includes('provision.rollback:op'));
+});

@@ -1,0 +1,161 @@
+/**
+ * Test support for the control server tests: a real server on an ephemeral port in front of a
+ * real engine and event bus, a captured pino log, and a line-oriented TCP client.
+ */
+import { connect, type Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import pino from 'pino';
+import { FakeClock, InMemoryImageStore, InMemoryValueStore, ProvisioningEngine, systemClock } from '../src/engine/index.js';
+import type { Clock } from '../src/engine/ports.js';
+import { EventBus, type EventBusConfig } from '../src/gateway/events/index.js';
+import { ControlServer, type ControlServerOptions } from '../src/gateway/control/server.js';
+
+export const fixture = (name: string): Uint8Array => new Uint8Array(readFileSync(new URL(`./fixtures/${name}`, import.meta.url)));
+export const fixturePath = (name: string): string => new URL(`./fixtures/${name}`, import.meta.url).pathname;
+
+export interface Harness {
+  server: ControlServer;
+  port: number;
+  bus: EventBus;
+  engine: ProvisioningEngine;
+  clock: Clock;
+  logs: Record<string, unknown>[];
+  client(): Promise<LineClient>;
+  close(): Promise<void>;
+}
+
+export function makeEngine(clock: Clock, bus: EventBus): ProvisioningEngine {
+  return new ProvisioningEngine({ clock, events: bus, imageStore: new InMemoryImageStore(), valueStore: new InMemoryValueStore() });
+}
+
+export async function startHarness(
+  opts: Partial<ControlServerOptions> & { busConfig?: Partial<EventBusConfig>; fakeClock?: boolean } = {},
+): Promise<Harness> {
+  const clock: Clock = opts.fakeClock ? new FakeClock(Date.now()) : systemClock;
+  const logs: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'debug' }, { write: (s: string) => void logs.push(JSON.parse(s) as Record<string, unknown>) });
+  const bus = opts.bus ?? new EventBus({ clock, ...(opts.busConfig ? { config: opts.busConfig } : {}) });
+  const engine = makeEngine(clock, bus);
+  const created = ControlServer.create({
+    engine,
+    env: {},
+    port: 0,
+    logger,
+    clock,
+    ...opts,
+    bus,
+  });
+  if (!created.ok) throw new Error(created.error.message);
+  const server = created.value;
+  const listened = await server.listen();
+  if (!listened.ok) throw new Error(listened.error.message);
+  const port = listened.value.port;
+  const clients: LineClient[] = [];
+  return {
+    server,
+    port,
+    bus,
+    engine,
+    clock,
+    logs,
+    async client() {
+      const c = await LineClient.connect(port);
+      clients.push(c);
+      return c;
+    },
+    async close() {
+      for (const c of clients) c.destroy();
+      await server.close();
+      bus.close();
+    },
+  };
+}
+
+/** A JSON-lines client that keeps every received line, in order. */
+export class LineClient {
+  readonly lines: string[] = [];
+  private buf = '';
+  private waiters: (() => void)[] = [];
+  ended = false;
+
+  private constructor(readonly socket: Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      this.buf += d;
+      let i: number;
+      while ((i = this.buf.indexOf('\n')) >= 0) {
+        this.lines.push(this.buf.slice(0, i));
+        this.buf = this.buf.slice(i + 1);
+      }
+      this.wake();
+    });
+    socket.on('end', () => {
+      this.ended = true;
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.ended = true;
+      this.wake();
+    });
+    socket.on('error', () => {});
+  }
+
+  static connect(port: number): Promise<LineClient> {
+    return new Promise((resolve, reject) => {
+      const s = connect(port, '127.0.0.1', () => resolve(new LineClient(s)));
+      s.once('error', reject);
+    });
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  private cursor = 0;
+
+  /** The next unread line (waits up to `ms`); null at EOF or timeout. */
+  async next(ms = 5000): Promise<string | null> {
+    const deadline = Date.now() + ms;
+    while (this.cursor >= this.lines.length) {
+      if (this.ended) return null;
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+    return this.lines[this.cursor++] as string;
+  }
+
+  async nextJson(ms = 5000): Promise<Record<string, unknown>> {
+    const line = await this.next(ms);
+    if (line === null) throw new Error('no line (EOF or timeout)');
+    return JSON.parse(line) as Record<string, unknown>;
+  }
+
+  sendRaw(text: string | Buffer): void {
+    this.socket.write(text);
+  }
+
+  async request(obj: Record<string, unknown>): Promise<Record<string, unknown>> {
+    this.socket.write(`${JSON.stringify({ version: 1, ...obj })}\n`);
+    return this.nextJson();
+  }
+
+  /** Waits until the server closes the connection. */
+  async waitEnd(ms = 5000): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (!this.ended && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return this.ended;
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
