@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CollectingEventSink, FakeClock } from '../src/engine/index.js';
 import { bootDevice } from '../src/gateway/boot.js';
-import { openSimulatedDevice, type SimulatedDevice } from '../src/gateway/simulated-device.js';
+import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
 import { sdManifestSource, preloadDirSource } from '../src/link/sources/source-transport.js';
 
 const SMALL = { flashSize: 256 * 1024, sectorSize: 4096, pageSize: 256, framSize: 16 * 1024 };

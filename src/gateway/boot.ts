@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { Clock, EventSink, TaskInfo } from '../engine/index.js';
 import type { ImageSourceTransport, SourceDelivery } from '../link/sources/source-transport.js';
 import type { SourcedImage, SourceProblem } from '../link/sources/sourced-image.js';
-import type { SimulatedDevice } from './simulated-device.js';
+import type { SimulatedDevice } from '../persist/simulated-device.js';
 
 export interface BootOptions {
   device: SimulatedDevice;

@@ -20,7 +20,7 @@ import { loadConfig, type GatewayConfig } from './config.js';
 import { Gateway } from './gateway.js';
 import { createLogger } from './logger.js';
 import { allTopics } from './mqtt/topics.js';
-import { openSimulatedDevice, type SimulatedDevice } from './simulated-device.js';
+import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const DEMO_CONFIG = join(ROOT, 'configs', 'demo.toml');

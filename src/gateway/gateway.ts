@@ -21,7 +21,7 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker
 import { MqttBridge } from './mqtt/bridge.js';
 import { allTopics } from './mqtt/topics.js';
 import { engineSetup } from './profiles.js';
-import { openSimulatedDevice, type SimulatedDevice } from './simulated-device.js';
+import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
 
 export interface GatewayOverrides {
   controlPort?: number;

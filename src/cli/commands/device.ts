@@ -11,9 +11,23 @@ export function registerDevice(program: Command): void {
     .option('--state <dir>', 'directory holding the device flash and FRAM files')
     .option('--json', 'JSON lines instead of human output')
     // UART options (src/link/uart)
+    .option('--uart <port>', 'UART: serial port to listen on (/dev/ttyUSB1; docs/uart_protocol.md)')
+    .option('--baud <n>', 'UART line rate (default 921600)')
     // CAN options (src/link/can)
+    .option('--can <iface>', 'CAN bus: SocketCAN interface (can0, vcan0), virtual:NAME or virtual:HOST:PORT (docs/can_protocol.md)')
+    .option('--node <n>', 'CAN node id of this device (1..63)')
     .action(async (opts: Record<string, unknown>) => {
       // transport branches (one per transport)
+      if (typeof opts['uart'] === 'string') {
+        const { runUartDeviceCommand } = await import('../../link/uart/cli.js');
+        process.exitCode = await runUartDeviceCommand({ uart: opts['uart'], baud: opts['baud'], state: opts['state'] as string | undefined, json: !!opts['json'] });
+        return;
+      }
+      if (typeof opts['can'] === 'string') {
+        const { runCanDevice } = await import('../../link/can/cli.js');
+        process.exitCode = await runCanDevice({ can: opts['can'], node: opts['node'] as string | undefined, state: opts['state'] as string | undefined, json: !!opts['json'] });
+        return;
+      }
       process.stderr.write('device: give a transport (--uart PORT or --can IFACE)\n');
       process.exitCode = 2;
       void opts;

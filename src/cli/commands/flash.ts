@@ -12,9 +12,32 @@ export function registerFlash(program: Command): void {
     .argument('<image>', 'the .hxe image to send')
     .option('--json', 'JSON lines instead of a progress bar')
     // UART options (src/link/uart)
+    .option('--uart <port>', 'UART: serial port of the device (/dev/ttyUSB0; docs/uart_protocol.md)')
+    .option('--baud <n>', 'UART line rate (default 921600)')
+    .option('--chunk <bytes>', 'UART frame payload (default 4096; 256 on a noisy line)')
+    .option('--window <frames>', 'UART frames in flight (default 16)')
     // CAN options (src/link/can)
+    .option('--can <iface>', 'CAN bus: SocketCAN interface (can0, vcan0), virtual:NAME or virtual:HOST:PORT (docs/can_protocol.md)')
+    .option('--nodes <list>', 'CAN target node ids, e.g. 1-16 or 3,5,7 (default 1)')
+    .option('--fd', 'CAN FD: 64-byte data frames with bit-rate switch')
+    .option('--can-session <n>', 'CAN session id 1..255 (default random)')
+    .option('--can-timeout <ms>', 'CAN base timeout for joins, acks and reports (doubled per retry)')
+    .option('--can-retries <n>', 'CAN retries before a silent node is dropped with ETIMEDOUT')
     .action(async (image: string, opts: Record<string, unknown>) => {
       // transport branches (one per transport)
+      if (typeof opts['uart'] === 'string') {
+        const { runUartFlash } = await import('../../link/uart/cli.js');
+        process.exitCode = await runUartFlash(image, { uart: opts['uart'], baud: opts['baud'], chunk: opts['chunk'], window: opts['window'], json: !!opts['json'] });
+        return;
+      }
+      if (typeof opts['can'] === 'string') {
+        const { runCanFlash } = await import('../../link/can/cli.js');
+        process.exitCode = await runCanFlash(image, {
+          can: opts['can'], nodes: opts['nodes'] as string | undefined, fd: !!opts['fd'], json: !!opts['json'],
+          session: opts['canSession'] as string | undefined, timeout: opts['canTimeout'] as string | undefined, retries: opts['canRetries'] as string | undefined,
+        });
+        return;
+      }
       process.stderr.write('flash: give a transport (--uart PORT or --can IFACE)\n');
       process.exitCode = 2;
       void image; void opts;

@@ -5,7 +5,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink } from '../engine/index.js';
-import { openDevice, type Device, type DeviceGeometry } from '../persist/index.js';
+import { openDevice, type Device, type DeviceGeometry } from './device.js';
 
 export interface SimulatedDeviceOptions {
   name: string;

@@ -1,0 +1,313 @@
+/**
+ * What `flash --can`, `device --can` and `can get|set` do; the command files only parse options and
+ * call these. Each returns the process exit code (0 ok, 1 failed, 2 usage) instead of exiting, so
+ * the shells stay in charge of the process.
+ */
+import { readFile } from 'node:fs/promises';
+import cliProgress from 'cli-progress';
+import { encodeF16 } from '../../hxe/f16.js';
+import { ProvisioningEngine, systemClock, type EngineEvent, type EventSink } from '../../engine/index.js';
+import { openSimulatedDevice, type SimulatedDevice } from '../../persist/simulated-device.js';
+import { createCanBus, parseCanAddress } from './address.js';
+import type { CanBus } from './bus.js';
+import { nodeProblem } from './ids.js';
+import { CanListener, type ListenerOptions } from './listener.js';
+import { CanMaster, parseNodeList, type MasterProgress, type MasterResult } from './master.js';
+import { parseOid, requestValue } from './value-client.js';
+
+type Out = (line: string) => void;
+const stdout: Out = (l) => process.stdout.write(l + '\n');
+const stderr: Out = (l) => process.stderr.write(l + '\n');
+
+function intOption(value: unknown, name: string, min: number, max: number): number | string | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) return `${name} must be an integer ${min}..${max}, got ${String(value)}`;
+  return n;
+}
+
+/** A malformed address is a usage error (2); an interface that cannot be opened is a failure (1). */
+async function openBus(spec: string, fd: boolean, json: boolean): Promise<CanBus | 2 | 1> {
+  const parsed = parseCanAddress(spec);
+  if (!parsed.ok) {
+    stderr(`error: ${parsed.message}`);
+    return 2;
+  }
+  try {
+    const bus = createCanBus(parsed.address, { fd });
+    await bus.open();
+    return bus;
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    if (json) stdout(JSON.stringify({ type: 'error', code: 'ENODEV', message }));
+    else stderr(`error: ${message}`);
+    return 1;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface CanFlashOptions {
+  can: string;
+  nodes?: string;
+  fd?: boolean;
+  json?: boolean;
+  session?: string;
+  timeout?: string;
+  retries?: string;
+}
+
+export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promise<number> {
+  const json = !!o.json;
+  const usage = (m: string): number => {
+    stderr(`flash: ${m}`);
+    return 2;
+  };
+  const nodes = parseNodeList(o.nodes ?? '1');
+  if (typeof nodes === 'string') return usage(nodes);
+  const session = intOption(o.session, '--can-session', 1, 255);
+  const timeoutMs = intOption(o.timeout, '--can-timeout', 1, 600_000);
+  const retries = intOption(o.retries, '--can-retries', 0, 100);
+  for (const v of [session, timeoutMs, retries]) if (typeof v === 'string') return usage(v);
+  let image: Uint8Array;
+  try {
+    image = new Uint8Array(await readFile(imagePath));
+  } catch (e) {
+    stderr(`flash: cannot read ${imagePath}: ${(e as Error).message}`);
+    return 1;
+  }
+  if (image.length === 0) {
+    stderr(`flash: ${imagePath} is empty`);
+    return 1;
+  }
+  const bus = await openBus(o.can, !!o.fd, json);
+  if (typeof bus === 'number') return bus;
+
+  const display = json ? jsonProgress(nodes) : barProgress(nodes, process.stderr.isTTY === true);
+  let result: MasterResult;
+  try {
+    const master = new CanMaster({
+      bus, image, nodes, fd: !!o.fd,
+      ...(session !== undefined ? { session: session as number } : {}),
+      ...(timeoutMs !== undefined ? { timeoutMs: timeoutMs as number } : {}),
+      ...(retries !== undefined ? { retries: retries as number } : {}),
+      onProgress: display.update,
+    });
+    if (json) stdout(JSON.stringify({ type: 'start', session: master.session, nodes, bytes: image.length, fd: !!o.fd, bus: o.can }));
+    // Ctrl-C: tell the nodes to abort, then report what was reached (exit 1).
+    const interrupt = (): void => master.abort('interrupted');
+    process.once('SIGINT', interrupt);
+    process.once('SIGTERM', interrupt);
+    try {
+      result = await master.run();
+    } finally {
+      process.off('SIGINT', interrupt);
+      process.off('SIGTERM', interrupt);
+    }
+  } catch (e) {
+    display.stop();
+    await bus.close();
+    return usage((e as Error).message);
+  }
+  display.stop();
+  await bus.close();
+  const s = result.stats;
+  const frames = s.frameBytes / s.chunkSize;
+  const efficiency = s.frameBytes > 0 ? s.payloadBytes / s.frameBytes : 0;
+  if (json) {
+    for (const v of result.verdicts) stdout(JSON.stringify({ type: 'verdict', ...v }));
+    stdout(JSON.stringify({ type: 'summary', ok: result.ok, ...s, frames, efficiency }));
+  } else {
+    stdout(`\n node  verdict     where      reason`);
+    for (const v of result.verdicts) {
+      stdout(` ${String(v.node).padStart(4)}  ${v.status.padEnd(10)}  ${v.where.padEnd(9)}  ${v.reason ?? ''}`);
+    }
+    const ready = result.verdicts.filter((v) => v.status === 'READY').length;
+    stdout(
+      `\n${ready}/${result.verdicts.length} nodes READY · session ${s.session} · ${image.length} bytes in ${(s.ms / 1000).toFixed(2)} s · ` +
+        `${frames} frames (${s.rounds} report rounds, ${s.repairedChunks} chunks repaired) · payload efficiency ${(efficiency * 100).toFixed(1)}%`,
+    );
+  }
+  return result.ok ? 0 : 1;
+}
+
+interface ProgressDisplay {
+  update: (p: MasterProgress) => void;
+  stop: () => void;
+}
+
+function jsonProgress(nodes: number[]): ProgressDisplay {
+  let lastPhase = '';
+  let lastSent = -1;
+  const reported = new Set<number>();
+  return {
+    update: (p) => {
+      // One line per phase change, per 10% of the data pass and per new verdict: enough to follow.
+      const step = Math.floor((p.sent * 10) / Math.max(1, p.total));
+      if (p.phase !== lastPhase || step !== lastSent) {
+        lastPhase = p.phase;
+        lastSent = step;
+        stdout(JSON.stringify({ type: 'progress', phase: p.phase, sent: p.sent, total: p.total, joined: p.joined.length, of: nodes.length, round: p.round }));
+      }
+      for (const v of p.verdicts) if (!reported.has(v.node)) {
+        reported.add(v.node);
+        stdout(JSON.stringify({ type: 'node', ...v }));
+      }
+    },
+    stop: () => {},
+  };
+}
+
+function barProgress(nodes: number[], tty: boolean): ProgressDisplay {
+  if (!tty) return { update: () => {}, stop: () => {} };
+  const multi = new cliProgress.MultiBar(
+    { format: ' node {node} [{bar}] {percentage}% {status}', hideCursor: true, clearOnComplete: false, stream: process.stderr },
+    cliProgress.Presets.shades_classic,
+  );
+  const bars = new Map(nodes.map((n) => [n, multi.create(1, 0, { node: String(n).padStart(2), status: 'announcing' })]));
+  return {
+    update: (p) => {
+      const joined = new Set(p.joined);
+      const verdicts = new Map(p.verdicts.map((v) => [v.node, v]));
+      for (const [n, bar] of bars) {
+        const v = verdicts.get(n);
+        bar.setTotal(p.total);
+        if (v) bar.update(p.total, { status: v.status === 'READY' ? 'READY' : `${v.status} (${v.where}${v.reason ? ', ' + v.reason : ''})` });
+        else bar.update(p.sent, { status: !joined.has(n) ? 'waiting to join' : p.phase === 'repair' ? `repair round ${p.round}` : p.phase });
+      }
+    },
+    stop: () => multi.stop(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface CanDeviceOptions {
+  can: string;
+  node?: string;
+  state?: string;
+  json?: boolean;
+}
+
+/** Runs until SIGINT/SIGTERM; the returned promise resolves with the exit code. */
+export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): Promise<number> {
+  const json = !!o.json;
+  const node = Number(o.node);
+  const bad = o.node === undefined ? '--node is required with --can' : nodeProblem(node);
+  if (bad) {
+    stderr(`device: ${bad}`);
+    return 2;
+  }
+  const print = (obj: Record<string, unknown>, human: string): void => (json ? stdout(JSON.stringify(obj)) : stdout(human));
+  const events: EventSink = {
+    emit: (e: EngineEvent) => {
+      if (json && e.type !== 'provisioning.progress') stdout(JSON.stringify({ type: 'event', event: e.type, pid: e.pid, phase: e.phase, data: e.data }));
+    },
+  };
+  // With a state directory the device keeps its image and values in flash and FRAM files.
+  let device: SimulatedDevice | null = null;
+  if (o.state) {
+    try {
+      device = await openSimulatedDevice({ name: `node${node}`, stateDir: o.state, events });
+    } catch (e) {
+      const message = `cannot open the state directory ${o.state}: ${(e as Error).message}`;
+      print({ type: 'error', code: (e as { code?: string }).code ?? 'EIO', message }, `device: ${message}`);
+      return 1;
+    }
+  }
+  const bus = await openBus(o.can, true, json);
+  if (typeof bus === 'number') {
+    await device?.close();
+    return bus;
+  }
+  const engine = device?.engine ?? new ProvisioningEngine({ clock: systemClock, events });
+  if (device) {
+    // Boot: the image the device holds runs again (every check repeated), with its persisted values.
+    const restored = engine.restore();
+    if (!restored.ok) print({ type: 'restore', ok: false, error: restored.error }, `restore failed: ${restored.error.code} ${restored.error.reason}`);
+    else if (restored.value) print({ type: 'restore', ok: true, pid: restored.value.pid, appName: restored.value.appName }, `restored ${restored.value.appName} (pid ${restored.value.pid})`);
+  }
+  const options: ListenerOptions = {
+    bus, node, engine, source: `can:${o.can.split('?')[0]}`,
+    onEvent: (e) => {
+      switch (e.type) {
+        case 'joined':
+          return print({ ...e }, `session ${e.session}: receiving ${e.totalBytes} bytes (${e.fd ? 'CAN FD' : 'classic'}, ${e.chunkSize}-byte chunks)`);
+        case 'verdict':
+          return print({ ...e }, `session ${e.session}: ${e.status}${e.status === 'READY' ? ` pid ${e.pid} ${e.appName}` : ` at ${e.where}: ${e.reason}`}`);
+        case 'conflict':
+          return print({ ...e }, `session ${e.session}: ignored ${e.what}`);
+        case 'value':
+          return print({ ...e }, `value ${e.op} ${e.oid >> 8}:${e.oid & 0xff} raw 0x${e.raw.toString(16)} ${e.status}`);
+        case 'progress':
+          return;
+      }
+    },
+  };
+  if (device) {
+    // The received image goes to the device's flash before the master hears READY.
+    options.onReady = async (task) => engine.persist(task.pid, 'permanent');
+  }
+  const listener = new CanListener(options);
+  listener.start();
+  print({ type: 'ready', node, bus: bus.name, fd: bus.fd, pid: process.pid }, `device node ${node} listening on ${bus.name}`);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    signal?.addEventListener('abort', stop, { once: true });
+    bus.on('status', (s: { state: string; detail?: string }) => {
+      if (s.state === 'error') print({ type: 'bus', ...s }, `bus: ${s.detail ?? s.state}`);
+    });
+  });
+  listener.stop();
+  await bus.close();
+  await device?.close();
+  print({ type: 'stopped', node, counters: listener.counters }, `device node ${node} stopped`);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface CanValueOptions {
+  can: string;
+  node?: string;
+  json?: boolean;
+  timeout?: string;
+}
+
+export async function runCanValue(op: 'get' | 'set', target: string, valueText: string | undefined, o: CanValueOptions): Promise<number> {
+  const json = !!o.json;
+  const node = Number(o.node);
+  const usage = (m: string): number => {
+    stderr(`can ${op}: ${m}`);
+    return 2;
+  };
+  const bad = o.node === undefined ? '--node is required' : nodeProblem(node);
+  if (bad) return usage(bad);
+  const oid = parseOid(target);
+  if (typeof oid === 'string') return usage(oid);
+  let raw: number | undefined;
+  if (op === 'set') {
+    if (valueText === undefined) return usage('a VALUE is required');
+    const m = /^raw:(0x[0-9a-f]{1,4}|\d+)$/i.exec(valueText);
+    const n = Number(m ? m[1] : valueText);
+    if (!Number.isFinite(n) || (m && (n < 0 || n > 0xffff))) return usage(`VALUE must be a number (or raw:0xBITS), got "${valueText}"`);
+    raw = m ? n : encodeF16(n);
+  }
+  const timeoutMs = intOption(o.timeout, '--can-timeout', 1, 60_000);
+  if (typeof timeoutMs === 'string') return usage(timeoutMs);
+  const bus = await openBus(o.can, false, json);
+  if (typeof bus === 'number') return bus;
+  const reply = await requestValue({ bus, node, oid, ...(raw !== undefined ? { raw } : {}), ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+  await bus.close();
+  const where = { node, group: oid >> 8, id: oid & 0xff, oid };
+  if (reply.ok) {
+    if (json) stdout(JSON.stringify({ type: 'value', op, ok: true, ...where, raw: reply.raw, value: reply.value }));
+    else stdout(`${oid >> 8}:${oid & 0xff} = ${reply.value} (raw 0x${reply.raw.toString(16).padStart(4, '0')}) on node ${node}`);
+    return 0;
+  }
+  if (json) stdout(JSON.stringify({ type: 'value', op, ok: false, ...where, status: reply.status }));
+  else stderr(`can ${op} ${target} on node ${node}: ${reply.status}`);
+  return 1;
+}

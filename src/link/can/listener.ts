@@ -1,0 +1,608 @@
+/**
+ * The listener role: a device on the bus. It joins broadcast transfers that name its node id,
+ * collects chunks from data frames (sequence in the identifier), checks each 256-chunk block against
+ * the CRC-32 its SYNC frame carries, streams verified blocks into its engine (begin → write → end),
+ * reports what it lacks as a compact bitmap, and answers with its engine's own verdict. It also
+ * serves value GET/SET for its node.
+ *
+ * Safety rules (hostile or confused traffic): nothing reaches the engine unless its block CRC or the
+ * announced SHA-256 vouches for it; `end` (and so READY) is only reached after the SHA-256 of the
+ * whole image matched the announce; a chunk that disagrees with one already held is a conflict, and
+ * a block that fails its CRC is dropped and re-requested. No input makes it throw.
+ */
+import { createHash } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import type { EngineError, ProvisioningEngine, TaskInfo } from '../../engine/index.js';
+import type { Result } from '../../hxe/result.js';
+import type { CanBus } from './bus.js';
+import { ChunkSet } from './chunk-set.js';
+import type { CanFrame } from './frame.js';
+import { classifyId, DEFAULT_ID_PLAN, expandSeq, nodeProblem, ProvOp, provId, ValueOp, valueId, type CanIdPlan } from './ids.js';
+import {
+  AnnounceAssembler,
+  BLOCK_CHUNKS,
+  CtrlKind,
+  decodeCtrl,
+  decodeSync,
+  decodeValue,
+  encodeAck,
+  encodeJoin,
+  encodeRet,
+  encodeVerdict,
+  JoinFlag,
+  statusCode,
+  whereCode,
+  type Announce,
+} from './messages.js';
+
+/** The part of the engine a listener drives. */
+export type ListenerEngine = Pick<ProvisioningEngine, 'begin' | 'write' | 'end' | 'abort' | 'getValue' | 'setValue'>;
+
+export interface ListenerOptions {
+  bus: CanBus;
+  node: number;
+  engine: ListenerEngine;
+  plan?: CanIdPlan;
+  /** Largest image accepted (checked before anything is allocated). */
+  maxImageBytes?: number;
+  /** A session with no frame from its master for this long is abandoned (engine session aborted). */
+  sessionTimeoutMs?: number;
+  /** Frames per missing-chunk report; the rest is reported in the next round. */
+  maxReportFrames?: number;
+  /** Largest `engine.write` (the engine's maxChunkBytes). */
+  engineChunkBytes?: number;
+  /** Times the whole image may fail its SHA-256 and be re-collected before the verdict is EBADMSG. */
+  shaRetries?: number;
+  /** Runs after `end` succeeded (e.g. persist to the device's flash); an error becomes the verdict. */
+  onReady?: (task: TaskInfo) => Promise<Result<unknown, EngineError>>;
+  onEvent?: (e: ListenerEvent) => void;
+  /** Source tag for the engine (`can:IFACE`). */
+  source?: string;
+}
+
+export type ListenerEvent =
+  | { type: 'joined'; session: number; totalBytes: number; chunkSize: number; fd: boolean }
+  | { type: 'progress'; session: number; held: number; total: number }
+  | { type: 'verdict'; session: number; status: string; where: string; reason: string; pid?: number; appName?: string }
+  | { type: 'conflict'; session: number; what: string }
+  | { type: 'value'; op: 'get' | 'set'; oid: number; raw: number; status: string };
+
+export interface LocalVerdict {
+  status: string;
+  where: string;
+  reason: string;
+  crc32: number;
+  pid?: number;
+  appName?: string;
+}
+
+/** Engine errors that mean "the session timed out", not "the image is bad". */
+const ENGINE_TIMEOUTS = new Set(['write_timeout', 'total_timeout']);
+
+const BLOCK_WAITING = 0;
+const BLOCK_COMPLETE = 1; // every chunk held, no CRC known yet
+const BLOCK_VERIFIED = 2;
+
+/** A transfer this listener joined. */
+interface Rx {
+  a: Announce;
+  nChunks: number;
+  nBlocks: number;
+  buf: Uint8Array;
+  chunks: ChunkSet;
+  blockHeld: Uint16Array;
+  blockState: Uint8Array;
+  blockCrc: Float64Array; // -1 = unknown
+  fedBlocks: number;
+  engineSession: number | null;
+  writeSeq: number;
+  ref: number;
+  hiSeen: number;
+  dutyIndex: number;
+  nextDuty: number;
+  shaFailures: number;
+  engineRenewals: number;
+  finishing: boolean;
+  finalizing: boolean;
+  verdict: LocalVerdict | null;
+  lastHeard: number;
+}
+
+export class CanListener {
+  readonly node: number;
+  private readonly plan: CanIdPlan;
+  private readonly bus: CanBus;
+  private readonly engine: ListenerEngine;
+  private readonly opts: Required<Pick<ListenerOptions, 'maxImageBytes' | 'sessionTimeoutMs' | 'maxReportFrames' | 'engineChunkBytes' | 'shaRetries'>>;
+  private readonly assembler = new AnnounceAssembler();
+  private rx: Rx | null = null;
+  private unsubscribe: (() => void) | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private lastNeedAnnounce = -Infinity;
+  /** The last finished session and its verdict, so a late REPORT still gets an answer. */
+  private finished: { session: number; verdict: LocalVerdict } | null = null;
+  readonly counters = {
+    frames: 0, data: 0, duplicates: 0, conflicts: 0, outOfRange: 0, malformed: 0, foreign: 0,
+    blockCrcFailures: 0, shaFailures: 0, sessions: 0, dropped: 0, engineRenewals: 0, valueRequests: 0,
+  };
+  readonly verdicts: Array<LocalVerdict & { session: number }> = [];
+
+  constructor(private readonly options: ListenerOptions) {
+    const bad = nodeProblem(options.node);
+    if (bad) throw new RangeError(bad);
+    this.node = options.node;
+    this.bus = options.bus;
+    this.engine = options.engine;
+    this.plan = options.plan ?? DEFAULT_ID_PLAN;
+    this.opts = {
+      maxImageBytes: options.maxImageBytes ?? 1 << 20,
+      sessionTimeoutMs: options.sessionTimeoutMs ?? 10_000,
+      maxReportFrames: options.maxReportFrames ?? 16,
+      engineChunkBytes: options.engineChunkBytes ?? 2048,
+      shaRetries: options.shaRetries ?? 2,
+    };
+  }
+
+  start(): void {
+    if (this.unsubscribe) return;
+    this.unsubscribe = this.bus.receive((f) => this.onFrame(f));
+    this.idleTimer = setInterval(() => this.checkIdle(), Math.max(50, this.opts.sessionTimeoutMs / 4));
+    this.idleTimer.unref();
+  }
+
+  stop(): void {
+    this.unsubscribe?.();
+    this.unsubscribe = null;
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = null;
+    if (this.rx && !this.rx.verdict) this.abandon('ECANCELED', 'listener_stopped', 'listener stopped');
+  }
+
+  /** The session in progress (for status displays). */
+  get current(): { session: number; held: number; total: number; verdict: LocalVerdict | null } | null {
+    const rx = this.rx;
+    return rx ? { session: rx.a.session, held: rx.chunks.held, total: rx.nChunks, verdict: rx.verdict } : null;
+  }
+
+  private emit(e: ListenerEvent): void {
+    try {
+      this.options.onEvent?.(e);
+    } catch {
+      // an observer's bug must not take the device down
+    }
+  }
+
+  private send(id: number, data: Uint8Array, fd = false): void {
+    this.bus.post(fd && data.length > 8 ? { id, data, fd: true } : { id, data });
+  }
+
+  private sendProv(op: number, data: Uint8Array, fd = false): void {
+    this.send(provId(this.plan, this.node, op), data, fd);
+  }
+
+  // ------------------------------------------------------------------------------------------
+
+  private onFrame(f: CanFrame): void {
+    this.counters.frames++;
+    if (f.ext) return;
+    const c = classifyId(this.plan, f.id);
+    if (c.kind === 'data') return this.onData(c.low, f.data);
+    if (c.kind === 'value') {
+      if (c.node === this.node && (c.op === ValueOp.GET || c.op === ValueOp.SET)) this.onValue(c.op, f.data);
+      return;
+    }
+    if (c.kind !== 'prov' || c.op >= 4) return; // other listeners' replies
+    if (c.node !== 0 && c.node !== this.node) return; // addressed to another node
+    switch (c.op) {
+      case ProvOp.ANNOUNCE:
+        if (c.node === 0) this.onAnnouncePart(f.data);
+        return;
+      case ProvOp.SYNC:
+        return this.onSync(f.data);
+      case ProvOp.CTRL:
+        return this.onCtrl(f.data);
+    }
+  }
+
+  private onAnnouncePart(data: Uint8Array): void {
+    const a = this.assembler.push(data);
+    if (!a) return;
+    if (!a.nodes.includes(this.node)) return;
+    const rx = this.rx;
+    if (rx && rx.a.session === a.session) {
+      if (sameAnnounce(rx.a, a)) {
+        rx.lastHeard = Date.now();
+        // The master repeats an announce while someone has not joined: maybe our JOIN was lost.
+        this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: rx.chunks.held }));
+        return;
+      }
+      if (!rx.verdict) {
+        this.counters.conflicts++;
+        this.emit({ type: 'conflict', session: a.session, what: 'announce differs from the joined one (second master?)' });
+        return;
+      }
+      // Our transfer under this id is over (its FINISH was lost): this is a new one that reuses the id.
+    }
+    if (rx && !rx.verdict && Date.now() - rx.lastHeard < Math.min(1000, this.opts.sessionTimeoutMs)) {
+      // Busy with a live transfer: a new session only takes over once the old master went quiet.
+      this.counters.foreign++;
+      return;
+    }
+    if (rx) this.retire(rx);
+    this.joinSession(a);
+  }
+
+  private joinSession(a: Announce): void {
+    this.counters.sessions++;
+    const chunkSize = a.chunkSize;
+    const refuse = (status: string, reason: string): void => {
+      this.finishSession(a.session, { status, where: 'transfer', reason, crc32: 0 });
+    };
+    if (a.fd && !this.bus.fd) return refuse('EINVAL', 'fd_unsupported');
+    if (a.totalBytes === 0) return refuse('EBADMSG', 'empty_image');
+    if (a.totalBytes > this.opts.maxImageBytes) return refuse('ENOSPC', 'image_too_large');
+    const nChunks = Math.ceil(a.totalBytes / chunkSize);
+    const nBlocks = Math.ceil(nChunks / BLOCK_CHUNKS);
+    const begun = this.engine.begin({ source: this.options.source ?? `can:node${this.node}`, totalBytes: a.totalBytes, expectedCrc: a.crc32 });
+    const rx: Rx = {
+      a, nChunks, nBlocks,
+      buf: new Uint8Array(nChunks * chunkSize),
+      chunks: new ChunkSet(nChunks),
+      blockHeld: new Uint16Array(nBlocks),
+      blockState: new Uint8Array(nBlocks),
+      blockCrc: new Float64Array(nBlocks).fill(-1),
+      fedBlocks: 0,
+      engineSession: begun.ok ? begun.value.sessionId : null,
+      writeSeq: 0,
+      ref: 0,
+      hiSeen: -1,
+      dutyIndex: a.nodes.indexOf(this.node),
+      nextDuty: a.nodes.indexOf(this.node),
+      shaFailures: 0,
+      engineRenewals: 0,
+      finishing: false,
+      finalizing: false,
+      verdict: null,
+      lastHeard: Date.now(),
+    };
+    this.rx = rx;
+    this.emit({ type: 'joined', session: a.session, totalBytes: a.totalBytes, chunkSize, fd: a.fd });
+    if (!begun.ok) return this.fail(rx, begun.error);
+    this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: 0 }));
+  }
+
+  /** Forget a session (its engine session is aborted if still open). */
+  private retire(rx: Rx): void {
+    if (rx.engineSession !== null && !rx.verdict) this.engine.abort(rx.engineSession, 'superseded by a new transfer');
+    if (this.rx === rx) this.rx = null;
+  }
+
+  private abandon(status: 'ETIMEDOUT' | 'ECANCELED', reason: string, why: string): void {
+    const rx = this.rx;
+    if (!rx) return;
+    if (rx.engineSession !== null) this.engine.abort(rx.engineSession, why);
+    rx.engineSession = null;
+    this.setVerdict(rx, { status, where: 'transfer', reason, crc32: 0 });
+    this.rx = null;
+  }
+
+  private checkIdle(): void {
+    const rx = this.rx;
+    if (rx && !rx.verdict && Date.now() - rx.lastHeard > this.opts.sessionTimeoutMs) this.abandon('ETIMEDOUT', 'master_silent', 'no frames from the master');
+  }
+
+  /** A session is known when it is the joined one; otherwise ask the master to announce again. */
+  private known(session: number): Rx | null {
+    const rx = this.rx;
+    if (rx && rx.a.session === session) {
+      rx.lastHeard = Date.now();
+      return rx;
+    }
+    if (this.finished?.session === session) return null;
+    // A master is running a session we do not know (we restarted, or missed the announce).
+    const now = Date.now();
+    if (now - this.lastNeedAnnounce > 200 && (!rx || rx.verdict || now - rx.lastHeard > 1000)) {
+      this.lastNeedAnnounce = now;
+      this.sendProv(ProvOp.JOIN, encodeJoin({ session, flags: JoinFlag.NEED_ANNOUNCE, have: 0 }));
+    }
+    return null;
+  }
+
+  private onSync(data: Uint8Array): void {
+    const s = decodeSync(data);
+    if (!s) return void this.counters.malformed++;
+    const rx = this.known(s.session);
+    if (!rx || rx.verdict) return;
+    if (s.base % BLOCK_CHUNKS !== 0 || s.base >= rx.nChunks) return void this.counters.outOfRange++;
+    const b = s.base / BLOCK_CHUNKS;
+    rx.ref = s.base;
+    if (rx.blockCrc[b] === -1) {
+      rx.blockCrc[b] = s.blockCrc;
+      if (rx.blockState[b] === BLOCK_COMPLETE) this.checkBlock(rx, b);
+    } else if (rx.blockCrc[b] !== s.blockCrc) {
+      this.counters.conflicts++;
+      this.emit({ type: 'conflict', session: s.session, what: `block ${b} CRC differs from the first SYNC` });
+    }
+  }
+
+  private onCtrl(data: Uint8Array): void {
+    const c = decodeCtrl(data);
+    if (!c) return void this.counters.malformed++;
+    if (c.kind === CtrlKind.REPORT && this.finished?.session === c.session && !this.rx) {
+      return this.sendVerdict(c.session, this.finished.verdict);
+    }
+    const rx = this.known(c.session);
+    if (!rx) return;
+    switch (c.kind) {
+      case CtrlKind.REPORT:
+        return this.onReportRequest(rx);
+      case CtrlKind.STATUS:
+        return this.sendProv(ProvOp.ACK, encodeAck({ session: c.session, next: rx.hiSeen + 1, missing: rx.chunks.missingBelow(rx.hiSeen + 1), polled: true }));
+      case CtrlKind.ABORT:
+      case CtrlKind.FINISH:
+        // Drop the transfer (its engine session is aborted) but remember no verdict: if this came
+        // from a confused or hostile sender and the real master carries on, we rejoin it.
+        if (!rx.verdict) {
+          if (rx.engineSession !== null) this.engine.abort(rx.engineSession, c.kind === CtrlKind.ABORT ? 'aborted by the master' : 'master finished without us');
+          rx.engineSession = null;
+          this.counters.dropped++;
+          this.emit({ type: 'verdict', session: rx.a.session, status: 'ECANCELED', where: 'transfer', reason: c.kind === CtrlKind.ABORT ? 'master_abort' : 'master_finished' });
+        }
+        this.rx = null;
+        return;
+    }
+  }
+
+  private onReportRequest(rx: Rx): void {
+    if (rx.verdict) return this.sendVerdict(rx.a.session, rx.verdict);
+    if (rx.finishing) return; // the verdict goes out when `onReady` completes
+    if (rx.chunks.complete) {
+      this.finalize(rx);
+      if (rx.verdict) return this.sendVerdict(rx.a.session, rx.verdict);
+      if (rx.finishing) return;
+    }
+    const bitmapBytes = rx.a.fd ? 60 : 4;
+    const frames = rx.chunks.report(rx.a.session, bitmapBytes, this.opts.maxReportFrames);
+    for (const f of frames) this.sendProv(ProvOp.MISSING, f, rx.a.fd);
+  }
+
+  // ------------------------------------------------------------------------------------------
+
+  private onData(low: number, data: Uint8Array): void {
+    const rx = this.rx;
+    if (!rx || rx.verdict || rx.finishing) return;
+    this.counters.data++;
+    const seq = expandSeq(low, rx.ref);
+    if (seq < 0 || seq >= rx.nChunks) return void this.counters.outOfRange++;
+    const cs = rx.a.chunkSize;
+    const len = seq === rx.nChunks - 1 ? rx.a.totalBytes - seq * cs : cs;
+    if (data.length < len) return void this.counters.malformed++;
+    // Follow the master's position only for frames near it, so stray frames cannot drag it away.
+    if (Math.abs(seq - rx.ref) <= 2 * rx.a.window) rx.ref = seq;
+    if (seq > rx.hiSeen) rx.hiSeen = seq;
+    const off = seq * cs;
+    if (rx.chunks.has(seq)) {
+      let same = true;
+      for (let i = 0; i < len; i++) if (rx.buf[off + i] !== data[i]) { same = false; break; }
+      if (same) this.counters.duplicates++;
+      else this.counters.conflicts++;
+    } else {
+      rx.buf.set(len === data.length ? data : data.subarray(0, len), off);
+      rx.chunks.add(seq);
+      const b = (seq / BLOCK_CHUNKS) | 0;
+      if (++rx.blockHeld[b]! === this.blockChunks(rx, b)) this.checkBlock(rx, b);
+    }
+    this.maybeAck(rx);
+  }
+
+  private blockChunks(rx: Rx, b: number): number {
+    return Math.min(BLOCK_CHUNKS, rx.nChunks - b * BLOCK_CHUNKS);
+  }
+
+  private blockBytes(rx: Rx, b: number): Uint8Array {
+    const start = b * BLOCK_CHUNKS * rx.a.chunkSize;
+    const end = Math.min(start + BLOCK_CHUNKS * rx.a.chunkSize, rx.a.totalBytes);
+    return rx.buf.subarray(start, end);
+  }
+
+  /** A block is complete: check it against its SYNC CRC when known, then feed what is verified. */
+  private checkBlock(rx: Rx, b: number): void {
+    const expected = rx.blockCrc[b]!;
+    if (expected === -1) {
+      rx.blockState[b] = BLOCK_COMPLETE;
+      return;
+    }
+    if (crc32(this.blockBytes(rx, b)) >>> 0 === expected) {
+      rx.blockState[b] = BLOCK_VERIFIED;
+      this.feed(rx);
+    } else {
+      this.counters.blockCrcFailures++;
+      this.dropBlock(rx, b);
+      // Either the data or the CRC was wrong (a stray SYNC could have come first): take the CRC from
+      // the next SYNC, which the master sends again before it repairs this block.
+      rx.blockCrc[b] = -1;
+    }
+  }
+
+  private dropBlock(rx: Rx, b: number): void {
+    const first = b * BLOCK_CHUNKS;
+    for (let s = first; s < first + this.blockChunks(rx, b); s++) rx.chunks.remove(s);
+    rx.blockHeld[b] = 0;
+    rx.blockState[b] = BLOCK_WAITING;
+  }
+
+  /** Stream every verified block at the front of the image into the engine. */
+  private feed(rx: Rx, all = false): void {
+    while (rx.fedBlocks < rx.nBlocks && (rx.blockState[rx.fedBlocks] === BLOCK_VERIFIED || (all && rx.blockState[rx.fedBlocks] !== BLOCK_WAITING))) {
+      if (!this.writeBlock(rx, rx.fedBlocks)) return;
+      rx.fedBlocks++;
+    }
+    this.emit({ type: 'progress', session: rx.a.session, held: rx.chunks.held, total: rx.nChunks });
+  }
+
+  private writeBlock(rx: Rx, b: number): boolean {
+    const bytes = this.blockBytes(rx, b);
+    for (let off = 0; off < bytes.length; off += this.opts.engineChunkBytes) {
+      if (rx.engineSession === null) return false;
+      const w = this.engine.write(rx.engineSession, rx.writeSeq++, bytes.subarray(off, off + this.opts.engineChunkBytes));
+      if (w.ok) continue;
+      if (this.timedOut(w.error) && this.renewEngineSession(rx)) return this.writeBlock(rx, b);
+      this.fail(rx, w.error);
+      return false;
+    }
+    return true;
+  }
+
+  private timedOut(e: EngineError): boolean {
+    return e.code === 'ETIMEDOUT' && ENGINE_TIMEOUTS.has(e.reason);
+  }
+
+  /**
+   * The engine gave up on a session that waited for a repair (its write timeout is shorter than a
+   * long transfer with a hole near the front). We still hold every byte we fed it, so begin again and
+   * replay them; bounded, so a genuinely stuck engine still ends in a verdict.
+   */
+  private renewEngineSession(rx: Rx): boolean {
+    if (rx.engineRenewals++ >= 3) return false;
+    this.counters.engineRenewals++;
+    const begun = this.engine.begin({ source: this.options.source ?? `can:node${this.node}`, totalBytes: rx.a.totalBytes, expectedCrc: rx.a.crc32 });
+    if (!begun.ok) return false;
+    rx.engineSession = begun.value.sessionId;
+    rx.writeSeq = 0;
+    const fed = rx.fedBlocks;
+    for (let b = 0; b < fed; b++) if (!this.writeBlock(rx, b)) return false;
+    return true;
+  }
+
+  private maybeAck(rx: Rx): void {
+    const n = rx.a.nodes.length;
+    const w = rx.a.window;
+    const windows = Math.ceil(rx.nChunks / w);
+    if (rx.dutyIndex < 0 || rx.nextDuty >= windows) return;
+    const lastOfDuty = Math.min((rx.nextDuty + 1) * w, rx.nChunks) - 1;
+    if (rx.hiSeen < lastOfDuty) return;
+    this.sendProv(ProvOp.ACK, encodeAck({ session: rx.a.session, next: rx.hiSeen + 1, missing: 0 }));
+    // Our next duty window is the first one that ends beyond what we have seen.
+    while (rx.nextDuty < windows && Math.min((rx.nextDuty + 1) * w, rx.nChunks) - 1 <= rx.hiSeen) rx.nextDuty += n;
+  }
+
+  /** Every chunk is held: check the whole image, then let the engine decide. */
+  private finalize(rx: Rx): void {
+    rx.finalizing = true;
+    try {
+      this.verifyAndEnd(rx);
+    } finally {
+      rx.finalizing = false;
+    }
+  }
+
+  private verifyAndEnd(rx: Rx): void {
+    const sha = createHash('sha256').update(rx.buf.subarray(0, rx.a.totalBytes)).digest();
+    if (!sha.equals(rx.a.sha256)) {
+      this.counters.shaFailures++;
+      if (++rx.shaFailures > this.opts.shaRetries) {
+        if (rx.engineSession !== null) this.engine.abort(rx.engineSession, 'SHA-256 mismatch');
+        rx.engineSession = null;
+        return this.setVerdict(rx, { status: 'EBADMSG', where: 'transfer', reason: 'sha256_mismatch', crc32: 0 });
+      }
+      // Re-collect what no block CRC vouched for; if everything was vouched for, start over.
+      let dropped = false;
+      for (let b = 0; b < rx.nBlocks; b++) if (rx.blockState[b] !== BLOCK_VERIFIED) {
+        this.dropBlock(rx, b);
+        dropped = true;
+      }
+      if (!dropped) this.restartSession(rx);
+      return;
+    }
+    this.feed(rx, true);
+    if (rx.verdict || rx.engineSession === null) return;
+    let ended = this.engine.end(rx.engineSession);
+    if (!ended.ok && this.timedOut(ended.error) && this.renewEngineSession(rx)) {
+      rx.fedBlocks = rx.nBlocks; // renewEngineSession replayed every block
+      ended = this.engine.end(rx.engineSession!);
+    }
+    rx.engineSession = null;
+    if (!ended.ok) return this.fail(rx, ended.error);
+    const task = ended.value;
+    const verdict: LocalVerdict = { status: 'OK', where: 'none', reason: 'ready', crc32: rx.a.crc32, pid: task.pid, appName: task.appName };
+    if (!this.options.onReady) return this.setVerdict(rx, verdict);
+    rx.finishing = true;
+    const done = (v: LocalVerdict): void => {
+      this.setVerdict(rx, v);
+      this.sendVerdict(rx.a.session, rx.verdict!); // the REPORT that triggered this is still unanswered
+    };
+    this.options.onReady(task).then(
+      (r) => done(r.ok ? verdict : errorVerdict(r.error)),
+      (e: unknown) => done({ status: 'EBUSY', where: 'persist', reason: String(e), crc32: 0 }),
+    );
+  }
+
+  private restartSession(rx: Rx): void {
+    if (rx.engineSession !== null) this.engine.abort(rx.engineSession, 'SHA-256 mismatch; collecting again');
+    for (let b = 0; b < rx.nBlocks; b++) this.dropBlock(rx, b);
+    rx.blockCrc.fill(-1);
+    rx.fedBlocks = 0;
+    rx.writeSeq = 0;
+    const begun = this.engine.begin({ source: this.options.source ?? `can:node${this.node}`, totalBytes: rx.a.totalBytes, expectedCrc: rx.a.crc32 });
+    rx.engineSession = begun.ok ? begun.value.sessionId : null;
+    if (!begun.ok) this.fail(rx, begun.error);
+  }
+
+  private fail(rx: Rx, e: EngineError): void {
+    if (rx.engineSession !== null) this.engine.abort(rx.engineSession, `${e.code} ${e.reason}`);
+    rx.engineSession = null;
+    this.setVerdict(rx, errorVerdict(e));
+    // An early rejection is worth telling the master now: it stops repairing for us. (During
+    // finalize the REPORT handler sends it.)
+    if (!rx.finalizing) this.sendVerdict(rx.a.session, rx.verdict!);
+  }
+
+  private setVerdict(rx: Rx, v: LocalVerdict): void {
+    rx.finishing = false;
+    if (rx.verdict) return;
+    rx.verdict = v;
+    this.finished = { session: rx.a.session, verdict: v };
+    this.verdicts.push({ session: rx.a.session, ...v });
+    const e: ListenerEvent = { type: 'verdict', session: rx.a.session, status: v.status === 'OK' ? 'READY' : v.status, where: v.where, reason: v.reason };
+    if (v.pid !== undefined) e.pid = v.pid;
+    if (v.appName !== undefined) e.appName = v.appName;
+    this.emit(e);
+    // The image buffer is no longer needed; keep the small state for late REPORTs.
+    rx.buf = new Uint8Array(0);
+  }
+
+  private finishSession(session: number, v: LocalVerdict): void {
+    this.finished = { session, verdict: v };
+    this.verdicts.push({ session, ...v });
+    this.emit({ type: 'verdict', session, status: v.status, where: v.where, reason: v.reason });
+    this.sendVerdict(session, v);
+  }
+
+  private sendVerdict(session: number, v: LocalVerdict): void {
+    this.sendProv(ProvOp.VERDICT, encodeVerdict({ session, status: statusCode(v.status), where: whereCode(v.where), crc32: v.crc32 }));
+  }
+
+  // ------------------------------------------------------------------------------------------
+
+  private onValue(op: number, data: Uint8Array): void {
+    this.counters.valueRequests++;
+    const req = decodeValue(data, op === ValueOp.GET ? 'get' : 'set');
+    if (!req) return void this.counters.malformed++;
+    const r = op === ValueOp.GET ? this.engine.getValue(req.oid) : this.engine.setValue(req.oid, req.raw);
+    const status = r.ok ? 'OK' : r.error.code;
+    const raw = r.ok ? r.value.raw : 0;
+    this.emit({ type: 'value', op: op === ValueOp.GET ? 'get' : 'set', oid: req.oid, raw: r.ok ? raw : req.raw, status });
+    this.send(valueId(this.plan, this.node, ValueOp.RET), encodeRet({ oid: req.oid, raw, status: statusCode(status) }));
+  }
+}
+
+function errorVerdict(e: EngineError): LocalVerdict {
+  return { status: e.code, where: e.where, reason: e.reason, crc32: 0 };
+}
+
+function sameAnnounce(a: Announce, b: Announce): boolean {
+  return (
+    a.totalBytes === b.totalBytes && a.crc32 === b.crc32 && a.chunkSize === b.chunkSize && a.fd === b.fd && a.window === b.window &&
+    Buffer.from(a.sha256).equals(Buffer.from(b.sha256)) && a.nodes.join() === b.nodes.join()
+  );
+}

@@ -1,0 +1,309 @@
+/**
+ * Payload layouts of the provisioning and value frames (big-endian, byte 0 of every provisioning
+ * frame is the session id). Decoders never throw: a frame of the wrong length or with impossible
+ * fields decodes to null and is counted by the caller. Byte tables: docs/can_protocol.md.
+ */
+
+export const ANNOUNCE_VERSION = 1;
+export const ANNOUNCE_BODY_BYTES = 52;
+/** Chunks per block: one SYNC frame (position + CRC-32 of the block) per block. */
+export const BLOCK_CHUNKS = 256;
+
+export const CtrlKind = { REPORT: 1, STATUS: 2, ABORT: 3, FINISH: 4 } as const;
+export const JoinFlag = { JOINED: 1, NEED_ANNOUNCE: 2 } as const;
+export const MissingFlag = { LAST: 1, RANGE: 2 } as const;
+
+/** Wire codes for verdicts and value replies (0 = READY / ok). */
+export const STATUS_CODES = ['OK', 'EBADMSG', 'ENOSPC', 'ESRCH', 'EBUSY', 'EEXIST', 'EPERM', 'ETIMEDOUT', 'ECANCELED', 'EINVAL'] as const;
+export type StatusName = (typeof STATUS_CODES)[number];
+export const WHERE_CODES = ['none', 'begin', 'write', 'end', 'verify', 'register', 'persist', 'transfer'] as const;
+export type WhereName = (typeof WHERE_CODES)[number];
+
+export const statusCode = (name: string): number => Math.max(0, STATUS_CODES.indexOf(name as StatusName));
+export const statusName = (code: number): StatusName | `E#${number}` => STATUS_CODES[code] ?? `E#${code}`;
+export const whereCode = (name: string): number => Math.max(0, WHERE_CODES.indexOf(name as WhereName));
+export const whereName = (code: number): WhereName | `W#${number}` => WHERE_CODES[code] ?? `W#${code}`;
+
+const u24 = (b: Uint8Array, o: number): number => ((b[o]! << 16) | (b[o + 1]! << 8) | b[o + 2]!) >>> 0;
+const u32 = (b: Uint8Array, o: number): number => ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+function put24(b: Uint8Array, o: number, v: number): void {
+  b[o] = (v >>> 16) & 0xff;
+  b[o + 1] = (v >>> 8) & 0xff;
+  b[o + 2] = v & 0xff;
+}
+function put32(b: Uint8Array, o: number, v: number): void {
+  b[o] = (v >>> 24) & 0xff;
+  b[o + 1] = (v >>> 16) & 0xff;
+  b[o + 2] = (v >>> 8) & 0xff;
+  b[o + 3] = v & 0xff;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ANNOUNCE: a 52-byte body cut into parts of (frame payload − 2) bytes: [session, part, bytes…]
+
+export interface Announce {
+  session: number;
+  fd: boolean;
+  chunkSize: number;
+  /** Data frames per flow-control window. */
+  window: number;
+  totalBytes: number;
+  crc32: number;
+  sha256: Uint8Array;
+  /** Target node ids (1..63). */
+  nodes: number[];
+}
+
+export function encodeAnnounceBody(a: Announce): Uint8Array {
+  const b = new Uint8Array(ANNOUNCE_BODY_BYTES);
+  b[0] = ANNOUNCE_VERSION;
+  b[1] = a.fd ? 1 : 0;
+  b[2] = a.chunkSize;
+  b[3] = a.window;
+  put32(b, 4, a.totalBytes);
+  put32(b, 8, a.crc32);
+  b.set(a.sha256.subarray(0, 32), 12);
+  let hi = 0;
+  let lo = 0;
+  for (const n of a.nodes) {
+    if (n >= 32) hi |= 1 << (n - 32);
+    else lo |= 1 << n;
+  }
+  put32(b, 44, hi >>> 0);
+  put32(b, 48, lo >>> 0);
+  return b;
+}
+
+/** Null when the body is malformed (wrong version, impossible sizes, no node bits). */
+export function decodeAnnounceBody(session: number, b: Uint8Array): Announce | null {
+  if (b.length < ANNOUNCE_BODY_BYTES || b[0] !== ANNOUNCE_VERSION) return null;
+  const fd = (b[1]! & 1) === 1;
+  const chunkSize = b[2]!;
+  const window = b[3]!;
+  if (chunkSize < 1 || chunkSize > (fd ? 64 : 8) || window < 1) return null;
+  const nodes: number[] = [];
+  const hi = u32(b, 44);
+  const lo = u32(b, 48);
+  for (let n = 1; n < 64; n++) if (n >= 32 ? (hi >>> (n - 32)) & 1 : (lo >>> n) & 1) nodes.push(n);
+  if (nodes.length === 0 || (lo & 1) !== 0) return null;
+  return { session, fd, chunkSize, window, totalBytes: u32(b, 4), crc32: u32(b, 8), sha256: b.slice(12, 44), nodes };
+}
+
+export const announcePartBytes = (frameMax: number): number => frameMax - 2;
+export const announceParts = (frameMax: number): number => Math.ceil(ANNOUNCE_BODY_BYTES / announcePartBytes(frameMax));
+
+export function encodeAnnounceParts(a: Announce, frameMax: number): Uint8Array[] {
+  const body = encodeAnnounceBody(a);
+  const per = announcePartBytes(frameMax);
+  const parts: Uint8Array[] = [];
+  for (let p = 0; p < announceParts(frameMax); p++) {
+    const slice = body.subarray(p * per, p * per + per);
+    const f = new Uint8Array(2 + per);
+    f[0] = a.session;
+    f[1] = p;
+    f.set(slice, 2);
+    parts.push(f);
+  }
+  return parts;
+}
+
+/**
+ * Collects announce parts per session (a few sessions at once, so interleaved announces of another
+ * master cannot keep ours from assembling); the part size is taken from the frame's length.
+ */
+export class AnnounceAssembler {
+  private readonly pending = new Map<number, { body: Uint8Array; per: number; got: number; needed: number }>();
+
+  /** Returns the announce once every part of one session arrived, else null. */
+  push(data: Uint8Array): Announce | null {
+    if (data.length < 3) return null;
+    const session = data[0]!;
+    const part = data[1]!;
+    const per = data.length - 2;
+    let p = this.pending.get(session);
+    if (!p || p.per !== per) {
+      const needed = Math.ceil(ANNOUNCE_BODY_BYTES / per);
+      p = { body: new Uint8Array(needed * per), per, got: 0, needed };
+      this.pending.delete(session);
+      this.pending.set(session, p);
+      if (this.pending.size > 4) this.pending.delete(this.pending.keys().next().value!);
+    }
+    if (part >= p.needed) return null;
+    const bit = 2 ** part;
+    if (Math.floor(p.got / bit) % 2 === 0) p.got += bit;
+    p.body.set(data.subarray(2), part * per);
+    if (p.got !== 2 ** p.needed - 1) return null;
+    this.pending.delete(session); // a repeated announce re-assembles from scratch
+    return decodeAnnounceBody(session, p.body);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SYNC [session, base u24, crc32 of the block u32]
+
+export interface Sync {
+  session: number;
+  base: number;
+  blockCrc: number;
+}
+
+export function encodeSync(s: Sync): Uint8Array {
+  const b = new Uint8Array(8);
+  b[0] = s.session;
+  put24(b, 1, s.base);
+  put32(b, 4, s.blockCrc);
+  return b;
+}
+
+export function decodeSync(b: Uint8Array): Sync | null {
+  if (b.length < 8) return null;
+  return { session: b[0]!, base: u24(b, 1), blockCrc: u32(b, 4) };
+}
+
+// CTRL [session, kind, round]
+export interface Ctrl {
+  session: number;
+  kind: number;
+  round: number;
+}
+
+export const encodeCtrl = (c: Ctrl): Uint8Array => Uint8Array.of(c.session, c.kind, c.round & 0xff);
+export const decodeCtrl = (b: Uint8Array): Ctrl | null => (b.length < 3 ? null : { session: b[0]!, kind: b[1]!, round: b[2]! });
+
+// JOIN [session, flags, have u24]
+export interface Join {
+  session: number;
+  flags: number;
+  have: number;
+}
+
+export function encodeJoin(j: Join): Uint8Array {
+  const b = new Uint8Array(5);
+  b[0] = j.session;
+  b[1] = j.flags;
+  put24(b, 2, Math.min(j.have, 0xffffff));
+  return b;
+}
+
+export const decodeJoin = (b: Uint8Array): Join | null => (b.length < 5 ? null : { session: b[0]!, flags: b[1]!, have: u24(b, 2) });
+
+// ACK [session, next u24, flags(1) | missing(23) u24]: next = highest chunk seen + 1; missing =
+// holes below it; POLLED marks the answer to a STATUS poll, sent after every frame before the poll was
+// consumed (a sender's frames arrive in order), so the master may count everything it had sent as drained.
+export const ACK_POLLED = 0x80_0000;
+
+export interface Ack {
+  session: number;
+  next: number;
+  missing: number;
+  polled?: boolean;
+}
+
+export function encodeAck(a: Ack): Uint8Array {
+  const b = new Uint8Array(7);
+  b[0] = a.session;
+  put24(b, 1, Math.min(a.next, 0xffffff));
+  put24(b, 4, (Math.min(a.missing, ACK_POLLED - 1) | (a.polled ? ACK_POLLED : 0)) >>> 0);
+  return b;
+}
+
+export function decodeAck(b: Uint8Array): Ack | null {
+  if (b.length < 7) return null;
+  const m = u24(b, 4);
+  return { session: b[0]!, next: u24(b, 1), missing: m & (ACK_POLLED - 1), polled: (m & ACK_POLLED) !== 0 };
+}
+
+// MISSING [session, flags(2 bits)|start(22 bits), payload]: a bitmap of the chunks from `start`
+// (MSB first), or with RANGE a u32 count of consecutive missing chunks.
+export const MAX_START = (1 << 22) - 1;
+
+export interface Missing {
+  session: number;
+  last: boolean;
+  start: number;
+  /** Missing chunk sequences this frame names. */
+  seqs: number[];
+}
+
+export function encodeMissingBitmap(session: number, start: number, bitmap: Uint8Array, last: boolean): Uint8Array {
+  const b = new Uint8Array(4 + bitmap.length);
+  b[0] = session;
+  put24(b, 1, (((last ? MissingFlag.LAST : 0) << 22) | start) >>> 0);
+  b.set(bitmap, 4);
+  return b;
+}
+
+export function encodeMissingRange(session: number, start: number, count: number, last: boolean): Uint8Array {
+  const b = new Uint8Array(8);
+  b[0] = session;
+  put24(b, 1, ((((last ? MissingFlag.LAST : 0) | MissingFlag.RANGE) << 22) | start) >>> 0);
+  put32(b, 4, count);
+  return b;
+}
+
+/** `limit` caps a range so a hostile count cannot make the master allocate without bound. */
+export function decodeMissing(b: Uint8Array, limit: number): Missing | null {
+  if (b.length < 5) return null;
+  const head = u24(b, 1);
+  const flags = head >>> 22;
+  const start = head & MAX_START;
+  const seqs: number[] = [];
+  if (flags & MissingFlag.RANGE) {
+    if (b.length < 8) return null;
+    const end = Math.min(start + u32(b, 4), limit);
+    for (let s = start; s < end; s++) seqs.push(s);
+  } else {
+    for (let i = 4; i < b.length; i++) {
+      const byte = b[i]!;
+      if (byte === 0) continue;
+      for (let j = 0; j < 8; j++) if (byte & (0x80 >> j)) {
+        const s = start + (i - 4) * 8 + j;
+        if (s < limit) seqs.push(s);
+      }
+    }
+  }
+  return { session: b[0]!, last: (flags & MissingFlag.LAST) !== 0, start, seqs };
+}
+
+// VERDICT [session, status, where, 0, crc32 of the verified image]
+export interface Verdict {
+  session: number;
+  status: number;
+  where: number;
+  crc32: number;
+}
+
+export function encodeVerdict(v: Verdict): Uint8Array {
+  const b = new Uint8Array(8);
+  b[0] = v.session;
+  b[1] = v.status;
+  b[2] = v.where;
+  put32(b, 4, v.crc32);
+  return b;
+}
+
+export const decodeVerdict = (b: Uint8Array): Verdict | null =>
+  b.length < 8 ? null : { session: b[0]!, status: b[1]!, where: b[2]!, crc32: u32(b, 4) };
+
+// ---------------------------------------------------------------------------------------------
+// Value binding: GET [oid u16], SET [oid u16, f16 raw u16], RET [oid u16, f16 raw u16, status u8]
+
+export interface ValueFrame {
+  oid: number;
+  raw: number;
+  status: number;
+}
+
+export const encodeGet = (oid: number): Uint8Array => Uint8Array.of(oid >> 8, oid & 0xff);
+export const encodeSet = (oid: number, raw: number): Uint8Array => Uint8Array.of(oid >> 8, oid & 0xff, raw >> 8, raw & 0xff);
+export const encodeRet = (v: ValueFrame): Uint8Array => Uint8Array.of(v.oid >> 8, v.oid & 0xff, v.raw >> 8, v.raw & 0xff, v.status);
+
+export function decodeValue(b: Uint8Array, op: 'get' | 'set' | 'ret'): ValueFrame | null {
+  const need = op === 'get' ? 2 : op === 'set' ? 4 : 5;
+  if (b.length < need) return null;
+  return {
+    oid: (b[0]! << 8) | b[1]!,
+    raw: op === 'get' ? 0 : (b[2]! << 8) | b[3]!,
+    status: op === 'ret' ? b[4]! : 0,
+  };
+}
