@@ -9,7 +9,7 @@
  * behind when a later one fails.)
  */
 import { COMMAND_FLAGS, decodeF16, MAILBOX_DEFAULT_CAPACITY, VALUE_FLAGS } from '../hxe/index.js';
-import type { CommandEntry, F16, HxeImage, MailboxEntry, ValueEntry } from '../hxe/types.js';
+import type { CommandEntry, HxeImage, MailboxEntry, ValueEntry } from '../hxe/types.js';
 import { err, ok, type Result } from '../hxe/result.js';
 import { engineError, type EngineError } from './errors.js';
 
@@ -23,21 +23,10 @@ export interface RegistryLimits {
 
 export const oidOf = (group: number, id: number): number => ((group & 0xff) << 8) | (id & 0xff);
 
-export interface RegisteredValue {
+/** A `.value` declaration as registered: its address, its owner and its live state added. */
+export interface RegisteredValue extends ValueEntry {
   oid: number;
   pid: number;
-  group: number;
-  id: number;
-  flags: number;
-  auth: number;
-  name: string | null;
-  unit: string | null;
-  groupName: string | null;
-  init: F16;
-  epsilon: F16;
-  min: F16;
-  max: F16;
-  persistKey: number;
   /** A non-zero persist key implies PERSIST (HSX design); 0xFFFF is reserved and never persisted. */
   persisted: boolean;
   readOnly: boolean;
@@ -45,28 +34,18 @@ export interface RegisteredValue {
   raw: number;
 }
 
-export interface RegisteredCommand {
+/** A `.cmd` declaration as registered (the rebuild-only `reserved` bits are not kept). */
+export interface RegisteredCommand extends Omit<CommandEntry, 'reserved'> {
   oid: number;
   pid: number;
-  group: number;
-  id: number;
-  flags: number;
-  auth: number;
-  handlerOffset: number;
-  name: string | null;
-  help: string | null;
-  groupName: string | null;
   pinned: boolean;
   async: boolean;
 }
 
-export interface RegisteredMailbox {
+/** A `.mailbox` declaration as registered under a descriptor (the verbatim JSON `source` is not kept). */
+export interface RegisteredMailbox extends Omit<MailboxEntry, 'source'> {
   descriptor: number;
   pid: number;
-  target: string;
-  capacity: number;
-  mode: number;
-  extra?: Record<string, unknown>;
 }
 
 export interface RegistryCounts {
@@ -145,47 +124,21 @@ export class MetadataRegistry {
     if (this.commands.size + image.commands.length > L.maxCommands) return full('command', 'commands_full', this.commands.size, image.commands.length, L.maxCommands);
     if (this.mailboxes.size + image.mailboxes.length > L.maxMailboxes) return full('mailbox', 'mailboxes_full', this.mailboxes.size, image.mailboxes.length, L.maxMailboxes);
 
-    const tooLong = (kind: string, name: string | null) => {
-      const bytes = byteLength(name);
-      return bytes > L.maxNameBytes
-        ? engineError('EBADMSG', 'register', 'name_too_long', `${kind} name "${name}" is ${bytes} bytes, limit ${L.maxNameBytes}`,
-          { kind, name, bytes, limit: L.maxNameBytes })
-        : null;
-    };
-    let strings = 0;
-    const seen = new Set<number>();
-    for (const v of image.values) {
-      const oid = oidOf(v.group, v.id);
-      const clash = this.values.get(oid);
-      if (clash || seen.has(oid)) {
-        return err(engineError('EEXIST', 'register', 'value_exists', `value (${v.group},${v.id}) is already registered${clash ? ` by PID ${clash.pid}` : ' twice in this image'}`,
-          { oid, group: v.group, id: v.id, ownerPid: clash?.pid ?? null }));
-      }
-      seen.add(oid);
-      const e = tooLong('value', v.name);
-      if (e) return err(e);
-      strings += stringCost(v.name) + stringCost(v.unit) + stringCost(v.groupName);
-    }
-    seen.clear();
-    for (const c of image.commands) {
-      const oid = oidOf(c.group, c.id);
-      const clash = this.commands.get(oid);
-      if (clash || seen.has(oid)) {
-        return err(engineError('EEXIST', 'register', 'command_exists', `command (${c.group},${c.id}) is already registered${clash ? ` by PID ${clash.pid}` : ' twice in this image'}`,
-          { oid, group: c.group, id: c.id, ownerPid: clash?.pid ?? null }));
-      }
-      seen.add(oid);
-      const e = tooLong('command', c.name);
-      if (e) return err(e);
-      strings += stringCost(c.name) + stringCost(c.help) + stringCost(c.groupName);
-    }
+    const values = this.checkAddressed('value', this.values, image.values,
+      (v) => stringCost(v.name) + stringCost(v.unit) + stringCost(v.groupName));
+    if (!values.ok) return values;
+    const commands = this.checkAddressed('command', this.commands, image.commands,
+      (c) => stringCost(c.name) + stringCost(c.help) + stringCost(c.groupName));
+    if (!commands.ok) return commands;
+    const strings = values.value + commands.value;
+
     const targets = new Set<string>();
     for (const m of image.mailboxes) {
       if (targets.has(m.target)) {
         return err(engineError('EEXIST', 'register', 'mailbox_exists', `mailbox "${m.target}" is declared twice`, { target: m.target }));
       }
       targets.add(m.target);
-      const e = tooLong('mailbox', m.target);
+      const e = this.nameTooLong('mailbox', m.target);
       if (e) return err(e);
     }
     if (this.stringBytes + strings > L.stringTableBytes) {
@@ -194,6 +147,38 @@ export class MetadataRegistry {
         { inUse: this.stringBytes, requested: strings, limit: L.stringTableBytes }));
     }
     return ok(strings);
+  }
+
+  /**
+   * Values and commands alike: no (group, id) already registered or declared twice in the image,
+   * names within the limit. Returns the string-table bytes the entries need.
+   */
+  private checkAddressed<E extends { group: number; id: number; name: string | null }>(
+    kind: 'value' | 'command', registered: ReadonlyMap<number, { pid: number }>, entries: readonly E[], stringBytes: (e: E) => number,
+  ): Result<number, EngineError> {
+    let strings = 0;
+    const seen = new Set<number>();
+    for (const e of entries) {
+      const oid = oidOf(e.group, e.id);
+      const clash = registered.get(oid);
+      if (clash || seen.has(oid)) {
+        return err(engineError('EEXIST', 'register', `${kind}_exists`, `${kind} (${e.group},${e.id}) is already registered${clash ? ` by PID ${clash.pid}` : ' twice in this image'}`,
+          { oid, group: e.group, id: e.id, ownerPid: clash?.pid ?? null }));
+      }
+      seen.add(oid);
+      const long = this.nameTooLong(kind, e.name);
+      if (long) return err(long);
+      strings += stringBytes(e);
+    }
+    return ok(strings);
+  }
+
+  private nameTooLong(kind: string, name: string | null): EngineError | null {
+    const bytes = byteLength(name);
+    const limit = this.limits.maxNameBytes;
+    return bytes > limit
+      ? engineError('EBADMSG', 'register', 'name_too_long', `${kind} name "${name}" is ${bytes} bytes, limit ${limit}`, { kind, name, bytes, limit })
+      : null;
   }
 
   private addValue(pid: number, v: ValueEntry, own: Owned, initOverrides?: ReadonlyMap<number, number>): void {

@@ -2,7 +2,7 @@ import { closeSync, fstatSync, fsyncSync, linkSync, openSync, readSync, statSync
 import { join, dirname } from 'node:path';
 import type { EventSink } from '../engine/ports.js';
 import { mappedBacking, memoryBacking, type Backing, type BlockDevice } from './block-device.js';
-import { DEVICE_FILE_HEADER_SIZE, FLASH_MAGIC, FRAM_MAGIC, decodeDeviceFileHeader, deviceFileSize } from './device-file.js';
+import { DEVICE_FILE_HEADER_SIZE, FLASH_MAGIC, FRAM_MAGIC, decodeDeviceFileHeader, deviceFileSize, type DeviceFileHeader } from './device-file.js';
 import { PersistError } from './errors.js';
 import { Fram, framFileSize } from './fram.js';
 import { SlotImageStore } from './image-store.js';
@@ -99,7 +99,7 @@ function fsyncDir(dir: string): void {
 }
 
 /** Read and check a device file's header; returns its total size. Errors name the path. */
-export function probeDeviceFile(path: string, magic: string): { size: number; header: ReturnType<typeof decodeDeviceFileHeader> } {
+export function probeDeviceFile(path: string, magic: string): { size: number; header: DeviceFileHeader } {
   let fd: number;
   try {
     fd = openSync(path, 'r');
@@ -162,47 +162,68 @@ function checkGeometryMatches(path: string, want: Partial<DeviceGeometry>, have:
   }
 }
 
-function openOrCreateFlash(path: string, g: DeviceGeometry, asked: Partial<DeviceGeometry>): NorFlash {
-  try {
-    statSync(path);
-  } catch {
-    const ng = norGeometryOf(g);
-    const made = createMapped(path, norFileSize(ng), (b) => {
-      const flash = NorFlash.format(b, ng);
-      SlotImageStore.format(flash, g.statusSectors);
-      return flash;
-    });
-    if (made) return made.model;
-  }
-  const { size, header } = probeDeviceFile(path, FLASH_MAGIC);
-  checkGeometryMatches(path, asked, {
-    sectorSize: header.sectorSize, pageSize: header.pageSize, endurance: header.endurance, flashSize: header.sectorSize * header.sectorCount,
-  });
-  const map = mapFile(path, size, { lock: true });
-  try {
-    return NorFlash.attach(mappedBacking(map));
-  } catch (e) {
-    map.unmap();
-    throw e;
-  }
+/** How to create, recognise and attach one of a device's two files. */
+interface DeviceFileKind<M extends BlockDevice> {
+  magic: string;
+  /** Called only when the file does not exist yet: its size and how to format it. */
+  create(): { size: number; format(b: Backing): M };
+  attach(b: Backing): M;
+  /** The DeviceGeometry fields an existing file's header fixes, compared with what the caller asked. */
+  geometryOf(h: DeviceFileHeader): Partial<DeviceGeometry>;
 }
 
-function openOrCreateFram(path: string, g: DeviceGeometry, asked: Partial<DeviceGeometry>): Fram {
+function flashFile(g: DeviceGeometry): DeviceFileKind<NorFlash> {
+  return {
+    magic: FLASH_MAGIC,
+    create: () => {
+      const ng = norGeometryOf(g);
+      return {
+        size: norFileSize(ng),
+        format: (b) => {
+          const flash = NorFlash.format(b, ng);
+          SlotImageStore.format(flash, g.statusSectors);
+          return flash;
+        },
+      };
+    },
+    attach: (b) => NorFlash.attach(b),
+    geometryOf: (h) => ({ sectorSize: h.sectorSize, pageSize: h.pageSize, endurance: h.endurance, flashSize: h.sectorSize * h.sectorCount }),
+  };
+}
+
+function framFile(g: DeviceGeometry): DeviceFileKind<Fram> {
+  return {
+    magic: FRAM_MAGIC,
+    create: () => ({
+      size: framFileSize(g.framSize),
+      format: (b) => {
+        const fram = Fram.format(b, g.framSize);
+        ValueJournal.format(fram);
+        return fram;
+      },
+    }),
+    attach: (b) => Fram.attach(b),
+    geometryOf: (h) => ({ framSize: h.sectorCount }),
+  };
+}
+
+/**
+ * Create and format `path` when it does not exist (see createMapped), else check the existing
+ * file's header and geometry against what was asked, then map and attach it.
+ */
+function openOrCreate<M extends BlockDevice>(path: string, kind: DeviceFileKind<M>, asked: Partial<DeviceGeometry>): M {
   try {
     statSync(path);
   } catch {
-    const made = createMapped(path, framFileSize(g.framSize), (b) => {
-      const fram = Fram.format(b, g.framSize);
-      ValueJournal.format(fram);
-      return fram;
-    });
+    const { size, format } = kind.create();
+    const made = createMapped(path, size, format);
     if (made) return made.model;
   }
-  const { size, header } = probeDeviceFile(path, FRAM_MAGIC);
-  checkGeometryMatches(path, asked, { framSize: header.sectorCount });
+  const { size, header } = probeDeviceFile(path, kind.magic);
+  checkGeometryMatches(path, asked, kind.geometryOf(header));
   const map = mapFile(path, size, { lock: true });
   try {
-    return Fram.attach(mappedBacking(map));
+    return kind.attach(mappedBacking(map));
   } catch (e) {
     map.unmap();
     throw e;
@@ -219,10 +240,10 @@ export async function openDevice(stateDir: string, geometry: Partial<DeviceGeome
   if (!st.isDirectory()) throw new PersistError('EINVAL', 'open', 'state_dir_not_directory', `${stateDir}: not a directory`, { path: stateDir });
   const g = { ...DEFAULT_GEOMETRY, ...geometry };
   const paths = { flash: join(stateDir, FLASH_FILE), fram: join(stateDir, FRAM_FILE) };
-  const flash = openOrCreateFlash(paths.flash, g, geometry);
+  const flash = openOrCreate(paths.flash, flashFile(g), geometry);
   let fram: Fram;
   try {
-    fram = openOrCreateFram(paths.fram, g, geometry);
+    fram = openOrCreate(paths.fram, framFile(g), geometry);
   } catch (e) {
     flash.close();
     throw e;

@@ -1,3 +1,4 @@
+import { seededRandom } from './seeded-random.js';
 import type { BlockDevice, RawAccess } from './block-device.js';
 
 /**
@@ -37,15 +38,9 @@ export class FaultPlan {
     return false;
   }
 
+  /** A generator seeded by the plan's seed and how far it has got, so each tear is reproducible. */
   random(): () => number {
-    let a = (this.seed ^ (this.ops * 0x9e3779b9)) >>> 0;
-    return () => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = a;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
+    return seededRandom(this.seed ^ (this.ops * 0x9e3779b9));
   }
 }
 

@@ -1,8 +1,6 @@
-import type { Backing, BlockDevice, RawAccess } from './block-device.js';
-import {
-  DEVICE_FILE_HEADER_SIZE, DEVICE_FILE_VERSION, FLASH_MAGIC, dataOffsetFor, decodeDeviceFileHeader,
-  deviceFileSize, encodeDeviceFileHeader,
-} from './device-file.js';
+import type { Backing, BlockDevice } from './block-device.js';
+import { DEVICE_FILE_HEADER_SIZE, DEVICE_FILE_VERSION, FLASH_MAGIC, dataOffsetFor, decodeDeviceFileHeader, encodeDeviceFileHeader } from './device-file.js';
+import { DeviceModel } from './device-model.js';
 import { PersistError } from './errors.js';
 
 /**
@@ -47,10 +45,9 @@ export function norFileSize(g: NorGeometry): number {
   return dataOffsetFor(4 * g.sectorCount) + g.sectorSize * g.sectorCount;
 }
 
-export class NorFlash implements BlockDevice, RawAccess {
+export class NorFlash extends DeviceModel implements BlockDevice {
   readonly kind = 'nor' as const;
   readonly needsErase = true;
-  readonly size: number;
   readonly eraseSize: number;
   readonly programSize: number;
   readonly sectorCount: number;
@@ -58,20 +55,15 @@ export class NorFlash implements BlockDevice, RawAccess {
   /** Called when an erase brings a sector to 80% of its endurance. */
   onWearWarning: ((w: WearWarning) => void) | null = null;
 
-  private readonly data: Uint8Array;
   private readonly counters: DataView;
-  private readonly dataOffset: number;
-  private closed = false;
 
-  private constructor(private readonly backing: Backing, g: NorGeometry, dataOffset: number) {
+  private constructor(backing: Backing, g: NorGeometry, dataOffset: number) {
+    super(backing, dataOffset, g.sectorSize * g.sectorCount, 'flash');
     this.sectorCount = g.sectorCount;
     this.eraseSize = g.sectorSize;
     this.programSize = g.pageSize;
     this.endurance = g.endurance;
-    this.size = g.sectorSize * g.sectorCount;
-    this.dataOffset = dataOffset;
     const b = backing.bytes;
-    this.data = b.subarray(dataOffset, dataOffset + this.size);
     this.counters = new DataView(b.buffer, b.byteOffset + DEVICE_FILE_HEADER_SIZE, 4 * g.sectorCount);
   }
 
@@ -79,11 +71,7 @@ export class NorFlash implements BlockDevice, RawAccess {
   static format(backing: Backing, g: NorGeometry): NorFlash {
     checkNorGeometry(g);
     const dataOffset = dataOffsetFor(4 * g.sectorCount);
-    const expected = dataOffset + g.sectorSize * g.sectorCount;
-    if (backing.bytes.length !== expected) {
-      throw new PersistError('EINVAL', 'format', 'size_mismatch',
-        `${backing.path ?? 'memory'}: backing is ${backing.bytes.length} bytes, flash needs ${expected}`);
-    }
+    DeviceModel.checkFormatSize(backing, dataOffset + g.sectorSize * g.sectorCount, 'flash');
     backing.bytes.fill(0, 0, dataOffset);
     backing.bytes.set(encodeDeviceFileHeader({
       magic: FLASH_MAGIC, version: DEVICE_FILE_VERSION, sectorSize: g.sectorSize, pageSize: g.pageSize,
@@ -102,44 +90,12 @@ export class NorFlash implements BlockDevice, RawAccess {
     if (h.dataOffset !== dataOffsetFor(4 * h.sectorCount)) {
       throw new PersistError('EBADMSG', 'open', 'bad_data_offset', `${path}: data offset ${h.dataOffset} at offset 28 does not fit the geometry`, { path, offset: 28 });
     }
-    if (backing.bytes.length !== deviceFileSize(h)) {
-      throw new PersistError('EBADMSG', 'open', 'size_mismatch',
-        `${path}: file is ${backing.bytes.length} bytes, its header describes ${deviceFileSize(h)}`, { path });
-    }
+    DeviceModel.checkAttachSize(backing, h, path);
     return new NorFlash(backing, g, h.dataOffset);
   }
 
-  get path(): string | null {
-    return this.backing.path;
-  }
-
-  private live(op: 'read' | 'program' | 'erase'): void {
-    if (this.closed) throw new PersistError('EIO', op, 'closed', `${this.backing.path ?? 'memory'}: flash is closed`);
-    if (op !== 'read' && this.backing.readonly) {
-      throw new PersistError('EACCES', op, 'read_only', `${this.backing.path ?? 'memory'}: flash is open read-only`);
-    }
-  }
-
-  private range(op: 'read' | 'program' | 'erase', offset: number, length: number): void {
-    if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new PersistError('EINVAL', op, 'out_of_range',
-        `flash ${op} [${offset}, +${length}) outside the ${this.size}-byte device`, { offset, length });
-    }
-  }
-
-  read(offset: number, length: number): Uint8Array {
-    return this.view(offset, length).slice();
-  }
-
-  view(offset: number, length: number): Uint8Array {
-    this.live('read');
-    this.range('read', offset, length);
-    return this.data.subarray(offset, offset + length);
-  }
-
   program(offset: number, bytes: Uint8Array): void {
-    this.live('program');
-    this.range('program', offset, bytes.length);
+    this.access('program', offset, bytes.length);
     if (offset % this.programSize !== 0 || bytes.length % this.programSize !== 0) {
       throw new PersistError('EINVAL', 'program', 'unaligned',
         `flash program at ${offset} length ${bytes.length}: must be aligned to the ${this.programSize}-byte page`,
@@ -159,8 +115,7 @@ export class NorFlash implements BlockDevice, RawAccess {
   }
 
   erase(offset: number, length: number): void {
-    this.live('erase');
-    this.range('erase', offset, length);
+    this.access('erase', offset, length);
     if (offset % this.eraseSize !== 0 || length % this.eraseSize !== 0) {
       throw new PersistError('EINVAL', 'erase', 'unaligned',
         `flash erase at ${offset} length ${length}: must be aligned to the ${this.eraseSize}-byte sector`,
@@ -202,20 +157,5 @@ export class NorFlash implements BlockDevice, RawAccess {
     if (n === threshold && this.onWearWarning) {
       this.onWearWarning({ sector, eraseCount: n, endurance: this.endurance, percent: Math.round((100 * n) / this.endurance) });
     }
-  }
-
-  sync(offset: number, length: number): Promise<void> {
-    this.range('read', offset, length);
-    return this.backing.sync(0, this.dataOffset + offset + length);
-  }
-
-  rawData(): Uint8Array {
-    return this.data;
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.backing.close();
   }
 }

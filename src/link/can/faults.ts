@@ -5,6 +5,7 @@
  */
 import { CanBusBase, type CanBus } from './bus.js';
 import type { CanFrame } from './frame.js';
+import { seededRandom } from '../../persist/seeded-random.js';
 
 export interface FaultOptions {
   /** Probability that a received frame is dropped. */
@@ -16,17 +17,8 @@ export interface FaultOptions {
   seed?: number;
 }
 
-/** mulberry32: small, fast, seeded; good enough to decide which frames to hurt. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Re-exported: tests and the package index take the generator from here.
+export { seededRandom };
 
 export function hasFaults(f: FaultOptions | undefined): boolean {
   return !!f && ((f.loss ?? 0) > 0 || (f.dup ?? 0) > 0 || (f.reorder ?? 0) > 0);
