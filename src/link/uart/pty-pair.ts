@@ -69,7 +69,14 @@ export async function startPtyPair(options: { dir?: string; timeoutMs?: number }
     await new Promise((r) => setTimeout(r, 10));
   }
 
+  // If the process ends without stop() (a timed-out test worker), socat must not outlive it.
+  const killOnExit = (): void => {
+    if (!exited) child.kill('SIGKILL');
+  };
+  process.once('exit', killOnExit);
+
   const stop = async (): Promise<void> => {
+    process.off('exit', killOnExit);
     if (!exited) {
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 2000);

@@ -1,0 +1,142 @@
+/**
+ * `hsx-gateway device --uart PORT [--state DIR]`: a simulated device listening on a serial port.
+ * `runUartDevice` runs a listener for an engine it is given (tests give it one with their own
+ * config); `deviceCommand` assembles the engine the CLI uses (system clock, an event sink that
+ * prints, and the persisted stores of the state directory).
+ */
+import { join } from 'node:path';
+import { ProvisioningEngine, systemClock, type EngineError, type EngineEvent, type EventSink, type TaskInfo } from '../../engine/index.js';
+import type { Result } from '../../hxe/result.js';
+import { openSimulatedDevice, type SimulatedDevice } from '../../persist/simulated-device.js';
+import { UartPortTransport, UartLinkError } from './port-transport.js';
+import { UartListener, type ListenerEvent, type ListenerOptions, type StreamingEngine } from './listener.js';
+import { DirectoryPartialStore, MemoryPartialStore } from './partial-store.js';
+import { DEFAULT_BAUD } from './settings.js';
+import type { UartError } from './errors.js';
+
+export interface UartDeviceOptions {
+  port: string;
+  baud?: number;
+  /** Where partial transfers are kept across restarts (`<state>/uart-partial`). */
+  stateDir?: string;
+  json: boolean;
+  engine: StreamingEngine;
+  afterReady?: ListenerOptions['afterReady'];
+  maxImageBytes?: number;
+  /** Exit after the first transfer ends (0 READY, 1 otherwise). */
+  once?: boolean;
+  out?: (line: string) => void;
+  /** Ends the device (exit code 0). */
+  signal?: AbortSignal;
+}
+
+function describe(e: ListenerEvent): string {
+  switch (e.type) {
+    case 'open':
+      return `receiving ${e.appName || '(unnamed)'}: ${e.totalBytes} bytes, ${e.chunkSize}-byte frames, window ${e.window}` +
+        (e.resumeOffset > 0 ? `, resuming at byte ${e.resumeOffset}` : '');
+    case 'ready':
+      return `READY: ${e.appName} pid ${e.pid} (${e.totalBytes} bytes, sha256 ${e.sha256.slice(0, 16)}…)`;
+    case 'error':
+      return `transfer failed: ${e.error.code} at ${e.error.where}: ${e.error.reason}${e.error.message ? ` (${e.error.message})` : ''}`;
+    case 'aborted':
+      return `transfer aborted: ${e.reason} (${e.heldBytes} bytes kept for a resume)`;
+  }
+}
+
+/** Runs the listener until the port is lost (1), the signal fires (0) or, with `once`, a transfer ends. */
+export async function runUartDevice(o: UartDeviceOptions): Promise<number> {
+  const out = o.out ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const say = (event: string, data: Record<string, unknown>, human: string): void =>
+    out(o.json ? JSON.stringify({ event, ...data }) : human);
+  const sayError = (e: UartError): void => say('error', { error: e }, `device: ${e.message}`);
+
+  const transport = new UartPortTransport({ path: o.port, baudRate: o.baud ?? DEFAULT_BAUD });
+  try {
+    await transport.open();
+  } catch (e) {
+    sayError(e instanceof UartLinkError ? e.info : { code: 'EIO', where: 'open', reason: 'open_failed', remote: false, message: String(e) });
+    return 1;
+  }
+  const partials = o.stateDir ? new DirectoryPartialStore(join(o.stateDir, 'uart-partial')) : new MemoryPartialStore();
+  const listenerOptions: ListenerOptions = { source: `uart:${o.port}`, partials };
+  if (o.afterReady) listenerOptions.afterReady = o.afterReady;
+  if (o.maxImageBytes !== undefined) listenerOptions.maxImageBytes = o.maxImageBytes;
+  const listener = new UartListener(transport, o.engine, listenerOptions);
+
+  return new Promise<number>((resolve) => {
+    let done = false;
+    const stop = async (code: number, reason: string): Promise<void> => {
+      if (done) return;
+      done = true;
+      await listener.stop(reason);
+      await transport.close();
+      resolve(code);
+    };
+    listener.on('event', (e: ListenerEvent) => {
+      const { type, ...data } = e;
+      say(type, data, describe(e));
+      if (o.once && (type === 'ready' || type === 'error')) {
+        // Let the verdict frame reach the master before the port closes.
+        void transport.flush().then(() => stop(type === 'ready' ? 0 : 1, 'once'));
+      }
+    });
+    transport.on('lost', (e: UartError) => {
+      sayError(e);
+      void stop(1, 'port_lost');
+    });
+    if (o.signal) {
+      if (o.signal.aborted) return void stop(0, 'stopped');
+      o.signal.addEventListener('abort', () => void stop(0, 'stopped'), { once: true });
+    }
+    listener.start();
+    say('listening', { port: o.port, stateDir: o.stateDir ?? null }, `device listening on ${o.port}`);
+  });
+}
+
+/** Prints engine events (progress left out: the master shows progress). */
+function printingSink(json: boolean, out: (line: string) => void): EventSink {
+  let seq = 0;
+  return {
+    emit(e: EngineEvent): void {
+      seq++;
+      if (e.type === 'provisioning.progress') return;
+      out(json ? JSON.stringify({ event: 'engine', seq, ts: systemClock.now(), ...e }) : `engine: ${e.type}${e.pid !== null ? ` pid ${e.pid}` : ''}`);
+    },
+  };
+}
+
+/** The CLI's device: engine + persisted stores of the state directory + listener. */
+export async function deviceCommand(o: { port: string; baud?: number; stateDir?: string; json: boolean }): Promise<number> {
+  const out = (line: string): void => void process.stdout.write(`${line}\n`);
+  const events = printingSink(o.json, out);
+  let device: SimulatedDevice | null = null;
+  if (o.stateDir) {
+    try {
+      device = await openSimulatedDevice({ name: 'uart', stateDir: o.stateDir, events });
+    } catch (e) {
+      const message = `device: cannot open the state directory ${o.stateDir}: ${(e as Error).message}`;
+      out(o.json ? JSON.stringify({ event: 'error', error: { code: (e as { code?: string }).code ?? 'EIO', where: 'persist', reason: (e as { reason?: string }).reason ?? 'open_failed', message } }) : message);
+      return 1;
+    }
+  }
+  const engine = device?.engine ?? new ProvisioningEngine({ clock: systemClock, events });
+  const controller = new AbortController();
+  const onSignal = (): void => controller.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const options: UartDeviceOptions = { port: o.port, json: o.json, engine, signal: controller.signal, out };
+  if (o.baud !== undefined) options.baud = o.baud;
+  if (o.stateDir !== undefined) options.stateDir = o.stateDir;
+  if (device) {
+    // The received image goes to the device's flash before the master hears READY.
+    options.afterReady = (task: TaskInfo): Promise<Result<unknown, EngineError>> => engine.persist(task.pid, 'permanent');
+  }
+  try {
+    return await runUartDevice(options);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await device?.close();
+  }
+}

@@ -1,0 +1,386 @@
+/**
+ * The master side of the UART session protocol: OPEN with the image's size, CRC-32, SHA-256 and
+ * app name; then DATA frames through a sliding window (never more than `window` frames past the
+ * last cumulative ACK, so a listener that stops acknowledging stops the master), retransmitting
+ * what a NAK names at once and the oldest frame on a timeout, with exponential back-off and retry
+ * limits; then END and the device's verdict. Resume: the listener's ACCEPT names the offset to
+ * start from, and only the rest is sent.
+ *
+ * It sees only Frames through the Transport interface.
+ */
+import { createHash, randomInt } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import type { Transport, TransportStatus } from '../transport.js';
+import { err, ok, type Result } from '../../hxe/result.js';
+import { FrameType, type Frame } from './frame.js';
+import { PROTOCOL_VERSION, decodeAccept, decodeError, decodeMissing, decodeResult, encodeAbort, encodeOpen } from './messages.js';
+import { uartError, type UartError } from './errors.js';
+import { UartLinkError } from './port-transport.js';
+import { DEFAULT_CHUNK, DEFAULT_MASTER_TIMING, DEFAULT_WINDOW, MIN_CHUNK, type MasterTiming } from './settings.js';
+
+export interface MasterOptions {
+  /** The image's app name, announced in OPEN (informational for the device). */
+  appName?: string;
+  chunkSize?: number;
+  window?: number;
+  timing?: Partial<MasterTiming>;
+  onProgress?: (p: MasterProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface MasterProgress {
+  phase: 'open' | 'data' | 'end';
+  totalBytes: number;
+  /** Bytes the device has acknowledged (including a resumed prefix). */
+  ackedBytes: number;
+  resumeOffset: number;
+  retransmits: number;
+}
+
+export interface FlashOutcome {
+  pid: number;
+  appName: string;
+  totalBytes: number;
+  chunkSize: number;
+  window: number;
+  /** Where the transfer started (> 0 when the device resumed a partial). */
+  resumeOffset: number;
+  /** Time the master had a full window and waited for the device's ACKs (the device was the bottleneck). */
+  windowStallMs: number;
+  /** Image bytes put in DATA frames, retransmissions included. */
+  dataBytesSent: number;
+  dataFramesSent: number;
+  retransmits: number;
+  timeouts: number;
+  naks: number;
+  elapsedMs: number;
+}
+
+type Phase = 'opening' | 'data' | 'ending' | 'done';
+
+export function sendImage(transport: Transport<Frame, Frame>, image: Uint8Array, options: MasterOptions = {}): Promise<Result<FlashOutcome, UartError>> {
+  return new MasterSession(transport, image, options).run();
+}
+
+class MasterSession {
+  private readonly timing: MasterTiming;
+  private readonly tag = randomInt(1, 256);
+  private readonly nonce = randomInt(0, 2 ** 32);
+  private readonly startedAt = Date.now();
+  private phase: Phase = 'opening';
+  private chunk = 0;
+  private window = 0;
+  private totalChunks = 0;
+  private resumeOffset = 0;
+  /** Cumulative ACK: every chunk below it is at the device. */
+  private acked = 0;
+  /** Next chunk never sent yet. */
+  private next = 0;
+  private readonly retxQueue: number[] = [];
+  private readonly retxCount = new Map<number, number>();
+  private pumping = false;
+  private rto: number;
+  private consecutiveTimeouts = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private endDeadline = 0;
+  private readonly stats = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
+  /** When the window last filled up (the master waits for the device): 0 while not stalled. */
+  private stalledSince = 0;
+  private resolve!: (r: Result<FlashOutcome, UartError>) => void;
+  private cleanup: Array<() => void> = [];
+  private readonly openFrame: Frame;
+  private readonly proposed: { chunk: number; window: number };
+
+  constructor(
+    private readonly transport: Transport<Frame, Frame>,
+    private readonly image: Uint8Array,
+    private readonly options: MasterOptions,
+  ) {
+    this.timing = { ...DEFAULT_MASTER_TIMING, ...options.timing };
+    this.rto = this.timing.rtoMs;
+    this.proposed = {
+      chunk: Math.max(MIN_CHUNK, Math.min(options.chunkSize ?? DEFAULT_CHUNK, 0xffff)),
+      window: Math.max(1, Math.min(options.window ?? DEFAULT_WINDOW, 0xffff)),
+    };
+    this.openFrame = {
+      type: FrameType.OPEN, tag: this.tag, seq: this.nonce,
+      payload: encodeOpen({
+        version: PROTOCOL_VERSION,
+        chunkSize: this.proposed.chunk,
+        window: this.proposed.window,
+        totalBytes: image.length,
+        crc32: crc32(image),
+        sha256: createHash('sha256').update(image).digest(),
+        appName: options.appName ?? '',
+      }),
+    };
+  }
+
+  run(): Promise<Result<FlashOutcome, UartError>> {
+    return new Promise((resolve) => {
+      this.resolve = resolve;
+      if (this.image.length === 0 || this.image.length > 0xffffffff) {
+        this.fail(uartError('EINVAL', 'open', 'bad_image_size', `image of ${this.image.length} bytes cannot be sent`), false);
+        return;
+      }
+      this.cleanup.push(this.transport.receive((f) => this.onFrame(f)));
+      const onStatus = (s: TransportStatus): void => {
+        if (s.state === 'error' || s.state === 'closed') this.onLinkLost(s);
+      };
+      this.transport.on('status', onStatus);
+      this.cleanup.push(() => this.transport.off('status', onStatus));
+      const signal = this.options.signal;
+      if (signal) {
+        const onAbort = (): void => this.fail(uartError('ECANCELED', this.phaseName(), 'cancelled', 'transfer cancelled'), true);
+        if (signal.aborted) return onAbort();
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.cleanup.push(() => signal.removeEventListener('abort', onAbort));
+      }
+      this.progress();
+      this.sendFrame(this.openFrame);
+      this.armTimer();
+    });
+  }
+
+  private phaseName(): string {
+    return this.phase === 'opening' ? 'session' : this.phase === 'data' ? 'data' : 'end';
+  }
+
+  private onLinkLost(s: TransportStatus): void {
+    const lost = (this.transport as { lost?: () => UartError | null }).lost?.();
+    this.fail(lost ?? uartError('EIO', 'link', 'port_lost', `link lost: ${s.detail ?? s.state}`), false);
+  }
+
+  private sendFrame(frame: Frame): Promise<boolean> {
+    return this.transport.send(frame).then(
+      () => true,
+      (e: unknown) => {
+        const info = e instanceof UartLinkError ? e.info : uartError('EIO', 'link', 'write_failed', `write failed: ${String(e)}`);
+        this.fail(info, false);
+        return false;
+      },
+    );
+  }
+
+  private onFrame(f: Frame): void {
+    if (this.phase === 'done' || f.tag !== this.tag) return;
+    switch (f.type) {
+      case FrameType.ACCEPT:
+        if (this.phase === 'opening' && f.seq === this.nonce) this.onAccept(f);
+        return;
+      case FrameType.ACK:
+        if (this.phase === 'data') this.onAck(f.seq);
+        return;
+      case FrameType.NAK:
+        if (this.phase === 'data') this.onNak(f);
+        return;
+      case FrameType.RESULT:
+        if (this.phase === 'ending') this.onResult(f);
+        return;
+      case FrameType.ERROR: {
+        const e = decodeError(f.payload);
+        if (!e.ok) {
+          this.fail(uartError('EPROTO', this.phaseName(), 'bad_error_frame', `device sent an unreadable ERROR: ${e.error.message}`), true);
+          return;
+        }
+        const { code, where, reason } = e.value;
+        this.fail({ code, where, reason, remote: true, message: `device reported ${code} at ${where}: ${reason}` }, false);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+
+  private onAccept(f: Frame): void {
+    const a = decodeAccept(f.payload);
+    const proposed = this.proposed;
+    if (!a.ok) {
+      this.fail(uartError('EPROTO', 'session', 'bad_accept', `unreadable ACCEPT: ${a.error.message}`), true);
+      return;
+    }
+    const { chunkSize, window, resumeOffset } = a.value;
+    if (chunkSize < MIN_CHUNK || chunkSize > proposed.chunk || window < 1 || window > proposed.window
+        || resumeOffset % chunkSize !== 0 || resumeOffset > this.image.length) {
+      this.fail(uartError('EPROTO', 'session', 'bad_accept', `device answered chunk ${chunkSize}, window ${window}, resume ${resumeOffset}: outside what was offered`), true);
+      return;
+    }
+    this.chunk = chunkSize;
+    this.window = window;
+    this.resumeOffset = resumeOffset;
+    this.totalChunks = Math.ceil(this.image.length / chunkSize);
+    this.acked = this.next = resumeOffset / chunkSize;
+    this.phase = 'data';
+    this.progressed();
+    this.progress();
+    void this.pump();
+  }
+
+  private onAck(seq: number): void {
+    if (seq <= this.acked || seq > this.next) return;
+    this.acked = seq;
+    if (this.stalledSince !== 0) {
+      this.stats.windowStallMs += performance.now() - this.stalledSince;
+      this.stalledSince = 0;
+    }
+    while (this.retxQueue.length && this.retxQueue[0]! < seq) this.retxQueue.shift();
+    for (const s of this.retxCount.keys()) if (s < seq) this.retxCount.delete(s);
+    this.progressed();
+    this.progress();
+    void this.pump();
+  }
+
+  private onNak(f: Frame): void {
+    this.stats.naks++;
+    const missing = decodeMissing(f.payload);
+    this.onAck(f.seq);
+    if (!missing.ok) return;
+    for (const seq of missing.value) {
+      if (seq >= this.acked && seq < this.next && !this.retxQueue.includes(seq)) this.retxQueue.push(seq);
+    }
+    void this.pump();
+  }
+
+  /** Sends what the window allows: requested retransmissions first, then new frames. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.phase === 'data') {
+        const again = this.retxQueue.shift();
+        if (again !== undefined) {
+          if (again >= this.acked && again < this.next && !(await this.sendData(again, true))) return;
+          continue;
+        }
+        if (this.next < this.totalChunks && this.next < this.acked + this.window) {
+          if (!(await this.sendData(this.next++, false))) return;
+          continue;
+        }
+        if (this.next < this.totalChunks && this.stalledSince === 0) this.stalledSince = performance.now();
+        break;
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (this.phase === 'data' && this.acked === this.totalChunks) this.startEnd();
+  }
+
+  private async sendData(seq: number, retransmit: boolean): Promise<boolean> {
+    if (retransmit) {
+      const n = (this.retxCount.get(seq) ?? 0) + 1;
+      if (n > this.timing.maxFrameRetransmits) {
+        this.fail(uartError('ETIMEDOUT', 'data', 'retry_limit', `frame ${seq} was retransmitted ${n - 1} times without being acknowledged`, { seq }), true);
+        return false;
+      }
+      this.retxCount.set(seq, n);
+      this.stats.retransmits++;
+    }
+    const start = seq * this.chunk;
+    const payload = this.image.subarray(start, Math.min(start + this.chunk, this.image.length));
+    this.stats.dataBytesSent += payload.length;
+    this.stats.dataFramesSent++;
+    if (!this.timer) this.armTimer();
+    return this.sendFrame({ type: FrameType.DATA, tag: this.tag, seq, payload });
+  }
+
+  private startEnd(): void {
+    this.phase = 'ending';
+    this.endDeadline = Date.now() + this.timing.endTimeoutMs;
+    this.progressed();
+    this.progress();
+    void this.sendFrame({ type: FrameType.END, tag: this.tag, seq: this.totalChunks, payload: new Uint8Array(0) });
+  }
+
+  private onResult(f: Frame): void {
+    const r = decodeResult(f.payload);
+    if (!r.ok) {
+      this.fail(uartError('EPROTO', 'end', 'bad_result', `unreadable RESULT: ${r.error.message}`), true);
+      return;
+    }
+    this.finish(ok({
+      pid: r.value.pid, appName: r.value.appName, totalBytes: this.image.length, chunkSize: this.chunk, window: this.window,
+      resumeOffset: this.resumeOffset, ...this.stats, elapsedMs: Date.now() - this.startedAt,
+    }));
+  }
+
+  /** Progress resets the back-off and the retry budget. */
+  private progressed(): void {
+    this.rto = this.timing.rtoMs;
+    this.consecutiveTimeouts = 0;
+    this.armTimer();
+  }
+
+  private armTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.phase === 'done') return;
+    if (this.phase === 'data' && this.acked === this.next) return; // nothing in flight
+    this.timer = setTimeout(() => this.onTimeout(), this.rto);
+  }
+
+  private onTimeout(): void {
+    this.timer = null;
+    if (this.phase === 'done') return;
+    this.stats.timeouts++;
+    this.consecutiveTimeouts++;
+    if (this.phase === 'ending') {
+      if (Date.now() > this.endDeadline) {
+        this.fail(uartError('ETIMEDOUT', 'end', 'no_verdict', `the device gave no verdict within ${this.timing.endTimeoutMs} ms after END`), true);
+        return;
+      }
+    } else if (this.consecutiveTimeouts > this.timing.maxRetries) {
+      const where = this.phaseName();
+      const reason = this.phase === 'opening' ? 'no_listener' : 'retry_limit';
+      this.fail(uartError('ETIMEDOUT', where, reason, this.phase === 'opening'
+        ? `no device answered OPEN after ${this.timing.maxRetries + 1} attempts`
+        : `no acknowledgement after ${this.timing.maxRetries} retransmission timeouts (at byte ${this.acked * this.chunk} of ${this.image.length})`), true);
+      return;
+    }
+    this.rto = Math.min(this.rto * 2, this.timing.maxRtoMs);
+    if (this.phase === 'opening') void this.sendFrame(this.openFrame);
+    else if (this.phase === 'ending') void this.sendFrame({ type: FrameType.END, tag: this.tag, seq: this.totalChunks, payload: new Uint8Array(0) });
+    else if (!this.retxQueue.includes(this.acked)) {
+      this.retxQueue.unshift(this.acked);
+      void this.pump();
+    }
+    this.armTimer();
+  }
+
+  private progress(): void {
+    this.options.onProgress?.({
+      phase: this.phase === 'opening' ? 'open' : this.phase === 'data' ? 'data' : 'end',
+      totalBytes: this.image.length,
+      ackedBytes: Math.min(this.acked * this.chunk, this.image.length),
+      resumeOffset: this.resumeOffset,
+      retransmits: this.stats.retransmits,
+    });
+  }
+
+  private fail(e: UartError, tellDevice: boolean): void {
+    if (this.phase === 'done') return;
+    this.stop();
+    if (!tellDevice) {
+      this.resolve(err(e));
+      return;
+    }
+    // Best effort: the device aborts its engine session now instead of waiting for its idle
+    // timeout. The verdict waits (briefly) until the ABORT is written, so a caller that closes
+    // the port right after does not lose it.
+    const sent = this.transport.send({ type: FrameType.ABORT, tag: this.tag, seq: 0, payload: encodeAbort(e.reason) }).catch(() => {});
+    void Promise.race([sent, new Promise((r) => setTimeout(r, 200))]).then(() => this.resolve(err(e)));
+  }
+
+  private finish(r: Result<FlashOutcome, UartError>): void {
+    if (this.phase === 'done') return;
+    this.stop();
+    this.resolve(r);
+  }
+
+  private stop(): void {
+    this.phase = 'done';
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    for (const c of this.cleanup) c();
+    this.cleanup = [];
+  }
+}

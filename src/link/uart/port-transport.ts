@@ -1,0 +1,270 @@
+/**
+ * The UART framing layer as a Transport: opens a serial port, writes COBS frames with
+ * back-pressure, splits the byte stream at 0x00 with @serialport/parser-delimiter, and delivers
+ * only frames that pass their length and CRC checks (the rest are counted and dropped). The
+ * session protocol above it (master.ts, listener.ts) only sees Frames.
+ */
+import { EventEmitter } from 'node:events';
+import { SerialPort } from 'serialport';
+import { DelimiterParser } from '@serialport/parser-delimiter';
+import type { Transport, TransportStatus } from '../transport.js';
+import { decodeFrame, encodeFrame, type Frame } from './frame.js';
+import { openFailure, uartError, type UartError } from './errors.js';
+import { DEFAULT_BAUD, LISTENER_MAX_CHUNK } from './settings.js';
+
+/** Frames queued in one tick are written together up to this many bytes. */
+const WRITE_BATCH_BYTES = 16 * 1024;
+
+export interface UartPortOptions {
+  path: string;
+  baudRate?: number;
+  /** Largest frame payload accepted on receive; longer blocks are dropped before decoding. */
+  maxPayload?: number;
+}
+
+/** Thrown (rejected) by open/send: carries the typed error. */
+export class UartLinkError extends Error {
+  constructor(readonly info: UartError) {
+    super(info.message);
+    this.name = 'UartLinkError';
+  }
+}
+
+export class UartPortTransport extends EventEmitter implements Transport<Frame, Frame> {
+  readonly name: string;
+  private port: SerialPort | null = null;
+  private state: TransportStatus['state'] = 'closed';
+  private detail: string | undefined;
+  private closing = false;
+  private readonly handlers = new Set<(frame: Frame) => void>();
+  private readonly maxPayload: number;
+  private lostError: UartError | null = null;
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private batchScheduled = false;
+  private drainWait: Promise<void> | null = null;
+  private kickTimer: NodeJS.Timeout | null = null;
+  /** Wire-level counters; `bytesWritten`/`bytesRead` include COBS overhead and delimiters. */
+  readonly counters = {
+    bytesWritten: 0,
+    bytesRead: 0,
+    /** Reads that returned data (a pty hands over at most ~4 KiB per read). */
+    readChunks: 0,
+    framesSent: 0,
+    framesReceived: 0,
+    framesDropped: 0,
+    /** Times the serialport poller had to be re-armed for a queued write (see startPollerKick). */
+    pollerKicks: 0,
+    dropped_cobs_invalid: 0,
+    dropped_too_short: 0,
+    dropped_too_long: 0,
+    dropped_length_mismatch: 0,
+    dropped_crc_mismatch: 0,
+    dropped_unknown_type: 0,
+  };
+
+  constructor(private readonly options: UartPortOptions) {
+    super();
+    this.name = `uart:${options.path}`;
+    this.maxPayload = options.maxPayload ?? LISTENER_MAX_CHUNK + 64;
+  }
+
+  async open(): Promise<void> {
+    if (this.port) throw new UartLinkError(uartError('EINVAL', 'open', 'already_open', `${this.options.path} is already open`));
+    this.setState('opening');
+    const port = new SerialPort({ path: this.options.path, baudRate: this.options.baudRate ?? DEFAULT_BAUD, autoOpen: false });
+    try {
+      await new Promise<void>((resolve, reject) => port.open((e) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      const info = openFailure(this.options.path, e);
+      this.setState('error', info.message);
+      throw new UartLinkError(info);
+    }
+    this.port = port;
+    const parser = new DelimiterParser({ delimiter: [0x00] });
+    port.on('data', (chunk: Buffer) => {
+      this.counters.bytesRead += chunk.length;
+      this.counters.readChunks++;
+    });
+    port.pipe(parser);
+    parser.on('data', (block: Buffer) => this.onBlock(block));
+    // Errors also arrive as 'close' with `disconnected`; keep the listener so none is unhandled.
+    port.on('error', (e: Error) => {
+      if (!this.closing) this.detail = e.message;
+    });
+    port.on('close', (e: (Error & { disconnected?: boolean }) | null) => {
+      if (this.closing) return;
+      // The other end went away (cable pulled, pty master closed): a clear, typed error.
+      this.lostError = uartError('EIO', 'link', 'port_lost', `serial port ${this.options.path} was lost${e ? ` (${e.message})` : ''}`, { path: this.options.path });
+      this.port = null;
+      if (this.kickTimer) clearInterval(this.kickTimer);
+      this.kickTimer = null;
+      this.setState('error', this.lostError.message);
+      this.emit('lost', this.lostError);
+    });
+    this.startPollerKick(port);
+    this.setState('open');
+    // One delimiter first: the peer's parser drops whatever partial frame it holds (noise, or the
+    // tail of a transfer this port's previous owner left), so our first frame is not merged with it.
+    // It also wakes a relay (socat) that stalled on a full pty while nobody had the port open.
+    void this.writeRaw(Buffer.from([0])).catch(() => {});
+  }
+
+  /**
+   * Works around a bug in @serialport/bindings-cpp's poller (src/poller.cpp: `poll()` calls
+   * uv_poll_start with only the newly requested event, so a reader that starts waiting for
+   * "readable" silently cancels a writer's wait for "writable", and vice versa). A writer that hit
+   * EAGAIN then waits until the next byte arrives — forever, when the peer is waiting for that very
+   * write. While bytes are queued, re-arm both events every 25 ms; the poll is level-triggered, so a
+   * port that is writable wakes the writer at once.
+   */
+  private startPollerKick(port: SerialPort): void {
+    const binding = (port as unknown as { port?: { poller?: { poll?: (events: number) => void } } }).port;
+    const UV_READABLE_AND_WRITABLE = 0b0011;
+    this.kickTimer = setInterval(() => {
+      if (this.port !== port || port.writableLength === 0) return;
+      try {
+        binding?.poller?.poll?.(UV_READABLE_AND_WRITABLE);
+        this.counters.pollerKicks++;
+      } catch {
+        // the poller is gone: the port is closing
+      }
+    }, 25);
+    this.kickTimer.unref();
+  }
+
+  private onBlock(block: Buffer): void {
+    if (block.length === 0) return; // back-to-back delimiters: an idle-line sync, not a frame
+    // The parser hands over a slice it no longer uses: decode it in place (no allocation per frame).
+    const decoded = decodeFrame(block, this.maxPayload, true);
+    if (!decoded.ok) {
+      this.counters.framesDropped++;
+      this.counters[`dropped_${decoded.error.reason}`]++;
+      return;
+    }
+    this.counters.framesReceived++;
+    for (const handler of this.handlers) handler(decoded.value);
+  }
+
+  /**
+   * Queues one frame for writing. Frames sent in the same tick are coalesced into one port write
+   * (one syscall and one read on the other side instead of one per frame: per-write costs, not the
+   * line, limit a pty). Resolves at once while the port keeps up; when its buffer is full, resolves
+   * on 'drain' — the back-pressure the window logic above relies on.
+   */
+  async send(frame: Frame): Promise<void> {
+    if (!this.port) throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} is not open`));
+    const bytes = encodeFrame(frame);
+    this.batch.push(bytes);
+    this.batchBytes += bytes.length;
+    this.counters.framesSent++;
+    if (this.batchBytes >= WRITE_BATCH_BYTES) {
+      await this.flushBatch();
+    } else if (!this.batchScheduled) {
+      this.batchScheduled = true;
+      setImmediate(() => {
+        this.batchScheduled = false;
+        this.flushBatch().catch(() => {}); // a lost port is reported through 'lost'
+      });
+    }
+  }
+
+  private flushBatch(): Promise<void> {
+    if (this.batch.length === 0) return this.waitDrainIfNeeded();
+    const bytes = this.batch.length === 1 ? this.batch[0]! : Buffer.concat(this.batch, this.batchBytes);
+    this.batch = [];
+    this.batchBytes = 0;
+    return this.writeRaw(bytes);
+  }
+
+  private waitDrainIfNeeded(): Promise<void> {
+    const port = this.port;
+    return port && port.writableNeedDrain ? this.waitDrain(port) : Promise.resolve();
+  }
+
+  /** Writes raw bytes (the bench's baseline); waits for 'drain' when the port's buffer is full. */
+  async writeRaw(bytes: Uint8Array): Promise<void> {
+    const port = this.port;
+    if (!port) throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} is not open`));
+    this.counters.bytesWritten += bytes.length;
+    if (port.write(bytes)) return;
+    await this.waitDrain(port);
+  }
+
+  /** One shared wait per congestion episode (not a listener pair per waiting write). */
+  private waitDrain(port: SerialPort): Promise<void> {
+    this.drainWait ??= new Promise<void>((resolve, reject) => {
+      const done = (): void => {
+        port.off('drain', onDrain);
+        port.off('close', onClose);
+        this.drainWait = null;
+      };
+      const onDrain = (): void => { done(); resolve(); };
+      const onClose = (): void => {
+        done();
+        reject(new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} closed while writing`)));
+      };
+      port.on('drain', onDrain);
+      port.on('close', onClose);
+    });
+    return this.drainWait;
+  }
+
+  /** Resolves once everything written so far has left the port (tcdrain), or after `timeoutMs`. */
+  async flush(timeoutMs = 2000): Promise<void> {
+    const port = this.port;
+    if (!port) return;
+    const flushed = (async () => {
+      await this.flushBatch().catch(() => {});
+      await new Promise<void>((resolve) => port.drain(() => resolve()));
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([flushed, new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs); })]);
+    clearTimeout(timer);
+  }
+
+  receive(handler: (frame: Frame) => void): () => void {
+    this.handlers.add(handler);
+    return () => this.handlers.delete(handler);
+  }
+
+  async close(): Promise<void> {
+    // Hand the last frames to the port, but never wait for a drain here: a stalled line must not
+    // keep close() from returning.
+    void this.flushBatch().catch(() => {});
+    const port = this.port;
+    this.closing = true;
+    this.port = null;
+    if (this.kickTimer) clearInterval(this.kickTimer);
+    this.kickTimer = null;
+    if (port && port.isOpen) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => port.close(() => resolve())),
+        // A write stuck in the binding can hold close() up; the descriptor is released regardless.
+        new Promise<void>((resolve) => { timer = setTimeout(resolve, 2000); }),
+      ]);
+      clearTimeout(timer);
+    }
+    if (this.state !== 'error') this.setState('closed');
+  }
+
+  /** The error that ended the link (port lost), if any. */
+  lost(): UartError | null {
+    return this.lostError;
+  }
+
+  status(): TransportStatus {
+    // queuedBytes: accepted by send() but not yet handed to the OS (back-pressure in action).
+    const queuedBytes = this.batchBytes + (this.port?.writableLength ?? 0);
+    const s: TransportStatus = { state: this.state, counters: { ...this.counters, queuedBytes } };
+    if (this.detail !== undefined) s.detail = this.detail;
+    return s;
+  }
+
+  private setState(state: TransportStatus['state'], detail?: string): void {
+    this.state = state;
+    if (detail !== undefined) this.detail = detail;
+    this.emit('status', this.status());
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * Default link settings, chosen for wire efficiency (image bytes / all bytes on the wire, both
+ * directions) and speed on a clean line: a 4096-byte DATA frame costs 12 bytes of header+CRC,
+ * 17 of COBS and 1 delimiter (99.3%), and the listener acknowledges at most once per `ackEvery`
+ * frames. Per-frame costs (a read, a parse, an engine write), not the bytes, limit a fast line,
+ * so large frames also keep the throughput close to the raw port's.
+ *
+ * On a noisy line large frames are wasted: at 1e-3 errors per byte a 4 KiB frame survives only
+ * ~2% of the time. Such a line wants `--chunk 256` (a 268-byte frame survives ~76%).
+ */
+export const DEFAULT_BAUD = 921600;
+export const DEFAULT_CHUNK = 4096;
+/** 64 KiB in flight: enough to cover a pty's round trip through socat on a busy machine. */
+export const DEFAULT_WINDOW = 16;
+/** The listener's limits, announced in ACCEPT: it never takes larger frames or a wider window. */
+export const LISTENER_MAX_CHUNK = 16384;
+/** The engine's default largest chunk (`maxChunkBytes`): the listener splits larger frames. */
+export const ENGINE_CHUNK = 4096;
+export const LISTENER_MAX_WINDOW = 256;
+/** Smallest chunk the listener agrees to (keeps the header overhead bounded). */
+export const MIN_CHUNK = 16;
+
+export interface MasterTiming {
+  /** First retransmission timeout; doubled on every timeout without progress (back-off). */
+  rtoMs: number;
+  /** Upper bound for the backed-off timeout. */
+  maxRtoMs: number;
+  /** Consecutive timeouts without progress before giving up. */
+  maxRetries: number;
+  /** Times one DATA frame may be retransmitted before giving up. */
+  maxFrameRetransmits: number;
+  /** How long to wait for the listener's verdict after END (engine verification and commit). */
+  endTimeoutMs: number;
+}
+
+export const DEFAULT_MASTER_TIMING: MasterTiming = {
+  rtoMs: 250,
+  maxRtoMs: 2000,
+  maxRetries: 8,
+  maxFrameRetransmits: 40,
+  endTimeoutMs: 30000,
+};
+
+export interface ListenerTiming {
+  /** Acknowledge after this many newly delivered frames… */
+  ackEvery: number;
+  /** …or after this delay when fewer arrived (delayed ACK, like TCP). */
+  ackDelayMs: number;
+  /** A NAK for the same missing frame is not repeated sooner than this. */
+  nakHoldoffMs: number;
+  /** A session with no frame for this long is aborted (the master is gone). */
+  idleTimeoutMs: number;
+}
+
+export const DEFAULT_LISTENER_TIMING: ListenerTiming = {
+  ackEvery: 8,
+  ackDelayMs: 3,
+  nakHoldoffMs: 60,
+  idleTimeoutMs: 15000,
+};
+
+/** The RTO must cover sending a whole window at the line rate plus the turnaround. */
+export function rtoForLine(baud: number, chunk: number, window: number, base: number): number {
+  const windowMs = ((chunk + 20) * window * 10 * 1000) / baud;
+  return Math.max(base, Math.ceil(2 * windowMs + 50));
+}

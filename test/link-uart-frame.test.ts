@@ -1,0 +1,167 @@
+/**
+ * The UART framing layer and message codecs, in process: COBS, the frame layout and its checks,
+ * the session messages, and the byte examples in docs/uart_protocol.md built by hand from its
+ * tables.
+ */
+import test from 'ava';
+import fc from 'fast-check';
+import { readFileSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { cobsDecode, cobsEncodeWithDelimiter, cobsMaxEncodedLength } from '../src/link/uart/cobs.js';
+import { FrameType, decodeFrame, encodeFrame, frameBytes, parseFrameBytes, type Frame, type FrameTypeValue } from '../src/link/uart/frame.js';
+import {
+  decodeAccept, decodeError, decodeMissing, decodeOpen, decodeResult, encodeAccept, encodeError, encodeMissing, encodeOpen, encodeResult,
+} from '../src/link/uart/messages.js';
+
+const types = Object.values(FrameType) as FrameTypeValue[];
+const arbFrame = fc.record({
+  type: fc.constantFrom(...types),
+  tag: fc.integer({ min: 0, max: 255 }),
+  seq: fc.integer({ min: 0, max: 0xffffffff }),
+  payload: fc.oneof(fc.uint8Array({ maxLength: 600 }), fc.uint8Array({ maxLength: 600, min: 0, max: 2 })),
+});
+
+test('COBS: round trip, no zero before the delimiter, bounded overhead', (t) => {
+  fc.assert(fc.property(fc.oneof(fc.uint8Array({ maxLength: 2000 }), fc.uint8Array({ maxLength: 2000, min: 0, max: 1 })), (bytes) => {
+    const wire = cobsEncodeWithDelimiter(bytes);
+    if (wire.indexOf(0) !== wire.length - 1) return false;
+    if (wire.length > cobsMaxEncodedLength(bytes.length) + 1) return false;
+    const back = cobsDecode(wire.subarray(0, wire.length - 1));
+    return back !== null && back.equals(Buffer.from(bytes));
+  }), { numRuns: 500 });
+  t.pass();
+});
+
+test('COBS: runs of exactly 254 and 255 non-zero bytes, and an empty input', (t) => {
+  for (const n of [0, 1, 253, 254, 255, 508, 509]) {
+    const bytes = Buffer.alloc(n, 0x41);
+    const wire = cobsEncodeWithDelimiter(bytes);
+    t.deepEqual(cobsDecode(wire.subarray(0, -1)), bytes, `n=${n}`);
+  }
+  t.deepEqual([...cobsEncodeWithDelimiter(new Uint8Array(0))], [0x01, 0x00]);
+  t.deepEqual([...cobsEncodeWithDelimiter(Uint8Array.from([0]))], [0x01, 0x01, 0x00]);
+});
+
+test('COBS: a zero inside a block or a code running past the end is rejected', (t) => {
+  t.is(cobsDecode(Uint8Array.from([0x03, 0x11, 0x00, 0x22])), null);
+  t.is(cobsDecode(Uint8Array.from([0x05, 0x11, 0x22])), null);
+});
+
+test('frames: round trip through the wire form', (t) => {
+  fc.assert(fc.property(arbFrame, (f) => {
+    const d = decodeFrame(encodeFrame(f).subarray(0, -1));
+    return d.ok && d.value.type === f.type && d.value.tag === f.tag && d.value.seq === f.seq && Buffer.from(d.value.payload).equals(Buffer.from(f.payload));
+  }), { numRuns: 300 });
+  t.pass();
+});
+
+test('frames: every single-bit error on the wire is caught, never delivered', (t) => {
+  let flips = 0;
+  fc.assert(fc.property(arbFrame, fc.nat(), (f, at) => {
+    const wire = Buffer.from(encodeFrame(f).subarray(0, -1));
+    const bit = at % (wire.length * 8);
+    wire[bit >> 3]! ^= 1 << (bit & 7);
+    flips++;
+    // A flip that makes a 0x00 splits the block on a real line; either way no frame comes out whole.
+    const parts = wire.indexOf(0) === -1 ? [wire] : [wire.subarray(0, wire.indexOf(0)), wire.subarray(wire.indexOf(0) + 1)];
+    return parts.every((p) => !decodeFrame(p).ok);
+  }), { numRuns: 1000 });
+  t.log(`${flips} single-bit faults injected, all rejected`);
+  t.is(flips, 1000);
+});
+
+test('frames: each check has its own drop reason and offset', (t) => {
+  const good = frameBytes({ type: FrameType.ACK, tag: 1, seq: 2, payload: Uint8Array.from([9, 9]) });
+  const short = parseFrameBytes(good.subarray(0, 11));
+  t.like(short, { ok: false, error: { reason: 'too_short' } });
+  const longer = Buffer.concat([good, Buffer.from([1])]);
+  t.like(parseFrameBytes(longer), { ok: false, error: { reason: 'length_mismatch', offset: 6 } });
+  const badCrc = Buffer.from(good);
+  badCrc[9]! ^= 0xff;
+  t.like(parseFrameBytes(badCrc), { ok: false, error: { reason: 'crc_mismatch', offset: 10 } });
+  const unknown = Buffer.from(good);
+  unknown[0] = 0x7f;
+  unknown.writeUInt32BE(crc32(unknown.subarray(0, 10)), 10);
+  t.like(parseFrameBytes(unknown), { ok: false, error: { reason: 'unknown_type', offset: 0 } });
+  t.like(parseFrameBytes(good, 1), { ok: false, error: { reason: 'too_long', offset: 6 } });
+  t.like(decodeFrame(Buffer.alloc(200, 1), 16), { ok: false, error: { reason: 'too_long' } });
+  t.like(decodeFrame(Uint8Array.from([0x05, 1])), { ok: false, error: { reason: 'cobs_invalid' } });
+});
+
+test('messages: round trips', (t) => {
+  const open = { version: 1, chunkSize: 4096, window: 16, totalBytes: 123456, crc32: 0xdeadbeef, sha256: new Uint8Array(32).fill(7), appName: 'blinky' };
+  t.deepEqual(decodeOpen(encodeOpen(open)), { ok: true, value: open });
+  const accept = { version: 1, chunkSize: 256, window: 4, resumeOffset: 1024 };
+  t.deepEqual(decodeAccept(encodeAccept(accept)), { ok: true, value: accept });
+  t.deepEqual(decodeMissing(encodeMissing([1, 5, 0xffffffff])), { ok: true, value: [1, 5, 0xffffffff] });
+  t.deepEqual(decodeResult(encodeResult({ pid: 9, appName: 'x_#0' })), { ok: true, value: { pid: 9, appName: 'x_#0' } });
+  const e = { code: 'ENOSPC', where: 'verify', reason: 'code_too_large' };
+  t.deepEqual(decodeError(encodeError(e)), { ok: true, value: e });
+});
+
+test('messages: malformed payloads are typed errors, not exceptions', (t) => {
+  const open = encodeOpen({ version: 1, chunkSize: 4096, window: 16, totalBytes: 1, crc32: 0, sha256: new Uint8Array(32), appName: 'ab' });
+  t.like(decodeOpen(open.subarray(0, 20)), { ok: false, error: { offset: 20 } });
+  const longName = Buffer.from(open);
+  longName[46] = 40;
+  t.like(decodeOpen(longName), { ok: false, error: { offset: 46 } });
+  t.like(decodeOpen(Buffer.concat([open, Buffer.from([0])])), { ok: false });
+  t.like(decodeAccept(Buffer.alloc(9)), { ok: false });
+  t.like(decodeMissing(Buffer.alloc(6)), { ok: false, error: { offset: 4 } });
+  t.like(decodeResult(Buffer.from([0, 0, 0, 1, 9, 0x41])), { ok: false });
+  t.like(decodeError(Buffer.from([3, 0x41, 0x42])), { ok: false });
+  t.like(decodeError(Buffer.concat([encodeError({ code: 'A', where: 'B', reason: 'C' }), Buffer.from([1])])), { ok: false });
+});
+
+// ---- docs/uart_protocol.md ----------------------------------------------------------------------
+
+const doc = readFileSync(new URL('../docs/uart_protocol.md', import.meta.url), 'utf8');
+
+function documented(name: string): { raw: Buffer; wire: Buffer } {
+  const block = new RegExp('```hex ' + name + '\\n([\\s\\S]*?)```').exec(doc);
+  if (!block) throw new Error(`docs/uart_protocol.md has no \`\`\`hex ${name} block`);
+  const line = (k: string): Buffer => Buffer.from(new RegExp(`^${k}\\s+(.*)$`, 'm').exec(block[1]!)![1]!.replace(/\s+/g, ''), 'hex');
+  return { raw: line('raw'), wire: line('wire') };
+}
+
+/** Frame bytes laid out by hand from the doc's "Frame" table. */
+function byHand(type: number, tag: number, seq: number, payload: number[]): Buffer {
+  const head = [type, tag, (seq >>> 24) & 0xff, (seq >>> 16) & 0xff, (seq >>> 8) & 0xff, seq & 0xff, (payload.length >> 8) & 0xff, payload.length & 0xff];
+  const body = Buffer.from([...head, ...payload]);
+  const c = crc32(body);
+  return Buffer.concat([body, Buffer.from([(c >>> 24) & 0xff, (c >>> 16) & 0xff, (c >>> 8) & 0xff, c & 0xff])]);
+}
+
+const ascii = (s: string): number[] => [...Buffer.from(s, 'ascii')];
+
+const examples: Array<{ name: string; raw: Buffer; expect: Frame }> = [
+  { name: 'ack', raw: byHand(0x04, 0x2a, 16, []), expect: { type: FrameType.ACK, tag: 0x2a, seq: 16, payload: new Uint8Array(0) } },
+  { name: 'data', raw: byHand(0x03, 0x2a, 1, [0x00, 0x11, 0x00]), expect: { type: FrameType.DATA, tag: 0x2a, seq: 1, payload: Uint8Array.from([0, 0x11, 0]) } },
+  { name: 'nak', raw: byHand(0x05, 0x2a, 5, [0, 0, 0, 5, 0, 0, 0, 7]), expect: { type: FrameType.NAK, tag: 0x2a, seq: 5, payload: Uint8Array.from([0, 0, 0, 5, 0, 0, 0, 7]) } },
+  // ACCEPT table: version 1, flags 0, chunk 4096, window 16, resume 8192
+  { name: 'accept', raw: byHand(0x02, 0x2a, 0x01020304, [1, 0, 0x10, 0x00, 0x00, 0x10, 0, 0, 0x20, 0]), expect: { type: FrameType.ACCEPT, tag: 0x2a, seq: 0x01020304, payload: Uint8Array.from([1, 0, 0x10, 0, 0, 0x10, 0, 0, 0x20, 0]) } },
+  // ERROR table: length-prefixed code, where, reason
+  { name: 'error', raw: byHand(0x08, 0x2a, 0, [6, ...ascii('EEXIST'), 8, ...ascii('register'), 10, ...ascii('app_exists')]), expect: { type: FrameType.ERROR, tag: 0x2a, seq: 0, payload: Uint8Array.from([6, ...ascii('EEXIST'), 8, ...ascii('register'), 10, ...ascii('app_exists')]) } },
+];
+
+for (const ex of examples) {
+  test(`docs/uart_protocol.md example "${ex.name}": the hand-built bytes match the doc, and decode`, (t) => {
+    const d = documented(ex.name);
+    t.deepEqual(ex.raw, d.raw, 'raw frame bytes as the tables lay them out');
+    t.deepEqual(cobsEncodeWithDelimiter(ex.raw), d.wire, 'COBS + delimiter');
+    t.is(d.wire[d.wire.length - 1], 0);
+    const frame = decodeFrame(d.wire.subarray(0, -1));
+    t.true(frame.ok);
+    if (frame.ok) t.deepEqual({ ...frame.value, payload: Uint8Array.from(frame.value.payload) }, ex.expect);
+  });
+}
+
+test('docs/uart_protocol.md examples decode to the documented message fields', (t) => {
+  const accept = decodeFrame(documented('accept').wire.subarray(0, -1));
+  t.true(accept.ok);
+  if (accept.ok) t.deepEqual(decodeAccept(accept.value.payload), { ok: true, value: { version: 1, chunkSize: 4096, window: 16, resumeOffset: 8192 } });
+  const error = decodeFrame(documented('error').wire.subarray(0, -1));
+  if (error.ok) t.deepEqual(decodeError(error.value.payload), { ok: true, value: { code: 'EEXIST', where: 'register', reason: 'app_exists' } });
+  const nak = decodeFrame(documented('nak').wire.subarray(0, -1));
+  if (nak.ok) t.deepEqual(decodeMissing(nak.value.payload), { ok: true, value: [5, 7] });
+});

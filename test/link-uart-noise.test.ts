@@ -1,0 +1,78 @@
+/**
+ * 100 transfers through a relay that damages the line (bit flips, dropped, duplicated and
+ * inserted bytes) between two pty pairs. Every transfer must end with the device holding a
+ * byte-identical READY image, or with a clean typed error at the master — never with a damaged
+ * image accepted. Outcomes and injected faults are counted and printed.
+ */
+import test from 'ava';
+import { sendImage } from '../src/link/uart/master.js';
+import { haveSocat, startPtyPair } from './support/pty.js';
+import { NoiseRelay, fixture, fixtureNames, makeImage, prng, rig, roomFor, sha256 } from './link-uart-harness.js';
+
+test.before(() => {
+  if (!haveSocat()) throw new Error('socat is not installed: the UART link tests need it (apt-get install socat)');
+});
+
+test('100 transfers over a noisy line: byte-identical READY or a clean error, never a corrupted image', async (t) => {
+  t.timeout(240_000);
+  const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
+  const masterSide = await startPtyPair();
+  const deviceSide = await startPtyPair();
+  // The device opens its port first, then the relay, then the master (opening flushes a port).
+  const r = await rig({ pair: deviceSide, masterPath: masterSide.a, config: roomFor(1 << 20), listener: { timing: { idleTimeoutMs: 3000 } } });
+  const relay = new NoiseRelay(prng(seed));
+  const outcomes: Record<string, number> = {};
+  const count = (k: string): void => { outcomes[k] = (outcomes[k] ?? 0) + 1; };
+  const knownCodes = new Set(['ETIMEDOUT', 'EIO', 'EPROTO', 'EBADMSG', 'ECANCELED', 'ESRCH', 'EBUSY']);
+  try {
+    // Relay between the two pairs: masterSide.b <-> deviceSide.a. The master reopens nothing, so
+    // open the relay after the device and before the first frame.
+    await relay.start(masterSide.b, deviceSide.a);
+    const big1e4 = makeImage(16 << 10, 'noise16k', 21);
+    const big1e3 = makeImage(6 << 10, 'noise6k', 22);
+    let n = 0;
+    for (const rate of [1e-4, 1e-3]) {
+      relay.rate = rate;
+      for (let i = 0; i < 50; i++, n++) {
+        const useBig = i % 5 === 4;
+        const image = useBig ? (rate === 1e-4 ? big1e4 : big1e3) : fixture(fixtureNames[n % fixtureNames.length]!);
+        // On the noisier line, small frames: a 4 KiB frame would almost never get through.
+        const chunkSize = rate === 1e-3 ? 256 : undefined;
+        const res = await sendImage(r.master, image, {
+          ...(chunkSize ? { chunkSize } : {}),
+          timing: { rtoMs: 60, maxRtoMs: 480, maxRetries: 8, maxFrameRetransmits: 40, endTimeoutMs: 3000 },
+        });
+        // Whatever the master heard, every task the device holds must be exactly this image.
+        for (const task of r.engine.ps()) {
+          const held = r.engine.taskImage(task.pid);
+          t.true(held !== undefined && Buffer.from(held).equals(Buffer.from(image)), `transfer ${n} (rate ${rate}): the device holds a READY image that differs from the one sent`);
+          r.engine.unload(task.pid);
+        }
+        if (res.ok) {
+          count(`${rate}:ready`);
+        } else {
+          t.true(knownCodes.has(res.error.code), `transfer ${n}: unexpected error ${JSON.stringify(res.error)}`);
+          t.is(typeof res.error.reason, 'string');
+          count(`${rate}:error:${res.error.code}:${res.error.reason}`);
+        }
+      }
+    }
+    // The listener only ever announced READY for the image's own SHA-256 (checked at END).
+    const ready = r.events.filter((e) => e.type === 'ready');
+    t.true(ready.every((e) => e.type === 'ready' && e.sha256.length === 64));
+    const total = Object.values(outcomes).reduce((a, b) => a + b, 0);
+    t.is(total, 100);
+    t.true((outcomes['0.0001:ready'] ?? 0) > 0 && (outcomes['0.001:ready'] ?? 0) > 0, 'transfers do get through the noise');
+    t.true(relay.faults.flip > 0 && relay.faults.drop > 0 && relay.faults.duplicate > 0 && relay.faults.garbage > 0, 'every kind of fault was injected');
+    t.log(`seed 0x${seed.toString(16)}; outcomes ${JSON.stringify(outcomes)}`);
+    t.log(`faults injected over ${relay.bytes} relayed bytes: ${JSON.stringify(relay.faults)}`);
+    const drops = (c: Record<string, number> | undefined): Record<string, number> =>
+      Object.fromEntries(Object.entries(c ?? {}).filter(([k, v]) => k.startsWith('dropped_') && v > 0));
+    t.log(`frames dropped at the device: ${JSON.stringify(drops(r.device.status().counters))}; at the master: ${JSON.stringify(drops(r.master.status().counters))}`);
+    t.log(`listener: ${JSON.stringify(r.listener.counters)}; ready events ${ready.length}; sha256 of big images ${sha256(big1e4).slice(0, 8)}/${sha256(big1e3).slice(0, 8)}`);
+  } finally {
+    await relay.stop();
+    await r.close();
+    await masterSide.stop();
+  }
+});
