@@ -9,6 +9,7 @@ import { FakeClock, InMemoryImageStore, InMemoryValueStore, ProvisioningEngine, 
 import type { Clock } from '../src/engine/ports.js';
 import { EventBus, type EventBusConfig } from '../src/gateway/events/index.js';
 import { ControlServer, type ControlServerOptions } from '../src/gateway/control/server.js';
+import { LineReader } from '../src/gateway/control/line-reader.js';
 
 export const fixture = (name: string): Uint8Array => new Uint8Array(readFileSync(new URL(`./fixtures/${name}`, import.meta.url)));
 export const fixturePath = (name: string): string => new URL(`./fixtures/${name}`, import.meta.url).pathname;
@@ -71,33 +72,17 @@ export async function startHarness(
   };
 }
 
-/** A JSON-lines client that keeps every received line, in order. */
+/** A raw JSON-lines client (it can send any bytes) reading through the client's LineReader. */
 export class LineClient {
-  readonly lines: string[] = [];
-  private buf = '';
-  private waiters: (() => void)[] = [];
-  ended = false;
+  private readonly reader: LineReader;
 
   private constructor(readonly socket: Socket) {
-    socket.setEncoding('utf8');
-    socket.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        this.lines.push(this.buf.slice(0, i));
-        this.buf = this.buf.slice(i + 1);
-      }
-      this.wake();
-    });
-    socket.on('end', () => {
-      this.ended = true;
-      this.wake();
-    });
-    socket.on('close', () => {
-      this.ended = true;
-      this.wake();
-    });
-    socket.on('error', () => {});
+    this.reader = new LineReader(socket);
+  }
+
+  /** The server ended or closed the connection. */
+  get ended(): boolean {
+    return this.reader.closedWith !== null;
   }
 
   static connect(port: number): Promise<LineClient> {
@@ -107,30 +92,10 @@ export class LineClient {
     });
   }
 
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
-
-  private cursor = 0;
-
   /** The next unread line (waits up to `ms`); null at EOF or timeout. */
   async next(ms = 5000): Promise<string | null> {
-    const deadline = Date.now() + ms;
-    while (this.cursor >= this.lines.length) {
-      if (this.ended) return null;
-      const left = deadline - Date.now();
-      if (left <= 0) return null;
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          r();
-        });
-      });
-    }
-    return this.lines[this.cursor++] as string;
+    const next = await this.reader.next(ms);
+    return 'line' in next ? next.line : null;
   }
 
   async nextJson(ms = 5000): Promise<Record<string, unknown>> {
@@ -143,9 +108,9 @@ export class LineClient {
     this.socket.write(text);
   }
 
-  async request(obj: Record<string, unknown>): Promise<Record<string, unknown>> {
+  async request(obj: Record<string, unknown>, ms = 5000): Promise<Record<string, unknown>> {
     this.socket.write(`${JSON.stringify({ version: 1, ...obj })}\n`);
-    return this.nextJson();
+    return this.nextJson(ms);
   }
 
   /** Waits until the server closes the connection. */

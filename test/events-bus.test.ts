@@ -2,7 +2,7 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { FakeClock } from '../src/engine/clock.js';
 import type { Clock } from '../src/engine/ports.js';
-import { EventBus, type BusEvent } from '../src/gateway/events/index.js';
+import { EventBus, eventJson, type BusEvent } from '../src/gateway/events/index.js';
 
 const probe = (i: number, pid = 1) => ({ type: 'probe', pid, phase: null, data: { i } });
 const complete = (pid: number) => ({ type: 'provisioning.complete', pid, phase: 'end' as const, data: { pid } });
@@ -58,6 +58,41 @@ test('terminal events are never dropped under overflow', (t) => {
   t.true(warnings.length >= 1);
   t.is(warnings.at(-1)!.data['drops'], sub.metrics().drop_count);
   for (let i = 1; i < got.length; i++) t.true(got[i]!.seq > got[i - 1]!.seq);
+});
+
+test('a full queue whose oldest events are essential drops the oldest droppable one and delivers in seq order', (t) => {
+  const clock = new FakeClock(0);
+  const bus = new EventBus({ clock, config: { graceMs: 1e12 } });
+  const got: BusEvent[] = [];
+  let open = false;
+  const sub = bus.subscribe({ maxEvents: 4, deliver: (ev) => (got.push(ev), open), deferStart: true });
+  for (let pid = 1; pid <= 3; pid++) bus.publish(complete(pid)); // seq 1..3, never dropped
+  for (let i = 0; i < 10; i++) bus.publish(probe(i)); // each one past the first evicts the previous
+  const q = sub.queued();
+  t.deepEqual(q.map((e) => e.type), ['provisioning.complete', 'provisioning.complete', 'provisioning.complete', 'probe', 'warning']);
+  t.is(q[3]!.data['i'], 9, 'the newest probe is kept');
+  t.is(q[4]!.data['drops'], 9, 'one up-to-date drop warning, counting every drop');
+  t.is(sub.metrics().queued, 5);
+  // An ACK trims the essential part as well as the droppable part.
+  sub.ack(2);
+  t.deepEqual(sub.queued().map((e) => e.seq), q.slice(2).map((e) => e.seq));
+  open = true;
+  sub.start();
+  t.deepEqual(got.map((e) => e.seq), q.slice(2).map((e) => e.seq), 'delivered exactly what was queued, in seq order');
+  t.is(sub.metrics().queued, 0);
+});
+
+test('an event is serialized once and the text is shared by every consumer', (t) => {
+  const bus = new EventBus({ clock: new FakeClock(0) });
+  const texts: string[] = [];
+  for (let k = 0; k < 3; k++) bus.subscribe({ deliver: (ev) => (texts.push(eventJson(ev)), true) });
+  bus.publish(complete(7));
+  t.is(texts.length, 3);
+  const ev = JSON.parse(texts[0]!) as BusEvent;
+  t.is(ev.type, 'provisioning.complete');
+  t.is(ev.pid, 7);
+  t.true(texts.every((x) => x === texts[0]), 'same text for every subscriber');
+  t.deepEqual(Object.keys(ev), ['seq', 'ts', 'type', 'pid', 'phase', 'data']);
 });
 
 test('slow consumer: warning at the warn threshold, then slow_consumer_drop and unsubscribe (reference D)', (t) => {

@@ -5,6 +5,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { err, ok, type Result } from '../../hxe/result.js';
+import { LineReader } from './line-reader.js';
 
 export const DEFAULT_CONNECT = '127.0.0.1:9998';
 /** A CLI reads its token from here when --token is not given (kept out of shell history). */
@@ -30,30 +31,10 @@ export function parseHostPort(target: string): Result<{ host: string; port: numb
 }
 
 export class ControlClient {
-  private buf = '';
-  private readonly lines: string[] = [];
-  private waiter: (() => void) | null = null;
-  private closedWith: string | null = null;
+  private readonly reader: LineReader;
 
   private constructor(private readonly socket: Socket, private readonly token: string | undefined, private readonly timeoutMs: number) {
-    socket.setEncoding('utf8');
-    socket.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        this.lines.push(this.buf.slice(0, i));
-        this.buf = this.buf.slice(i + 1);
-      }
-      this.wake();
-    });
-    socket.on('error', (e) => {
-      this.closedWith ??= e.message;
-      this.wake();
-    });
-    socket.on('close', () => {
-      this.closedWith ??= 'connection closed by the server';
-      this.wake();
-    });
+    this.reader = new LineReader(socket);
   }
 
   static connect(target: string, opts: { token?: string; timeoutMs?: number } = {}): Promise<Result<ControlClient, ClientError>> {
@@ -77,27 +58,11 @@ export class ControlClient {
     });
   }
 
-  private wake(): void {
-    const w = this.waiter;
-    this.waiter = null;
-    w?.();
-  }
-
   private async nextLine(): Promise<Result<string, ClientError>> {
-    const deadline = Date.now() + this.timeoutMs;
-    while (this.lines.length === 0) {
-      if (this.closedWith !== null) return err({ kind: 'closed', message: this.closedWith });
-      const left = deadline - Date.now();
-      if (left <= 0) return err({ kind: 'timeout', message: `no reply within ${this.timeoutMs} ms` });
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, left);
-        this.waiter = () => {
-          clearTimeout(t);
-          r();
-        };
-      });
-    }
-    return ok(this.lines.shift() as string);
+    const next = await this.reader.next(this.timeoutMs);
+    if ('line' in next) return ok(next.line);
+    if ('closed' in next) return err({ kind: 'closed', message: next.closed });
+    return err({ kind: 'timeout', message: `no reply within ${this.timeoutMs} ms` });
   }
 
   /** Sends one request; an `error` reply comes back as a `remote` error with the server's string. */

@@ -96,3 +96,28 @@ export function strField(req: Record<string, unknown>, field: string, cmd: strin
   if (typeof v !== 'string' || v.length === 0) throw new RequestError(`${cmd} requires '${field}'`);
   return v;
 }
+
+/** An optional non-empty string field, else `fallback` (a client's `source`, an abort `reason`). */
+export function optText(req: Record<string, unknown>, field: string, fallback: string): string {
+  const v = req[field];
+  return typeof v === 'string' && v.length > 0 ? v : fallback;
+}
+
+/** The device a request names (`device`), or the default one; an unknown name is the request's error. */
+export function deviceOf(ctx: CommandContext): DeviceRef {
+  const dev = ctx.core.device(ctx.req['device']);
+  if ('error' in dev) throw new RequestError(dev.error, dev.detail);
+  return dev;
+}
+
+/**
+ * A command that acts on one device: the device is resolved before `run` sees the request, the
+ * same way for every such command.
+ */
+export function deviceCommand(
+  role: Role,
+  mutates: boolean,
+  run: (ctx: CommandContext, dev: DeviceRef) => CommandResult | Promise<CommandResult>,
+): CommandSpec {
+  return { role, mutates, run: (ctx) => run(ctx, deviceOf(ctx)) };
+}

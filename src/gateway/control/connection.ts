@@ -5,14 +5,22 @@
  * socket), and is dropped if its unread output still passes the limit. When the connection
  * becomes an event stream, the event bus's subscription decides what it gets; the socket's
  * buffer is only the last hop. Streaming loads opened here are aborted when it goes away.
+ *
+ * Events are written in batches: a burst of events costs one socket write per ~16 KiB instead
+ * of one per event (a write per event per subscriber was most of the gateway's cost of a
+ * fan-out). A batch is sent as soon as it is full, or when the synchronous job that produced it
+ * ends (a microtask), so an event waits at most for the rest of its own burst, never for other
+ * callbacks or a timer. (Flushing at setImmediate instead, after every timer and read due now,
+ * held events for up to tens of ms on a busy host: bench/events.ts `gateway_handoff_p99_ms`.)
+ * Replies first send the batch ahead of them.
  */
 import type { Socket } from 'node:net';
-import type { BusEvent, CloseReason, Subscription } from '../events/index.js';
+import { eventJson, type BusEvent, type CloseReason, type Subscription } from '../events/index.js';
 import { roleAllows, type Identity } from './auth.js';
 import type { CommandContext, CommandResult, CommandSpec, ConnectionApi, ServerCore } from './command-types.js';
 import { LineFramer, type Frame } from './framing.js';
 import { RequestError } from './sessions.js';
-import type { AuditLog } from './audit.js';
+import type { AuditLog, Verdict } from './audit.js';
 import type { TokenStore } from './auth.js';
 
 export interface ConnectionLimits {
@@ -39,6 +47,9 @@ export interface ConnectionDeps {
 
 type Reply = Record<string, unknown>;
 
+/** A batch of event lines is written once it reaches this size (or when the current job ends). */
+const EVENT_BATCH_BYTES = 16 * 1024;
+
 export class Connection implements ConnectionApi {
   readonly peer: string;
   private readonly framer: LineFramer;
@@ -53,6 +64,9 @@ export class Connection implements ConnectionApi {
   private readPaused = false;
   private stallTimer: NodeJS.Timeout | null = null;
   private readonly owned = new Map<string, Set<number>>();
+  /** Event lines not yet handed to the socket. */
+  private batch = '';
+  private batchScheduled = false;
 
   constructor(
     readonly id: number,
@@ -89,16 +103,28 @@ export class Connection implements ConnectionApi {
   }
 
   deliverEvent(ev: BusEvent): boolean {
-    if (this.closed) return false;
-    // Written at once, not corked until the tick ends: a producer's burst can take milliseconds,
-    // and corking measurably added that to every event's latency (bench/events.ts).
-    this.writeLine(JSON.stringify(ev));
-    return !this.closed && this.socket.writableLength < this.deps.limits.streamHighWater;
+    if (this.closed || this.ending) return false;
+    this.batch += eventJson(ev);
+    this.batch += '\n';
+    // Full batches go out at once, so an event waits at most for ~16 KiB of events behind it,
+    // never for the end of a long producer burst.
+    if (this.batch.length >= EVENT_BATCH_BYTES) this.flushBatch();
+    else if (!this.batchScheduled) {
+      this.batchScheduled = true;
+      queueMicrotask(() => {
+        this.batchScheduled = false;
+        this.flushBatch();
+      });
+    }
+    // Past the high-water mark the bus holds (and, if need be, drops) events for this client;
+    // the socket's buffer is not allowed to become a second, unbounded queue.
+    return !this.closed && this.socket.writableLength + this.batch.length < this.deps.limits.streamHighWater;
   }
 
   streamClosed(_reason: CloseReason): void {
     // The reference ends the stream connection when its subscription ends (EOF after unsubscribe).
     this.stream = null;
+    this.flushBatch(); // the last events (e.g. slow_consumer_drop) still go out
     this.ending = true; // nothing more is read or written on it
     if (this.closed) return;
     this.socket.end();
@@ -215,16 +241,8 @@ export class Connection implements ConnectionApi {
       }
     }
     if (spec.mutates) {
-      this.deps.audit.record({
-        who: identity?.name ?? 'anonymous',
-        role: identity?.role ?? null,
-        peer: this.peer,
-        cmd,
-        ...(typeof r['device'] === 'string' ? { device: r['device'] } : {}),
-        target: targetOf(r),
-        verdict: result.kind === 'error' ? 'error' : 'ok',
-        ...(result.kind === 'error' ? { reason: result.error } : {}),
-      });
+      if (result.kind === 'error') this.audit(cmd, r, identity, 'error', result.error);
+      else this.audit(cmd, r, identity, 'ok');
     }
     return result;
   }
@@ -239,6 +257,12 @@ export class Connection implements ConnectionApi {
   }
 
   private deny(cmd: string, r: Record<string, unknown>, identity: Identity | null, error: string): CommandResult {
+    this.audit(cmd, r, identity, 'denied', error);
+    return { kind: 'error', error };
+  }
+
+  /** One audit line: who asked for what, on which target, and the verdict. */
+  private audit(cmd: string, r: Record<string, unknown>, identity: Identity | null, verdict: Verdict, reason?: string): void {
     this.deps.audit.record({
       who: identity?.name ?? 'anonymous',
       role: identity?.role ?? null,
@@ -246,17 +270,28 @@ export class Connection implements ConnectionApi {
       cmd,
       ...(typeof r['device'] === 'string' ? { device: r['device'] } : {}),
       target: targetOf(r),
-      verdict: 'denied',
-      reason: error,
+      verdict,
+      ...(reason !== undefined ? { reason } : {}),
     });
-    return { kind: 'error', error };
   }
 
   // ---- output ---------------------------------------------------------------------------------
 
   private writeLine(text: string): void {
+    this.flushBatch(); // keeps what was delivered before this line ahead of it
+    this.send(`${text}\n`);
+  }
+
+  private flushBatch(): void {
+    if (this.batch === '') return;
+    const data = this.batch;
+    this.batch = '';
+    this.send(data);
+  }
+
+  private send(data: string): void {
     if (this.closed || this.ending) return;
-    const flushed = this.socket.write(`${text}\n`);
+    const flushed = this.socket.write(data);
     if (this.socket.writableLength > this.deps.limits.maxOutBytes) {
       this.deps.log?.('warn', { peer: this.peer, unread: this.socket.writableLength }, 'control client is not reading; dropping it');
       this.socket.destroy();
@@ -309,6 +344,7 @@ export class Connection implements ConnectionApi {
     if (this.closed) return;
     this.closed = true;
     this.pendingLines.length = 0;
+    this.batch = '';
     if (this.stallTimer) clearTimeout(this.stallTimer);
     if (this.stream) {
       const sub = this.stream;

@@ -6,6 +6,8 @@
 import { randomUUID } from 'node:crypto';
 import { RequestError } from './sessions.js';
 import {
+  deviceCommand,
+  deviceOf,
   failWith,
   okBody,
   toInt,
@@ -105,24 +107,15 @@ export const protocolCommands: Record<string, CommandSpec> = {
       const pidRaw = ctx.req['pid'];
       if (pidRaw === undefined || pidRaw === null) return okBody({ info: ctx.core.info() });
       const pid = toInt(pidRaw, 'info pid must be an integer');
-      const dev = ctx.core.device(ctx.req['device']);
-      if ('error' in dev) return failWith(dev);
+      const dev = deviceOf(ctx);
       const task = dev.engine.ps().find((t) => t.pid === pid);
       if (!task) return failWith({ error: `ESRCH:unknown_pid`, detail: { pid } });
       return okBody({ info: { device: dev.name, ...taskToWire(task) } });
     },
   },
 
-  ps: {
-    role: 'viewer',
-    mutates: false,
-    run(ctx) {
-      const dev = ctx.core.device(ctx.req['device']);
-      if ('error' in dev) return failWith(dev);
-      const rows = dev.engine.ps().map(taskToPsRow);
-      return okBody({ tasks: { tasks: rows, current_pid: null }, device: dev.name });
-    },
-  },
+  ps: deviceCommand('viewer', false, (_ctx, dev) =>
+    okBody({ tasks: { tasks: dev.engine.ps().map(taskToPsRow), current_pid: null }, device: dev.name })),
 
   'session.open': {
     role: 'viewer',

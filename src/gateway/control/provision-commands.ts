@@ -6,10 +6,12 @@
  */
 import { RequestError } from './sessions.js';
 import {
+  deviceCommand,
   failWith,
   intField,
   okBody,
   optIntField,
+  optText,
   type CommandContext,
   type CommandResult,
   type CommandSpec,
@@ -29,16 +31,17 @@ export function decodeBase64(text: unknown, what: string): Uint8Array {
   return new Uint8Array(buf.buffer, buf.byteOffset, buf.length);
 }
 
-function deviceOf(ctx: CommandContext): DeviceRef {
-  const dev = ctx.core.device(ctx.req['device']);
-  if ('error' in dev) throw new RequestError(dev.error, dev.detail);
-  return dev;
-}
-
 function engineFail(e: EngineError, dev: DeviceRef): CommandResult {
   const w = engineErrorToWire(e);
   return failWith({ error: w.error, detail: { device: dev.name, ...w.detail } });
 }
+
+function unknownPid(dev: DeviceRef, pid: number): CommandResult {
+  return failWith({ error: 'ESRCH:unknown_pid', detail: { device: dev.name, pid } });
+}
+
+/** Where an image sent over this connection came from, unless the client names it. */
+const sourceOf = (ctx: CommandContext, fallback = `control:${ctx.conn.peer}`) => optText(ctx.req, 'source', fallback);
 
 /** The reference's `exec` of a single-instance app that is already loaded says `app_exists:<name>`. */
 function compatLoadError(e: EngineError, dev: DeviceRef): CommandResult {
@@ -55,29 +58,22 @@ async function bytesOf(ctx: CommandContext, allowData: boolean): Promise<{ bytes
   if (typeof path === 'string' && path.length > 0) {
     const r = await ctx.core.readImage(path);
     if (!r.ok) return failWith(r.error);
-    return { bytes: r.bytes, source: typeof req['source'] === 'string' ? req['source'] : r.source };
+    return { bytes: r.bytes, source: sourceOf(ctx, r.source) };
   }
   if (allowData && req['data'] !== undefined) {
-    const bytes = decodeBase64(req['data'], `${cmd} data`);
-    const source = typeof req['source'] === 'string' && req['source'] ? req['source'] : `control:${ctx.conn.peer}`;
-    return { bytes, source };
+    return { bytes: decodeBase64(req['data'], `${cmd} data`), source: sourceOf(ctx) };
   }
   throw new RequestError(allowData ? `${cmd} requires 'path' or 'data'` : `${cmd} requires 'path'`);
 }
 
 function loadCommand(compat: boolean): CommandSpec {
-  return {
-    role: 'operator',
-    mutates: true,
-    async run(ctx) {
-      const dev = deviceOf(ctx);
-      const input = await bytesOf(ctx, !compat);
-      if ('kind' in input) return input;
-      const r = dev.engine.loadImage(input.bytes, { source: input.source });
-      if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
-      return compat ? okBody({ image: taskToImage(r.value) }) : okBody({ device: dev.name, task: taskToWire(r.value) });
-    },
-  };
+  return deviceCommand('operator', true, async (ctx, dev) => {
+    const input = await bytesOf(ctx, !compat);
+    if ('kind' in input) return input;
+    const r = dev.engine.loadImage(input.bytes, { source: input.source });
+    if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
+    return compat ? okBody({ image: taskToImage(r.value) }) : okBody({ device: dev.name, task: taskToWire(r.value) });
+  });
 }
 
 /** Runs an async engine operation (persist/confirm/rollback) that a device may not offer. */
@@ -97,130 +93,81 @@ export const provisionCommands: Record<string, CommandSpec> = {
   exec: loadCommand(true),
   'provision.load': loadCommand(false),
 
-  'provision.begin': {
-    role: 'operator',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const { req, cmd } = ctx;
-      const totalBytes = optIntField(req, 'total_bytes', cmd);
-      const expectedCrc = optIntField(req, 'crc32', cmd);
-      const source = typeof req['source'] === 'string' && req['source'] ? req['source'] : `control:${ctx.conn.peer}`;
-      const opts: { source: string; totalBytes?: number; expectedCrc?: number } = { source };
-      if (totalBytes !== undefined) opts.totalBytes = totalBytes;
-      if (expectedCrc !== undefined) opts.expectedCrc = expectedCrc >>> 0;
-      const r = dev.engine.begin(opts);
-      if (!r.ok) return engineFail(r.error, dev);
-      ctx.conn.ownSession(dev.name, r.value.sessionId);
-      return okBody({ device: dev.name, session_id: r.value.sessionId });
-    },
-  },
+  'provision.begin': deviceCommand('operator', true, (ctx, dev) => {
+    const { req, cmd } = ctx;
+    const totalBytes = optIntField(req, 'total_bytes', cmd);
+    const expectedCrc = optIntField(req, 'crc32', cmd);
+    const opts: { source: string; totalBytes?: number; expectedCrc?: number } = { source: sourceOf(ctx) };
+    if (totalBytes !== undefined) opts.totalBytes = totalBytes;
+    if (expectedCrc !== undefined) opts.expectedCrc = expectedCrc >>> 0;
+    const r = dev.engine.begin(opts);
+    if (!r.ok) return engineFail(r.error, dev);
+    ctx.conn.ownSession(dev.name, r.value.sessionId);
+    return okBody({ device: dev.name, session_id: r.value.sessionId });
+  }),
 
-  'provision.write': {
-    role: 'operator',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const { req, cmd } = ctx;
-      const sid = intField(req, 'session_id', cmd);
-      const seq = intField(req, 'seq', cmd);
-      if (req['data'] === undefined) throw new RequestError(`${cmd} requires 'data'`);
-      const chunk = decodeBase64(req['data'], `${cmd} data`);
-      const r = dev.engine.write(sid, seq, chunk);
-      if (!r.ok) return engineFail(r.error, dev);
-      // bytes_written (this chunk), duplicate, and total_bytes_written when the engine reports it
-      return okBody({ session_id: sid, seq, ...(toWire(r.value) as Record<string, unknown>) });
-    },
-  },
+  'provision.write': deviceCommand('operator', true, (ctx, dev) => {
+    const { req, cmd } = ctx;
+    const sid = intField(req, 'session_id', cmd);
+    const seq = intField(req, 'seq', cmd);
+    if (req['data'] === undefined) throw new RequestError(`${cmd} requires 'data'`);
+    const chunk = decodeBase64(req['data'], `${cmd} data`);
+    const r = dev.engine.write(sid, seq, chunk);
+    if (!r.ok) return engineFail(r.error, dev);
+    // bytes_written (this chunk), duplicate, and total_bytes_written when the engine reports it
+    return okBody({ session_id: sid, seq, ...(toWire(r.value) as Record<string, unknown>) });
+  }),
 
-  'provision.end': {
-    role: 'operator',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const sid = intField(ctx.req, 'session_id', ctx.cmd);
-      const r = dev.engine.end(sid);
-      ctx.conn.disownSession(dev.name, sid); // ended either way: READY, or FAILED and freed
-      if (!r.ok) return engineFail(r.error, dev);
-      return okBody({ device: dev.name, session_id: sid, task: taskToWire(r.value) });
-    },
-  },
+  'provision.end': deviceCommand('operator', true, (ctx, dev) => {
+    const sid = intField(ctx.req, 'session_id', ctx.cmd);
+    const r = dev.engine.end(sid);
+    ctx.conn.disownSession(dev.name, sid); // ended either way: READY, or FAILED and freed
+    if (!r.ok) return engineFail(r.error, dev);
+    return okBody({ device: dev.name, session_id: sid, task: taskToWire(r.value) });
+  }),
 
-  'provision.abort': {
-    role: 'operator',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const sid = intField(ctx.req, 'session_id', ctx.cmd);
-      const reason = typeof ctx.req['reason'] === 'string' && ctx.req['reason'] ? ctx.req['reason'] : 'client_abort';
-      const r = dev.engine.abort(sid, reason);
-      if (!r.ok) return engineFail(r.error, dev);
-      ctx.conn.disownSession(dev.name, sid);
-      return okBody({ device: dev.name, session_id: sid, aborted: true });
-    },
-  },
+  'provision.abort': deviceCommand('operator', true, (ctx, dev) => {
+    const sid = intField(ctx.req, 'session_id', ctx.cmd);
+    const r = dev.engine.abort(sid, optText(ctx.req, 'reason', 'client_abort'));
+    if (!r.ok) return engineFail(r.error, dev);
+    ctx.conn.disownSession(dev.name, sid);
+    return okBody({ device: dev.name, session_id: sid, aborted: true });
+  }),
 
-  'provision.status': {
-    role: 'viewer',
-    mutates: false,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const pid = optIntField(ctx.req, 'pid', ctx.cmd);
-      const tasks = dev.engine.ps();
-      if (pid === undefined) return okBody({ device: dev.name, tasks: tasks.map(taskToWire) });
-      const task = tasks.find((t) => t.pid === pid);
-      if (!task) return failWith({ error: 'ESRCH:unknown_pid', detail: { device: dev.name, pid } });
-      return okBody({ device: dev.name, task: taskToWire(task) });
-    },
-  },
+  'provision.status': deviceCommand('viewer', false, (ctx, dev) => {
+    const pid = optIntField(ctx.req, 'pid', ctx.cmd);
+    const tasks = dev.engine.ps();
+    if (pid === undefined) return okBody({ device: dev.name, tasks: tasks.map(taskToWire) });
+    const task = tasks.find((t) => t.pid === pid);
+    if (!task) return unknownPid(dev, pid);
+    return okBody({ device: dev.name, task: taskToWire(task) });
+  }),
 
-  'provision.persist': {
-    role: 'operator',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const pid = intField(ctx.req, 'pid', ctx.cmd);
-      const target = ctx.req['target'] ?? 'test';
-      if (target !== 'test' && target !== 'permanent') throw new RequestError(`${ctx.cmd} target must be 'test' or 'permanent'`);
-      const e = dev.engine;
-      return settle(dev, e.persist ? () => e.persist!(pid, target) : null, 'persisted');
-    },
-  },
+  'provision.persist': deviceCommand('operator', true, (ctx, dev) => {
+    const pid = intField(ctx.req, 'pid', ctx.cmd);
+    const target = ctx.req['target'] ?? 'test';
+    if (target !== 'test' && target !== 'permanent') throw new RequestError(`${ctx.cmd} target must be 'test' or 'permanent'`);
+    const e = dev.engine;
+    return settle(dev, e.persist ? () => e.persist!(pid, target) : null, 'persisted');
+  }),
 
-  'provision.activate': {
-    role: 'operator',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const pid = optIntField(ctx.req, 'pid', ctx.cmd);
-      const e = dev.engine;
-      if (pid !== undefined && !e.ps().some((t) => t.pid === pid)) {
-        return failWith({ error: 'ESRCH:unknown_pid', detail: { device: dev.name, pid } });
-      }
-      return settle(dev, e.confirm ? () => e.confirm!() : null, 'activated');
-    },
-  },
+  'provision.activate': deviceCommand('operator', true, (ctx, dev) => {
+    const pid = optIntField(ctx.req, 'pid', ctx.cmd);
+    const e = dev.engine;
+    if (pid !== undefined && !e.ps().some((t) => t.pid === pid)) return unknownPid(dev, pid);
+    return settle(dev, e.confirm ? () => e.confirm!() : null, 'activated');
+  }),
 
-  'provision.rollback': {
-    role: 'admin',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const reason = typeof ctx.req['reason'] === 'string' && ctx.req['reason'] ? ctx.req['reason'] : 'operator_rollback';
-      const e = dev.engine;
-      return settle(dev, e.rollback ? () => e.rollback!(reason) : null, 'rollback');
-    },
-  },
+  'provision.rollback': deviceCommand('admin', true, (ctx, dev) => {
+    const reason = optText(ctx.req, 'reason', 'operator_rollback');
+    const e = dev.engine;
+    return settle(dev, e.rollback ? () => e.rollback!(reason) : null, 'rollback');
+  }),
 
-  'provision.unload': {
-    role: 'admin',
-    mutates: true,
-    run(ctx) {
-      const dev = deviceOf(ctx);
-      const pid = intField(ctx.req, 'pid', ctx.cmd);
-      const r = dev.engine.unload(pid);
-      if (!r.ok) return engineFail(r.error, dev);
-      return okBody({ device: dev.name, pid, unloaded: true });
-    },
-  },
+  'provision.unload': deviceCommand('admin', true, (ctx, dev) => {
+    const pid = intField(ctx.req, 'pid', ctx.cmd);
+    const r = dev.engine.unload(pid);
+    if (!r.ok) return engineFail(r.error, dev);
+    return okBody({ device: dev.name, pid, unloaded: true });
+  }),
 };

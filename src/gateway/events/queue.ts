@@ -1,7 +1,7 @@
 /**
- * A FIFO of events with O(1) push/shift and removal anywhere (used for drop-oldest-droppable
- * and for replacing a superseded drop warning). Plain arrays shift in O(n), which matters at
- * the rates a bench drives; this keeps a head index and compacts now and then.
+ * A FIFO with O(1) push and shift (a subscriber's queues, the bus's history). Plain arrays shift
+ * in O(n), which matters at the rates a bench drives; this keeps a head index and compacts now
+ * and then.
  */
 export class Fifo<T> {
   private items: (T | undefined)[] = [];
@@ -29,28 +29,6 @@ export class Fifo<T> {
       this.head = 0;
     }
     return item;
-  }
-
-  /** Index (0 = oldest) of the first item matching, or -1. */
-  findIndex(pred: (item: T) => boolean): number {
-    for (let i = this.head; i < this.items.length; i++) {
-      if (pred(this.items[i] as T)) return i - this.head;
-    }
-    return -1;
-  }
-
-  /** Index of `item` searching from the newest end (recent items are found in O(1)), or -1. */
-  lastIndexOf(item: T): number {
-    for (let i = this.items.length - 1; i >= this.head; i--) if (this.items[i] === item) return i - this.head;
-    return -1;
-  }
-
-  removeAt(index: number): T | undefined {
-    if (index === 0) return this.shift();
-    const at = this.head + index;
-    if (index < 0 || at >= this.items.length) return undefined;
-    if (at === this.items.length - 1) return this.items.pop();
-    return this.items.splice(at, 1)[0];
   }
 
   toArray(): T[] {

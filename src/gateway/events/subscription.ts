@@ -67,7 +67,14 @@ export class Subscription {
   private readonly pids: ReadonlySet<number> | null;
   private readonly types: ReadonlySet<string> | null;
   private readonly prefixes: readonly string[];
-  private readonly queue = new Fifo<BusEvent>();
+  /**
+   * The queue is kept as two FIFOs, droppable and essential events, each in seq order, plus a slot
+   * for the one pending drop warning; delivery merges them by seq, so the subscriber sees one
+   * stream in order. Dropping the oldest droppable event is then a shift, and superseding the
+   * drop warning a replacement: the work per event never depends on how far behind it is.
+   */
+  private readonly droppable = new Fifo<BusEvent>();
+  private readonly essential = new Fifo<BusEvent>();
   /** Seqs delivered and not yet acknowledged (ACK mode only), oldest first. */
   private readonly unacked = new Fifo<number>();
   private readonly createdAt: number;
@@ -117,9 +124,14 @@ export class Subscription {
     return Math.max(this.maxEvents * c.dropFactor, c.dropFloor);
   }
 
+  /** Events held and not yet delivered. */
+  private get queueLength(): number {
+    return this.droppable.length + this.essential.length + (this.pendingDropWarning ? 1 : 0);
+  }
+
   /** How far behind the subscriber is: held for it, plus dropped since it last took one. */
   get pending(): number {
-    return this.queue.length + this.unacked.length + this.droppedSinceProgress;
+    return this.queueLength + this.unacked.length + this.droppedSinceProgress;
   }
 
   matches(ev: BusEvent): boolean {
@@ -131,14 +143,10 @@ export class Subscription {
   /** Called by the bus for every event; never blocks. `replay` skips back-pressure verdicts. */
   offer(ev: BusEvent, replay = false): void {
     if (!this.active || !this.matches(ev)) return;
-    let dropped: BusEvent | undefined;
-    if (this.queue.length >= this.maxEvents) {
-      const idx = this.queue.findIndex((q) => isDroppable(q.type));
-      if (idx >= 0) dropped = this.queue.removeAt(idx);
-      // When nothing queued is droppable the queue grows past its depth; the hard limit below
-      // bounds it, because essential events are never dropped silently.
-    }
-    this.queue.push(ev);
+    // When nothing queued is droppable the queue grows past its depth; the hard limit in
+    // applyBackpressure bounds it, because essential events are never dropped silently.
+    const dropped = this.queueLength >= this.maxEvents ? this.droppable.shift() : undefined;
+    (isDroppable(ev.type) ? this.droppable : this.essential).push(ev);
     if (dropped) this.noteDrop(dropped.seq);
     this.trackHighWater();
     this.flush();
@@ -166,7 +174,7 @@ export class Subscription {
       this.droppedSinceProgress = 0;
     }
     while (this.unacked.length && (this.unacked.peek() as number) <= seq) this.unacked.shift();
-    while (this.queue.length && (this.queue.peek() as BusEvent).seq <= seq) this.queue.shift();
+    for (const q of [this.droppable, this.essential]) while (q.length && (q.peek() as BusEvent).seq <= seq) q.shift();
     if (this.pendingDropWarning && this.pendingDropWarning.seq <= seq) this.pendingDropWarning = null;
     if (this.pending < this.warnThreshold) this.slowWarningActive = false;
     this.flush();
@@ -184,7 +192,7 @@ export class Subscription {
       max_events: this.maxEvents,
       active: this.active,
       slow_warning_active: this.slowWarningActive,
-      queued: this.queue.length,
+      queued: this.queueLength,
       unacked: this.unacked.length,
       ack_window: this.ackWindow,
     };
@@ -192,13 +200,17 @@ export class Subscription {
 
   /** Events still queued (undelivered), oldest first. */
   queued(): BusEvent[] {
-    return this.queue.toArray();
+    const all = [...this.droppable.toArray(), ...this.essential.toArray()];
+    if (this.pendingDropWarning) all.push(this.pendingDropWarning);
+    return all.sort((a, b) => a.seq - b.seq);
   }
 
   close(reason: CloseReason): void {
     if (!this.active) return;
     this.active = false;
-    this.queue.clear();
+    this.droppable.clear();
+    this.essential.clear();
+    this.pendingDropWarning = null;
     this.unacked.clear();
     this.host.detach(this);
     this.opts.onClose?.(reason);
@@ -213,9 +225,8 @@ export class Subscription {
     if (this.delivering) return;
     this.delivering = true;
     try {
-      while (this.active && this.started && !this.consumerFull && this.queue.length && this.windowOpen()) {
-        const ev = this.queue.shift() as BusEvent;
-        if (ev === this.pendingDropWarning) this.pendingDropWarning = null;
+      let ev: BusEvent | undefined;
+      while (this.active && this.started && !this.consumerFull && this.windowOpen() && (ev = this.takeOldest())) {
         this.deliveredSeq = Math.max(this.deliveredSeq, ev.seq);
         if (this.ackWindow !== null) this.unacked.push(ev.seq);
         this.droppedSinceProgress = 0;
@@ -232,23 +243,35 @@ export class Subscription {
     }
   }
 
+  /** Removes and returns the queued event with the lowest seq (the three parts are each in order). */
+  private takeOldest(): BusEvent | undefined {
+    const d = this.droppable.peek();
+    const e = this.essential.peek();
+    const w = this.pendingDropWarning;
+    let from: Fifo<BusEvent> | null = d ? this.droppable : null;
+    let best = d;
+    if (e && (!best || e.seq < best.seq)) {
+      from = this.essential;
+      best = e;
+    }
+    if (w && (!best || w.seq < best.seq)) {
+      this.pendingDropWarning = null;
+      return w;
+    }
+    return from?.shift();
+  }
+
   private noteDrop(droppedSeq: number): void {
     this.dropCount++;
     this.droppedSinceProgress++;
     this.host.onDrop?.(this, droppedSeq);
     // One drop warning at a time: a newer one supersedes the queued one (its counts are cumulative).
-    if (this.pendingDropWarning) {
-      const idx = this.queue.lastIndexOf(this.pendingDropWarning);
-      if (idx >= 0) this.queue.removeAt(idx);
-    }
-    const w = this.host.makeWarning({
+    this.pendingDropWarning = this.host.makeWarning({
       reason: 'event_dropped',
       dropped_seq: droppedSeq,
       drops: this.dropCount,
       subscription: this.token,
     });
-    this.pendingDropWarning = w;
-    this.queue.push(w);
   }
 
   private trackHighWater(): void {
