@@ -10,7 +10,9 @@ import { buildImage, parseImage, StreamingVerifier } from '../src/hxe/index.js';
 import type { ImageSpec } from '../src/hxe/index.js';
 
 const roundsArg = process.argv.indexOf('--rounds');
-const ROUNDS = roundsArg >= 0 ? Number(process.argv[roundsArg + 1]) : 7;
+const ROUNDS = roundsArg >= 0 ? Number(process.argv[roundsArg + 1]) : 60;
+/** Short rounds: on a shared, loaded machine a long one is rarely free of preemption, so its best says little. */
+const ROUND_MS = 5;
 
 /** Pseudo-random but reproducible bytes, so the CRC does real work. */
 function bytes(n: number, seed: number): Uint8Array {
@@ -44,7 +46,7 @@ function image(total: number, withMeta: boolean): { bytes: Uint8Array; limits: I
 
 /**
  * Rates in bytes/second for several functions measured in alternating rounds (so machine noise hits all of
- * them alike), after a warm-up; each round runs >= 50 ms and the best round counts.
+ * them alike), after a warm-up; each round runs >= ROUND_MS and the best round of each function counts.
  */
 function rates(fns: Array<() => void>, size: number): number[] {
   const best = fns.map(() => 0);
@@ -57,7 +59,7 @@ function rates(fns: Array<() => void>, size: number): number[] {
       let iters = 0;
       const t0 = performance.now();
       let t1 = t0;
-      while (t1 - t0 < 50) {
+      while (t1 - t0 < ROUND_MS) {
         fn();
         iters++;
         t1 = performance.now();

@@ -197,6 +197,26 @@ test('string_unterminated: the last string has no NUL inside the section', (t) =
   rejects(t, rawImage({ sections: [{ type: VALUE, payload: p, count: 1 }] }), 'string_unterminated', { offset: rawImage({ sections: [{ type: VALUE, payload: p, count: 1 }] }).length - 3 });
 });
 
+test('string_unterminated: a NUL in the next section does not end a string (the parser reads all sections as one text)', (t) => {
+  // the value section's last string runs to its end; the command section right after starts with a 0 byte
+  const p = cat(valueEntry({ group: 1, id: 1, name: 20 }), 'abc');
+  const b = rawImage({ sections: [{ type: VALUE, payload: p, count: 1 }, { type: CMD, payload: cat(cmdEntry({ group: 0, id: 1 })), count: 1 }] });
+  const tableAt = rd32(b, 0x40);
+  const valueEnd = rd32(b, tableAt + 4) + rd32(b, tableAt + 8);
+  t.is(b[valueEnd], 0, 'the byte after the value section is a NUL');
+  rejects(t, b, 'string_unterminated', { offset: valueEnd - 3 });
+});
+
+test('strings: UTF-8 next to binary entry bytes; each referenced string is judged on its own', (t) => {
+  // entry bytes >= 0x80 (group 0xf0, f16 fields) sit between the strings; a bad byte in an unused string is no error
+  const p = cat(valueEntry({ group: 0xf0, id: 0x81, init: 0xbc00, name: 20, unit: 28 }), strings('ünit°', 'rpm'), new Uint8Array([0xff, 0]));
+  const img = accepts(t, rawImage({ sections: [{ type: VALUE, payload: p, count: 1 }, { type: CMD, payload: cat(cmdEntry({ group: 0xfe, id: 1, name: 16 }), strings('cmd')), count: 1 }] }));
+  t.is(img?.values[0]?.name, 'ünit°');
+  t.is(img?.values[0]?.unit, 'rpm');
+  t.is(img?.values[0]?.init.value, -1);
+  t.is(img?.commands[0]?.name, 'cmd');
+});
+
 test('string_not_utf8', (t) => {
   const p = cat(valueEntry({ group: 1, id: 1, unit: 20 }), new Uint8Array([0x61, 0xff, 0x00]));
   rejects(t, rawImage({ sections: [{ type: VALUE, payload: p, count: 1 }] }), 'string_not_utf8');

@@ -5,8 +5,9 @@ import { ok, type Result } from './result.js';
 import { parseCommandSection } from './sections/cmd.js';
 import { parseMailboxSection } from './sections/mailbox.js';
 import { parseValueSection } from './sections/value.js';
+import { MetadataText } from './strings.js';
 import { parseTrailer } from './trailer.js';
-import type { CommandEntry, HxeError, HxeHeader, HxeImage, HxeWarning, MailboxEntry, ValueEntry } from './types.js';
+import type { CommandEntry, HxeError, HxeHeader, HxeImage, HxeWarning, MailboxEntry, SectionInfo, ValueEntry } from './types.js';
 
 /**
  * Everything after the header: length, CRC, layout, sections, cross-entry rules, trailing bytes. Shared by
@@ -36,24 +37,25 @@ export function verifyBody(bytes: Uint8Array, h: HxeHeader, computedCrc: number)
   const layout = checkLayout(bytes, h, warnings);
   if (!layout.ok) return layout;
 
-  const values: ValueEntry[] = [];
-  const commands: CommandEntry[] = [];
-  const mailboxes: MailboxEntry[] = [];
+  // One section of each kind is the rule: its parsed array is used as is; a second one appends to it.
+  let values: ValueEntry[] = NONE;
+  let commands: CommandEntry[] = NONE;
+  let mailboxes: MailboxEntry[] = NONE;
   let mailboxFormat: 'json' | 'legacy' | undefined;
+  const text = metadataText(bytes, layout.value.sections);
   for (const s of layout.value.sections) {
-    const slice = { bytes, offset: s.offset, size: s.size, entryCount: s.entryCount };
     if (s.type === SECTION_VALUE) {
-      const r = parseValueSection(slice);
+      const r = parseValueSection(text, s);
       if (!r.ok) return r;
-      for (const e of r.value) values.push(e);
+      values = joined(values, r.value);
     } else if (s.type === SECTION_COMMAND) {
-      const r = parseCommandSection(slice);
+      const r = parseCommandSection(text, s);
       if (!r.ok) return r;
-      for (const e of r.value) commands.push(e);
+      commands = joined(commands, r.value);
     } else if (s.type === SECTION_MAILBOX) {
-      const r = parseMailboxSection(slice);
+      const r = parseMailboxSection(text, s);
       if (!r.ok) return r;
-      for (const m of r.value.mailboxes) mailboxes.push(m);
+      mailboxes = joined(mailboxes, r.value.mailboxes);
       mailboxFormat = r.value.format;
     } else {
       warnings.push({ reason: 'unknown_section', message: `section type ${s.type} at ${hex(s.offset)} (${s.size} bytes) is not understood; ignored`, offset: s.offset });
@@ -69,7 +71,11 @@ export function verifyBody(bytes: Uint8Array, h: HxeHeader, computedCrc: number)
     code: bytes.subarray(codeStart, roStart),
     rodata: bytes.subarray(roStart, roEnd),
     sections: layout.value.sections,
-    values, commands, mailboxes, warnings,
+    // fresh arrays where no section gave one, so callers never share the placeholder
+    values: values === NONE ? [] : values,
+    commands: commands === NONE ? [] : commands,
+    mailboxes: mailboxes === NONE ? [] : mailboxes,
+    warnings,
     size,
     bodyEnd,
   };
@@ -84,29 +90,63 @@ export function verifyBody(bytes: Uint8Array, h: HxeHeader, computedCrc: number)
   return ok(image);
 }
 
+/** From the first parsed section's start to the last one's end: the bytes whose text the section parsers share. */
+function metadataText(bytes: Uint8Array, sections: SectionInfo[]): MetadataText {
+  let start = bytes.length;
+  let end = 0;
+  for (const s of sections) {
+    if (s.type !== SECTION_VALUE && s.type !== SECTION_COMMAND && s.type !== SECTION_MAILBOX) continue;
+    start = Math.min(start, s.offset);
+    end = Math.max(end, s.offset + s.size);
+  }
+  return new MetadataText(bytes, Math.min(start, end), end);
+}
+
+/** Placeholder for "no section of this kind yet"; never handed out (see the image literal above). */
+const NONE: never[] = [];
+
+function joined<T>(sofar: T[], more: T[]): T[] {
+  if (sofar === NONE) return more;
+  for (const e of more) sofar.push(e);
+  return sofar;
+}
+
 /** Values and commands have separate ID spaces; mailbox targets are unique. */
-function findDuplicates(values: ValueEntry[], commands: CommandEntry[], mailboxes: MailboxEntry[], sections: { type: number; offset: number }[]): HxeError | null {
-  const seenValues = new Set<number>();
-  for (const v of values) {
-    const key = (v.group << 8) | v.id;
-    if (seenValues.has(key)) return fail('duplicate_value', `.value has two entries for (group ${v.group}, id ${v.id})`, sectionOffset(sections, SECTION_VALUE)).error;
-    seenValues.add(key);
-  }
-  const seenCommands = new Set<number>();
-  for (const c of commands) {
-    const key = (c.group << 8) | c.id;
-    if (seenCommands.has(key)) return fail('duplicate_command', `.cmd has two entries for (group ${c.group}, id ${c.id})`, sectionOffset(sections, SECTION_COMMAND)).error;
-    seenCommands.add(key);
-  }
-  const seenTargets = new Set<string>();
-  for (const m of mailboxes) {
-    if (seenTargets.has(m.target)) return fail('duplicate_mailbox', `.mailbox declares target "${m.target}" twice`, sectionOffset(sections, SECTION_MAILBOX)).error;
-    seenTargets.add(m.target);
-  }
+function findDuplicates(values: ValueEntry[], commands: CommandEntry[], mailboxes: MailboxEntry[], sections: SectionInfo[]): HxeError | null {
+  const v = firstRepeat(values, groupIdKey);
+  if (v) return fail('duplicate_value', `.value has two entries for (group ${v.group}, id ${v.id})`, sectionOffset(sections, SECTION_VALUE)).error;
+  const c = firstRepeat(commands, groupIdKey);
+  if (c) return fail('duplicate_command', `.cmd has two entries for (group ${c.group}, id ${c.id})`, sectionOffset(sections, SECTION_COMMAND)).error;
+  const m = firstRepeat(mailboxes, targetKey);
+  if (m) return fail('duplicate_mailbox', `.mailbox declares target "${m.target}" twice`, sectionOffset(sections, SECTION_MAILBOX)).error;
   return null;
 }
 
-function sectionOffset(sections: { type: number; offset: number }[], type: number): number | undefined {
+const groupIdKey = (e: { group: number; id: number }): number => (e.group << 8) | e.id;
+const targetKey = (m: MailboxEntry): string => m.target;
+
+/**
+ * The first entry whose key an earlier entry already has. Images carry a handful of entries, where comparing
+ * pairs beats building a Set; long lists (crafted or fuzzed) use one so the check stays linear.
+ */
+function firstRepeat<T, K>(list: readonly T[], key: (e: T) => K): T | undefined {
+  if (list.length <= 16) {
+    for (let i = 1; i < list.length; i++) {
+      const k = key(list[i] as T);
+      for (let j = 0; j < i; j++) if (key(list[j] as T) === k) return list[i];
+    }
+    return undefined;
+  }
+  const seen = new Set<K>();
+  for (const e of list) {
+    const k = key(e);
+    if (seen.has(k)) return e;
+    seen.add(k);
+  }
+  return undefined;
+}
+
+function sectionOffset(sections: SectionInfo[], type: number): number | undefined {
   for (const s of sections) if (s.type === type) return s.offset;
   return undefined;
 }

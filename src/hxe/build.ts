@@ -115,9 +115,9 @@ export function buildImage(spec: ImageSpec): Result<Uint8Array, BuildError> {
   const appName = spec.appName ?? '';
   if (!/^[\x20-\x7e]{0,31}$/.test(appName)) return bad('appName', 'appName must be at most 31 printable ASCII characters');
 
-  const values = normaliseValues(spec.values ?? []);
+  const values = normaliseIdEntries(spec.values ?? [], 'values', normaliseValue);
   if (!values.ok) return values;
-  const commands = normaliseCommands(spec.commands ?? []);
+  const commands = normaliseIdEntries(spec.commands ?? [], 'commands', normaliseCommand);
   if (!commands.ok) return commands;
   const mailboxes = normaliseMailboxes(spec.mailboxes ?? []);
   if (!mailboxes.ok) return mailboxes;
@@ -211,49 +211,50 @@ function checkIds(list: Array<{ group: unknown; id: unknown; flags?: unknown; au
 
 const byGroupId = (a: { group: number; id: number }, b: { group: number; id: number }): number => a.group - b.group || a.id - b.id;
 
-function normaliseValues(list: ValueSpec[]): Result<ValueEntry[], BuildError> {
-  if (!Array.isArray(list)) return bad('values', 'must be a list');
-  const idErr = checkIds(list, 'values');
+/**
+ * Values and commands alike: a list, ids checked across it first, then each entry on its own (`one` names
+ * its fields under `values[2]`, …), sorted by (group, id) as the linker writes them.
+ */
+function normaliseIdEntries<S extends { group: number; id: number }, T extends { group: number; id: number }>(
+  list: S[], what: 'values' | 'commands', one: (spec: S, field: string) => Result<T, BuildError>,
+): Result<T[], BuildError> {
+  if (!Array.isArray(list)) return bad(what, 'must be a list');
+  const idErr = checkIds(list, what);
   if (idErr) return idErr;
-  const out: ValueEntry[] = [];
+  const out: T[] = [];
   for (let i = 0; i < list.length; i++) {
-    const v = list[i] as ValueSpec;
-    const f = `values[${i}]`;
-    const name = checkString(v.name, `${f}.name`); if (!name.ok) return name;
-    const unit = checkString(v.unit, `${f}.unit`); if (!unit.ok) return unit;
-    const groupName = checkString(v.groupName, `${f}.groupName`); if (!groupName.ok) return groupName;
-    const init = checkF16(v.init, `${f}.init`); if (!init.ok) return init;
-    const epsilon = checkF16(v.epsilon, `${f}.epsilon`); if (!epsilon.ok) return epsilon;
-    const min = checkF16(v.min, `${f}.min`); if (!min.ok) return min;
-    const max = checkF16(v.max, `${f}.max`); if (!max.ok) return max;
-    const persistKey = v.persistKey ?? 0;
-    if (!isUint(persistKey, 0xffff)) return bad(`${f}.persistKey`, 'must be an integer 0..65535');
-    out.push({
-      group: v.group, id: v.id, flags: v.flags ?? 0, auth: v.auth ?? 0, init: init.value, name: name.value, unit: unit.value,
-      epsilon: epsilon.value, min: min.value, max: max.value, persistKey, groupName: groupName.value,
-    });
+    const entry = one(list[i] as S, `${what}[${i}]`);
+    if (!entry.ok) return entry;
+    out.push(entry.value);
   }
   return ok(out.sort(byGroupId));
 }
 
-function normaliseCommands(list: CommandSpec[]): Result<CommandEntry[], BuildError> {
-  if (!Array.isArray(list)) return bad('commands', 'must be a list');
-  const idErr = checkIds(list, 'commands');
-  if (idErr) return idErr;
-  const out: CommandEntry[] = [];
-  for (let i = 0; i < list.length; i++) {
-    const c = list[i] as CommandSpec;
-    const f = `commands[${i}]`;
-    const name = checkString(c.name, `${f}.name`); if (!name.ok) return name;
-    const help = checkString(c.help, `${f}.help`); if (!help.ok) return help;
-    const groupName = checkString(c.groupName, `${f}.groupName`); if (!groupName.ok) return groupName;
-    const handlerOffset = c.handlerOffset ?? 0;
-    if (!isUint(handlerOffset, 0xffffffff)) return bad(`${f}.handlerOffset`, 'must be an integer 0..0xffffffff');
-    const reserved = c.reserved ?? 0;
-    if (!isUint(reserved, 0xffff)) return bad(`${f}.reserved`, 'must be an integer 0..65535');
-    out.push({ group: c.group, id: c.id, flags: c.flags ?? 0, auth: c.auth ?? 0, handlerOffset, name: name.value, help: help.value, groupName: groupName.value, reserved });
-  }
-  return ok(out.sort(byGroupId));
+function normaliseValue(v: ValueSpec, f: string): Result<ValueEntry, BuildError> {
+  const name = checkString(v.name, `${f}.name`); if (!name.ok) return name;
+  const unit = checkString(v.unit, `${f}.unit`); if (!unit.ok) return unit;
+  const groupName = checkString(v.groupName, `${f}.groupName`); if (!groupName.ok) return groupName;
+  const init = checkF16(v.init, `${f}.init`); if (!init.ok) return init;
+  const epsilon = checkF16(v.epsilon, `${f}.epsilon`); if (!epsilon.ok) return epsilon;
+  const min = checkF16(v.min, `${f}.min`); if (!min.ok) return min;
+  const max = checkF16(v.max, `${f}.max`); if (!max.ok) return max;
+  const persistKey = v.persistKey ?? 0;
+  if (!isUint(persistKey, 0xffff)) return bad(`${f}.persistKey`, 'must be an integer 0..65535');
+  return ok({
+    group: v.group, id: v.id, flags: v.flags ?? 0, auth: v.auth ?? 0, init: init.value, name: name.value, unit: unit.value,
+    epsilon: epsilon.value, min: min.value, max: max.value, persistKey, groupName: groupName.value,
+  });
+}
+
+function normaliseCommand(c: CommandSpec, f: string): Result<CommandEntry, BuildError> {
+  const name = checkString(c.name, `${f}.name`); if (!name.ok) return name;
+  const help = checkString(c.help, `${f}.help`); if (!help.ok) return help;
+  const groupName = checkString(c.groupName, `${f}.groupName`); if (!groupName.ok) return groupName;
+  const handlerOffset = c.handlerOffset ?? 0;
+  if (!isUint(handlerOffset, 0xffffffff)) return bad(`${f}.handlerOffset`, 'must be an integer 0..0xffffffff');
+  const reserved = c.reserved ?? 0;
+  if (!isUint(reserved, 0xffff)) return bad(`${f}.reserved`, 'must be an integer 0..65535');
+  return ok({ group: c.group, id: c.id, flags: c.flags ?? 0, auth: c.auth ?? 0, handlerOffset, name: name.value, help: help.value, groupName: groupName.value, reserved });
 }
 
 function normaliseMailboxes(list: MailboxSpec[]): Result<MailboxEntry[], BuildError> {

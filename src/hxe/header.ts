@@ -159,19 +159,8 @@ function decodeAppName(b: Uint8Array): Result<string, HxeError> {
   return ok(name);
 }
 
-/** Header fields the writer takes; the CRC is patched in afterwards. */
-export interface HeaderFields {
-  version: 1 | 2;
-  flags: number;
-  entry: number;
-  codeLen: number;
-  roLen: number;
-  bssSize: number;
-  reqCaps: number;
-  appName: string;
-  metaOffset: number;
-  metaCount: number;
-}
+/** Header fields the writer takes (the decoded header's, less what is derived); the CRC is patched in afterwards. */
+export type HeaderFields = Pick<HxeHeader, 'version' | 'flags' | 'entry' | 'codeLen' | 'roLen' | 'bssSize' | 'reqCaps' | 'appName' | 'metaOffset' | 'metaCount'>;
 
 export function encodeHeader(target: Uint8Array, h: HeaderFields): void {
   putU32be(target, OFF_MAGIC, HXE_MAGIC);

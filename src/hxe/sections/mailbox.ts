@@ -6,9 +6,10 @@ import { fail, hex } from '../errors.js';
 import { formatMode, isKnownModeMask, parseModeText } from '../mailbox-mode.js';
 import { pyJsonDumps } from '../pyjson.js';
 import { ok, type Result } from '../result.js';
-import { readString, StringTableWriter, utf8Length } from '../strings.js';
-import type { HxeError, MailboxEntry } from '../types.js';
-import { entryArray, type SectionSlice } from './section.js';
+import { utf8Length, type MetadataText } from '../strings.js';
+import type { HxeError, MailboxEntry, SectionInfo } from '../types.js';
+import { parseLinkerMailboxJson } from './mailbox-json.js';
+import { encodeEntryTable, readEntryTable, type EntryTable } from './section.js';
 
 /**
  * `.mailbox`: a UTF-8 JSON payload (`{"version":1,"mailboxes":[…]}` or a bare array, trailing NULs allowed),
@@ -20,24 +21,23 @@ export interface ParsedMailboxes {
   format: 'json' | 'legacy';
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-const latin1 = new TextDecoder('latin1');
-
 /** Keys the engine interprets; every other key of a JSON entry is kept in `extra`. */
 const INTERPRETED_KEYS = new Set(['target', 'name', 'capacity', 'mode', 'mode_mask', 'flags']);
 
-export function parseMailboxSection(s: SectionSlice): Result<ParsedMailboxes, HxeError> {
-  const first = s.size > 0 ? s.bytes[s.offset] : undefined;
-  if (first === 0x7b || first === 0x5b) return parseJsonMailboxes(s);
-  return parseLegacyMailboxes(s);
+export function parseMailboxSection(text: MetadataText, s: SectionInfo): Result<ParsedMailboxes, HxeError> {
+  const first = s.size > 0 ? text.bytes[s.offset] : undefined;
+  if (first === 0x7b || first === 0x5b) return parseJsonMailboxes(text, s);
+  return parseLegacyMailboxes(text, s);
 }
 
-function parseJsonMailboxes(s: SectionSlice): Result<ParsedMailboxes, HxeError> {
+function parseJsonMailboxes(text: MetadataText, s: SectionInfo): Result<ParsedMailboxes, HxeError> {
   let end = s.offset + s.size;
-  while (end > s.offset && s.bytes[end - 1] === 0) end--;
+  const bytes = text.bytes;
+  // The toolchain writes ASCII-only JSON (non-ASCII is \u-escaped); trailing NULs pad the section.
+  while (end > s.offset && bytes[end - 1] === 0) end--;
   let doc: unknown;
   try {
-    doc = JSON.parse(decodeJsonText(s.bytes, s.offset, end));
+    doc = parseLinkerMailboxJson(text, s.offset, end) ?? JSON.parse(text.utf8(s.offset, end));
   } catch (e) {
     const why = e instanceof Error ? e.message : 'not UTF-8 JSON';
     return fail('mailbox_json_invalid', `.mailbox section at ${hex(s.offset)} is not valid UTF-8 JSON: ${why}`, s.offset);
@@ -62,115 +62,123 @@ function parseJsonMailboxes(s: SectionSlice): Result<ParsedMailboxes, HxeError> 
   }
   const out: MailboxEntry[] = [];
   for (let i = 0; i < entries.length; i++) {
-    const entry = mailboxFromJson(entries[i], `.mailbox[${i}]`, s.offset);
+    const entry = mailboxFromJson(entries[i], i, s.offset);
     if (!entry.ok) return entry;
     out.push(entry.value);
   }
   return ok({ mailboxes: out, format: 'json' });
 }
 
-/** The toolchain writes ASCII-only JSON (non-ASCII is \u-escaped), so the strict UTF-8 decoder is rarely needed. */
-function decodeJsonText(b: Uint8Array, start: number, end: number): string {
-  let ascii = true;
-  for (let i = start; i < end; i++) {
-    if ((b[i] as number) >= 0x80) {
-      ascii = false;
-      break;
-    }
-  }
-  return ascii ? latin1.decode(b.subarray(start, end)) : utf8.decode(b.subarray(start, end));
-}
+/**
+ * Where an entry is, for messages: a field path such as `mailboxes[2]`, or the index of a `.mailbox` entry
+ * in an image (turned into `.mailbox[2]` only when a message needs it, so verifying builds no strings).
+ */
+type Where = string | number;
+const whereText = (w: Where): string => (typeof w === 'number' ? `.mailbox[${w}]` : w);
 
 /** Normalises one JSON mailbox object (also used by the builder to check a kept `source`). */
-export function mailboxFromJson(raw: unknown, where: string, at?: number): Result<MailboxEntry, HxeError> {
-  if (!isPlainObject(raw)) return fail('mailbox_entry_invalid', `${where} must be a JSON object`, at);
+export function mailboxFromJson(raw: unknown, w: Where, at?: number): Result<MailboxEntry, HxeError> {
+  if (!isPlainObject(raw)) return fail('mailbox_entry_invalid', `${whereText(w)} must be a JSON object`, at);
   const rawTarget = raw.target ?? raw.name;
-  if (typeof rawTarget !== 'string') return fail('mailbox_entry_invalid', `${where}.target must be a string`, at);
-  const target = checkTarget(rawTarget.trim(), where, at);
+  if (typeof rawTarget !== 'string') return fail('mailbox_entry_invalid', `${whereText(w)}.target must be a string`, at);
+  const target = checkTarget(rawTarget.trim(), w, at);
   if (!target.ok) return target;
 
   let capacity = 0;
   if (raw.capacity !== undefined && raw.capacity !== null) {
-    if (!isU16(raw.capacity)) return fail('mailbox_entry_invalid', `${where}.capacity must be an integer 0..65535, got ${JSON.stringify(raw.capacity)}`, at);
+    if (!isU16(raw.capacity)) return fail('mailbox_entry_invalid', `${whereText(w)}.capacity must be an integer 0..65535, got ${JSON.stringify(raw.capacity)}`, at);
     capacity = raw.capacity;
   }
 
   let mode = 0;
   if (raw.mode_mask !== undefined && raw.mode_mask !== null) {
     if (typeof raw.mode_mask !== 'number' || !Number.isInteger(raw.mode_mask)) {
-      return fail('mailbox_entry_invalid', `${where}.mode_mask must be an integer, got ${JSON.stringify(raw.mode_mask)}`, at);
+      return fail('mailbox_entry_invalid', `${whereText(w)}.mode_mask must be an integer, got ${JSON.stringify(raw.mode_mask)}`, at);
     }
-    if (!isKnownModeMask(raw.mode_mask)) return fail('mailbox_mode_unknown', `${where}.mode_mask ${hex(raw.mode_mask)} has unknown mode bits`, at);
+    if (!isKnownModeMask(raw.mode_mask)) return fail('mailbox_mode_unknown', `${whereText(w)}.mode_mask ${hex(raw.mode_mask)} has unknown mode bits`, at);
     mode = raw.mode_mask;
   }
   if (mode === 0 && raw.mode !== undefined && raw.mode !== null) {
     if (typeof raw.mode === 'number') {
-      if (!isKnownModeMask(raw.mode)) return fail('mailbox_mode_unknown', `${where}.mode ${JSON.stringify(raw.mode)} has unknown mode bits`, at);
+      if (!isKnownModeMask(raw.mode)) return fail('mailbox_mode_unknown', `${whereText(w)}.mode ${JSON.stringify(raw.mode)} has unknown mode bits`, at);
       mode = raw.mode;
     } else if (typeof raw.mode === 'string') {
       const parsed = parseModeText(raw.mode);
-      if (!parsed.ok) return fail('mailbox_mode_unknown', `${where}.mode "${raw.mode}": unknown mode "${parsed.unknown}"`, at);
+      if (!parsed.ok) return fail('mailbox_mode_unknown', `${whereText(w)}.mode "${raw.mode}": unknown mode "${parsed.unknown}"`, at);
       mode = parsed.mask;
     } else {
-      return fail('mailbox_entry_invalid', `${where}.mode must be a string or an integer`, at);
+      return fail('mailbox_entry_invalid', `${whereText(w)}.mode must be a string or an integer`, at);
     }
   }
   if (mode === 0) mode = MAILBOX_MODES.RDWR; // absent or zero means the executive's default
 
   if (raw.owner_pid !== undefined && raw.owner_pid !== null && !isU32(raw.owner_pid)) {
-    return fail('mailbox_entry_invalid', `${where}.owner_pid must be a non-negative integer`, at);
+    return fail('mailbox_entry_invalid', `${whereText(w)}.owner_pid must be a non-negative integer`, at);
   }
   if (raw.bindings !== undefined && raw.bindings !== null) {
-    if (!Array.isArray(raw.bindings)) return fail('mailbox_entry_invalid', `${where}.bindings must be an array`, at);
+    if (!Array.isArray(raw.bindings)) return fail('mailbox_entry_invalid', `${whereText(w)}.bindings must be an array`, at);
     for (let j = 0; j < raw.bindings.length; j++) {
       const b: unknown = raw.bindings[j];
-      if (!isPlainObject(b) || !isU32(b.pid)) return fail('mailbox_entry_invalid', `${where}.bindings[${j}] must be an object with an integer pid`, at);
-      if (b.flags !== undefined && !isU32(b.flags)) return fail('mailbox_entry_invalid', `${where}.bindings[${j}].flags must be an integer`, at);
+      if (!isPlainObject(b) || !isU32(b.pid)) return fail('mailbox_entry_invalid', `${whereText(w)}.bindings[${j}] must be an object with an integer pid`, at);
+      if (b.flags !== undefined && !isU32(b.flags)) return fail('mailbox_entry_invalid', `${whereText(w)}.bindings[${j}].flags must be an integer`, at);
     }
   }
 
-  const extra: Record<string, unknown> = {};
-  for (const key of Object.keys(raw)) {
-    if (!INTERPRETED_KEYS.has(key)) setOwn(extra, key, raw[key]);
-  }
   const entry: MailboxEntry = { target: target.value, capacity, mode, source: raw };
-  if (Object.keys(extra).length > 0) entry.extra = extra;
+  let extra: Record<string, unknown> | undefined; // made only when there is something to keep
+  // for-in walks a JSON object's keys without the array Object.keys makes; hasOwn gives exactly Object.keys' set
+  for (const key in raw) {
+    if (!INTERPRETED_KEYS.has(key) && Object.hasOwn(raw, key)) setOwn((extra ??= {}), key, raw[key]);
+  }
+  if (extra) entry.extra = extra;
   return ok(entry);
 }
 
-function checkTarget(target: string, where: string, at?: number): Result<string, HxeError> {
+function checkTarget(target: string, w: Where, at?: number): Result<string, HxeError> {
+  // the namespaces are ASCII and none is a prefix of another, so the name's length follows without a copy
   let ns: string | undefined;
-  for (const p of MAILBOX_NAMESPACES) if (target.startsWith(p)) ns = p;
-  if (!ns) return fail('mailbox_entry_invalid', `${where}.target "${target}" must start with one of ${MAILBOX_NAMESPACES.join(' ')}`, at);
-  const name = target.slice(ns.length);
-  if (name.length === 0) return fail('mailbox_entry_invalid', `${where}.target "${target}" has an empty name`, at);
-  if (utf8Length(name) > MAILBOX_NAME_MAX_BYTES) {
-    return fail('mailbox_entry_invalid', `${where}.target "${target}": name longer than ${MAILBOX_NAME_MAX_BYTES} bytes`, at);
+  for (const p of MAILBOX_NAMESPACES) {
+    if (target.startsWith(p)) {
+      ns = p;
+      break;
+    }
+  }
+  if (!ns) return fail('mailbox_entry_invalid', `${whereText(w)}.target "${target}" must start with one of ${MAILBOX_NAMESPACES.join(' ')}`, at);
+  if (target.length === ns.length) return fail('mailbox_entry_invalid', `${whereText(w)}.target "${target}" has an empty name`, at);
+  if (utf8Length(target) - ns.length > MAILBOX_NAME_MAX_BYTES) {
+    return fail('mailbox_entry_invalid', `${whereText(w)}.target "${target}": name longer than ${MAILBOX_NAME_MAX_BYTES} bytes`, at);
   }
   return ok(target);
 }
 
-function parseLegacyMailboxes(s: SectionSlice): Result<ParsedMailboxes, HxeError> {
-  const view = entryArray(s, LEGACY_MAILBOX_ENTRY_SIZE, '.mailbox (legacy)');
-  if (!view.ok) return view;
-  const b = s.bytes;
-  const out: MailboxEntry[] = [];
-  for (let i = 0; i < s.entryCount; i++) {
-    const at = s.offset + i * LEGACY_MAILBOX_ENTRY_SIZE;
-    const where = `.mailbox[${i}]`;
-    const name = readString(view.value, u32be(b, at), `${where}.name_off`, at);
-    if (!name.ok) return name;
-    if (name.value === null) return fail('mailbox_entry_invalid', `${where}.name_off at ${hex(at)} is 0: a mailbox needs a target`, at);
-    const target = checkTarget(name.value, where, at);
-    if (!target.ok) return target;
+/** Legacy 16-byte structs: name_off u32, queue_depth u16, mode flags u16, 8 reserved bytes (must be 0). */
+const LEGACY_TABLE: EntryTable<MailboxEntry> = {
+  entrySize: LEGACY_MAILBOX_ENTRY_SIZE,
+  label: '.mailbox',
+  sectionName: '.mailbox (legacy)',
+  decode: (b, at, i, strings) => {
+    const name = strings.read(u32be(b, at), at, i, 'name_off');
+    if (strings.error) return null;
+    if (name === null) return strings.reject('mailbox_entry_invalid', `.mailbox[${i}].name_off at ${hex(at)} is 0: a mailbox needs a target`, at);
+    const target = checkTarget(name, i, at);
+    if (!target.ok) return strings.reject(target.error.reason, target.error.message, at);
     for (let r = 8; r < LEGACY_MAILBOX_ENTRY_SIZE; r++) {
-      if (b[at + r] !== 0) return fail('mailbox_entry_invalid', `${where} reserved byte at ${hex(at + r)} is not 0`, at + r);
+      if (b[at + r] !== 0) return strings.reject('mailbox_entry_invalid', `.mailbox[${i}] reserved byte at ${hex(at + r)} is not 0`, at + r);
     }
     const flags = u16be(b, at + 6);
-    if (!isKnownModeMask(flags)) return fail('mailbox_mode_unknown', `${where}.flags ${hex(flags)} at ${hex(at + 6)} has unknown mode bits`, at + 6);
-    out.push({ target: target.value, capacity: u16be(b, at + 4), mode: flags === 0 ? MAILBOX_MODES.RDWR : flags });
-  }
-  return ok({ mailboxes: out, format: 'legacy' });
+    if (!isKnownModeMask(flags)) return strings.reject('mailbox_mode_unknown', `.mailbox[${i}].flags ${hex(flags)} at ${hex(at + 6)} has unknown mode bits`, at + 6);
+    return { target: target.value, capacity: u16be(b, at + 4), mode: flags === 0 ? MAILBOX_MODES.RDWR : flags };
+  },
+  encode: (out, at, m, strings) => {
+    putU32be(out, at, strings.intern(m.target));
+    putU16be(out, at + 4, m.capacity);
+    putU16be(out, at + 6, m.mode);
+  },
+};
+
+function parseLegacyMailboxes(text: MetadataText, s: SectionInfo): Result<ParsedMailboxes, HxeError> {
+  const entries = readEntryTable(text, s, LEGACY_TABLE);
+  return entries.ok ? ok({ mailboxes: entries.value, format: 'legacy' }) : entries;
 }
 
 /**
@@ -199,21 +207,9 @@ function sourceStillMatches(m: MailboxEntry): boolean {
     && pyJsonDumps(a.extra ?? {}) === pyJsonDumps(m.extra ?? {});
 }
 
-/** Legacy 16-byte structs (name, queue depth, mode flags) plus the interned names. */
+/** Legacy 16-byte structs plus the interned names. */
 export function encodeMailboxLegacy(mailboxes: readonly MailboxEntry[]): Uint8Array {
-  const entriesSize = mailboxes.length * LEGACY_MAILBOX_ENTRY_SIZE;
-  const strings = new StringTableWriter(entriesSize);
-  const out0 = new Uint8Array(entriesSize);
-  mailboxes.forEach((m, i) => {
-    const at = i * LEGACY_MAILBOX_ENTRY_SIZE;
-    putU32be(out0, at, strings.intern(m.target));
-    putU16be(out0, at + 4, m.capacity);
-    putU16be(out0, at + 6, m.mode);
-  });
-  const out = new Uint8Array(entriesSize + strings.size);
-  out.set(out0, 0);
-  strings.writeTo(out, entriesSize);
-  return out;
+  return encodeEntryTable(mailboxes, LEGACY_TABLE);
 }
 
 export { formatMode };
