@@ -13,12 +13,18 @@
  * the two transports (COBS, delimiters, OPEN/END/RESULT and every ACK included).
  *
  * Per run it also reports both sides' CPU time (process.cpuUsage, all threads) and the reads the
- * receiving side needed, and `windowStallMs`: how long the master had a full window, i.e. waited
- * for the device. BENCH_PROF=DIR writes a CPU profile of the device process into DIR.
+ * receiving side needed, `windowStallMs`: how long the master had a full window, i.e. waited
+ * for the device, and `masterPollerKicks`: how often a queued write of the master made no progress
+ * for 25 ms (see UartPortTransport.fixPoller; should stay near 0). BENCH_PROF=DIR writes a CPU
+ * profile of the device process into DIR.
+ *
+ * On a 2-core machine shared with other work, every stage (master, socat, device) competes for
+ * CPU, so the time per MiB follows the CPU each stage spends per MiB; compare the cpuMs fields.
  *
  *   npx tsx bench/uart.ts [--runs N] [--chunk BYTES] [--window FRAMES]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
@@ -191,6 +197,7 @@ async function main(): Promise<void> {
       say({ bench: 'uart', measure: 'raw_pty', run: i, bytes: IMAGE_BYTES, ms: +rawMs.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / rawMs * 1000), readerCpuMs, readerReads: reads });
 
       const before = master.counters.bytesWritten;
+      const kicks0 = master.counters.pollerKicks;
       const cpu0 = process.cpuUsage();
       const t0 = performance.now();
       const res = await sendImage(master, image, settings);
@@ -206,7 +213,8 @@ async function main(): Promise<void> {
       say({ bench: 'uart', measure: 'flash_1mib', run: i, bytes: IMAGE_BYTES, chunk: res.value.chunkSize, window: res.value.window, ms: +ms.toFixed(1),
         bytesPerSecond: Math.round(IMAGE_BYTES / ms * 1000), masterWireBytes: masterBytes, listenerWireBytes: listenerBytes,
         wireEfficiency: +eff.toFixed(4), retransmits: res.value.retransmits, windowStallMs: Math.round(res.value.windowStallMs),
-        masterCpuMs: Math.round((cpu.user + cpu.system) / 1000), listenerCpuMs: done['cpuMs'], listenerReads: done['reads'] });
+        masterCpuMs: Math.round((cpu.user + cpu.system) / 1000), listenerCpuMs: done['cpuMs'], listenerReads: done['reads'],
+        masterPollerKicks: master.counters.pollerKicks - kicks0 });
     }
   } finally {
     for (const c of cleanup.reverse()) await c();
@@ -218,6 +226,10 @@ async function main(): Promise<void> {
     rawPtyBytesPerSecond: Math.round(rawMedian), flashBytesPerSecond: Math.round(linkMedian),
     throughputRatio: +(linkMedian / rawMedian).toFixed(3), throughputGoal: 0.8,
     wireEfficiency: +median(efficiency).toFixed(4), efficiencyGoal: 0.97,
+    // Both measurements cross process boundaries the same way: raw = this process writes, a child
+    // reads; link = this process is the master, a child is the device. The machine's load decides
+    // a lot on a shared box, so it is printed with the result.
+    processes: 'separate (writer/master here, reader/device in a child)', loadAverage1m: +loadavg()[0]!.toFixed(2),
   });
 }
 

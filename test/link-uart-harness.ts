@@ -42,6 +42,19 @@ export function makeImage(totalBytes: number, appName: string, seed = 1): Uint8A
 }
 
 /** Engine budgets that admit images up to `bytes` (the VM's defaults stop at 64 KiB of code). */
+/**
+ * Waits until `done()` holds, checking every 10 ms, for at most `limitMs` (then returns false):
+ * for effects that follow a frame still queued behind a window of DATA on a loaded machine.
+ */
+export async function until(done: () => boolean, limitMs = 5000): Promise<boolean> {
+  const deadline = Date.now() + limitMs;
+  while (!done()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return true;
+}
+
 export function roomFor(bytes: number): EngineConfigInput {
   return { maxImageBytes: Math.max(bytes, 1 << 20), imageLimits: { code: bytes, rodata: bytes, bss: 0x10000, stack: 0x10000 } };
 }

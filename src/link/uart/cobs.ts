@@ -19,9 +19,18 @@ const asBuffer = (b: Uint8Array): Buffer => (Buffer.isBuffer(b) ? b : Buffer.fro
  * Encodes `input` and appends the 0x00 delimiter, so the result is exactly what goes on the wire.
  */
 export function cobsEncodeWithDelimiter(input: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(cobsMaxEncodedLength(input.length) + 1);
+  return out.subarray(0, cobsEncodeInto(input, out, 0));
+}
+
+/**
+ * Encodes `input` followed by the 0x00 delimiter into `out` at `at` (which must have room for
+ * `cobsMaxEncodedLength(input.length) + 1` bytes) and returns the position after the delimiter.
+ * Lets a sender encode several frames back to back into one write buffer.
+ */
+export function cobsEncodeInto(input: Uint8Array, out: Buffer, at: number): number {
   const src = asBuffer(input);
-  const out = Buffer.allocUnsafe(cobsMaxEncodedLength(src.length) + 1);
-  let write = 0;
+  let write = at;
   let read = 0;
   // Each block: a code byte (1 + run length) and up to 254 non-zero bytes. A block of 254 bytes
   // (code 0xff) has no implied zero after it; every other block stands for "run, then a zero",
@@ -37,21 +46,16 @@ export function cobsEncodeWithDelimiter(input: Uint8Array): Buffer {
       read += 254;
     }
     const run = zero - read;
-    if (zero === src.length) {
-      // Final block. After a full 0xff block that ends the input exactly, a final 0x01 still
-      // follows (the encoder always ends with a short block), which the decoder accepts.
-      out[write++] = run + 1;
-      src.copy(out, write, read, zero);
-      write += run;
-      break;
-    }
+    // The final block ends the input (after a full 0xff block that ends it exactly, a final 0x01
+    // still follows: the encoder always ends with a short block, which the decoder accepts).
     out[write++] = run + 1;
     src.copy(out, write, read, zero);
     write += run;
+    if (zero === src.length) break;
     read = zero + 1;
   }
   out[write++] = 0;
-  return out.subarray(0, write);
+  return write;
 }
 
 /**

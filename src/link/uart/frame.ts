@@ -11,7 +11,7 @@
  * On the wire each frame is COBS-encoded and followed by one 0x00 delimiter.
  */
 import { crc32 } from 'node:zlib';
-import { cobsDecode, cobsEncodeWithDelimiter, cobsMaxEncodedLength } from './cobs.js';
+import { cobsDecode, cobsEncodeInto, cobsEncodeWithDelimiter, cobsMaxEncodedLength } from './cobs.js';
 import { err, ok, type Result } from '../../hxe/result.js';
 
 export const FrameType = {
@@ -74,7 +74,15 @@ export function encodeFrame(frame: Frame): Buffer {
   return cobsEncodeWithDelimiter(frameBytesInto(frame, scratchFor(FRAME_OVERHEAD_BYTES + frame.payload.length)));
 }
 
-/** One reusable buffer for the un-stuffed frame: encodeFrame is synchronous, so it is never shared. */
+/**
+ * Encodes a frame for the wire into `out` at `at` (room: `wireBytesForPayload(payload length)`)
+ * and returns the position after its delimiter.
+ */
+export function encodeFrameInto(frame: Frame, out: Buffer, at: number): number {
+  return cobsEncodeInto(frameBytesInto(frame, scratchFor(FRAME_OVERHEAD_BYTES + frame.payload.length)), out, at);
+}
+
+/** One reusable buffer for the un-stuffed frame: encoding is synchronous, so it is never shared. */
 let scratch = Buffer.allocUnsafe(8192);
 function scratchFor(n: number): Buffer {
   if (scratch.length < n) scratch = Buffer.allocUnsafe(Math.max(n, scratch.length * 2));
@@ -91,7 +99,7 @@ export function parseFrameBytes(buf: Uint8Array, maxPayload: number = MAX_FRAME_
   if (buf.length < FRAME_OVERHEAD_BYTES) {
     return err({ reason: 'too_short', offset: buf.length, message: `frame of ${buf.length} bytes is shorter than the ${FRAME_OVERHEAD_BYTES}-byte minimum` });
   }
-  const view = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
+  const view = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.length);
   const len = view.readUInt16BE(6);
   if (len > maxPayload) {
     return err({ reason: 'too_long', offset: 6, message: `frame length field ${len} exceeds the limit ${maxPayload}` });

@@ -12,6 +12,7 @@ export { UartListener, type ListenerOptions, type ListenerEvent, type StreamingE
 export { MemoryPartialStore, DirectoryPartialStore, type PartialStore, type PartialKey, type PartialWriter } from './partial-store.js';
 export { FrameType, encodeFrame, decodeFrame, frameBytes, parseFrameBytes, type Frame, type FrameDrop } from './frame.js';
 export { cobsEncodeWithDelimiter, cobsDecode } from './cobs.js';
+export { CobsFrameReader, type FrameReaderSink } from './frame-reader.js';
 export { runUartDevice, deviceCommand, type UartDeviceOptions } from './device-command.js';
 export { uartFlashCommand, type UartFlashOptions } from './flash-command.js';
 export type { UartError, UartErrorCode } from './errors.js';

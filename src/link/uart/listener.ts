@@ -81,6 +81,9 @@ interface Session {
   lastDupAckAt: number;
   /** The ACCEPT, RESULT or ERROR frame repeated when the master asks again. */
   reply: Frame | null;
+  /** Completion callbacks of the partial store's appends. */
+  saveDone: () => void;
+  saveFailed: () => void;
 }
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -206,6 +209,11 @@ export class UartListener extends EventEmitter {
       engineSession: null, engineSeq: 0, expected: 0, saved: 0, lastAckSent: 0, buffered: new Map(),
       hash: createHash('sha256'), writer: null, receivedBytes: 0, ackTimer: null, idleTimer: null, lastFrameAt: 0,
       nakSentAt: new Map(), lastDupAckAt: 0, reply: null,
+      saveDone: () => this.onSaved(s),
+      saveFailed: () => {
+        s.writer = null; // resume is an optimisation: go on without the store
+        this.onSaved(s);
+      },
     };
     this.session = s;
     this.touch(s);
@@ -301,24 +309,25 @@ export class UartListener extends EventEmitter {
   }
 
   private save(s: Session, chunk: Uint8Array): void {
-    const done = (): void => {
-      if (this.session !== s || s.state !== 'receiving') return;
-      s.saved++;
-      this.scheduleAck(s);
-    };
     if (!s.writer) {
-      done();
+      this.onSaved(s);
       return;
     }
-    // Appends complete in order, so `saved` counts a prefix of the image.
-    s.writer.append(chunk).then(done, () => {
-      s.writer = null;
-      done();
-    });
+    // Appends complete in order, so `saved` counts a prefix of the image. The callbacks are made
+    // once per session, not per frame.
+    s.writer.append(chunk).then(s.saveDone, s.saveFailed);
+  }
+
+  private onSaved(s: Session): void {
+    if (this.session !== s || s.state !== 'receiving') return;
+    s.saved++;
+    this.scheduleAck(s);
   }
 
   private scheduleAck(s: Session): void {
-    if (s.saved - s.lastAckSent >= this.timing.ackEvery || s.saved === s.totalChunks) {
+    // Never wait for more frames than half the window: the master would sit on a full window.
+    const every = Math.min(this.timing.ackEvery, Math.max(1, s.window >> 1));
+    if (s.saved - s.lastAckSent >= every || s.saved === s.totalChunks) {
       this.sendAck(s, false);
       return;
     }

@@ -336,7 +336,8 @@ class MasterSession {
         : `no acknowledgement after ${this.timing.maxRetries} retransmission timeouts (at byte ${this.acked * this.chunk} of ${this.image.length})`), true);
       return;
     }
-    this.rto = Math.min(this.rto * 2, this.timing.maxRtoMs);
+    // Back-off never shrinks the timeout: a slow line's first RTO (rtoForLine) may exceed maxRtoMs.
+    this.rto = Math.min(this.rto * 2, Math.max(this.timing.maxRtoMs, this.timing.rtoMs));
     if (this.phase === 'opening') void this.sendFrame(this.openFrame);
     else if (this.phase === 'ending') void this.sendFrame({ type: FrameType.END, tag: this.tag, seq: this.totalChunks, payload: new Uint8Array(0) });
     else if (!this.retxQueue.includes(this.acked)) {

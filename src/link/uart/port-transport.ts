@@ -1,16 +1,25 @@
 /**
  * The UART framing layer as a Transport: opens a serial port, writes COBS frames with
- * back-pressure, splits the byte stream at 0x00 with @serialport/parser-delimiter, and delivers
- * only frames that pass their length and CRC checks (the rest are counted and dropped). The
- * session protocol above it (master.ts, listener.ts) only sees Frames.
+ * back-pressure, splits the byte stream at 0x00 and un-stuffs it in one pass (frame-reader.ts),
+ * and delivers only frames that pass their length and CRC checks (the rest are counted and
+ * dropped). The session protocol above it (master.ts, listener.ts) only sees Frames.
  */
 import { EventEmitter } from 'node:events';
 import { SerialPort } from 'serialport';
-import { DelimiterParser } from '@serialport/parser-delimiter';
 import type { Transport, TransportStatus } from '../transport.js';
-import { decodeFrame, encodeFrame, type Frame } from './frame.js';
+import { encodeFrameInto, wireBytesForPayload, type Frame, type FrameDropReason } from './frame.js';
+import { CobsFrameReader } from './frame-reader.js';
 import { openFailure, uartError, type UartError } from './errors.js';
 import { DEFAULT_BAUD, LISTENER_MAX_CHUNK } from './settings.js';
+
+/** The part of bindings-cpp's Poller that fixPoller() touches. */
+interface PollerLike {
+  poll(events?: number): void;
+  listenerCount(event: string): number;
+  emit(event: string, ...args: unknown[]): boolean;
+  /** The native poller (uv_poll_t wrapper) underneath. */
+  poller?: { poll(events: number): void };
+}
 
 /** Frames queued in one tick are written together up to this many bytes. */
 const WRITE_BATCH_BYTES = 16 * 1024;
@@ -39,7 +48,8 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   private readonly handlers = new Set<(frame: Frame) => void>();
   private readonly maxPayload: number;
   private lostError: UartError | null = null;
-  private batch: Buffer[] = [];
+  /** Frames queued in this tick, already encoded for the wire, back to back. */
+  private batch: Buffer | null = null;
   private batchBytes = 0;
   private batchScheduled = false;
   private drainWait: Promise<void> | null = null;
@@ -53,7 +63,7 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
     framesSent: 0,
     framesReceived: 0,
     framesDropped: 0,
-    /** Times the serialport poller had to be re-armed for a queued write (see startPollerKick). */
+    /** Times a queued write made no progress for 25 ms and the poller was re-armed (see fixPoller). */
     pollerKicks: 0,
     dropped_cobs_invalid: 0,
     dropped_too_short: 0,
@@ -81,13 +91,21 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
       throw new UartLinkError(info);
     }
     this.port = port;
-    const parser = new DelimiterParser({ delimiter: [0x00] });
+    const reader = new CobsFrameReader(this.maxPayload, {
+      frame: (frame) => {
+        this.counters.framesReceived++;
+        for (const handler of this.handlers) handler(frame);
+      },
+      drop: (reason: FrameDropReason) => {
+        this.counters.framesDropped++;
+        this.counters[`dropped_${reason}`]++;
+      },
+    });
     port.on('data', (chunk: Buffer) => {
       this.counters.bytesRead += chunk.length;
       this.counters.readChunks++;
+      reader.push(chunk);
     });
-    port.pipe(parser);
-    parser.on('data', (block: Buffer) => this.onBlock(block));
     // Errors also arrive as 'close' with `disconnected`; keep the listener so none is unhandled.
     port.on('error', (e: Error) => {
       if (!this.closing) this.detail = e.message;
@@ -102,7 +120,7 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
       this.setState('error', this.lostError.message);
       this.emit('lost', this.lostError);
     });
-    this.startPollerKick(port);
+    this.fixPoller(port);
     this.setState('open');
     // One delimiter first: the peer's parser drops whatever partial frame it holds (noise, or the
     // tail of a transfer this port's previous owner left), so our first frame is not merged with it.
@@ -114,36 +132,62 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
    * Works around a bug in @serialport/bindings-cpp's poller (src/poller.cpp: `poll()` calls
    * uv_poll_start with only the newly requested event, so a reader that starts waiting for
    * "readable" silently cancels a writer's wait for "writable", and vice versa). A writer that hit
-   * EAGAIN then waits until the next byte arrives — forever, when the peer is waiting for that very
-   * write. While bytes are queued, re-arm both events every 25 ms; the poll is level-triggered, so a
-   * port that is writable wakes the writer at once.
+   * EAGAIN then waits until the next byte arrives. On a fast line that is the hot path: the master
+   * re-arms "readable" after every ACK it reads, so its queued DATA sat in its own write buffer
+   * until the next ACK, holding the window shut while the line was idle.
+   *
+   * The fix: every poll request also asks for the events someone is still waiting for (the
+   * poller is an EventEmitter; a waiter is a `once` listener). The native side keeps the union
+   * armed across wake-ups itself. A 25 ms timer that re-arms both while bytes are queued stays as a
+   * safety net (counted in `pollerKicks`; with the fix it should find nothing stuck).
    */
-  private startPollerKick(port: SerialPort): void {
-    const binding = (port as unknown as { port?: { poller?: { poll?: (events: number) => void } } }).port;
-    const UV_READABLE_AND_WRITABLE = 0b0011;
+  private fixPoller(port: SerialPort): void {
+    const UV_READABLE = 0b0001;
+    const UV_WRITABLE = 0b0010;
+    const UV_DISCONNECT = 0b0100;
+    const poller = (port as unknown as { port?: { poller?: PollerLike } }).port?.poller;
+    if (poller && typeof poller.poll === 'function' && typeof poller.listenerCount === 'function') {
+      const waitedFor = (): number =>
+        (poller.listenerCount('readable') > 0 ? UV_READABLE : 0) | (poller.listenerCount('writable') > 0 ? UV_WRITABLE : 0);
+      const poll = poller.poll.bind(poller);
+      poller.poll = (events = 0) => poll(events | waitedFor());
+      // The other half of the same bug: after an event the native side re-arms every event ever
+      // requested except the one that fired, so a port that is both readable and writable with
+      // nobody waiting ping-pongs between the two (thousands of empty wake-ups per transfer on
+      // the master). After each successful event, arm exactly what is still waited for.
+      const native = poller.poller;
+      const disconnectWaited = (): number => (poller.listenerCount('disconnect') > 0 ? UV_DISCONNECT : 0);
+      if (native && typeof native.poll === 'function' && typeof poller.emit === 'function') {
+        const emit = poller.emit.bind(poller);
+        poller.emit = (event: string, ...args: unknown[]): boolean => {
+          const handled = emit(event, ...args);
+          if ((event === 'readable' || event === 'writable') && args[0] == null && this.port === port) {
+            try {
+              native.poll(waitedFor() | disconnectWaited());
+            } catch {
+              // the poller is gone: the port is closing
+            }
+          }
+          return handled;
+        };
+      }
+    }
+    let lastWritten = -1;
     this.kickTimer = setInterval(() => {
-      if (this.port !== port || port.writableLength === 0) return;
+      // Only a write that made no progress for a whole period counts as stuck.
+      const queued = port.writableLength;
+      const written = this.counters.bytesWritten - queued;
+      const stuck = queued > 0 && written === lastWritten;
+      lastWritten = written;
+      if (this.port !== port || !stuck) return;
       try {
-        binding?.poller?.poll?.(UV_READABLE_AND_WRITABLE);
+        poller?.poll(UV_READABLE | UV_WRITABLE);
         this.counters.pollerKicks++;
       } catch {
         // the poller is gone: the port is closing
       }
     }, 25);
     this.kickTimer.unref();
-  }
-
-  private onBlock(block: Buffer): void {
-    if (block.length === 0) return; // back-to-back delimiters: an idle-line sync, not a frame
-    // The parser hands over a slice it no longer uses: decode it in place (no allocation per frame).
-    const decoded = decodeFrame(block, this.maxPayload, true);
-    if (!decoded.ok) {
-      this.counters.framesDropped++;
-      this.counters[`dropped_${decoded.error.reason}`]++;
-      return;
-    }
-    this.counters.framesReceived++;
-    for (const handler of this.handlers) handler(decoded.value);
   }
 
   /**
@@ -154,9 +198,10 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
    */
   async send(frame: Frame): Promise<void> {
     if (!this.port) throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} is not open`));
-    const bytes = encodeFrame(frame);
-    this.batch.push(bytes);
-    this.batchBytes += bytes.length;
+    // Encoded straight into the batch buffer that goes to the port: no buffer per frame, no concat.
+    const room = wireBytesForPayload(frame.payload.length);
+    if (!this.batch || this.batch.length - this.batchBytes < room) this.growBatch(room);
+    this.batchBytes = encodeFrameInto(frame, this.batch!, this.batchBytes);
     this.counters.framesSent++;
     if (this.batchBytes >= WRITE_BATCH_BYTES) {
       await this.flushBatch();
@@ -169,10 +214,20 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
     }
   }
 
+  /** A batch buffer with `room` more bytes free (the port keeps each handed-over buffer until written). */
+  private growBatch(room: number): void {
+    const old = this.batch;
+    const next = Buffer.allocUnsafe(Math.max(WRITE_BATCH_BYTES + wireBytesForPayload(LISTENER_MAX_CHUNK), this.batchBytes + room));
+    if (old) old.copy(next, 0, 0, this.batchBytes);
+    this.batch = next;
+  }
+
   private flushBatch(): Promise<void> {
-    if (this.batch.length === 0) return this.waitDrainIfNeeded();
-    const bytes = this.batch.length === 1 ? this.batch[0]! : Buffer.concat(this.batch, this.batchBytes);
-    this.batch = [];
+    if (!this.batch || this.batchBytes === 0) return this.waitDrainIfNeeded();
+    const bytes = this.batch.subarray(0, this.batchBytes);
+    // The rest of the buffer is not reused: the port holds `bytes` until they are written.
+    const rest = this.batch.length - this.batchBytes;
+    this.batch = rest >= 4096 ? this.batch.subarray(this.batchBytes) : null;
     this.batchBytes = 0;
     return this.writeRaw(bytes);
   }

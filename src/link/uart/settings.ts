@@ -10,8 +10,13 @@
  */
 export const DEFAULT_BAUD = 921600;
 export const DEFAULT_CHUNK = 4096;
-/** 64 KiB in flight: enough to cover a pty's round trip through socat on a busy machine. */
-export const DEFAULT_WINDOW = 16;
+/**
+ * 256 KiB in flight. On a pty a round trip (the listener's ACK through socat back to the master)
+ * costs several milliseconds on a loaded machine, longer than 64 KiB takes to move: with 16 frames
+ * the master sat on a full window for half of a 1 MiB transfer. On a real 921600-baud line the
+ * window only has to cover the turnaround; the retransmission timeout is sized from it (rtoForLine).
+ */
+export const DEFAULT_WINDOW = 64;
 /** The listener's limits, announced in ACCEPT: it never takes larger frames or a wider window. */
 export const LISTENER_MAX_CHUNK = 16384;
 /** The engine's default largest chunk (`maxChunkBytes`): the listener splits larger frames. */
@@ -53,6 +58,8 @@ export interface ListenerTiming {
 }
 
 export const DEFAULT_LISTENER_TIMING: ListenerTiming = {
+  // 32 KiB between ACKs at the default chunk. Not more: the master's retransmission timer runs
+  // from the last ACK, and on a loaded machine 64 KiB between ACKs came close to its 250 ms.
   ackEvery: 8,
   ackDelayMs: 3,
   nakHoldoffMs: 60,
