@@ -10,6 +10,7 @@ import { withAuditLog } from '../engine/policy.js';
 import { CanListener } from '../link/can/listener.js';
 import { openCanBus } from '../link/can/address.js';
 import type { CanBus } from '../link/can/bus.js';
+import { runUartDevice } from '../link/uart/device-command.js';
 import { preloadDirSource, sdManifestSource, type ImageSourceTransport } from '../link/sources/source-transport.js';
 import { bootDevice, type BootReport } from './boot.js';
 import type { DeviceConfig, GatewayConfig } from './config.js';
@@ -48,6 +49,8 @@ interface RunningDevice {
   report: BootReport | null;
   /** The CAN listener's verdicts, for the boot step that waits for a master. */
   verdicts: EventEmitter;
+  /** Running UART listeners: abort to stop, `done` settles when the port is closed. */
+  uarts: Array<{ stop: AbortController; done: Promise<number> }>;
 }
 
 export class Gateway {
@@ -171,10 +174,43 @@ export class Gateway {
     } catch (e) {
       this.fail(`devices.${d.name}`, `device ${d.name}: ${(e as Error).message}`);
     }
-    const running: RunningDevice = { dev, listener: null, bus: null, report: null, verdicts: new EventEmitter() };
+    const running: RunningDevice = { dev, listener: null, bus: null, report: null, verdicts: new EventEmitter(), uarts: [] };
     this.running.set(d.name, running);
     this.devices.set(d.name, dev);
     await this.startCanListener(d, running);
+    await this.startUartListeners(d, running);
+  }
+
+  /** Each `[[links.uart]]` listener feeds its device's engine from a serial port (a real cable or a pty). */
+  private async startUartListeners(d: DeviceConfig, running: RunningDevice): Promise<void> {
+    const engine = running.dev.engine;
+    for (const link of this.config.links.uart.filter((l) => l.role === 'listener' && l.device === d.name)) {
+      const log = this.log.child({ device: d.name, uart: link.port });
+      const stop = new AbortController();
+      let lastError = '';
+      let listening = (): void => {};
+      const ready = new Promise<null>((resolve) => (listening = () => resolve(null)));
+      const done = runUartDevice({
+        port: link.port,
+        baud: link.baud,
+        stateDir: d.state_dir,
+        json: true,
+        engine,
+        signal: stop.signal,
+        afterReady: (task) => engine.persist(task.pid, 'permanent'),
+        out: (line) => {
+          const m = JSON.parse(line) as { event?: string; error?: { message?: string } };
+          if (m.event === 'listening') listening();
+          else if (m.event === 'error') {
+            lastError = m.error?.message ?? line;
+            log.error(m, 'uart listener');
+          } else log.info(m, 'uart listener');
+        },
+      });
+      const early = await Promise.race([ready, done]);
+      if (early !== null) this.fail(`links.uart.${link.port}`, `UART listener for ${d.name} on ${link.port}: ${lastError || `stopped with exit code ${early}`}`);
+      running.uarts.push({ stop, done });
+    }
   }
 
   private async bootOne(d: DeviceConfig): Promise<void> {
@@ -270,6 +306,10 @@ export class Gateway {
     r.report?.cancelConfirm();
     r.listener?.stop();
     await r.bus?.close().catch(() => undefined);
+    for (const u of r.uarts) {
+      u.stop.abort();
+      await u.done;
+    }
     for (const s of r.dev.engine.sessions()) r.dev.engine.abort(s.sessionId, 'gateway_shutdown');
     await r.dev.close().catch((e: Error) => this.log.error({ device: name, err: e.message }, 'closing device files failed'));
     this.devices.delete(name);
