@@ -98,12 +98,9 @@ test('a VM that stops without the exit marker gives 125 and shows QEMU\'s stderr
   t.regex(r.err, /qemu: fatal/);
 });
 
-test('usage errors exit 2: no command, or a working directory under /tmp (the guest has its own /tmp)', (t) => {
+test('usage error exits 2: no command; nothing is queued for the guest', (t) => {
   const { dir, env } = setup();
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   t.is(run([], env).code, 2);
-  const r = spawnSync('bash', [runner, '--', 'true'], { cwd: dir, env, encoding: 'utf8' });
-  t.is(r.status, 2, r.stderr);
-  t.regex(r.stderr, /under \/tmp/);
   t.false(existsSync(join(dir, 'cache/jobs')) && readdirSync(join(dir, 'cache/jobs')).length > 0);
 });

@@ -44,20 +44,21 @@ echo 8388608 > /proc/sys/net/core/rmem_max
 echo 4194304 > /proc/sys/net/core/wmem_default
 echo 4194304 > /proc/sys/net/core/wmem_max
 
-# The chroot sees the host's files but the guest's kernel: its own proc, sys, dev and a private /tmp
-# (unix sockets and mmap'd scratch files need a local filesystem, not 9p).
+# The chroot sees the host's files (the host's /tmp too: CI may clone the work tree there) but the
+# guest's kernel: its own proc, sys and dev, and a private scratch directory as TMPDIR (unix sockets and
+# mmap'd scratch files need a local filesystem, not 9p).
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs tmpfs /host/dev/shm
-mount -t tmpfs -o mode=1777 tmpfs /host/tmp
 mount -t tmpfs tmpfs /host/run 2>/dev/null
+mkdir -p /host/run/hsx-tmp && chmod 1777 /host/run/hsx-tmp
 
 [ -n "$job" ] && [ -f "/host$job" ] || { say "no job script (hsx_job=$job)"; finish 125; }
-export HOME=/root TERM=dumb LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export TMPDIR=/run/hsx-tmp HOME=/root TERM=dumb LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 chroot /host /bin/bash "$job" < /dev/null
 rc=$?
-umount /host/tmp /host/dev/shm /host/dev/pts 2>/dev/null
+umount /host/dev/shm /host/dev/pts 2>/dev/null
 finish "$rc"
