@@ -73,7 +73,7 @@ test('failed boots are counted across restarts; after the limit the device alert
   const bad = join(root, 'bad');
   cpSync('configs/sd', bad, { recursive: true });
   const img = readFileSync(join(bad, 'apps', 'minimal.hxe'));
-  img[img.length - 1] ^= 0xff; // CRC mismatch
+  img.writeUInt8(img.readUInt8(img.length - 1) ^ 0xff, img.length - 1); // CRC mismatch
   writeFileSync(join(bad, 'apps', 'minimal.hxe'), img);
   writeFileSync(join(bad, 'm.toml'), 'version = 1\n[[images]]\npath = "apps/minimal.hxe"\n');
   const clock = new FakeClock(0);

@@ -7,6 +7,7 @@
  * Faults (loss, duplication, reordering) are injected at the receiving endpoint, identically on both.
  * On SocketCAN every test shares the wire, so the suite runs serially there (see `CAN_SERIAL`).
  */
+import { cliArgv, ROOT } from './cli-argv.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -78,27 +79,6 @@ export async function openTestBus(options: { iface?: string } = {}): Promise<Tes
 
 // ---------------------------------------------------------------------------------------------
 // Child processes running the real CLI (devices and masters of the cross-process tests)
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-
-function newestMtime(dir: string): number {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
-  }
-  return newest;
-}
-
-/**
- * How to start the CLI: the built `dist/cli/main.js` when it is newer than every source file (it
- * starts several times faster, which matters in the HIL VM), else the sources through tsx.
- */
-export function cliArgv(): string[] {
-  const built = join(ROOT, 'dist/cli/main.js');
-  if (existsSync(built) && statSync(built).mtimeMs >= newestMtime(join(ROOT, 'src'))) return [built];
-  return ['--import', 'tsx', join(ROOT, 'src/cli/main.ts')];
-}
 
 export interface CliChild {
   child: ChildProcess;
