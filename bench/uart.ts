@@ -1,25 +1,29 @@
 /**
- * UART link benchmark over a real pty pair (socat): a 1 MiB image flashed with the default
+ * UART link benchmark over real pty pairs (socat): a 1 MiB image flashed with the default
  * settings, master in this process and the device (real engine + listener) in a child process,
- * against the raw pty throughput measured in the same run (this process writes 1 MiB, a child
- * reads it; both through serialport, like the link).
+ * against the raw pty throughput measured in the same run: this process writes 1 MiB, a child
+ * reads it.
+ *
+ * Two raw baselines, interleaved with the link runs so all three see the same machine load:
+ *   raw_pty         through the link's own byte path (port-io.ts: serialport's binding opens and
+ *                   configures the port, non-blocking reads/writes on the event loop). This is the
+ *                   baseline the goal is measured against: same I/O, no protocol.
+ *   raw_pty_stream  through serialport's SerialPort stream API (every read and write via libuv's
+ *                   thread pool), for comparison with what a plain serialport program gets.
  *
  * Prints one JSON object per line:
- *   {"bench":"uart","measure":"raw_pty",...}      each baseline run
- *   {"bench":"uart","measure":"flash_1mib",...}   each link run (wire efficiency, throughput)
- *   {"bench":"uart","measure":"summary",...}      medians, efficiency and throughput/raw ratio
+ *   {"bench":"uart","measure":"raw_pty"|"raw_pty_stream",...}  each baseline run
+ *   {"bench":"uart","measure":"flash_1mib",...}                each link run (wire efficiency, throughput)
+ *   {"bench":"uart","measure":"summary",...}                   medians, efficiency and throughput ratios
  *
  * Wire efficiency = image bytes / (bytes the master wrote + bytes the listener wrote), counted by
  * the two transports (COBS, delimiters, OPEN/END/RESULT and every ACK included).
  *
- * Per run it also reports both sides' CPU time (process.cpuUsage, all threads) and the reads the
- * receiving side needed, `windowStallMs`: how long the master had a full window, i.e. waited
- * for the device, and `masterPollerKicks`: how often a queued write of the master made no progress
- * for 25 ms (see UartPortTransport.fixPoller; should stay near 0). BENCH_PROF=DIR writes a CPU
- * profile of the device process into DIR.
- *
- * On a 2-core machine shared with other work, every stage (master, socat, device) competes for
- * CPU, so the time per MiB follows the CPU each stage spends per MiB; compare the cpuMs fields.
+ * Per run it also reports each stage's CPU time (process.cpuUsage for the Node processes, /proc for
+ * socat), the reads the receiving side needed, and `windowStallMs`: how long the master had a full
+ * window, i.e. waited for the device. On a 2-core machine every stage (writer, socat, reader)
+ * competes for CPU, so the time per MiB follows the CPU the stages spend per MiB. BENCH_PROF=DIR
+ * writes a CPU profile of the device process into DIR.
  *
  *   npx tsx bench/uart.ts [--runs N] [--chunk BYTES] [--window FRAMES]
  */
@@ -32,25 +36,57 @@ import { SerialPort } from 'serialport';
 import { buildImage } from '../src/hxe/index.js';
 import { ProvisioningEngine, nullEventSink, systemClock } from '../src/engine/index.js';
 import { UartPortTransport } from '../src/link/uart/port-transport.js';
+import { SerialPortIo } from '../src/link/uart/port-io.js';
 import { UartListener } from '../src/link/uart/listener.js';
 import { MemoryPartialStore } from '../src/link/uart/partial-store.js';
 import { sendImage } from '../src/link/uart/master.js';
 import { DEFAULT_CHUNK, DEFAULT_WINDOW } from '../src/link/uart/settings.js';
-import { startPtyPair } from '../src/link/uart/pty-pair.js';
+import { startPtyPair, type PtyPair } from '../src/link/uart/pty-pair.js';
+import { readFileSync } from 'node:fs';
+
+/** CPU time (user+system, ms) a process has used so far, from /proc (socat's share of each run). */
+function procCpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  // utime and stime are fields 14 and 15 of stat (11 and 12 after the "(comm) " prefix is cut).
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+const cpuMs = (u: NodeJS.CpuUsage): number => Math.round((u.user + u.system) / 1000);
 
 const IMAGE_BYTES = 1 << 20;
 const self = fileURLToPath(import.meta.url);
 const { values } = parseArgs({
   options: {
-    role: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string' }, runs: { type: 'string', default: '3' },
+    role: { type: 'string' }, io: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string' }, runs: { type: 'string', default: '3' },
     chunk: { type: 'string' }, window: { type: 'string' },
   },
 });
 
-async function openPort(path: string): Promise<SerialPort> {
+/** The two ways to move raw bytes: the link's byte path, or serialport's stream. */
+type RawIo = 'io' | 'stream';
+
+interface RawPort {
+  /** Resolves when the port can take more (after 'drain' if it asked to wait). */
+  write(bytes: Uint8Array): Promise<void>;
+  onData(handler: (chunk: Buffer) => void): void;
+  close(): Promise<void>;
+}
+
+async function openRaw(path: string, io: RawIo): Promise<RawPort> {
+  if (io === 'io') {
+    const port = await SerialPortIo.open(path, 921600);
+    return {
+      write: (b) => (port.write(b) ? Promise.resolve() : new Promise((r) => port.once('drain', r))),
+      onData: (h) => void port.on('data', h),
+      close: () => port.close(),
+    };
+  }
   const port = new SerialPort({ path, baudRate: 921600, autoOpen: false });
   await new Promise<void>((resolve, reject) => port.open((e) => (e ? reject(e) : resolve())));
-  return port;
+  return {
+    write: (b) => (port.write(b) ? Promise.resolve() : new Promise((r) => port.once('drain', r))),
+    onData: (h) => void port.on('data', h),
+    close: () => new Promise((r) => port.close(() => r())),
+  };
 }
 
 const say = (o: Record<string, unknown>): void => void process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -58,12 +94,12 @@ const say = (o: Record<string, unknown>): void => void process.stdout.write(`${J
 // ---- child roles --------------------------------------------------------------------------------
 
 /** Counts bytes until `bytes` arrived, then reports; repeats for the next run. */
-async function reader(path: string, bytes: number): Promise<void> {
-  const port = await openPort(path);
+async function reader(path: string, bytes: number, io: RawIo): Promise<void> {
+  const port = await openRaw(path, io);
   let got = 0;
   let reads = 0;
   let cpu = process.cpuUsage();
-  port.on('data', (d: Buffer) => {
+  port.onData((d: Buffer) => {
     if (got === 0) cpu = process.cpuUsage();
     got += d.length;
     reads++;
@@ -96,7 +132,7 @@ async function listener(path: string): Promise<void> {
         const used = process.cpuUsage(cpu);
         const reads = transport.counters.readChunks;
         transport.counters.readChunks = 0;
-        say({ event: 'done', reads, bytesWritten: transport.counters.bytesWritten, cpuMs: Math.round((used.user + used.system) / 1000) });
+        say({ event: "done", reads, empty: (transport as any).port?.emptyReads, bytesWritten: transport.counters.bytesWritten, cpuMs: Math.round((used.user + used.system) / 1000) });
         transport.counters.bytesWritten = 0;
       }, 20);
     }
@@ -107,8 +143,8 @@ async function listener(path: string): Promise<void> {
 
 // ---- parent -------------------------------------------------------------------------------------
 
-function child(role: string, port: string): { proc: ChildProcess; next: (event: string) => Promise<Record<string, unknown>> } {
-  const proc = spawn(process.execPath, [...(process.env['BENCH_PROF'] && role === 'listener' ? ['--cpu-prof', '--cpu-prof-dir=' + process.env['BENCH_PROF']] : []), '--import', 'tsx', self, '--role', role, '--port', port, '--bytes', String(IMAGE_BYTES)], { stdio: ['ignore', 'pipe', 'inherit'] });
+function child(role: string, port: string, io: RawIo = 'io'): { proc: ChildProcess; next: (event: string) => Promise<Record<string, unknown>> } {
+  const proc = spawn(process.execPath, [...(process.env['BENCH_PROF'] && role === 'listener' ? ['--cpu-prof', '--cpu-prof-dir=' + process.env['BENCH_PROF']] : []), '--import', 'tsx', self, '--role', role, '--io', io, '--port', port, '--bytes', String(IMAGE_BYTES)], { stdio: ['ignore', 'pipe', 'inherit'] });
   const queue: Array<Record<string, unknown>> = [];
   const waiting: Array<{ event: string; resolve: (l: Record<string, unknown>) => void; reject: (e: Error) => void }> = [];
   createInterface({ input: proc.stdout! }).on('line', (line) => {
@@ -149,14 +185,17 @@ function makeImage(): Uint8Array {
   return r.value;
 }
 
-async function rawRun(writer: SerialPort, reader: ReturnType<typeof child>, payload: Buffer): Promise<{ ms: number; readerCpuMs: number; reads: number }> {
+async function rawRun(writer: RawPort, reader: ReturnType<typeof child>, payload: Buffer, socatPid: number): Promise<{ ms: number; readerCpuMs: number; reads: number; writerCpuMs: number; socatCpuMs: number }> {
+  const socat0 = procCpuMs(socatPid);
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const piece = 16 * 1024; // the link's transport also coalesces frames into writes of up to 16 KiB
   for (let off = 0; off < payload.length; off += piece) {
-    if (!writer.write(payload.subarray(off, off + piece))) await new Promise((r) => writer.once('drain', r));
+    await writer.write(payload.subarray(off, off + piece));
   }
   const r = await reader.next('received');
-  return { ms: performance.now() - t0, readerCpuMs: Number(r['cpuMs']), reads: Number(r['reads']) };
+  const ms = performance.now() - t0;
+  return { ms, readerCpuMs: Number(r['cpuMs']), reads: Number(r['reads']), writerCpuMs: cpuMs(process.cpuUsage(cpu0)), socatCpuMs: procCpuMs(socatPid) - socat0 };
 }
 
 async function main(): Promise<void> {
@@ -169,17 +208,22 @@ async function main(): Promise<void> {
   // Everything started is stopped again, whatever fails.
   const cleanup: Array<() => unknown> = [];
   const raw: number[] = [];
+  const rawStream: number[] = [];
   const link: number[] = [];
   const efficiency: number[] = [];
   try {
-    // Baseline: the raw pty pair, read by a child process.
-    const rawPair = await startPtyPair();
-    cleanup.push(() => rawPair.stop());
-    const rawReader = child('reader', rawPair.b);
-    cleanup.push(() => rawReader.proc.kill('SIGTERM'));
-    await rawReader.next('ready');
-    const writer = await openPort(rawPair.a);
-    cleanup.push(() => new Promise((r) => writer.close(r)));
+    // Baselines: a raw pty pair per byte path, each read by a child process.
+    const baselines: Array<{ io: RawIo; measure: string; pair: PtyPair; reader: ReturnType<typeof child>; writer: RawPort; results: number[] }> = [];
+    for (const [io, measure, results] of [['io', 'raw_pty', raw], ['stream', 'raw_pty_stream', rawStream]] as const) {
+      const pair = await startPtyPair();
+      cleanup.push(() => pair.stop());
+      const reader = child('reader', pair.b, io);
+      cleanup.push(() => reader.proc.kill('SIGTERM'));
+      await reader.next('ready');
+      const writer = await openRaw(pair.a, io);
+      cleanup.push(() => writer.close());
+      baselines.push({ io, measure, pair, reader, writer, results });
+    }
     // Link: its own pty pair, the device in a child process.
     const linkPair = await startPtyPair();
     cleanup.push(() => linkPair.stop());
@@ -192,18 +236,21 @@ async function main(): Promise<void> {
 
     // Interleaved, so both see the same machine load.
     for (let i = 0; i < runs; i++) {
-      const { ms: rawMs, readerCpuMs, reads } = await rawRun(writer, rawReader, payload);
-      raw.push(IMAGE_BYTES / rawMs * 1000);
-      say({ bench: 'uart', measure: 'raw_pty', run: i, bytes: IMAGE_BYTES, ms: +rawMs.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / rawMs * 1000), readerCpuMs, readerReads: reads });
+      for (const base of baselines) {
+        const { ms: rawMs, readerCpuMs, reads, writerCpuMs, socatCpuMs } = await rawRun(base.writer, base.reader, payload, base.pair.pid);
+        base.results.push(IMAGE_BYTES / rawMs * 1000);
+        say({ bench: 'uart', measure: base.measure, run: i, bytes: IMAGE_BYTES, ms: +rawMs.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / rawMs * 1000), writerCpuMs, socatCpuMs, readerCpuMs, readerReads: reads });
+      }
 
       const before = master.counters.bytesWritten;
-      const kicks0 = master.counters.pollerKicks;
       const cpu0 = process.cpuUsage();
+      const socat0 = procCpuMs(linkPair.pid);
       const t0 = performance.now();
       const res = await sendImage(master, image, settings);
       const ms = performance.now() - t0;
       if (!res.ok) throw new Error(`flash failed: ${JSON.stringify(res.error)}`);
       const cpu = process.cpuUsage(cpu0);
+      const linkSocatCpuMs = procCpuMs(linkPair.pid) - socat0;
       const done = await device.next('done');
       const listenerBytes = Number(done['bytesWritten']);
       const masterBytes = master.counters.bytesWritten - before;
@@ -213,18 +260,19 @@ async function main(): Promise<void> {
       say({ bench: 'uart', measure: 'flash_1mib', run: i, bytes: IMAGE_BYTES, chunk: res.value.chunkSize, window: res.value.window, ms: +ms.toFixed(1),
         bytesPerSecond: Math.round(IMAGE_BYTES / ms * 1000), masterWireBytes: masterBytes, listenerWireBytes: listenerBytes,
         wireEfficiency: +eff.toFixed(4), retransmits: res.value.retransmits, windowStallMs: Math.round(res.value.windowStallMs),
-        masterCpuMs: Math.round((cpu.user + cpu.system) / 1000), listenerCpuMs: done['cpuMs'], listenerReads: done['reads'],
-        masterPollerKicks: master.counters.pollerKicks - kicks0 });
+        masterCpuMs: cpuMs(cpu), socatCpuMs: linkSocatCpuMs, listenerCpuMs: done['cpuMs'], listenerReads: done['reads'], empty: done['empty']});
     }
   } finally {
     for (const c of cleanup.reverse()) await c();
   }
   const rawMedian = median(raw);
+  const rawStreamMedian = median(rawStream);
   const linkMedian = median(link);
   say({
     bench: 'uart', measure: 'summary', runs, imageBytes: IMAGE_BYTES, chunk: settings.chunkSize ?? DEFAULT_CHUNK, window: settings.window ?? DEFAULT_WINDOW,
     rawPtyBytesPerSecond: Math.round(rawMedian), flashBytesPerSecond: Math.round(linkMedian),
     throughputRatio: +(linkMedian / rawMedian).toFixed(3), throughputGoal: 0.8,
+    rawPtyStreamBytesPerSecond: Math.round(rawStreamMedian), throughputRatioVsStream: +(linkMedian / rawStreamMedian).toFixed(3),
     wireEfficiency: +median(efficiency).toFixed(4), efficiencyGoal: 0.97,
     // Both measurements cross process boundaries the same way: raw = this process writes, a child
     // reads; link = this process is the master, a child is the device. The machine's load decides
@@ -236,7 +284,7 @@ async function main(): Promise<void> {
 if (values.role === 'reader' || values.role === 'listener') {
   // Exit through process.exit so a --cpu-prof profile gets written.
   process.once('SIGTERM', () => process.exit(0));
-  if (values.role === 'reader') await reader(values.port!, Number(values.bytes));
+  if (values.role === 'reader') await reader(values.port!, Number(values.bytes), values.io === 'stream' ? 'stream' : 'io');
   else await listener(values.port!);
 } else {
   await main();

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { parseImage, StreamingVerifier, buildImage } from '../src/hxe/index.js';
+import { parseImage, InPlaceVerifier, StreamingVerifier, buildImage } from '../src/hxe/index.js';
 import { fixture, fixtureNames, rawImage, u16, u32 } from './hxe-craft.js';
 
 /** The streaming verifier: any chunking gives parseImage's verdict; header faults are caught at the header. */
@@ -132,4 +132,32 @@ test('the image returned does not alias the pushed chunks', (t) => {
   const r = sv.finish();
   bytes.fill(0);
   t.true(r.ok && r.value.code.some((x) => x !== 0));
+});
+
+test('InPlaceVerifier reads the caller\'s growing buffer: parseImage\'s verdict, and the image is a view into the kept bytes', (t) => {
+  for (const name of fixtureNames()) {
+    const bytes = fixture(name);
+    const v = new InPlaceVerifier(undefined, { totalBytes: bytes.length });
+    // The caller's buffer moves when it grows, like the engine's session buffer.
+    let buffer = new Uint8Array(16);
+    for (let len = 0; len < bytes.length;) {
+      const next = Math.min(bytes.length, len + 7);
+      if (next > buffer.length) {
+        const grown = new Uint8Array(Math.min(bytes.length, buffer.length * 2));
+        grown.set(buffer.subarray(0, len));
+        buffer = grown;
+      }
+      buffer.set(bytes.subarray(len, next), len);
+      len = next;
+      t.is(v.advance(buffer, len), null, name);
+    }
+    const exact = buffer.length === bytes.length ? buffer : buffer.slice(0, bytes.length);
+    const verdict = v.finish(exact);
+    t.deepEqual(verdict, parseImage(bytes), name);
+    if (verdict.ok && verdict.value.code.length > 0) t.is(verdict.value.code.buffer, exact.buffer, `${name}: code is a view, not a copy`);
+  }
+  // More than announced is refused before the caller stores anything; a shrinking stream is a caller bug.
+  const v = new InPlaceVerifier(undefined, { totalBytes: 10 });
+  t.is(v.admitLength(11)?.reason, 'truncated');
+  t.throws(() => new InPlaceVerifier().advance(new Uint8Array(4), 5), { instanceOf: RangeError });
 });

@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import { decodeF16, parseImage, strip, StreamingVerifier } from '../hxe/index.js';
+import { decodeF16, parseImage, strip, InPlaceVerifier } from '../hxe/index.js';
 import { u16be } from '../hxe/bytes.js';
 import { headerSizeForVersion } from '../hxe/header.js';
 import { checkLayout } from '../hxe/layout.js';
@@ -353,7 +353,7 @@ export class ProvisioningEngine {
     const sm = new LoadStateMachine(pid, this.notify);
     const now = this.clock.now();
     const s = new StreamSession(pid, options.source, totalBytes, expectedCrc, options.stackBytes, now, sm, capacity);
-    s.verifier = new StreamingVerifier(this.parseLimits, totalBytes !== undefined ? { totalBytes } : {});
+    s.verifier = new InPlaceVerifier(this.parseLimits, totalBytes !== undefined ? { totalBytes } : {});
     this.bufferedBytes += capacity;
     this.sessionTable.set(pid, s);
     this.scheduleProgress(s);
@@ -414,16 +414,16 @@ export class ProvisioningEngine {
       this.bufferedBytes += extra;
     }
     s.append(chunk, this.clock.now());
-    const headerError = this.verifyChunk(s, chunk);
+    const headerError = this.verifyChunk(s);
     if (headerError) return this.failSession(s, headerError);
     if (s.length >= s.nextProgressAt) this.progress(s);
     return ok({ bytesWritten: chunk.length, duplicate: false, totalBytesWritten: s.length });
   }
 
   /** Feeds the streaming verifier; on the chunk that completes the header, also checks the budgets early. */
-  private verifyChunk(s: StreamSession, chunk: Uint8Array): EngineError | null {
+  private verifyChunk(s: StreamSession): EngineError | null {
     const v = s.verifier!;
-    const rejected = v.push(chunk);
+    const rejected = v.advance(s.buffer, s.length);
     if (rejected) return fromHxeError(rejected, 'write');
     if (!s.headerChecked && v.header) {
       s.headerChecked = true;
@@ -468,10 +468,10 @@ export class ProvisioningEngine {
           `stream CRC-32 is ${toHex(actual)}, sender announced ${toHex(s.expectedCrc)}`, { expected: s.expectedCrc, actual }));
       }
     }
-    const finished = s.verifier!.finish();
+    const bytes = s.exactImage();
+    const finished = s.verifier!.finish(bytes);
     s.verifier = null;
     if (!finished.ok) return this.failSession(s, fromHxeError(finished.error, 'verify'));
-    const bytes = s.buffer.subarray(0, s.length);
     const admitted = this.admit(s.sm, finished.value, bytes, s.source, 'stream', s.stackBytes);
     if (!admitted.ok) return this.failSession(s, admitted.error);
 

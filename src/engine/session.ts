@@ -4,7 +4,7 @@
  * a buffer that grows geometrically (or is sized once from `totalBytes`), so a 64 KiB image in
  * 8-byte chunks costs 8 bytes of copying per chunk, not the whole buffer.
  */
-import type { StreamingVerifier } from '../hxe/index.js';
+import type { InPlaceVerifier } from '../hxe/index.js';
 import type { EngineError } from './errors.js';
 import { engineError } from './errors.js';
 import type { TimerHandle } from './ports.js';
@@ -24,12 +24,14 @@ export class StreamSession {
   private lastLength = 0;
   lastActivityAt: number;
   timer: TimerHandle | null = null;
-  verifier: StreamingVerifier | null = null;
+  /** Checks the stream as it arrives, reading `buffer` in place (the image is held once). */
+  verifier: InPlaceVerifier | null = null;
   /** Byte count at which the next progress event is due. */
   nextProgressAt = 0;
   lastPercent = -1;
   /** Set once the header is complete and its budgets checked. */
   headerChecked = false;
+  private exact: Uint8Array | null = null;
 
   constructor(
     readonly id: number,
@@ -94,10 +96,20 @@ export class StreamSession {
     this.lastActivityAt = now;
   }
 
-  /** The received bytes as an exactly-sized array (copied only if the buffer has spare room). */
+  /**
+   * The received bytes as an exactly-sized array: the buffer itself when the announced total filled
+   * it, else one copy, made once (the verifier's verdict and the task then share it).
+   */
+  exactImage(): Uint8Array {
+    this.exact ??= this.length === this.buffer.length ? this.buffer : this.buffer.slice(0, this.length);
+    return this.exact;
+  }
+
+  /** Hands the exactly-sized image over and drops the buffer. */
   takeImage(): Uint8Array {
-    const image = this.length === this.buffer.length ? this.buffer : this.buffer.slice(0, this.length);
+    const image = this.exactImage();
     this.buffer = EMPTY;
+    this.exact = null;
     return image;
   }
 
@@ -105,6 +117,7 @@ export class StreamSession {
   releaseBuffer(): number {
     const held = this.buffer.length;
     this.buffer = EMPTY;
+    this.exact = null;
     return held;
   }
 }

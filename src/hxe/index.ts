@@ -5,7 +5,7 @@
 export type * from './types.js';
 export { ok, err, type Result } from './result.js';
 export { parseImage } from './parse.js';
-export { StreamingVerifier, type StreamingOptions } from './stream.js';
+export { InPlaceVerifier, StreamingVerifier, type StreamingOptions } from './stream.js';
 export { buildImage, specFromImage, type ImageSpec, type ValueSpec, type CommandSpec, type MailboxSpec, type BuildError } from './build.js';
 export { strip } from './strip.js';
 export { hxeCrc32 } from './crc.js';

@@ -19,18 +19,18 @@ const INITIAL_CAPACITY = 256;
 const CRC_BLOCK = 16 * 1024;
 
 /**
- * Verifies an image that arrives in chunks of any size (down to 1 byte). The header is checked as soon as
- * it is complete (bad magic and version even earlier), the CRC accumulates in 16 KiB blocks, and `finish()`
- * gives the same verdict `parseImage` gives on the concatenated bytes.
- *
- * Memory: the bytes are kept (the VM needs code and rodata, the registries the metadata) in one buffer
- * that grows with what is pushed, never by more than 64 KiB beyond it — the header's lengths are never
- * used to size an allocation.
+ * Verifies a stream whose bytes the caller keeps: after each chunk the caller passes its buffer
+ * and how many bytes of it are the stream so far (the buffer may move when it grows, but bytes
+ * already received never change). The header is checked as soon as it is complete (bad magic and version even
+ * earlier), the CRC accumulates in 16 KiB blocks, and `finish()` gives the same verdict
+ * `parseImage` gives on the whole stream. Nothing is copied or allocated per chunk: the engine
+ * uses this on its session buffer, so a streamed image is held once.
  */
-export class StreamingVerifier {
+export class InPlaceVerifier {
   private readonly limits: HxeLimits;
   private readonly totalBytes: number | undefined;
-  private buf = new Uint8Array(0);
+  /** The caller's bytes as last passed; `len` of them are the stream so far. */
+  private buf: Uint8Array = new Uint8Array(0);
   private len = 0;
   private crc = 0;
   /** Bytes before this offset are in `crc` (or excluded from it). */
@@ -44,7 +44,7 @@ export class StreamingVerifier {
     this.totalBytes = options.totalBytes;
   }
 
-  /** Bytes accepted so far. */
+  /** Bytes of the stream so far. */
   get bytesReceived(): number {
     return this.len;
   }
@@ -54,7 +54,7 @@ export class StreamingVerifier {
     return this.decoded;
   }
 
-  /** The first error seen, if any (every later push returns it too). */
+  /** The first error seen, if any (every later call returns it too). */
   get error(): HxeError | null {
     return this.failure;
   }
@@ -65,43 +65,61 @@ export class StreamingVerifier {
     return this.crc;
   }
 
-  /** Bytes held by the verifier's buffer (for tests of the allocation bound). */
-  get capacity(): number {
-    return this.buf.length;
-  }
-
-  push(chunk: Uint8Array): HxeError | null {
-    if (this.failure) return this.failure;
-    if (this.finished) return this.fail(fail('truncated', 'push after finish()', this.len).error);
-    const n = chunk.length;
-    if (n === 0) return null;
-    if (this.totalBytes !== undefined && this.len + n > this.totalBytes) {
-      return this.fail(fail('truncated', `received ${this.len + n} bytes, more than the ${this.totalBytes} announced`, this.totalBytes).error);
-    }
-    this.append(chunk);
+  /**
+   * The stream has grown to the first `length` bytes of `buffer` (the caller's; every byte passed
+   * before is unchanged). Returns the first error, at the earliest byte that proves it.
+   */
+  advance(buffer: Uint8Array, length: number): HxeError | null {
+    if (length > buffer.length) throw new RangeError(`length ${length} exceeds the ${buffer.length}-byte buffer`);
+    const refused = this.admitLength(length);
+    if (refused || length === this.len) return refused;
+    this.buf = buffer;
+    this.len = length;
     if (!this.decoded) return this.checkHeader();
     // The CRC runs over the kept bytes in blocks: per-call overhead would dominate with 8-byte CAN chunks.
     if (this.len - this.crcPos >= CRC_BLOCK) this.catchUpCrc();
     return null;
   }
 
-  finish(): Result<HxeImage, HxeError> {
+  /**
+   * The checks that need only the stream's new length: a keeper calls this before it stores the
+   * bytes, so a stream longer than announced never grows its buffer.
+   */
+  admitLength(n: number): HxeError | null {
+    if (this.failure) return this.failure;
+    if (this.finished) return this.fail(fail('truncated', 'push after finish()', this.len).error);
+    if (n < this.len) throw new RangeError(`stream shrank from ${this.len} to ${n} bytes`);
+    if (this.totalBytes !== undefined && n > this.totalBytes) {
+      return this.fail(fail('truncated', `received ${n} bytes, more than the ${this.totalBytes} announced`, this.totalBytes).error);
+    }
+    return null;
+  }
+
+  /**
+   * The verdict on the whole stream, `received` (the same bytes last passed, possibly moved to an
+   * exactly-sized array the caller keeps: the image's code and rodata are views into it).
+   */
+  finish(received: Uint8Array): Result<HxeImage, HxeError> {
     if (this.finished) return this.finished;
-    const bytes = this.buf.subarray(0, this.len);
-    let result: Result<HxeImage, HxeError>;
-    if (this.failure) {
-      result = { ok: false, error: this.failure };
-    } else if (!this.decoded) {
+    if (received.length !== this.len && !this.failure) {
+      const e = this.advance(received, received.length);
+      if (e) return this.settle({ ok: false, error: e });
+    }
+    this.buf = received;
+    const bytes = received.subarray(0, this.len);
+    if (this.failure) return this.settle({ ok: false, error: this.failure });
+    if (!this.decoded) {
       // Too short for a header: decodeHeader gives the same too_small/header_truncated verdict parseImage does.
       const h = decodeHeader(bytes, this.limits);
-      result = h.ok ? verifyBody(bytes, h.value, hxeCrc32(bytes, h.value.headerSize)) : h;
-    } else {
-      this.catchUpCrc();
-      result = verifyBody(bytes, this.decoded, this.crc);
+      return this.settle(h.ok ? verifyBody(bytes, h.value, hxeCrc32(bytes, h.value.headerSize)) : h);
     }
+    this.catchUpCrc();
+    return this.settle(verifyBody(bytes, this.decoded, this.crc));
+  }
+
+  private settle(result: Result<HxeImage, HxeError>): Result<HxeImage, HxeError> {
     this.finished = result;
-    // The image's code/rodata are views into this buffer, which nothing else references any more.
-    this.buf = new Uint8Array(0);
+    this.buf = new Uint8Array(0); // the caller owns the bytes; hold no reference
     return result;
   }
 
@@ -109,23 +127,6 @@ export class StreamingVerifier {
     this.failure = e;
     this.buf = new Uint8Array(0);
     return e;
-  }
-
-  private append(chunk: Uint8Array): void {
-    const need = this.len + chunk.length;
-    if (need > this.buf.length) {
-      const grown = Math.max(need, INITIAL_CAPACITY, this.buf.length + Math.min(this.buf.length, MAX_SLACK));
-      const next = new Uint8Array(Math.min(grown, need + MAX_SLACK));
-      next.set(this.buf.subarray(0, this.len), 0);
-      this.buf = next;
-    }
-    if (chunk.length <= 16) {
-      // a native set() costs more than a short loop
-      for (let i = 0; i < chunk.length; i++) this.buf[this.len + i] = chunk[i] as number;
-    } else {
-      this.buf.set(chunk, this.len);
-    }
-    this.len = need;
   }
 
   /**
@@ -156,5 +157,83 @@ export class StreamingVerifier {
     if (!h.ok) return this.fail(h.error);
     this.decoded = h.value;
     return null;
+  }
+}
+
+/**
+ * Verifies an image that arrives in chunks of any size (down to 1 byte) and keeps the bytes itself
+ * (the VM needs code and rodata, the registries the metadata): an InPlaceVerifier over a buffer
+ * that grows with what is pushed, never by more than 64 KiB beyond it — the header's lengths are
+ * never used to size an allocation.
+ */
+export class StreamingVerifier {
+  private readonly inner: InPlaceVerifier;
+  private buf = new Uint8Array(0);
+  private len = 0;
+
+  constructor(limits?: Partial<HxeLimits>, options: StreamingOptions = {}) {
+    this.inner = new InPlaceVerifier(limits, options);
+  }
+
+  /** Bytes accepted so far. */
+  get bytesReceived(): number {
+    return this.inner.bytesReceived;
+  }
+
+  /** The decoded header once it is complete and valid, else null. */
+  get header(): HxeHeader | null {
+    return this.inner.header;
+  }
+
+  /** The first error seen, if any (every later push returns it too). */
+  get error(): HxeError | null {
+    return this.inner.error;
+  }
+
+  /** Running CRC over the covered bytes received so far. */
+  get runningCrc(): number {
+    return this.inner.runningCrc;
+  }
+
+  /** Bytes held by the verifier's buffer (for tests of the allocation bound). */
+  get capacity(): number {
+    return this.buf.length;
+  }
+
+  push(chunk: Uint8Array): HxeError | null {
+    // Checked before the copy, so an oversized stream never grows the buffer.
+    const refused = this.inner.admitLength(this.len + chunk.length);
+    if (refused || chunk.length === 0) return this.release(refused);
+    this.append(chunk);
+    return this.release(this.inner.advance(this.buf, this.len));
+  }
+
+  finish(): Result<HxeImage, HxeError> {
+    const result = this.inner.finish(this.buf.subarray(0, this.len));
+    // The image's code/rodata are views into the old buffer, which nothing else references any more.
+    this.buf = new Uint8Array(0);
+    return result;
+  }
+
+  private release(e: HxeError | null): HxeError | null {
+    if (e) this.buf = new Uint8Array(0);
+    return e;
+  }
+
+  private append(chunk: Uint8Array): void {
+    const need = this.len + chunk.length;
+    if (need > this.buf.length) {
+      const grown = Math.max(need, INITIAL_CAPACITY, this.buf.length + Math.min(this.buf.length, MAX_SLACK));
+      const next = new Uint8Array(Math.min(grown, need + MAX_SLACK));
+      next.set(this.buf.subarray(0, this.len), 0);
+      this.buf = next;
+    }
+    if (chunk.length <= 16) {
+      // a native set() costs more than a short loop
+      for (let i = 0; i < chunk.length; i++) this.buf[this.len + i] = chunk[i] as number;
+    } else {
+      this.buf.set(chunk, this.len);
+    }
+    this.len = need;
   }
 }

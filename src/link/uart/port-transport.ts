@@ -1,25 +1,17 @@
 /**
- * The UART framing layer as a Transport: opens a serial port, writes COBS frames with
+ * The UART framing layer as a Transport: opens a serial port (port-io.ts: serialport's binding
+ * opens and configures it, bytes move with non-blocking reads and writes), writes COBS frames with
  * back-pressure, splits the byte stream at 0x00 and un-stuffs it in one pass (frame-reader.ts),
  * and delivers only frames that pass their length and CRC checks (the rest are counted and
  * dropped). The session protocol above it (master.ts, listener.ts) only sees Frames.
  */
 import { EventEmitter } from 'node:events';
-import { SerialPort } from 'serialport';
 import type { Transport, TransportStatus } from '../transport.js';
 import { encodeFrameInto, wireBytesForPayload, type Frame, type FrameDropReason } from './frame.js';
 import { CobsFrameReader } from './frame-reader.js';
 import { openFailure, uartError, type UartError } from './errors.js';
+import { SerialPortIo } from './port-io.js';
 import { DEFAULT_BAUD, LISTENER_MAX_CHUNK } from './settings.js';
-
-/** The part of bindings-cpp's Poller that fixPoller() touches. */
-interface PollerLike {
-  poll(events?: number): void;
-  listenerCount(event: string): number;
-  emit(event: string, ...args: unknown[]): boolean;
-  /** The native poller (uv_poll_t wrapper) underneath. */
-  poller?: { poll(events: number): void };
-}
 
 /** Frames queued in one tick are written together up to this many bytes. */
 const WRITE_BATCH_BYTES = 16 * 1024;
@@ -41,7 +33,7 @@ export class UartLinkError extends Error {
 
 export class UartPortTransport extends EventEmitter implements Transport<Frame, Frame> {
   readonly name: string;
-  private port: SerialPort | null = null;
+  private port: SerialPortIo | null = null;
   private state: TransportStatus['state'] = 'closed';
   private detail: string | undefined;
   private closing = false;
@@ -53,7 +45,8 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   private batchBytes = 0;
   private batchScheduled = false;
   private drainWait: Promise<void> | null = null;
-  private kickTimer: NodeJS.Timeout | null = null;
+  /** Rejects the pending drain wait when close() ends the port under it. */
+  private readonly closeWaiters = new Set<() => void>();
   /** Wire-level counters; `bytesWritten`/`bytesRead` include COBS overhead and delimiters. */
   readonly counters = {
     bytesWritten: 0,
@@ -63,8 +56,6 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
     framesSent: 0,
     framesReceived: 0,
     framesDropped: 0,
-    /** Times a queued write made no progress for 25 ms and the poller was re-armed (see fixPoller). */
-    pollerKicks: 0,
     dropped_cobs_invalid: 0,
     dropped_too_short: 0,
     dropped_too_long: 0,
@@ -82,9 +73,9 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   async open(): Promise<void> {
     if (this.port) throw new UartLinkError(uartError('EINVAL', 'open', 'already_open', `${this.options.path} is already open`));
     this.setState('opening');
-    const port = new SerialPort({ path: this.options.path, baudRate: this.options.baudRate ?? DEFAULT_BAUD, autoOpen: false });
+    let port: SerialPortIo;
     try {
-      await new Promise<void>((resolve, reject) => port.open((e) => (e ? reject(e) : resolve())));
+      port = await SerialPortIo.open(this.options.path, this.options.baudRate ?? DEFAULT_BAUD);
     } catch (e) {
       const info = openFailure(this.options.path, e);
       this.setState('error', info.message);
@@ -106,88 +97,21 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
       this.counters.readChunks++;
       reader.push(chunk);
     });
-    // Errors also arrive as 'close' with `disconnected`; keep the listener so none is unhandled.
-    port.on('error', (e: Error) => {
-      if (!this.closing) this.detail = e.message;
-    });
-    port.on('close', (e: (Error & { disconnected?: boolean }) | null) => {
+    port.once('lost', (e: Error) => {
       if (this.closing) return;
       // The other end went away (cable pulled, pty master closed): a clear, typed error.
-      this.lostError = uartError('EIO', 'link', 'port_lost', `serial port ${this.options.path} was lost${e ? ` (${e.message})` : ''}`, { path: this.options.path });
+      this.lostError = uartError('EIO', 'link', 'port_lost', `serial port ${this.options.path} was lost (${e.message})`, { path: this.options.path });
       this.port = null;
-      if (this.kickTimer) clearInterval(this.kickTimer);
-      this.kickTimer = null;
+      this.batch = null;
+      this.batchBytes = 0;
       this.setState('error', this.lostError.message);
       this.emit('lost', this.lostError);
     });
-    this.fixPoller(port);
     this.setState('open');
     // One delimiter first: the peer's parser drops whatever partial frame it holds (noise, or the
     // tail of a transfer this port's previous owner left), so our first frame is not merged with it.
     // It also wakes a relay (socat) that stalled on a full pty while nobody had the port open.
     void this.writeRaw(Buffer.from([0])).catch(() => {});
-  }
-
-  /**
-   * Works around a bug in @serialport/bindings-cpp's poller (src/poller.cpp: `poll()` calls
-   * uv_poll_start with only the newly requested event, so a reader that starts waiting for
-   * "readable" silently cancels a writer's wait for "writable", and vice versa). A writer that hit
-   * EAGAIN then waits until the next byte arrives. On a fast line that is the hot path: the master
-   * re-arms "readable" after every ACK it reads, so its queued DATA sat in its own write buffer
-   * until the next ACK, holding the window shut while the line was idle.
-   *
-   * The fix: every poll request also asks for the events someone is still waiting for (the
-   * poller is an EventEmitter; a waiter is a `once` listener). The native side keeps the union
-   * armed across wake-ups itself. A 25 ms timer that re-arms both while bytes are queued stays as a
-   * safety net (counted in `pollerKicks`; with the fix it should find nothing stuck).
-   */
-  private fixPoller(port: SerialPort): void {
-    const UV_READABLE = 0b0001;
-    const UV_WRITABLE = 0b0010;
-    const UV_DISCONNECT = 0b0100;
-    const poller = (port as unknown as { port?: { poller?: PollerLike } }).port?.poller;
-    if (poller && typeof poller.poll === 'function' && typeof poller.listenerCount === 'function') {
-      const waitedFor = (): number =>
-        (poller.listenerCount('readable') > 0 ? UV_READABLE : 0) | (poller.listenerCount('writable') > 0 ? UV_WRITABLE : 0);
-      const poll = poller.poll.bind(poller);
-      poller.poll = (events = 0) => poll(events | waitedFor());
-      // The other half of the same bug: after an event the native side re-arms every event ever
-      // requested except the one that fired, so a port that is both readable and writable with
-      // nobody waiting ping-pongs between the two (thousands of empty wake-ups per transfer on
-      // the master). After each successful event, arm exactly what is still waited for.
-      const native = poller.poller;
-      const disconnectWaited = (): number => (poller.listenerCount('disconnect') > 0 ? UV_DISCONNECT : 0);
-      if (native && typeof native.poll === 'function' && typeof poller.emit === 'function') {
-        const emit = poller.emit.bind(poller);
-        poller.emit = (event: string, ...args: unknown[]): boolean => {
-          const handled = emit(event, ...args);
-          if ((event === 'readable' || event === 'writable') && args[0] == null && this.port === port) {
-            try {
-              native.poll(waitedFor() | disconnectWaited());
-            } catch {
-              // the poller is gone: the port is closing
-            }
-          }
-          return handled;
-        };
-      }
-    }
-    let lastWritten = -1;
-    this.kickTimer = setInterval(() => {
-      // Only a write that made no progress for a whole period counts as stuck.
-      const queued = port.writableLength;
-      const written = this.counters.bytesWritten - queued;
-      const stuck = queued > 0 && written === lastWritten;
-      lastWritten = written;
-      if (this.port !== port || !stuck) return;
-      try {
-        poller?.poll(UV_READABLE | UV_WRITABLE);
-        this.counters.pollerKicks++;
-      } catch {
-        // the poller is gone: the port is closing
-      }
-    }, 25);
-    this.kickTimer.unref();
   }
 
   /**
@@ -234,10 +158,10 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
 
   private waitDrainIfNeeded(): Promise<void> {
     const port = this.port;
-    return port && port.writableNeedDrain ? this.waitDrain(port) : Promise.resolve();
+    return port && port.needsDrain ? this.waitDrain(port) : Promise.resolve();
   }
 
-  /** Writes raw bytes (the bench's baseline); waits for 'drain' when the port's buffer is full. */
+  /** Writes raw bytes (the bench's baseline); waits for 'drain' when the port's queue is full. */
   async writeRaw(bytes: Uint8Array): Promise<void> {
     const port = this.port;
     if (!port) throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} is not open`));
@@ -247,20 +171,22 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   }
 
   /** One shared wait per congestion episode (not a listener pair per waiting write). */
-  private waitDrain(port: SerialPort): Promise<void> {
+  private waitDrain(port: SerialPortIo): Promise<void> {
     this.drainWait ??= new Promise<void>((resolve, reject) => {
       const done = (): void => {
         port.off('drain', onDrain);
-        port.off('close', onClose);
+        port.off('lost', onLost);
+        this.closeWaiters.delete(onLost);
         this.drainWait = null;
       };
       const onDrain = (): void => { done(); resolve(); };
-      const onClose = (): void => {
+      const onLost = (): void => {
         done();
         reject(new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} closed while writing`)));
       };
       port.on('drain', onDrain);
-      port.on('close', onClose);
+      port.on('lost', onLost);
+      this.closeWaiters.add(onLost);
     });
     return this.drainWait;
   }
@@ -269,13 +195,8 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   async flush(timeoutMs = 2000): Promise<void> {
     const port = this.port;
     if (!port) return;
-    const flushed = (async () => {
-      await this.flushBatch().catch(() => {});
-      await new Promise<void>((resolve) => port.drain(() => resolve()));
-    })();
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([flushed, new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs); })]);
-    clearTimeout(timer);
+    void this.flushBatch().catch(() => {});
+    await port.drain(timeoutMs);
   }
 
   receive(handler: (frame: Frame) => void): () => void {
@@ -290,17 +211,9 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
     const port = this.port;
     this.closing = true;
     this.port = null;
-    if (this.kickTimer) clearInterval(this.kickTimer);
-    this.kickTimer = null;
-    if (port && port.isOpen) {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        new Promise<void>((resolve) => port.close(() => resolve())),
-        // A write stuck in the binding can hold close() up; the descriptor is released regardless.
-        new Promise<void>((resolve) => { timer = setTimeout(resolve, 2000); }),
-      ]);
-      clearTimeout(timer);
-    }
+    // A write waiting for room ends now (its caller sees the port closed).
+    for (const wake of [...this.closeWaiters]) wake();
+    if (port) await port.close();
     if (this.state !== 'error') this.setState('closed');
   }
 
@@ -311,7 +224,7 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
 
   status(): TransportStatus {
     // queuedBytes: accepted by send() but not yet handed to the OS (back-pressure in action).
-    const queuedBytes = this.batchBytes + (this.port?.writableLength ?? 0);
+    const queuedBytes = this.batchBytes + (this.port?.queuedBytes ?? 0);
     const s: TransportStatus = { state: this.state, counters: { ...this.counters, queuedBytes } };
     if (this.detail !== undefined) s.detail = this.detail;
     return s;

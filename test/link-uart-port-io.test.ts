@@ -1,0 +1,122 @@
+/**
+ * The serial byte path (port-io.ts) on real pty pairs: bytes arrive intact and in order whatever
+ * the OS takes per write, back-pressure queues and reports 'drain' when a slow reader catches up,
+ * and a port whose other end goes away ends with exactly one 'lost' (no hang, no second event).
+ */
+import test from 'ava';
+import { createHash } from 'node:crypto';
+import { SerialPortIo } from '../src/link/uart/port-io.js';
+import { haveSocat, startPtyPair } from './support/pty.js';
+
+test.before(() => {
+  if (!haveSocat()) throw new Error('socat is not installed: the UART port tests need it (apt-get install socat)');
+});
+
+const pattern = (n: number): Buffer => {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 7 + (i >> 9)) & 0xff;
+  return b;
+};
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+test('1 MiB written while nobody reads: the writer is told to wait, then drain fires and every byte arrives in order', async (t) => {
+  const pair = await startPtyPair();
+  t.teardown(() => pair.stop());
+  const writer = await SerialPortIo.open(pair.a, 921600);
+  const payload = pattern(1 << 20);
+  // 64 KiB writes: the pty takes only part of each, so the queue must hold the rest.
+  let refused = 0;
+  for (let at = 0; at < payload.length; at += 65536) if (!writer.write(payload.subarray(at, at + 65536))) refused++;
+  t.true(refused > 0, 'write() asked the caller to wait');
+  t.true(writer.needsDrain);
+  t.true(writer.queuedBytes > 0, `queued ${writer.queuedBytes} bytes`);
+  const drained = new Promise<void>((resolve) => writer.once('drain', resolve));
+
+  // The reader opens late (serialport flushes on open, so what sat in its pty before is gone):
+  // count from the first byte that matches the tail the writer still has queued.
+  await new Promise((r) => setTimeout(r, 100));
+  const queuedAtOpen = writer.queuedBytes;
+  const reader = await SerialPortIo.open(pair.b, 921600);
+  const got: Buffer[] = [];
+  let total = 0;
+  reader.on('data', (chunk) => {
+    got.push(Buffer.from(chunk)); // the read buffer is reused: copy
+    total += chunk.length;
+  });
+  await drained;
+  t.false(writer.needsDrain);
+  t.is(writer.queuedBytes, 0);
+  const tail = payload.subarray(payload.length - queuedAtOpen);
+  const deadline = Date.now() + 10_000;
+  while (total < tail.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  const received = Buffer.concat(got);
+  // Everything still queued when the reader opened arrives, in order, as the end of the stream.
+  t.true(received.length >= tail.length, `received ${received.length} of at least ${tail.length}`);
+  t.is(sha(received.subarray(received.length - tail.length)), sha(tail));
+  t.true(reader.reads > 0);
+  await writer.close();
+  await reader.close();
+});
+
+test('both directions at once over one pair: two 256 KiB streams arrive byte-identical', async (t) => {
+  const pair = await startPtyPair();
+  t.teardown(() => pair.stop());
+  const a = await SerialPortIo.open(pair.a, 921600);
+  const b = await SerialPortIo.open(pair.b, 921600);
+  const collect = (io: SerialPortIo, n: number): Promise<Buffer> => new Promise((resolve) => {
+    const parts: Buffer[] = [];
+    let have = 0;
+    io.on('data', (c) => {
+      parts.push(Buffer.from(c));
+      have += c.length;
+      if (have >= n) resolve(Buffer.concat(parts));
+    });
+  });
+  const ab = pattern(256 * 1024);
+  const ba = Buffer.from(pattern(256 * 1024).map((x) => x ^ 0x5a));
+  const atB = collect(b, ab.length);
+  const atA = collect(a, ba.length);
+  const send = async (io: SerialPortIo, bytes: Buffer): Promise<void> => {
+    for (let at = 0; at < bytes.length; at += 16384) {
+      if (!io.write(bytes.subarray(at, at + 16384))) await new Promise<void>((r) => io.once('drain', r));
+    }
+  };
+  await Promise.all([send(a, ab), send(b, ba)]);
+  t.is(sha(await atB), sha(ab));
+  t.is(sha(await atA), sha(ba));
+  await a.close();
+  await b.close();
+});
+
+test('the other end goes away (socat killed): one lost event, the port is closed, writing throws', async (t) => {
+  const pair = await startPtyPair();
+  const io = await SerialPortIo.open(pair.a, 921600);
+  let lost = 0;
+  const gone = new Promise<Error>((resolve) => io.on('lost', (e) => { lost++; resolve(e); }));
+  await pair.stop();
+  const e = await Promise.race([gone, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
+  t.truthy(e, 'lost was reported within 5 s');
+  t.log(`lost: ${e?.message}`);
+  t.false(io.isOpen);
+  t.throws(() => io.write(Buffer.from([1, 2, 3])), { message: /is lost/ });
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(lost, 1);
+  await io.close(); // closing a lost port is a no-op, not an error
+});
+
+test('drain(timeout) waits for queued bytes and returns at the timeout on a stalled line', async (t) => {
+  const pair = await startPtyPair();
+  t.teardown(() => pair.stop());
+  const io = await SerialPortIo.open(pair.a, 921600);
+  // Nobody reads pair.b: the pty fills and the queue stalls.
+  io.write(pattern(1 << 20));
+  t.true(io.queuedBytes > 0);
+  const t0 = Date.now();
+  await io.drain(300);
+  const waited = Date.now() - t0;
+  t.true(waited >= 250, `drain returned after ${waited} ms with ${io.queuedBytes} bytes still queued`);
+  t.true(io.queuedBytes > 0);
+  const t1 = Date.now();
+  await io.close(500);
+  t.true(Date.now() - t1 < 2000, 'close() does not wait for a stalled line');
+});
