@@ -25,7 +25,12 @@
  * competes for CPU, so the time per MiB follows the CPU the stages spend per MiB. BENCH_PROF=DIR
  * writes a CPU profile of the device process into DIR.
  *
- *   npx tsx bench/uart.ts [--runs N] [--chunk BYTES] [--window FRAMES]
+ * Then the same raw and link transfers over a cable with a real line rate (support/paced-cable.ts,
+ * `--line-baud`, default 12 Mbaud like a fast USB-serial bridge; 0 skips it): raw_line, flash_line,
+ * and lineThroughputRatio in the summary. There the line, not the CPU, is the limit, as on a bench rig.
+ * (In flash_line, masterCpuMs includes the cable's relaying, which runs in this process.)
+ *
+ *   npx tsx bench/uart.ts [--runs N] [--chunk BYTES] [--window FRAMES] [--line-baud BAUD] [--line-runs N]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -42,6 +47,7 @@ import { MemoryPartialStore } from '../src/link/uart/partial-store.js';
 import { sendImage } from '../src/link/uart/master.js';
 import { DEFAULT_CHUNK, DEFAULT_WINDOW } from '../src/link/uart/settings.js';
 import { startPtyPair, type PtyPair } from '../src/link/uart/pty-pair.js';
+import { startPacedCable } from './support/paced-cable.js';
 import { readFileSync } from 'node:fs';
 
 /** CPU time (user+system, ms) a process has used so far, from /proc (socat's share of each run). */
@@ -58,6 +64,7 @@ const { values } = parseArgs({
   options: {
     role: { type: 'string' }, io: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string' }, runs: { type: 'string', default: '3' },
     chunk: { type: 'string' }, window: { type: 'string' },
+    'line-baud': { type: 'string', default: '12000000' }, 'line-runs': { type: 'string', default: '3' },
   },
 });
 
@@ -132,7 +139,7 @@ async function listener(path: string): Promise<void> {
         const used = process.cpuUsage(cpu);
         const reads = transport.counters.readChunks;
         transport.counters.readChunks = 0;
-        say({ event: "done", reads, empty: (transport as any).port?.emptyReads, bytesWritten: transport.counters.bytesWritten, cpuMs: Math.round((used.user + used.system) / 1000) });
+        say({ event: "done", reads, bytesWritten: transport.counters.bytesWritten, cpuMs: Math.round((used.user + used.system) / 1000), sysMs: Math.round(used.system / 1000) });
         transport.counters.bytesWritten = 0;
       }, 20);
     }
@@ -185,8 +192,11 @@ function makeImage(): Uint8Array {
   return r.value;
 }
 
-async function rawRun(writer: RawPort, reader: ReturnType<typeof child>, payload: Buffer, socatPid: number): Promise<{ ms: number; readerCpuMs: number; reads: number; writerCpuMs: number; socatCpuMs: number }> {
-  const socat0 = procCpuMs(socatPid);
+interface RawResult { ms: number; readerCpuMs: number; reads: number; writerCpuMs: number; socatCpuMs: number | null }
+
+/** One raw transfer: this process writes 1 MiB, the reader child reports when it has it all. */
+async function rawRun(writer: RawPort, reader: ReturnType<typeof child>, payload: Buffer, socatPid: number | null): Promise<RawResult> {
+  const socat0 = socatPid === null ? 0 : procCpuMs(socatPid);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   const piece = 16 * 1024; // the link's transport also coalesces frames into writes of up to 16 KiB
@@ -195,11 +205,52 @@ async function rawRun(writer: RawPort, reader: ReturnType<typeof child>, payload
   }
   const r = await reader.next('received');
   const ms = performance.now() - t0;
-  return { ms, readerCpuMs: Number(r['cpuMs']), reads: Number(r['reads']), writerCpuMs: cpuMs(process.cpuUsage(cpu0)), socatCpuMs: procCpuMs(socatPid) - socat0 };
+  return {
+    ms, readerCpuMs: Number(r['cpuMs']), reads: Number(r['reads']), writerCpuMs: cpuMs(process.cpuUsage(cpu0)),
+    socatCpuMs: socatPid === null ? null : procCpuMs(socatPid) - socat0,
+  };
+}
+
+interface Link { master: UartPortTransport; device: ReturnType<typeof child> }
+
+/** A master here and a device (listener + engine) in a child, on the two ends of a line. */
+async function startLink(a: string, b: string, cleanup: Array<() => unknown>): Promise<Link> {
+  const device = child('listener', b);
+  cleanup.push(() => device.proc.kill('SIGTERM'));
+  await device.next('ready');
+  const master = new UartPortTransport({ path: a });
+  await master.open();
+  cleanup.push(() => master.close());
+  return { master, device };
+}
+
+/** One flash of the image; returns the run's figures (throughput, wire efficiency, CPU per stage). */
+async function linkRun(link: Link, image: Uint8Array, settings: { chunkSize?: number; window?: number }, socatPid: number | null): Promise<Record<string, number | null> & { ms: number; wireEfficiency: number }> {
+  const { master, device } = link;
+  const before = master.counters.bytesWritten;
+  const cpu0 = process.cpuUsage();
+  const socat0 = socatPid === null ? 0 : procCpuMs(socatPid);
+  const t0 = performance.now();
+  const res = await sendImage(master, image, settings);
+  const ms = performance.now() - t0;
+  if (!res.ok) throw new Error(`flash failed: ${JSON.stringify(res.error)}`);
+  const cpu = process.cpuUsage(cpu0);
+  const socatCpuMs = socatPid === null ? null : procCpuMs(socatPid) - socat0;
+  const done = await device.next('done');
+  const listenerBytes = Number(done['bytesWritten']);
+  const masterBytes = master.counters.bytesWritten - before;
+  return {
+    chunk: res.value.chunkSize, window: res.value.window, ms: +ms.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / ms * 1000),
+    masterWireBytes: masterBytes, listenerWireBytes: listenerBytes, wireEfficiency: +(IMAGE_BYTES / (masterBytes + listenerBytes)).toFixed(4),
+    retransmits: res.value.retransmits, windowStallMs: Math.round(res.value.windowStallMs),
+    masterCpuMs: cpuMs(cpu), socatCpuMs, listenerCpuMs: Number(done['cpuMs']), listenerReads: Number(done['reads']),
+  };
 }
 
 async function main(): Promise<void> {
   const runs = Math.max(1, Number(values.runs));
+  const lineBaud = Number(values['line-baud']);
+  const lineRuns = Math.max(1, Number(values['line-runs']));
   // Defaults unless --chunk/--window say otherwise (to explore; the goals are for the defaults).
   const settings = { ...(values.chunk ? { chunkSize: Number(values.chunk) } : {}), ...(values.window ? { window: Number(values.window) } : {}) };
   const image = makeImage();
@@ -211,9 +262,12 @@ async function main(): Promise<void> {
   const rawStream: number[] = [];
   const link: number[] = [];
   const efficiency: number[] = [];
+  const cpu = { raw: [] as number[], link: [] as number[] };
+  const lineRaw: number[] = [];
+  const lineLink: number[] = [];
   try {
     // Baselines: a raw pty pair per byte path, each read by a child process.
-    const baselines: Array<{ io: RawIo; measure: string; pair: PtyPair; reader: ReturnType<typeof child>; writer: RawPort; results: number[] }> = [];
+    const baselines: Array<{ measure: string; pair: PtyPair; reader: ReturnType<typeof child>; writer: RawPort; results: number[] }> = [];
     for (const [io, measure, results] of [['io', 'raw_pty', raw], ['stream', 'raw_pty_stream', rawStream]] as const) {
       const pair = await startPtyPair();
       cleanup.push(() => pair.stop());
@@ -222,45 +276,49 @@ async function main(): Promise<void> {
       await reader.next('ready');
       const writer = await openRaw(pair.a, io);
       cleanup.push(() => writer.close());
-      baselines.push({ io, measure, pair, reader, writer, results });
+      baselines.push({ measure, pair, reader, writer, results });
     }
     // Link: its own pty pair, the device in a child process.
     const linkPair = await startPtyPair();
     cleanup.push(() => linkPair.stop());
-    const device = child('listener', linkPair.b);
-    cleanup.push(() => device.proc.kill('SIGTERM'));
-    await device.next('ready');
-    const master = new UartPortTransport({ path: linkPair.a });
-    await master.open();
-    cleanup.push(() => master.close());
+    const ptyLink = await startLink(linkPair.a, linkPair.b, cleanup);
 
-    // Interleaved, so both see the same machine load.
+    // Interleaved, so all see the same machine load.
     for (let i = 0; i < runs; i++) {
       for (const base of baselines) {
-        const { ms: rawMs, readerCpuMs, reads, writerCpuMs, socatCpuMs } = await rawRun(base.writer, base.reader, payload, base.pair.pid);
-        base.results.push(IMAGE_BYTES / rawMs * 1000);
-        say({ bench: 'uart', measure: base.measure, run: i, bytes: IMAGE_BYTES, ms: +rawMs.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / rawMs * 1000), writerCpuMs, socatCpuMs, readerCpuMs, readerReads: reads });
+        const r = await rawRun(base.writer, base.reader, payload, base.pair.pid);
+        base.results.push(IMAGE_BYTES / r.ms * 1000);
+        if (base.measure === 'raw_pty') cpu.raw.push(r.writerCpuMs + r.readerCpuMs + (r.socatCpuMs ?? 0));
+        say({ bench: 'uart', measure: base.measure, run: i, bytes: IMAGE_BYTES, ms: +r.ms.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / r.ms * 1000),
+          writerCpuMs: r.writerCpuMs, socatCpuMs: r.socatCpuMs, readerCpuMs: r.readerCpuMs, readerReads: r.reads });
       }
+      const r = await linkRun(ptyLink, image, settings, linkPair.pid);
+      link.push(IMAGE_BYTES / r.ms * 1000);
+      efficiency.push(r.wireEfficiency);
+      cpu.link.push(Number(r['masterCpuMs']) + Number(r['listenerCpuMs']) + Number(r['socatCpuMs'] ?? 0));
+      say({ bench: 'uart', measure: 'flash_1mib', run: i, bytes: IMAGE_BYTES, ...r });
+    }
 
-      const before = master.counters.bytesWritten;
-      const cpu0 = process.cpuUsage();
-      const socat0 = procCpuMs(linkPair.pid);
-      const t0 = performance.now();
-      const res = await sendImage(master, image, settings);
-      const ms = performance.now() - t0;
-      if (!res.ok) throw new Error(`flash failed: ${JSON.stringify(res.error)}`);
-      const cpu = process.cpuUsage(cpu0);
-      const linkSocatCpuMs = procCpuMs(linkPair.pid) - socat0;
-      const done = await device.next('done');
-      const listenerBytes = Number(done['bytesWritten']);
-      const masterBytes = master.counters.bytesWritten - before;
-      const eff = IMAGE_BYTES / (masterBytes + listenerBytes);
-      link.push(IMAGE_BYTES / ms * 1000);
-      efficiency.push(eff);
-      say({ bench: 'uart', measure: 'flash_1mib', run: i, bytes: IMAGE_BYTES, chunk: res.value.chunkSize, window: res.value.window, ms: +ms.toFixed(1),
-        bytesPerSecond: Math.round(IMAGE_BYTES / ms * 1000), masterWireBytes: masterBytes, listenerWireBytes: listenerBytes,
-        wireEfficiency: +eff.toFixed(4), retransmits: res.value.retransmits, windowStallMs: Math.round(res.value.windowStallMs),
-        masterCpuMs: cpuMs(cpu), socatCpuMs: linkSocatCpuMs, listenerCpuMs: done['cpuMs'], listenerReads: done['reads'], empty: done['empty']});
+    // The same two transfers over a cable with a real line rate (see support/paced-cable.ts).
+    if (lineBaud > 0) {
+      const rawCable = await startPacedCable(lineBaud);
+      cleanup.push(() => rawCable.stop());
+      const reader = child('reader', rawCable.b, 'io');
+      cleanup.push(() => reader.proc.kill('SIGTERM'));
+      await reader.next('ready');
+      const writer = await openRaw(rawCable.a, 'io');
+      cleanup.push(() => writer.close());
+      const linkCable = await startPacedCable(lineBaud);
+      cleanup.push(() => linkCable.stop());
+      const cableLink = await startLink(linkCable.a, linkCable.b, cleanup);
+      for (let i = 0; i < lineRuns; i++) {
+        const rr = await rawRun(writer, reader, payload, null);
+        lineRaw.push(IMAGE_BYTES / rr.ms * 1000);
+        say({ bench: 'uart', measure: 'raw_line', run: i, baud: lineBaud, bytes: IMAGE_BYTES, ms: +rr.ms.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / rr.ms * 1000) });
+        const lr = await linkRun(cableLink, image, settings, null);
+        lineLink.push(IMAGE_BYTES / lr.ms * 1000);
+        say({ bench: 'uart', measure: 'flash_line', run: i, baud: lineBaud, bytes: IMAGE_BYTES, ...lr });
+      }
     }
   } finally {
     for (const c of cleanup.reverse()) await c();
@@ -274,6 +332,13 @@ async function main(): Promise<void> {
     throughputRatio: +(linkMedian / rawMedian).toFixed(3), throughputGoal: 0.8,
     rawPtyStreamBytesPerSecond: Math.round(rawStreamMedian), throughputRatioVsStream: +(linkMedian / rawStreamMedian).toFixed(3),
     wireEfficiency: +median(efficiency).toFixed(4), efficiencyGoal: 0.97,
+    // CPU of all three stages per MiB (writer/master + socat + reader/device): on a 2-core machine
+    // the time per MiB follows it.
+    rawCpuMsPerMiB: median(cpu.raw), flashCpuMsPerMiB: median(cpu.link),
+    ...(lineBaud > 0 ? {
+      lineBaud, lineRuns, rawLineBytesPerSecond: Math.round(median(lineRaw)), flashLineBytesPerSecond: Math.round(median(lineLink)),
+      lineThroughputRatio: +(median(lineLink) / median(lineRaw)).toFixed(3),
+    } : {}),
     // Both measurements cross process boundaries the same way: raw = this process writes, a child
     // reads; link = this process is the master, a child is the device. The machine's load decides
     // a lot on a shared box, so it is printed with the result.

@@ -55,7 +55,6 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
   private state: 'open' | 'closed' | 'lost' = 'open';
   /** Successful read(2) calls (each returned data). */
   reads = 0;
-  emptyReads = 0;
 
   private constructor(
     readonly path: string,
@@ -165,7 +164,7 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
       n = readSync(this.fd, this.readBuffer, 0, READ_BUFFER_BYTES, null);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR') { this.emptyReads++; return this.arm(); }
+      if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR') return this.arm();
       return this.fail(e as Error);
     }
     if (n === 0) return this.fail(new Error(`serial port ${this.path} hung up (end of file)`));
