@@ -25,7 +25,7 @@
  * competes for CPU, so the time per MiB follows the CPU the stages spend per MiB. BENCH_PROF=DIR
  * writes a CPU profile of the device process into DIR.
  *
- * Then the same raw and link transfers over a cable with a real line rate (support/paced-cable.ts,
+ * Then the same raw and link transfers over a cable with a real line rate (test/support/paced-cable.ts,
  * `--line-baud`, default 12 Mbaud like a fast USB-serial bridge; 0 skips it): raw_line, flash_line,
  * and lineThroughputRatio in the summary. There the line, not the CPU, is the limit, as on a bench rig.
  * (In flash_line, masterCpuMs includes the cable's relaying, which runs in this process.)
@@ -47,7 +47,7 @@ import { MemoryPartialStore } from '../src/link/uart/partial-store.js';
 import { sendImage } from '../src/link/uart/master.js';
 import { DEFAULT_CHUNK, DEFAULT_WINDOW } from '../src/link/uart/settings.js';
 import { startPtyPair, type PtyPair } from '../src/link/uart/pty-pair.js';
-import { startPacedCable } from './support/paced-cable.js';
+import { startPacedCable } from '../test/support/paced-cable.js';
 import { readFileSync } from 'node:fs';
 
 /** CPU time (user+system, ms) a process has used so far, from /proc (socat's share of each run). */
@@ -299,7 +299,7 @@ async function main(): Promise<void> {
       say({ bench: 'uart', measure: 'flash_1mib', run: i, bytes: IMAGE_BYTES, ...r });
     }
 
-    // The same two transfers over a cable with a real line rate (see support/paced-cable.ts).
+    // The same two transfers over a cable with a real line rate (see test/support/paced-cable.ts).
     if (lineBaud > 0) {
       const rawCable = await startPacedCable(lineBaud);
       cleanup.push(() => rawCable.stop());

@@ -16,7 +16,10 @@ import { UartLinkError, UartPortTransport } from '../src/link/uart/port-transpor
 import { sendImage } from '../src/link/uart/master.js';
 import type { PartialStore } from '../src/link/uart/partial-store.js';
 import { MemoryPartialStore } from '../src/link/uart/partial-store.js';
+import { UartListener, type ListenerEvent } from '../src/link/uart/listener.js';
+import { CollectingEventSink, InMemoryImageStore, ProvisioningEngine, systemClock } from '../src/engine/index.js';
 import { haveSocat, startPtyPair } from './support/pty.js';
+import { startPacedCable } from './support/paced-cable.js';
 import { fixture, makeImage, rig, roomFor, sha256, startDevice, stopChild, until } from './link-uart-harness.js';
 
 test.before(() => {
@@ -219,6 +222,58 @@ test('cable pulled mid-transfer: a clear error at both ends, the engine session 
     t.false(r.events.some((e) => e.type === 'ready'));
   } finally {
     await r.close();
+  }
+});
+
+test('on a slow cable an ABORT overtakes the DATA queued ahead of it, and the device aborts at once', async (t) => {
+  t.timeout(60_000);
+  // 1 Mbaud: 100 KB/s, so most of a 256 KiB window waits in the master's queue.
+  const cable = await startPacedCable(1_000_000);
+  const device = new UartPortTransport({ path: cable.b });
+  await device.open();
+  const arrived: Frame[] = [];
+  device.receive((f) => arrived.push(f));
+  const sink = new CollectingEventSink();
+  const engine = new ProvisioningEngine({ clock: systemClock, events: sink, imageStore: new InMemoryImageStore(), config: roomFor(1 << 20) });
+  const listener = new UartListener(device, engine, { source: 'uart:cable', partials: new MemoryPartialStore() });
+  const aborted = new Promise<number>((resolve) => listener.on('event', (e: ListenerEvent) => { if (e.type === 'aborted') resolve(performance.now()); }));
+  listener.start();
+  const inner = new UartPortTransport({ path: cable.a });
+  await inner.open();
+  const master = new TapTransport(inner);
+  try {
+    const image = makeImage(512 << 10, 'abort_app', 21);
+    const controller = new AbortController();
+    let queuedAtAbort = 0;
+    let abortedAt = 0;
+    const result = await sendImage(master, image, {
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.ackedBytes < 64 << 10 || controller.signal.aborted) return;
+        queuedAtAbort = inner.status().counters?.['queuedBytes'] ?? 0;
+        abortedAt = performance.now();
+        controller.abort();
+      },
+    });
+    t.false(result.ok);
+    if (!result.ok) t.like(result.error, { code: 'ECANCELED' });
+    t.true(queuedAtAbort > 16 << 10, `DATA was waiting in the master's queue when it aborted (${queuedAtAbort} bytes)`);
+    const deviceAbortedAt = await aborted;
+    t.log(`device aborted ${Math.round(deviceAbortedAt - abortedAt)} ms after the master (${queuedAtAbort} bytes were queued: ${Math.round(queuedAtAbort / 100)} ms of line time)`);
+    // The master sent DATA up to `lastSent` before the ABORT; the device got the ABORT before the last of them.
+    const abortIndex = master.sent.findIndex((f) => f.type === FrameType.ABORT);
+    const lastSent = Math.max(...master.sent.slice(0, abortIndex).filter((f) => f.type === FrameType.DATA).map((f) => f.seq));
+    const abortArrived = arrived.findIndex((f) => f.type === FrameType.ABORT);
+    t.true(abortArrived >= 0, 'the ABORT reached the device');
+    const lastBefore = Math.max(...arrived.slice(0, abortArrived).filter((f) => f.type === FrameType.DATA).map((f) => f.seq));
+    t.true(lastBefore < lastSent, `DATA up to seq ${lastBefore} arrived before the ABORT, of ${lastSent} sent before it`);
+    t.deepEqual(engine.sessions(), [], 'the engine session was aborted');
+    t.deepEqual(engine.ps(), []);
+  } finally {
+    await listener.stop('test over');
+    await inner.close();
+    await device.close();
+    await cable.stop();
   }
 });
 

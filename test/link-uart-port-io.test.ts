@@ -117,3 +117,68 @@ test('drain(timeout) waits for queued bytes and returns at the timeout on a stal
   await io.close(500);
   t.true(Date.now() - t1 < 2000, 'close() does not wait for a stalled line');
 });
+
+test('writeUrgent goes right after the buffer being written, ahead of the rest; it rejects if the port closes first', async (t) => {
+  const pair = await startPtyPair();
+  t.teardown(() => pair.stop());
+  const reader = new SerialPort({ path: pair.b, baudRate: 921600, autoOpen: false });
+  await new Promise<void>((resolve, reject) => reader.open((e) => (e ? reject(e) : resolve())));
+  t.teardown(() => new Promise<void>((r) => (reader.isOpen ? reader.close(() => r()) : r())));
+  const io = await SerialPortIo.open(pair.a, 921600);
+  // Nobody reads yet: the first buffer is partly written, the second waits whole.
+  const first = Buffer.alloc(512 * 1024, 0x11);
+  const second = Buffer.alloc(64 * 1024, 0x22);
+  io.write(first);
+  io.write(second);
+  t.true(io.queuedBytes > second.length, 'part of the first buffer is still queued');
+  const urgent = Buffer.alloc(100, 0x33);
+  let written = false;
+  const out = io.writeUrgent(urgent).then(() => { written = true; });
+  t.false(written);
+  const got: Buffer[] = [];
+  let total = 0;
+  const want = first.length + second.length + urgent.length;
+  const all = new Promise<void>((resolve) => reader.on('data', (c: Buffer) => {
+    got.push(c);
+    total += c.length;
+    if (total >= want) resolve();
+  }));
+  await out;
+  await Promise.race([all, new Promise((r) => setTimeout(r, 10_000))]);
+  const stream = Buffer.concat(got);
+  t.is(stream.length, want);
+  // Whatever arrived of the first buffer arrives whole, then the urgent bytes, then the second buffer.
+  t.is(stream.indexOf(0x33), first.length, 'the urgent bytes follow the first buffer');
+  t.is(stream.indexOf(0x22), first.length + urgent.length, 'and precede the second');
+
+  // Queued behind a stalled line, an urgent write is refused when the port closes.
+  reader.pause();
+  io.write(Buffer.alloc(1 << 20, 0x44));
+  await new Promise((r) => setTimeout(r, 50));
+  const stuck = io.writeUrgent(Buffer.alloc(10, 0x55));
+  await io.close(200);
+  await t.throwsAsync(stuck, { message: /closed before an urgent write went out/ });
+});
+
+test('pause() leaves bytes in the OS and holds the sender up; resume() delivers them all', async (t) => {
+  const pair = await startPtyPair();
+  t.teardown(() => pair.stop());
+  const b = await SerialPortIo.open(pair.b, 921600);
+  const a = await SerialPortIo.open(pair.a, 921600);
+  let received = 0;
+  b.on('data', (c) => { received += c.length; });
+  b.pause();
+  const payload = pattern(512 * 1024);
+  t.false(a.write(payload), 'more than the high-water mark: wait for drain');
+  const drained = new Promise<void>((r) => a.once('drain', r));
+  await new Promise((r) => setTimeout(r, 200));
+  t.is(received, 0, 'nothing is read while paused');
+  t.true(a.queuedBytes > 0, 'the OS buffers filled up and the sender holds the rest');
+  b.resume();
+  await drained;
+  const deadline = Date.now() + 10_000;
+  while (received < payload.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.is(received, payload.length);
+  await a.close();
+  await b.close();
+});

@@ -58,6 +58,9 @@ export interface FlashOutcome {
 
 type Phase = 'opening' | 'data' | 'ending' | 'done';
 
+/** How long a failing transfer waits for its ABORT to be written (the rest of one 16 KiB batch at 115200 baud takes ~1.4 s). */
+const ABORT_WAIT_MS = 1500;
+
 export function sendImage(transport: Transport<Frame, Frame>, image: Uint8Array, options: MasterOptions = {}): Promise<Result<FlashOutcome, UartError>> {
   return new MasterSession(transport, image, options).run();
 }
@@ -365,10 +368,16 @@ class MasterSession {
       return;
     }
     // Best effort: the device aborts its engine session now instead of waiting for its idle
-    // timeout. The verdict waits (briefly) until the ABORT is written, so a caller that closes
-    // the port right after does not lose it.
+    // timeout. The ABORT goes ahead of the DATA still queued (the transport's urgent frames), and
+    // the verdict waits until it is written — at most ABORT_WAIT_MS, for a line that no longer
+    // moves — so a caller that closes the port right after does not lose it.
     const sent = this.transport.send({ type: FrameType.ABORT, tag: this.tag, seq: 0, payload: encodeAbort(e.reason) }).catch(() => {});
-    void Promise.race([sent, new Promise((r) => setTimeout(r, 200))]).then(() => this.resolve(err(e)));
+    let timer: NodeJS.Timeout | undefined;
+    const waited = new Promise((r) => { timer = setTimeout(r, ABORT_WAIT_MS); });
+    void Promise.race([sent, waited]).then(() => {
+      clearTimeout(timer);
+      this.resolve(err(e));
+    });
   }
 
   private finish(r: Result<FlashOutcome, UartError>): void {

@@ -10,7 +10,7 @@
  * path, and on a 2-core machine that CPU, not the pty, is what limits a fast line. The binding's
  * poller also has a bug this class sidesteps: `poll()` re-arms only the events named in the call,
  * so a reader starting to wait cancels a writer's wait. Here one place decides what is armed: always
- * "readable", plus "writable" while bytes are queued.
+ * "readable" (unless paused), plus "writable" while bytes are queued.
  *
  * A port that goes away (USB cable pulled, the pty's other end closed) shows up as a read or write
  * error, end-of-file or a poller error; each ends the port with one 'lost' event.
@@ -51,6 +51,9 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
   private readonly queue: Uint8Array[] = [];
   private queueOffset = 0;
   private queued = 0;
+  /** Waiters for urgent buffers: settled when the buffer's last byte is out, or the port ends. */
+  private readonly urgentWaiters = new Map<Uint8Array, { resolve: () => void; reject: (e: Error) => void }>();
+  private paused = false;
   private needDrain = false;
   private state: 'open' | 'closed' | 'lost' = 'open';
   /** Successful read(2) calls (each returned data). */
@@ -67,7 +70,8 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
     // Persistent listeners (the wrapper's once() would also re-arm, with the bug described above).
     poller.on('readable', (e: Error | null) => (e ? this.pollerFailed(e) : this.onReadable()));
     poller.on('writable', (e: Error | null) => (e ? this.pollerFailed(e) : this.onWritable()));
-    poller.on('disconnect', (e: Error | null) => (e ? this.pollerFailed(e) : this.onReadable()));
+    // A hang-up is reported as readable or disconnect; the read that follows reports the error.
+    poller.on('disconnect', (e: Error | null) => (e ? this.pollerFailed(e) : this.readOnce()));
     this.arm();
   }
 
@@ -109,6 +113,34 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
     return !this.needDrain;
   }
 
+  /**
+   * Queues `bytes` ahead of everything not started yet: right after the buffer being written now
+   * (callers hand over whole frames, so this is a frame boundary). For a frame that must not wait
+   * behind a window of data, like an ABORT on a slow line. Resolves once the OS has taken all of
+   * it; rejects when the port is lost or closed first.
+   */
+  writeUrgent(bytes: Uint8Array): Promise<void> {
+    if (this.state !== 'open') return Promise.reject(new Error(`serial port ${this.path} is ${this.state}`));
+    if (bytes.length === 0) return Promise.resolve();
+    const written = new Promise<void>((resolve, reject) => this.urgentWaiters.set(bytes, { resolve, reject }));
+    this.queue.splice(this.queueOffset > 0 ? 1 : 0, 0, bytes);
+    this.queued += bytes.length;
+    this.writeQueued();
+    this.arm();
+    return written;
+  }
+
+  /** Stops reading (the OS buffers, then the sender is held up): flow control for a relay. */
+  pause(): void {
+    this.paused = true;
+    this.arm();
+  }
+
+  resume(): void {
+    this.paused = false;
+    this.arm();
+  }
+
   /** Waits until every byte written so far has left the port (tcdrain), at most `timeoutMs`. */
   async drain(timeoutMs: number): Promise<void> {
     if (this.state !== 'open') return;
@@ -145,7 +177,7 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
   /** Readable is always wanted; writable only while bytes wait. Re-armed after every event. */
   private arm(): void {
     if (this.state !== 'open') return;
-    const want = UV_READABLE | UV_DISCONNECT | (this.queued > 0 ? UV_WRITABLE : 0);
+    const want = (this.paused ? 0 : UV_READABLE) | UV_DISCONNECT | (this.queued > 0 ? UV_WRITABLE : 0);
     // The native poller re-arms everything it was ever asked for after each event, so the wanted
     // set is asked for again every time, not only when it changes.
     try {
@@ -156,6 +188,11 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
   }
 
   private onReadable(): void {
+    if (this.paused) return this.arm();
+    this.readOnce();
+  }
+
+  private readOnce(): void {
     if (this.state !== 'open') return;
     // One read per wake-up: the poll is level-triggered, so bytes left over wake us again, and the
     // common case never pays for an EAGAIN exception.
@@ -200,6 +237,11 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
       }
       this.queue.shift();
       this.queueOffset = 0;
+      const waiter = this.urgentWaiters.get(head);
+      if (waiter) {
+        this.urgentWaiters.delete(head);
+        waiter.resolve();
+      }
     }
     if (this.queued === 0 && this.needDrain) {
       this.needDrain = false;
@@ -224,5 +266,7 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
     this.queue.length = 0;
     this.queueOffset = 0;
     this.queued = 0;
+    for (const waiter of this.urgentWaiters.values()) waiter.reject(new Error(`serial port ${this.path} is ${this.state} before an urgent write went out`));
+    this.urgentWaiters.clear();
   }
 }

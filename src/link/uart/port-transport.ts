@@ -7,11 +7,14 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Transport, TransportStatus } from '../transport.js';
-import { encodeFrameInto, wireBytesForPayload, type Frame, type FrameDropReason } from './frame.js';
+import { FrameType, encodeFrame, encodeFrameInto, wireBytesForPayload, type Frame, type FrameDropReason, type FrameTypeValue } from './frame.js';
 import { CobsFrameReader } from './frame-reader.js';
 import { openFailure, uartError, type UartError } from './errors.js';
 import { SerialPortIo } from './port-io.js';
 import { DEFAULT_BAUD, LISTENER_MAX_CHUNK } from './settings.js';
+
+/** Frames that end a session and must not wait behind queued DATA (see send()). */
+const URGENT_FRAMES: ReadonlySet<FrameTypeValue> = new Set([FrameType.ABORT, FrameType.ERROR]);
 
 /** Frames queued in one tick are written together up to this many bytes. */
 const WRITE_BATCH_BYTES = 16 * 1024;
@@ -115,13 +118,28 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   }
 
   /**
-   * Queues one frame for writing. Frames sent in the same tick are coalesced into one port write
+   * Queues one frame for writing. ABORT and ERROR end a session: they go ahead of every frame not
+   * yet being written (a window of DATA is 256 KiB, seconds on a slow cable) and resolve once
+   * written, so a caller that closes the port next does not lose them. Other frames sent in the
+   * same tick are coalesced into one port write
    * (one syscall and one read on the other side instead of one per frame: per-write costs, not the
    * line, limit a pty). Resolves at once while the port keeps up; when its buffer is full, resolves
    * on 'drain' — the back-pressure the window logic above relies on.
    */
   async send(frame: Frame): Promise<void> {
-    if (!this.port) throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} is not open`));
+    const port = this.port;
+    if (!port) throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} is not open`));
+    if (URGENT_FRAMES.has(frame.type)) {
+      const bytes = encodeFrame(frame);
+      this.counters.bytesWritten += bytes.length;
+      this.counters.framesSent++;
+      try {
+        await port.writeUrgent(bytes);
+      } catch {
+        throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} closed before the ${frame.type === FrameType.ABORT ? 'ABORT' : 'ERROR'} went out`));
+      }
+      return;
+    }
     // Encoded straight into the batch buffer that goes to the port: no buffer per frame, no concat.
     const room = wireBytesForPayload(frame.payload.length);
     if (!this.batch || this.batch.length - this.batchBytes < room) this.growBatch(room);

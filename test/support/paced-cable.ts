@@ -1,14 +1,19 @@
 /**
- * A serial "cable" with a real line rate, for the benchmark: two socat pty pairs joined through
- * this process, which passes bytes on in each direction no faster than `baud` / 10 bytes per second
- * (8N1: a start and a stop bit per byte), like a USB-serial bridge at that baud rate. A pty alone
- * moves bytes as fast as the CPUs let it; on this cable the line is the limit, as on a bench rig.
+ * A serial "cable" with a real line rate, for tests and the benchmark: two socat pty pairs joined
+ * through this process, which passes bytes on in each direction no faster than `baud` / 10 bytes
+ * per second (8N1: a start and a stop bit per byte), like a USB-serial bridge at that baud rate. A
+ * pty alone moves bytes as fast as the CPUs let it; on this cable the line is the limit, as on a
+ * bench rig. Like a bridge, it buffers only a little (FIFO_BYTES per direction) and then stops
+ * reading, so a sender's backlog stays in the sender (the ptys still hold ~64 KiB each way).
  *
  *   writer/master ── pty pair ──▶ [this process, paced] ──▶ pty pair ── reader/device
  *               cable.a                                               cable.b
  */
 import { SerialPortIo } from '../../src/link/uart/port-io.js';
 import { startPtyPair } from '../../src/link/uart/pty-pair.js';
+
+/** What the relay holds per direction before it stops reading (a USB-serial bridge's FIFO is a few KiB). */
+const FIFO_BYTES = 4096;
 
 export interface PacedCable {
   /** The port the sending side opens. */
@@ -50,6 +55,7 @@ function pace(from: SerialPortIo, to: SerialPortIo, bytesPerSecond: number): () 
         });
       }
     }
+    if (queued < FIFO_BYTES) from.resume();
     if (queued > 0) schedule();
   };
   const schedule = (): void => {
@@ -65,6 +71,7 @@ function pace(from: SerialPortIo, to: SerialPortIo, bytesPerSecond: number): () 
     }
     queue.push(Buffer.from(chunk)); // the port reuses its read buffer
     queued += chunk.length;
+    if (queued >= FIFO_BYTES) from.pause();
     schedule();
   });
   return () => {
