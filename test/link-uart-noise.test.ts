@@ -5,7 +5,7 @@
  * image accepted. Outcomes and injected faults are counted and printed.
  */
 import test from 'ava';
-import { sendImage } from '../src/link/uart/master.js';
+import { sendImage, type ChunkChange } from '../src/link/uart/master.js';
 import { haveSocat, startPtyPair } from './support/pty.js';
 import { NoiseRelay, fixture, fixtureNames, makeImage, prng, rig, roomFor, sha256 } from './link-uart-harness.js';
 
@@ -70,6 +70,59 @@ test('100 transfers over a noisy line: byte-identical READY or a clean error, ne
       Object.fromEntries(Object.entries(c ?? {}).filter(([k, v]) => k.startsWith('dropped_') && v > 0));
     t.log(`frames dropped at the device: ${JSON.stringify(drops(r.device.status().counters))}; at the master: ${JSON.stringify(drops(r.master.status().counters))}`);
     t.log(`listener: ${JSON.stringify(r.listener.counters)}; ready events ${ready.length}; sha256 of big images ${sha256(big1e4).slice(0, 8)}/${sha256(big1e3).slice(0, 8)}`);
+  } finally {
+    await relay.stop();
+    await r.close();
+    await masterSide.stop();
+  }
+});
+
+test('a line that loses most 4 KiB frames: the master goes on with smaller frames, resuming, and the device gets the exact image', async (t) => {
+  t.timeout(240_000);
+  const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
+  const masterSide = await startPtyPair();
+  const deviceSide = await startPtyPair();
+  const r = await rig({ pair: deviceSide, masterPath: masterSide.a, config: roomFor(1 << 20), listener: { timing: { idleTimeoutMs: 3000 } } });
+  const relay = new NoiseRelay(prng(seed + 1));
+  let resumedAfterChange = 0;
+  try {
+    await relay.start(masterSide.b, deviceSide.a);
+    // 1e-3 errors per byte: a 4 KiB frame survives ~2% of the time, 1 KiB ~36%, 256 bytes ~77%.
+    // 3e-4: 4 KiB ~29%, so some frames get through before the master gives up on that size.
+    for (const [rate, n] of [[1e-3, 1], [3e-4, 4]] as const) {
+      relay.rate = rate;
+      for (let i = 0; i < n; i++) {
+        const image = makeImage(48 << 10, `lossy_${i}`, 23 + i);
+        const changes: ChunkChange[] = [];
+        const opensBefore = r.events.filter((e) => e.type === 'open').length;
+        const res = await sendImage(r.master, image, {
+          onChunkChange: (c) => changes.push(c),
+          timing: { rtoMs: 60, maxRtoMs: 480, maxRetries: 8, maxFrameRetransmits: 40, endTimeoutMs: 3000 },
+        });
+        t.true(res.ok, JSON.stringify(res));
+        if (!res.ok) return;
+        t.log(`rate ${rate}: frame size ${changes.map((c) => `${c.from}→${c.to} at byte ${c.ackedBytes} (${c.retransmits} resent / ${c.delivered} delivered)`).join(', ') || 'unchanged'}; ${res.value.retransmits} retransmissions, ${res.value.dataBytesSent} data bytes sent for ${image.length}`);
+        t.deepEqual(r.engine.taskImage(res.value.pid), image, 'the device holds exactly the image');
+        r.engine.unload(res.value.pid);
+        t.deepEqual(res.value.chunkChanges, changes);
+        t.true(changes.every((c) => c.retransmits > c.delivered && c.to === Math.max(256, c.from / 4)), 'a change only when more frames were resent than delivered');
+        if (rate === 1e-3) {
+          t.true(changes.length > 0 && changes[0]!.from === 4096, 'the default 4 KiB frames were given up');
+          t.is(res.value.chunkSize, changes[changes.length - 1]!.to);
+        }
+        // Each later session resumed from what the device had acknowledged: nothing was sent twice.
+        const opens = r.events.filter((e) => e.type === 'open').slice(opensBefore);
+        changes.forEach((c, k) => {
+          const next = opens[k + 1];
+          t.truthy(next, 'a new session was opened after each change');
+          if (next?.type === 'open') {
+            t.true(next.resumeOffset >= c.ackedBytes, `resumed at ${next.resumeOffset}, ${c.ackedBytes} were acknowledged`);
+            if (c.ackedBytes > 0) resumedAfterChange++;
+          }
+        });
+      }
+    }
+    t.log(`sessions that resumed after a frame-size change: ${resumedAfterChange}`);
   } finally {
     await relay.stop();
     await r.close();

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { parseImage } from '../../hxe/index.js';
 import { UartPortTransport, UartLinkError } from './port-transport.js';
-import { sendImage, type MasterProgress } from './master.js';
+import { sendImage, type ChunkChange, type MasterProgress } from './master.js';
 import { DEFAULT_BAUD, DEFAULT_CHUNK, DEFAULT_MASTER_TIMING, DEFAULT_WINDOW, rtoForLine } from './settings.js';
 import type { UartError } from './errors.js';
 
@@ -71,10 +71,13 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
     const secs = (Date.now() - started) / 1000;
     return secs > 0 ? (p.ackedBytes - p.resumeOffset) / secs : 0;
   };
+  let barStarted = false;
   const onProgress = (p: MasterProgress): void => {
     if (bar) {
-      if (p.phase === 'open') bar.start(p.totalBytes, 0, { rate: '-' });
-      else bar.update(p.ackedBytes, { rate: `${(rate(p) / 1024).toFixed(1)} KiB/s` });
+      if (!barStarted) {
+        barStarted = true;
+        bar.start(p.totalBytes, p.ackedBytes, { rate: '-' });
+      } else if (p.phase !== 'open') bar.update(p.ackedBytes, { rate: `${(rate(p) / 1024).toFixed(1)} KiB/s` });
       return;
     }
     if (!o.json) return;
@@ -87,7 +90,17 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   };
 
   const timing = { rtoMs: rtoForLine(baud, chunk, window, DEFAULT_MASTER_TIMING.rtoMs) };
-  const result = await sendImage(transport, bytes, { appName, chunkSize: chunk, window, timing, onProgress });
+  const onChunkChange = (c: ChunkChange): void => {
+    const line = o.json
+      ? JSON.stringify({ event: 'chunk_changed', ...c })
+      : `flash: the line is losing frames (${c.retransmits} resent, ${c.delivered} delivered): going on with ${c.to}-byte frames from byte ${c.ackedBytes}`;
+    if (bar) bar.stop();
+    out(line);
+    if (bar) {
+      barStarted = false; // restarted at the next progress report
+    }
+  };
+  const result = await sendImage(transport, bytes, { appName, chunkSize: chunk, window, timing, onProgress, onChunkChange });
   bar?.stop();
   await transport.close();
   if (!result.ok) return fail(result.error);

@@ -6,7 +6,8 @@
  * so large frames also keep the throughput close to the raw port's.
  *
  * On a noisy line large frames are wasted: at 1e-3 errors per byte a 4 KiB frame survives only
- * ~2% of the time. Such a line wants `--chunk 256` (a 268-byte frame survives ~76%).
+ * ~2% of the time (a 268-byte frame ~76%). The master then goes on with smaller frames by itself
+ * (master.ts, lineTooLossy); `--chunk 256` starts small on a line known to be bad.
  */
 export const DEFAULT_BAUD = 921600;
 export const DEFAULT_CHUNK = 4096;
