@@ -246,18 +246,21 @@ test('on a slow cable an ABORT overtakes the DATA queued ahead of it, and the de
     const controller = new AbortController();
     let queuedAtAbort = 0;
     let abortedAt = 0;
-    const result = await sendImage(master, image, {
-      signal: controller.signal,
-      onProgress: (p) => {
-        if (p.ackedBytes < 64 << 10 || controller.signal.aborted) return;
-        queuedAtAbort = inner.status().counters?.['queuedBytes'] ?? 0;
-        abortedAt = performance.now();
-        controller.abort();
-      },
-    });
+    // Abort once the device has some of the image and more than one batch of DATA waits in the
+    // master's own queue (the level moves with the line; wait for it rather than guess a moment).
+    let acked = 0;
+    const watcher = setInterval(() => {
+      const queued = inner.status().counters?.['queuedBytes'] ?? 0;
+      if (controller.signal.aborted || acked < 16 << 10 || queued <= 20 << 10) return;
+      queuedAtAbort = queued;
+      abortedAt = performance.now();
+      controller.abort();
+    }, 2);
+    const result = await sendImage(master, image, { signal: controller.signal, onProgress: (p) => { acked = p.ackedBytes; } });
+    clearInterval(watcher);
     t.false(result.ok);
     if (!result.ok) t.like(result.error, { code: 'ECANCELED' });
-    t.true(queuedAtAbort > 16 << 10, `DATA was waiting in the master's queue when it aborted (${queuedAtAbort} bytes)`);
+    t.true(queuedAtAbort > 20 << 10, `DATA was waiting in the master's queue when it aborted (${queuedAtAbort} bytes)`);
     const deviceAbortedAt = await aborted;
     t.log(`device aborted ${Math.round(deviceAbortedAt - abortedAt)} ms after the master (${queuedAtAbort} bytes were queued: ${Math.round(queuedAtAbort / 100)} ms of line time)`);
     // The master sent DATA up to `lastSent` before the ABORT; the device got the ABORT before the last of them.

@@ -5,9 +5,12 @@
  * image accepted. Outcomes and injected faults are counted and printed.
  */
 import test from 'ava';
-import { sendImage, type ChunkChange } from '../src/link/uart/master.js';
+import { sendImage, type SessionRestart } from '../src/link/uart/master.js';
 import { haveSocat, startPtyPair } from './support/pty.js';
-import { NoiseRelay, fixture, fixtureNames, makeImage, prng, rig, roomFor, sha256 } from './link-uart-harness.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NoiseRelay, fixture, fixtureNames, makeImage, prng, rig, roomFor, runScript, sha256, stopChild } from './link-uart-harness.js';
 
 test.before(() => {
   if (!haveSocat()) throw new Error('socat is not installed: the UART link tests need it (apt-get install socat)');
@@ -93,28 +96,30 @@ test('a line that loses most 4 KiB frames: the master goes on with smaller frame
       relay.rate = rate;
       for (let i = 0; i < n; i++) {
         const image = makeImage(48 << 10, `lossy_${i}`, 23 + i);
-        const changes: ChunkChange[] = [];
+        const restarts: SessionRestart[] = [];
         const opensBefore = r.events.filter((e) => e.type === 'open').length;
         const res = await sendImage(r.master, image, {
-          onChunkChange: (c) => changes.push(c),
+          onRestart: (c) => restarts.push(c),
           timing: { rtoMs: 60, maxRtoMs: 480, maxRetries: 8, maxFrameRetransmits: 40, endTimeoutMs: 3000 },
         });
         t.true(res.ok, JSON.stringify(res));
         if (!res.ok) return;
-        t.log(`rate ${rate}: frame size ${changes.map((c) => `${c.from}→${c.to} at byte ${c.ackedBytes} (${c.retransmits} resent / ${c.delivered} delivered)`).join(', ') || 'unchanged'}; ${res.value.retransmits} retransmissions, ${res.value.dataBytesSent} data bytes sent for ${image.length}`);
+        t.log(`rate ${rate}: ${restarts.map((c) => `${c.reason} ${c.from}→${c.to} at byte ${c.ackedBytes} (${c.retransmits} resent / ${c.delivered} delivered)`).join(', ') || 'one session'}; ${res.value.retransmits} retransmissions, ${res.value.dataBytesSent} data bytes sent for ${image.length}`);
         t.deepEqual(r.engine.taskImage(res.value.pid), image, 'the device holds exactly the image');
         r.engine.unload(res.value.pid);
-        t.deepEqual(res.value.chunkChanges, changes);
-        t.true(changes.every((c) => c.retransmits > c.delivered && c.to === Math.max(256, c.from / 4)), 'a change only when more frames were resent than delivered');
+        t.deepEqual(res.value.restarts, restarts);
+        const changes = restarts.filter((c) => c.reason === 'line_too_lossy');
+        // Evidence first (8 NAKed frames, or 3 timeouts in a row, each with a retransmission), then a quarter the size.
+        t.true(changes.every((c) => c.retransmits >= 3 && c.to === Math.max(256, c.from / 4)), JSON.stringify(changes));
         if (rate === 1e-3) {
           t.true(changes.length > 0 && changes[0]!.from === 4096, 'the default 4 KiB frames were given up');
           t.is(res.value.chunkSize, changes[changes.length - 1]!.to);
         }
         // Each later session resumed from what the device had acknowledged: nothing was sent twice.
         const opens = r.events.filter((e) => e.type === 'open').slice(opensBefore);
-        changes.forEach((c, k) => {
+        restarts.forEach((c, k) => {
           const next = opens[k + 1];
-          t.truthy(next, 'a new session was opened after each change');
+          t.truthy(next, 'a new session was opened after each restart');
           if (next?.type === 'open') {
             t.true(next.resumeOffset >= c.ackedBytes, `resumed at ${next.resumeOffset}, ${c.ackedBytes} were acknowledged`);
             if (c.ackedBytes > 0) resumedAfterChange++;
@@ -127,5 +132,42 @@ test('a line that loses most 4 KiB frames: the master goes on with smaller frame
     await relay.stop();
     await r.close();
     await masterSide.stop();
+  }
+});
+
+test('CLI: flash --json over a lossy line reports each frame-size change and ends READY', async (t) => {
+  t.timeout(180_000);
+  const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
+  const dir = mkdtempSync(join(tmpdir(), 'uart-lossy-'));
+  const masterSide = await startPtyPair();
+  const deviceSide = await startPtyPair();
+  // The device (with a state directory, so what it received survives each session) opens its port
+  // first, then the relay, then the master: opening a port flushes it.
+  const device = runScript('../src/cli/main.ts', ['device', '--uart', deviceSide.b, '--state', join(dir, 'state'), '--json']);
+  const relay = new NoiseRelay(prng(seed + 2));
+  try {
+    await device.waitFor((l) => l['event'] === 'listening');
+    await relay.start(masterSide.b, deviceSide.a);
+    relay.rate = 1e-3;
+    const image = makeImage(24 << 10, 'lossy_cli', 31);
+    writeFileSync(join(dir, 'lossy.hxe'), image);
+    // --baud sizes the retransmission timeout (a pty ignores the rate itself).
+    const flash = runScript('../src/cli/main.ts', ['flash', '--uart', masterSide.a, '--baud', '4000000', '--json', join(dir, 'lossy.hxe')]);
+    t.is(await flash.exited, 0, `${flash.stderr()}\n${JSON.stringify(flash.lines.filter((l) => l['event'] !== 'progress'))}`);
+    const restarts = flash.lines.filter((l) => l['event'] === 'restart');
+    t.log(restarts.map((c) => `${String(c['reason'])} ${String(c['from'])}→${String(c['to'])} at byte ${String(c['ackedBytes'])}`).join(', '));
+    const lossy = restarts.filter((c) => c['reason'] === 'line_too_lossy');
+    t.true(lossy.length > 0, JSON.stringify(flash.lines.filter((l) => l['event'] !== 'progress')));
+    t.is(lossy[0]!['from'], 4096);
+    const ready = flash.lines.find((l) => l['event'] === 'ready');
+    t.truthy(ready);
+    t.is((ready!['restarts'] as unknown[]).length, restarts.length);
+    await device.waitFor((l) => l['event'] === 'ready');
+  } finally {
+    await relay.stop();
+    await stopChild(device);
+    await masterSide.stop();
+    await deviceSide.stop();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { parseImage } from '../../hxe/index.js';
 import { UartPortTransport, UartLinkError } from './port-transport.js';
-import { sendImage, type ChunkChange, type MasterProgress } from './master.js';
+import { sendImage, type MasterProgress, type SessionRestart } from './master.js';
 import { DEFAULT_BAUD, DEFAULT_CHUNK, DEFAULT_MASTER_TIMING, DEFAULT_WINDOW, rtoForLine } from './settings.js';
 import type { UartError } from './errors.js';
 
@@ -90,17 +90,19 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   };
 
   const timing = { rtoMs: rtoForLine(baud, chunk, window, DEFAULT_MASTER_TIMING.rtoMs) };
-  const onChunkChange = (c: ChunkChange): void => {
+  const onRestart = (c: SessionRestart): void => {
     const line = o.json
-      ? JSON.stringify({ event: 'chunk_changed', ...c })
-      : `flash: the line is losing frames (${c.retransmits} resent, ${c.delivered} delivered): going on with ${c.to}-byte frames from byte ${c.ackedBytes}`;
+      ? JSON.stringify({ event: 'restart', ...c })
+      : c.reason === 'line_too_lossy'
+        ? `flash: the line is losing frames (${c.retransmits} resent, ${c.delivered} delivered): going on with ${c.to}-byte frames from byte ${c.ackedBytes}`
+        : `flash: the device stopped waiting for data while the line repaired a gap: going on from byte ${c.ackedBytes}`;
     if (bar) bar.stop();
     out(line);
     if (bar) {
       barStarted = false; // restarted at the next progress report
     }
   };
-  const result = await sendImage(transport, bytes, { appName, chunkSize: chunk, window, timing, onProgress, onChunkChange });
+  const result = await sendImage(transport, bytes, { appName, chunkSize: chunk, window, timing, onProgress, onRestart });
   bar?.stop();
   await transport.close();
   if (!result.ok) return fail(result.error);

@@ -30,17 +30,26 @@ export interface MasterOptions {
    * (down to ADAPTIVE_MIN_CHUNK), resuming from what the device holds. Default true.
    */
   adaptChunk?: boolean;
-  /** Called when the frame size is changed for a lossy line. */
-  onChunkChange?: (c: ChunkChange) => void;
+  /** Called when a session is given up and a new one starts (see SessionRestart). */
+  onRestart?: (r: SessionRestart) => void;
   signal?: AbortSignal;
 }
 
-export interface ChunkChange {
+/**
+ * Why a transfer went on in a new session, resuming from what the device holds:
+ * - `line_too_lossy`: frames of this size got through less than half the time; the next session
+ *   uses frames a quarter the size;
+ * - `device_stalled`: the device's engine gave up waiting for the next bytes (its write timeout)
+ *   while the line was repairing a gap; the next session re-feeds what the device kept.
+ */
+export interface SessionRestart {
+  reason: 'line_too_lossy' | 'device_stalled';
+  /** Frame size before and after. */
   from: number;
   to: number;
-  /** Bytes the device had acknowledged when the session with the larger frames was given up. */
+  /** Bytes the device had acknowledged when the session ended. */
   ackedBytes: number;
-  /** Frames resent and frames delivered in that session (resent > delivered triggers the change). */
+  /** Frames resent and frames delivered in that session. */
   retransmits: number;
   delivered: number;
 }
@@ -71,8 +80,8 @@ export interface FlashOutcome {
   timeouts: number;
   naks: number;
   elapsedMs: number;
-  /** Frame-size changes for a lossy line, in order (empty on a clean line). */
-  chunkChanges: ChunkChange[];
+  /** Sessions given up and started again, in order (empty on a clean line). */
+  restarts: SessionRestart[];
 }
 
 type Phase = 'opening' | 'data' | 'ending' | 'done';
@@ -84,29 +93,35 @@ const ABORT_WAIT_MS = 1500;
 export const ADAPTIVE_MIN_CHUNK = 256;
 /** A session is given up for smaller frames only after this many NAKed retransmissions (not on one burst of noise)… */
 const ADAPT_AFTER_RETRANSMITS = 8;
-/** …or after this many timeouts with nothing delivered at all. */
+/** …or after this many retransmission timeouts in a row without progress. */
 const ADAPT_AFTER_TIMEOUTS = 3;
+
+/** A transfer gives up after this many `device_stalled` restarts in a row without progress. */
+const MAX_STALLED_RESTARTS = 3;
 
 export async function sendImage(transport: Transport<Frame, Frame>, image: Uint8Array, options: MasterOptions = {}): Promise<Result<FlashOutcome, UartError>> {
   const startedAt = Date.now();
-  const changes: ChunkChange[] = [];
+  const restarts: SessionRestart[] = [];
   const totals = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
   let chunkSize = options.chunkSize;
   let firstResume: number | null = null;
+  let stalledInARow = 0;
   for (;;) {
-    const adapt = options.adaptChunk !== false;
-    const session = new MasterSession(transport, image, chunkSize === undefined ? options : { ...options, chunkSize }, adapt);
+    const session = new MasterSession(transport, image, chunkSize === undefined ? options : { ...options, chunkSize }, options.adaptChunk !== false);
     const r = await session.run();
     for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += session.stats[k];
     firstResume ??= session.resumedAt;
     if (r.ok) {
-      return ok({ ...r.value, ...totals, resumeOffset: firstResume ?? r.value.resumeOffset, elapsedMs: Date.now() - startedAt, chunkChanges: changes });
+      return ok({ ...r.value, ...totals, resumeOffset: firstResume ?? r.value.resumeOffset, elapsedMs: Date.now() - startedAt, restarts });
     }
-    const lossy = session.lossyLine;
-    if (!lossy) return changes.length === 0 ? r : err({ ...r.error, detail: { ...r.error.detail, chunkChanges: changes } });
-    changes.push(lossy);
-    options.onChunkChange?.(lossy);
-    chunkSize = lossy.to;
+    const restart = session.restartFor(r.error);
+    if (restart?.reason === 'device_stalled') stalledInARow = restart.ackedBytes > (restarts.at(-1)?.ackedBytes ?? -1) ? 1 : stalledInARow + 1;
+    if (!restart || stalledInARow > MAX_STALLED_RESTARTS) {
+      return restarts.length === 0 ? r : err({ ...r.error, detail: { ...r.error.detail, restarts } });
+    }
+    restarts.push(restart);
+    options.onRestart?.(restart);
+    chunkSize = restart.to;
   }
 }
 
@@ -138,8 +153,8 @@ class MasterSession {
   private timer: NodeJS.Timeout | null = null;
   private endDeadline = 0;
   readonly stats = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
-  /** Set when this session was given up for smaller frames (see sendImage). */
-  lossyLine: ChunkChange | null = null;
+  /** Set when this session was given up for smaller frames (see lineTooLossy). */
+  private lossyLine: SessionRestart | null = null;
   /** The device's resume offset, once ACCEPT named it. */
   resumedAt: number | null = null;
   /** When the window last filled up (the master waits for the device): 0 while not stalled. */
@@ -359,23 +374,40 @@ class MasterSession {
 
   /**
    * Whether frames of this size get through less than half the time. Evidence: the device asked
-   * (NAK) for more frames again than it received, or several timeouts passed without a single frame
-   * delivered. (Timeouts alone, after frames did arrive, point to a slow device, not the line: that
-   * is flow control.) With frames a quarter the size each has a far better chance (at 1e-3 errors
-   * per byte: 2% for 4 KiB, 77% for 256 bytes), so the session ends here and sendImage starts over
-   * with smaller frames; the device keeps what it has and resumes.
+   * (NAK) for more frames again than it received, or three retransmission timeouts passed in a row
+   * without any progress (the frame resent each time was lost again: a device that is merely slow
+   * answers a resent frame it already holds with an ACK). With frames a quarter the size each has a
+   * far better chance (at 1e-3 errors per byte: 2% for 4 KiB, 77% for 256 bytes), so the session
+   * ends here and sendImage starts over with smaller frames; the device keeps what it has and
+   * resumes.
    */
   private lineTooLossy(): boolean {
     if (!this.adapt || this.chunk <= ADAPTIVE_MIN_CHUNK) return false;
     const delivered = this.acked - this.resumeOffset / this.chunk + this.heldBeyondAck.size;
     const nakEvidence = this.nakRetransmits >= ADAPT_AFTER_RETRANSMITS && this.nakRetransmits > delivered;
-    const silenceEvidence = delivered === 0 && this.stats.timeouts >= ADAPT_AFTER_TIMEOUTS;
+    const silenceEvidence = this.consecutiveTimeouts >= ADAPT_AFTER_TIMEOUTS;
     if (!nakEvidence && !silenceEvidence) return false;
     const to = Math.max(ADAPTIVE_MIN_CHUNK, Math.floor(this.chunk / 4));
     const retransmits = this.stats.retransmits;
-    this.lossyLine = { from: this.chunk, to, ackedBytes: Math.min(this.acked * this.chunk, this.image.length), retransmits, delivered };
+    this.lossyLine = { reason: 'line_too_lossy', from: this.chunk, to, ackedBytes: this.ackedBytes(), retransmits, delivered };
     this.fail(uartError('EIO', 'data', 'line_too_lossy', `${retransmits} frames resent for ${delivered} delivered with ${this.chunk}-byte frames`), true);
     return true;
+  }
+
+  private ackedBytes(): number {
+    return Math.min(this.acked * this.chunk, this.image.length);
+  }
+
+  /** Whether the transfer should go on in a new session after this one ended with `e` (see SessionRestart). */
+  restartFor(e: UartError): SessionRestart | null {
+    if (this.lossyLine) return this.lossyLine;
+    // The engine's write timeout, reported by the device while data was flowing: not a verdict on
+    // the image. The device keeps what it acknowledged (only EBADMSG discards it).
+    if (e.remote && e.code === 'ETIMEDOUT' && e.reason === 'write_timeout' && this.chunk > 0) {
+      const delivered = this.acked - this.resumeOffset / this.chunk + this.heldBeyondAck.size;
+      return { reason: 'device_stalled', from: this.chunk, to: this.chunk, ackedBytes: this.ackedBytes(), retransmits: this.stats.retransmits, delivered };
+    }
+    return null;
   }
 
   private startEnd(): void {
@@ -394,7 +426,7 @@ class MasterSession {
     }
     this.finish(ok({
       pid: r.value.pid, appName: r.value.appName, totalBytes: this.image.length, chunkSize: this.chunk, window: this.window,
-      resumeOffset: this.resumeOffset, ...this.stats, elapsedMs: Date.now() - this.startedAt, chunkChanges: [],
+      resumeOffset: this.resumeOffset, ...this.stats, elapsedMs: Date.now() - this.startedAt, restarts: [],
     }));
   }
 
