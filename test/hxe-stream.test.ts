@@ -1,5 +1,8 @@
 import test from 'ava';
+import fc from 'fast-check';
+import { crc32 } from 'node:zlib';
 import { parseImage, InPlaceVerifier, StreamingVerifier, buildImage } from '../src/hxe/index.js';
+import { crc32Combine, hxeCrc32 } from '../src/hxe/crc.js';
 import { fixture, fixtureNames, rawImage, u16, u32 } from './hxe-craft.js';
 
 /** The streaming verifier: any chunking gives parseImage's verdict; header faults are caught at the header. */
@@ -160,4 +163,24 @@ test('InPlaceVerifier reads the caller\'s growing buffer: parseImage\'s verdict,
   const v = new InPlaceVerifier(undefined, { totalBytes: 10 });
   t.is(v.admitLength(11)?.reason, 'truncated');
   t.throws(() => new InPlaceVerifier().advance(new Uint8Array(4), 5), { instanceOf: RangeError });
+});
+
+test('crc32Combine: the CRC of A then B from the two CRCs and B\'s length, for any split', (t) => {
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), fc.uint8Array({ maxLength: 3000 }), (a, b) =>
+    crc32Combine(crc32(a), crc32(b), b.length) === crc32(Buffer.concat([a, b]))), { numRuns: 500 });
+  t.is(crc32Combine(0x12345678, 0, 0), 0x12345678, 'nothing appended');
+});
+
+test('the whole-stream CRC comes from the body pass: equal to zlib over the bytes, at any point of the stream', (t) => {
+  for (const name of fixtureNames()) {
+    const bytes = fixture(name);
+    const v = new InPlaceVerifier(undefined, { totalBytes: bytes.length });
+    for (let len = 1; len <= bytes.length; len += 37) {
+      t.is(v.advance(bytes, len), null, name);
+      t.is(v.streamCrc(), crc32(bytes.subarray(0, len)), `${name} at ${len}`);
+    }
+    t.is(v.advance(bytes, bytes.length), null);
+    t.is(v.streamCrc(), crc32(bytes), name);
+    t.is(v.runningCrc, hxeCrc32(bytes), name);
+  }
 });

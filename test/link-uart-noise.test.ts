@@ -1,5 +1,5 @@
 /**
- * 100 transfers through a relay that damages the line (bit flips, dropped, duplicated and
+ * 100 transfers at each of two error rates through a relay that damages the line (bit flips, dropped, duplicated and
  * inserted bytes) between two pty pairs. Every transfer must end with the device holding a
  * byte-identical READY image, or with a clean typed error at the master — never with a damaged
  * image accepted. Outcomes and injected faults are counted and printed.
@@ -16,7 +16,7 @@ test.before(() => {
   if (!haveSocat()) throw new Error('socat is not installed: the UART link tests need it (apt-get install socat)');
 });
 
-test('100 transfers over a noisy line: byte-identical READY or a clean error, never a corrupted image', async (t) => {
+test('100 transfers at 1e-4 and 100 at 1e-3 errors per byte: byte-identical READY or a clean error, never a corrupted image', async (t) => {
   t.timeout(240_000);
   const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
   const masterSide = await startPtyPair();
@@ -36,7 +36,7 @@ test('100 transfers over a noisy line: byte-identical READY or a clean error, ne
     let n = 0;
     for (const rate of [1e-4, 1e-3]) {
       relay.rate = rate;
-      for (let i = 0; i < 50; i++, n++) {
+      for (let i = 0; i < 100; i++, n++) {
         const useBig = i % 5 === 4;
         const image = useBig ? (rate === 1e-4 ? big1e4 : big1e3) : fixture(fixtureNames[n % fixtureNames.length]!);
         // On the noisier line, small frames: a 4 KiB frame would almost never get through.
@@ -64,7 +64,7 @@ test('100 transfers over a noisy line: byte-identical READY or a clean error, ne
     const ready = r.events.filter((e) => e.type === 'ready');
     t.true(ready.every((e) => e.type === 'ready' && e.sha256.length === 64));
     const total = Object.values(outcomes).reduce((a, b) => a + b, 0);
-    t.is(total, 100);
+    t.is(total, 200);
     t.true((outcomes['0.0001:ready'] ?? 0) > 0 && (outcomes['0.001:ready'] ?? 0) > 0, 'transfers do get through the noise');
     t.true(relay.faults.flip > 0 && relay.faults.drop > 0 && relay.faults.duplicate > 0 && relay.faults.garbage > 0, 'every kind of fault was injected');
     t.log(`seed 0x${seed.toString(16)}; outcomes ${JSON.stringify(outcomes)}`);

@@ -10,7 +10,6 @@
  * call returns.
  */
 import { createHash } from 'node:crypto';
-import { crc32 } from 'node:zlib';
 import { decodeF16, parseImage, strip, InPlaceVerifier } from '../hxe/index.js';
 import { u16be } from '../hxe/bytes.js';
 import { headerSizeForVersion } from '../hxe/header.js';
@@ -462,7 +461,8 @@ export class ProvisioningEngine {
 
     s.sm.transition('VERIFY', 'end');
     if (s.expectedCrc !== undefined) {
-      const actual = crc32(s.buffer.subarray(0, s.length)) >>> 0;
+      // From the verifier's running CRC of the body: the image is not read a second time here.
+      const actual = s.verifier!.streamCrc();
       if (actual !== s.expectedCrc) {
         return this.failSession(s, engineError('EBADMSG', 'end', 'transfer_crc_mismatch',
           `stream CRC-32 is ${toHex(actual)}, sender announced ${toHex(s.expectedCrc)}`, { expected: s.expectedCrc, actual }));

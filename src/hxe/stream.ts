@@ -1,5 +1,5 @@
 import { CRC_PREFIX_END, resolveLimits } from './constants.js';
-import { crcUpdate, hxeCrc32 } from './crc.js';
+import { crc32Combine, crcUpdate, hxeCrc32 } from './crc.js';
 import { fail } from './errors.js';
 import { checkHeaderPrefix, decodeHeader, headerSizeForVersion } from './header.js';
 import { verifyBody } from './body.js';
@@ -32,8 +32,9 @@ export class InPlaceVerifier {
   /** The caller's bytes as last passed; `len` of them are the stream so far. */
   private buf: Uint8Array = new Uint8Array(0);
   private len = 0;
-  private crc = 0;
-  /** Bytes before this offset are in `crc` (or excluded from it). */
+  /** CRC-32 of the body, [headerSize, crcPos): one pass serves the HXE CRC and the stream CRC. */
+  private bodyCrc = 0;
+  /** Body bytes before this offset are in `bodyCrc`. */
   private crcPos = 0;
   private decoded: HxeHeader | null = null;
   private failure: HxeError | null = null;
@@ -61,8 +62,23 @@ export class InPlaceVerifier {
 
   /** Running CRC over the covered bytes received so far. */
   get runningCrc(): number {
+    if (!this.decoded) return hxeCrc32(this.buf.subarray(0, this.len), Math.max(this.len, CRC_PREFIX_END));
     this.catchUpCrc();
-    return this.crc;
+    return this.covered(CRC_PREFIX_END);
+  }
+
+  /** CRC-32 of every byte received so far (what a sender announces for the whole transfer). */
+  streamCrc(): number {
+    if (!this.decoded) return crcUpdate(0, this.buf.subarray(0, this.len));
+    this.catchUpCrc();
+    return this.covered(this.decoded.headerSize);
+  }
+
+  /** CRC of bytes [0, prefixEnd) followed by the body, from the body's CRC (no second pass over it). */
+  private covered(prefixEnd: number): number {
+    const hs = this.decoded!.headerSize;
+    const prefix = crcUpdate(0, this.buf.subarray(0, Math.min(prefixEnd, this.len)));
+    return this.len > hs ? crc32Combine(prefix, this.bodyCrc, this.len - hs) : prefix;
   }
 
   /**
@@ -114,7 +130,7 @@ export class InPlaceVerifier {
       return this.settle(h.ok ? verifyBody(bytes, h.value, hxeCrc32(bytes, h.value.headerSize)) : h);
     }
     this.catchUpCrc();
-    return this.settle(verifyBody(bytes, this.decoded, this.crc));
+    return this.settle(verifyBody(bytes, this.decoded, this.covered(CRC_PREFIX_END)));
   }
 
   private settle(result: Result<HxeImage, HxeError>): Result<HxeImage, HxeError> {
@@ -129,22 +145,12 @@ export class InPlaceVerifier {
     return e;
   }
 
-  /**
-   * Brings the CRC up to the bytes received. It covers [0, 0x1C) and [headerSize, ∞): the bytes in between
-   * (stored CRC, app name, metadata pointers, reserved) are skipped. Needs the header to be decoded.
-   */
+  /** Brings the body's CRC up to the bytes received (the body starts at the header's end). Needs the header. */
   private catchUpCrc(): void {
-    if (!this.decoded || this.crcPos >= this.len) return;
-    const hs = this.decoded.headerSize;
-    if (this.crcPos < CRC_PREFIX_END) {
-      this.crc = crcUpdate(this.crc, this.buf.subarray(this.crcPos, CRC_PREFIX_END));
-      this.crcPos = hs;
-    }
-    if (this.crcPos < hs) this.crcPos = hs;
-    if (this.len > this.crcPos) {
-      this.crc = crcUpdate(this.crc, this.buf.subarray(this.crcPos, this.len));
-      this.crcPos = this.len;
-    }
+    if (!this.decoded) return;
+    const from = Math.max(this.crcPos, this.decoded.headerSize);
+    if (this.len > from) this.bodyCrc = crcUpdate(this.bodyCrc, this.buf.subarray(from, this.len));
+    this.crcPos = Math.max(from, this.len);
   }
 
   private checkHeader(): HxeError | null {
