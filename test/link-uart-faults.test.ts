@@ -225,7 +225,7 @@ test('cable pulled mid-transfer: a clear error at both ends, the engine session 
   }
 });
 
-test('on a slow cable an ABORT overtakes the DATA queued ahead of it, and the device aborts at once', async (t) => {
+test('on a slow cable an ABORT overtakes the DATA queued ahead of it, which is dropped, and the device aborts at once', async (t) => {
   t.timeout(60_000);
   // 1 Mbaud: 100 KB/s, so most of a 256 KiB window waits in the master's queue.
   const cable = await startPacedCable(1_000_000);
@@ -270,6 +270,12 @@ test('on a slow cable an ABORT overtakes the DATA queued ahead of it, and the de
     t.true(abortArrived >= 0, 'the ABORT reached the device');
     const lastBefore = Math.max(...arrived.slice(0, abortArrived).filter((f) => f.type === FrameType.DATA).map((f) => f.seq));
     t.true(lastBefore < lastSent, `DATA up to seq ${lastBefore} arrived before the ABORT, of ${lastSent} sent before it`);
+    // The rest of the aborted session's DATA was dropped at the master, not sent after the ABORT
+    // (at 100 KB/s it would have arrived within ~0.3 s).
+    await new Promise((r) => setTimeout(r, 600));
+    const after = arrived.slice(abortArrived + 1).filter((f) => f.type === FrameType.DATA);
+    t.is(after.length, 0, `DATA after the ABORT: ${after.map((f) => f.seq).join(',')}`);
+    t.true((inner.status().counters?.['bytesDiscarded'] ?? 0) > 0, 'the master counted what it dropped');
     t.deepEqual(engine.sessions(), [], 'the engine session was aborted');
     t.deepEqual(engine.ps(), []);
   } finally {

@@ -118,7 +118,7 @@ test('drain(timeout) waits for queued bytes and returns at the timeout on a stal
   t.true(Date.now() - t1 < 2000, 'close() does not wait for a stalled line');
 });
 
-test('writeUrgent goes right after the buffer being written, ahead of the rest; it rejects if the port closes first', async (t) => {
+test('writeUrgent goes right after the buffer being written, ahead of the rest; discardQueued drops what has not started; an urgent write rejects if the port closes first', async (t) => {
   const pair = await startPtyPair();
   t.teardown(() => pair.stop());
   const reader = new SerialPort({ path: pair.b, baudRate: 921600, autoOpen: false });
@@ -150,6 +150,33 @@ test('writeUrgent goes right after the buffer being written, ahead of the rest; 
   // Whatever arrived of the first buffer arrives whole, then the urgent bytes, then the second buffer.
   t.is(stream.indexOf(0x33), first.length, 'the urgent bytes follow the first buffer');
   t.is(stream.indexOf(0x22), first.length + urgent.length, 'and precede the second');
+
+  // discardQueued keeps the buffer in progress and urgent writes, and drops the rest.
+  reader.pause();
+  reader.removeAllListeners('data');
+  const head = Buffer.alloc(512 * 1024, 0x66);
+  io.write(head);
+  io.write(Buffer.alloc(64 * 1024, 0x77));
+  const urgent2 = Buffer.alloc(10, 0x88);
+  const urgentOut = io.writeUrgent(urgent2);
+  io.write(Buffer.alloc(32 * 1024, 0x99));
+  t.is(io.discardQueued(), 96 * 1024, 'the two whole buffers behind the one in progress');
+  const rest: Buffer[] = [];
+  let restBytes = 0;
+  reader.on('data', (c: Buffer) => {
+    rest.push(c);
+    restBytes += c.length;
+  });
+  reader.resume();
+  await urgentOut;
+  const waitUntil = Date.now() + 5000;
+  while (restBytes < head.length + urgent2.length && Date.now() < waitUntil) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 50)); // nothing else may follow
+  const tail = Buffer.concat(rest);
+  t.is(tail.length, head.length + urgent2.length, 'the head and the urgent bytes, nothing of the dropped buffers');
+  t.is(tail.indexOf(0x77), -1);
+  t.is(tail.indexOf(0x99), -1);
+  t.is(tail.indexOf(0x88), head.length);
 
   // Queued behind a stalled line, an urgent write is refused when the port closes.
   reader.pause();

@@ -130,6 +130,30 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
     return written;
   }
 
+  /**
+   * Drops the queued bytes that have not started to go out (the buffer being written now is
+   * finished, so the line stays at a frame boundary; urgent writes are kept). For frames that lost
+   * their purpose, like the rest of a window after an ABORT. Returns the bytes dropped.
+   */
+  discardQueued(): number {
+    const keepHead = this.queueOffset > 0 ? 1 : 0;
+    let dropped = 0;
+    const kept = this.queue.filter((buf, i) => {
+      const keep = i < keepHead || this.urgentWaiters.has(buf);
+      if (!keep) dropped += buf.length;
+      return keep;
+    });
+    this.queue.length = 0;
+    this.queue.push(...kept);
+    this.queued -= dropped;
+    if (this.queued === 0 && this.needDrain) {
+      this.needDrain = false;
+      this.emit('drain');
+    }
+    this.arm();
+    return dropped;
+  }
+
   /** Stops reading (the OS buffers, then the sender is held up): flow control for a relay. */
   pause(): void {
     this.paused = true;

@@ -54,6 +54,8 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   readonly counters = {
     bytesWritten: 0,
     bytesRead: 0,
+    /** Frames of an ended session dropped before they went out (see send(): ABORT, ERROR). */
+    bytesDiscarded: 0,
     /** Reads that returned data (a pty hands over at most ~4 KiB per read). */
     readChunks: 0,
     framesSent: 0,
@@ -118,9 +120,10 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
   }
 
   /**
-   * Queues one frame for writing. ABORT and ERROR end a session: they go ahead of every frame not
-   * yet being written (a window of DATA is 256 KiB, seconds on a slow cable) and resolve once
-   * written, so a caller that closes the port next does not lose them. Other frames sent in the
+   * Queues one frame for writing. ABORT and ERROR end a session: the frames still waiting (the
+   * rest of a window of DATA: seconds on a slow cable) are dropped, the ABORT or ERROR goes right
+   * after the batch being written now, and the call resolves once it is written, so a caller that
+   * closes the port next does not lose it. Other frames sent in the
    * same tick are coalesced into one port write
    * (one syscall and one read on the other side instead of one per frame: per-write costs, not the
    * line, limit a pty). Resolves at once while the port keeps up; when its buffer is full, resolves
@@ -130,6 +133,13 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
     const port = this.port;
     if (!port) throw new UartLinkError(this.lostError ?? uartError('EIO', 'link', 'port_closed', `serial port ${this.options.path} is not open`));
     if (URGENT_FRAMES.has(frame.type)) {
+      // The session is over: whatever of it still waits (the batch, the port's queue) is dropped.
+      const fromBatch = this.batchBytes;
+      const fromPort = port.discardQueued();
+      this.batch = null;
+      this.batchBytes = 0;
+      this.counters.bytesWritten -= fromPort; // counted when handed to the port; they never go out
+      this.counters.bytesDiscarded += fromBatch + fromPort;
       const bytes = encodeFrame(frame);
       this.counters.bytesWritten += bytes.length;
       this.counters.framesSent++;
