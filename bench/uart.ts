@@ -30,6 +30,10 @@
  * and lineThroughputRatio in the summary. There the line, not the CPU, is the limit, as on a bench rig.
  * (In flash_line, masterCpuMs includes the cable's relaying, which runs in this process.)
  *
+ * The summary also gives `stealPercent`: the share of the machine's CPU time the hypervisor gave to
+ * other guests during the run. These machines are shared; a run with more than a few percent of
+ * steal measures the neighbours as much as the link.
+ *
  *   npx tsx bench/uart.ts [--runs N] [--chunk BYTES] [--window FRAMES] [--line-baud BAUD] [--line-runs N]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -57,6 +61,12 @@ function procCpuMs(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 const cpuMs = (u: NodeJS.CpuUsage): number => Math.round((u.user + u.system) / 1000);
+
+/** The machine's CPU time so far, and how much of it the hypervisor gave to other guests (steal), from /proc/stat. */
+function machineTicks(): { total: number; steal: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return { total: f.reduce((a, b) => a + b, 0), steal: f[7] ?? 0 };
+}
 
 const IMAGE_BYTES = 1 << 20;
 const self = fileURLToPath(import.meta.url);
@@ -255,6 +265,7 @@ async function main(): Promise<void> {
   const settings = { ...(values.chunk ? { chunkSize: Number(values.chunk) } : {}), ...(values.window ? { window: Number(values.window) } : {}) };
   const image = makeImage();
   const payload = Buffer.from(image);
+  const ticks0 = machineTicks();
 
   // Everything started is stopped again, whatever fails.
   const cleanup: Array<() => unknown> = [];
@@ -323,6 +334,7 @@ async function main(): Promise<void> {
   } finally {
     for (const c of cleanup.reverse()) await c();
   }
+  const ticks1 = machineTicks();
   const rawMedian = median(raw);
   const rawStreamMedian = median(rawStream);
   const linkMedian = median(link);
@@ -343,6 +355,9 @@ async function main(): Promise<void> {
     // reads; link = this process is the master, a child is the device. The machine's load decides
     // a lot on a shared box, so it is printed with the result.
     processes: 'separate (writer/master here, reader/device in a child)', loadAverage1m: +loadavg()[0]!.toFixed(2),
+    // CPU time taken by other guests of the host during the run: above a few percent, the figures
+    // say more about the neighbours than about the link.
+    stealPercent: +((100 * (ticks1.steal - ticks0.steal)) / Math.max(1, ticks1.total - ticks0.total)).toFixed(1),
   });
 }
 
