@@ -10,27 +10,43 @@ import { haveSocat, startPtyPair } from './support/pty.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NoiseRelay, fixture, fixtureNames, makeImage, prng, rig, roomFor, runScript, sha256, stopChild } from './link-uart-harness.js';
+import { NoiseRelay, fixture, fixtureNames, makeImage, prng, rig, roomFor, runScript, sha256, stopChild, type Rig } from './link-uart-harness.js';
 
 test.before(() => {
   if (!haveSocat()) throw new Error('socat is not installed: the UART link tests need it (apt-get install socat)');
 });
 
-test('100 transfers at 1e-4 and 100 at 1e-3 errors per byte: byte-identical READY or a clean error, never a corrupted image', async (t) => {
-  t.timeout(240_000);
-  const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
+const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
+/** Short timeouts: a lost frame is repaired in tens of ms, not the default quarter second. */
+const noisyTiming = { rtoMs: 60, maxRtoMs: 480, maxRetries: 8, maxFrameRetransmits: 40, endTimeoutMs: 3000 };
+
+/**
+ * An in-process device and a master port joined by a noise relay (masterSide.b <-> deviceSide.a).
+ * The device opens its port first, then the relay, then the master: opening a port flushes it.
+ */
+async function noisyRig(seedOffset: number): Promise<{ r: Rig; relay: NoiseRelay; close(): Promise<void> }> {
   const masterSide = await startPtyPair();
   const deviceSide = await startPtyPair();
-  // The device opens its port first, then the relay, then the master (opening flushes a port).
   const r = await rig({ pair: deviceSide, masterPath: masterSide.a, config: roomFor(1 << 20), listener: { timing: { idleTimeoutMs: 3000 } } });
-  const relay = new NoiseRelay(prng(seed));
+  const relay = new NoiseRelay(prng(seed + seedOffset));
+  await relay.start(masterSide.b, deviceSide.a);
+  return {
+    r, relay,
+    async close() {
+      await relay.stop();
+      await r.close();
+      await masterSide.stop();
+    },
+  };
+}
+
+test('100 transfers at 1e-4 and 100 at 1e-3 errors per byte: byte-identical READY or a clean error, never a corrupted image', async (t) => {
+  t.timeout(240_000);
+  const { r, relay, close } = await noisyRig(0);
   const outcomes: Record<string, number> = {};
   const count = (k: string): void => { outcomes[k] = (outcomes[k] ?? 0) + 1; };
   const knownCodes = new Set(['ETIMEDOUT', 'EIO', 'EPROTO', 'EBADMSG', 'ECANCELED', 'ESRCH', 'EBUSY']);
   try {
-    // Relay between the two pairs: masterSide.b <-> deviceSide.a. The master reopens nothing, so
-    // open the relay after the device and before the first frame.
-    await relay.start(masterSide.b, deviceSide.a);
     const big1e4 = makeImage(16 << 10, 'noise16k', 21);
     const big1e3 = makeImage(6 << 10, 'noise6k', 22);
     let n = 0;
@@ -43,7 +59,7 @@ test('100 transfers at 1e-4 and 100 at 1e-3 errors per byte: byte-identical READ
         const chunkSize = rate === 1e-3 ? 256 : undefined;
         const res = await sendImage(r.master, image, {
           ...(chunkSize ? { chunkSize } : {}),
-          timing: { rtoMs: 60, maxRtoMs: 480, maxRetries: 8, maxFrameRetransmits: 40, endTimeoutMs: 3000 },
+          timing: noisyTiming,
         });
         // Whatever the master heard, every task the device holds must be exactly this image.
         for (const task of r.engine.ps()) {
@@ -74,22 +90,15 @@ test('100 transfers at 1e-4 and 100 at 1e-3 errors per byte: byte-identical READ
     t.log(`frames dropped at the device: ${JSON.stringify(drops(r.device.status().counters))}; at the master: ${JSON.stringify(drops(r.master.status().counters))}`);
     t.log(`listener: ${JSON.stringify(r.listener.counters)}; ready events ${ready.length}; sha256 of big images ${sha256(big1e4).slice(0, 8)}/${sha256(big1e3).slice(0, 8)}`);
   } finally {
-    await relay.stop();
-    await r.close();
-    await masterSide.stop();
+    await close();
   }
 });
 
 test('a line that loses most 4 KiB frames: the master goes on with smaller frames, resuming, and the device gets the exact image', async (t) => {
   t.timeout(240_000);
-  const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
-  const masterSide = await startPtyPair();
-  const deviceSide = await startPtyPair();
-  const r = await rig({ pair: deviceSide, masterPath: masterSide.a, config: roomFor(1 << 20), listener: { timing: { idleTimeoutMs: 3000 } } });
-  const relay = new NoiseRelay(prng(seed + 1));
+  const { r, relay, close } = await noisyRig(1);
   let resumedAfterChange = 0;
   try {
-    await relay.start(masterSide.b, deviceSide.a);
     // 1e-3 errors per byte: a 4 KiB frame survives ~2% of the time, 1 KiB ~36%, 256 bytes ~77%.
     // 3e-4: 4 KiB ~29%, so some frames get through before the master gives up on that size.
     for (const [rate, n] of [[1e-3, 1], [3e-4, 4]] as const) {
@@ -100,7 +109,7 @@ test('a line that loses most 4 KiB frames: the master goes on with smaller frame
         const opensBefore = r.events.filter((e) => e.type === 'open').length;
         const res = await sendImage(r.master, image, {
           onRestart: (c) => restarts.push(c),
-          timing: { rtoMs: 60, maxRtoMs: 480, maxRetries: 8, maxFrameRetransmits: 40, endTimeoutMs: 3000 },
+          timing: noisyTiming,
         });
         t.true(res.ok, JSON.stringify(res));
         if (!res.ok) return;
@@ -129,15 +138,12 @@ test('a line that loses most 4 KiB frames: the master goes on with smaller frame
     }
     t.log(`sessions that resumed after a frame-size change: ${resumedAfterChange}`);
   } finally {
-    await relay.stop();
-    await r.close();
-    await masterSide.stop();
+    await close();
   }
 });
 
 test('CLI: flash --json over a lossy line reports each frame-size change and ends READY', async (t) => {
   t.timeout(180_000);
-  const seed = Number(process.env['UART_NOISE_SEED'] ?? 0x5eed) >>> 0;
   const dir = mkdtempSync(join(tmpdir(), 'uart-lossy-'));
   const masterSide = await startPtyPair();
   const deviceSide = await startPtyPair();

@@ -383,7 +383,7 @@ class MasterSession {
    */
   private lineTooLossy(): boolean {
     if (!this.adapt || this.chunk <= ADAPTIVE_MIN_CHUNK) return false;
-    const delivered = this.acked - this.resumeOffset / this.chunk + this.heldBeyondAck.size;
+    const delivered = this.deliveredFrames();
     const nakEvidence = this.nakRetransmits >= ADAPT_AFTER_RETRANSMITS && this.nakRetransmits > delivered;
     const silenceEvidence = this.consecutiveTimeouts >= ADAPT_AFTER_TIMEOUTS;
     if (!nakEvidence && !silenceEvidence) return false;
@@ -392,6 +392,11 @@ class MasterSession {
     this.lossyLine = { reason: 'line_too_lossy', from: this.chunk, to, ackedBytes: this.ackedBytes(), retransmits, delivered };
     this.fail(uartError('EIO', 'data', 'line_too_lossy', `${retransmits} frames resent for ${delivered} delivered with ${this.chunk}-byte frames`), true);
     return true;
+  }
+
+  /** Frames of this session the device has: acknowledged, or shown held by a NAK (see onNak). */
+  private deliveredFrames(): number {
+    return this.acked - this.resumeOffset / this.chunk + this.heldBeyondAck.size;
   }
 
   private ackedBytes(): number {
@@ -404,8 +409,7 @@ class MasterSession {
     // The engine's write timeout, reported by the device while data was flowing: not a verdict on
     // the image. The device keeps what it acknowledged (only EBADMSG discards it).
     if (e.remote && e.code === 'ETIMEDOUT' && e.reason === 'write_timeout' && this.chunk > 0) {
-      const delivered = this.acked - this.resumeOffset / this.chunk + this.heldBeyondAck.size;
-      return { reason: 'device_stalled', from: this.chunk, to: this.chunk, ackedBytes: this.ackedBytes(), retransmits: this.stats.retransmits, delivered };
+      return { reason: 'device_stalled', from: this.chunk, to: this.chunk, ackedBytes: this.ackedBytes(), retransmits: this.stats.retransmits, delivered: this.deliveredFrames() };
     }
     return null;
   }
