@@ -4,15 +4,20 @@
  * against the raw pty throughput measured in the same run: this process writes 1 MiB, a child
  * reads it.
  *
- * Two raw baselines, interleaved with the link runs so all three see the same machine load:
- *   raw_pty         through the link's own byte path (port-io.ts: serialport's binding opens and
- *                   configures the port, non-blocking reads/writes on the event loop). This is the
- *                   baseline the goal is measured against: same I/O, no protocol.
- *   raw_pty_stream  through serialport's SerialPort stream API (every read and write via libuv's
- *                   thread pool), for comparison with what a plain serialport program gets.
+ * Three raw baselines, interleaved with the link runs so all see the same machine load:
+ *   raw_pty          through the link's own byte path (port-io.ts: serialport's binding opens and
+ *                    configures the port, non-blocking reads/writes on the event loop). This is the
+ *                    baseline the goal is measured against: same I/O, no protocol.
+ *   raw_pty_stream   through serialport's SerialPort stream API (every read and write via libuv's
+ *                    thread pool), for comparison with what a plain serialport program gets.
+ *   raw_pty_verified the same as raw_pty, but the reader also computes SHA-256 and CRC-32 over every
+ *                    byte: the checks any device must make of an image the protocol announces by
+ *                    its SHA-256 and CRC-32, and nothing else (no framing, no ACKs, no engine). No
+ *                    implementation of the link can beat it on the same machine, so
+ *                    `verifiedRawRatio` in the summary is the ceiling for `throughputRatio`.
  *
  * Prints one JSON object per line:
- *   {"bench":"uart","measure":"raw_pty"|"raw_pty_stream",...}  each baseline run
+ *   {"bench":"uart","measure":"raw_pty"|"raw_pty_stream"|"raw_pty_verified",...}  each baseline run
  *   {"bench":"uart","measure":"flash_1mib",...}                each link run (wire efficiency, throughput)
  *   {"bench":"uart","measure":"summary",...}                   medians, efficiency and throughput ratios
  *
@@ -53,6 +58,8 @@ import { DEFAULT_CHUNK, DEFAULT_WINDOW } from '../src/link/uart/settings.js';
 import { startPtyPair, type PtyPair } from '../src/link/uart/pty-pair.js';
 import { startPacedCable } from '../test/support/paced-cable.js';
 import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 
 /** CPU time (user+system, ms) a process has used so far, from /proc (socat's share of each run). */
 function procCpuMs(pid: number): number {
@@ -78,8 +85,9 @@ const { values } = parseArgs({
   },
 });
 
-/** The two ways to move raw bytes: the link's byte path, or serialport's stream. */
-type RawIo = 'io' | 'stream';
+/** How a baseline moves raw bytes: the link's byte path, serialport's stream, or the link's path with a verifying reader. */
+const RAW_IOS = ['io', 'stream', 'verified'] as const;
+type RawIo = (typeof RAW_IOS)[number];
 
 interface RawPort {
   /** Resolves when the port can take more (after 'drain' if it asked to wait). */
@@ -89,7 +97,7 @@ interface RawPort {
 }
 
 async function openRaw(path: string, io: RawIo): Promise<RawPort> {
-  if (io === 'io') {
+  if (io !== 'stream') {
     const port = await SerialPortIo.open(path, 921600);
     return {
       write: (b) => (port.write(b) ? Promise.resolve() : new Promise((r) => port.once('drain', r))),
@@ -116,11 +124,24 @@ async function reader(path: string, bytes: number, io: RawIo): Promise<void> {
   let got = 0;
   let reads = 0;
   let cpu = process.cpuUsage();
+  // The verifying reader's checks, restarted for every image.
+  const verify = io === 'verified';
+  let hash = createHash('sha256');
+  let crc = 0;
   port.onData((d: Buffer) => {
     if (got === 0) cpu = process.cpuUsage();
     got += d.length;
     reads++;
+    if (verify) {
+      hash.update(d);
+      crc = crc32(d, crc);
+    }
     if (got >= bytes) {
+      if (verify) {
+        hash.digest();
+        hash = createHash('sha256');
+        crc = 0;
+      }
       const used = process.cpuUsage(cpu);
       say({ event: 'received', bytes: got, reads, cpuMs: Math.round((used.user + used.system) / 1000) });
       reads = 0;
@@ -271,6 +292,7 @@ async function main(): Promise<void> {
   const cleanup: Array<() => unknown> = [];
   const raw: number[] = [];
   const rawStream: number[] = [];
+  const rawVerified: number[] = [];
   const link: number[] = [];
   const efficiency: number[] = [];
   const cpu = { raw: [] as number[], link: [] as number[] };
@@ -279,7 +301,7 @@ async function main(): Promise<void> {
   try {
     // Baselines: a raw pty pair per byte path, each read by a child process.
     const baselines: Array<{ measure: string; pair: PtyPair; reader: ReturnType<typeof child>; writer: RawPort; results: number[] }> = [];
-    for (const [io, measure, results] of [['io', 'raw_pty', raw], ['stream', 'raw_pty_stream', rawStream]] as const) {
+    for (const [io, measure, results] of [['io', 'raw_pty', raw], ['stream', 'raw_pty_stream', rawStream], ['verified', 'raw_pty_verified', rawVerified]] as const) {
       const pair = await startPtyPair();
       cleanup.push(() => pair.stop());
       const reader = child('reader', pair.b, io);
@@ -342,6 +364,9 @@ async function main(): Promise<void> {
     bench: 'uart', measure: 'summary', runs, imageBytes: IMAGE_BYTES, chunk: settings.chunkSize ?? DEFAULT_CHUNK, window: settings.window ?? DEFAULT_WINDOW,
     rawPtyBytesPerSecond: Math.round(rawMedian), flashBytesPerSecond: Math.round(linkMedian),
     throughputRatio: +(linkMedian / rawMedian).toFixed(3), throughputGoal: 0.8,
+    // The ceiling for throughputRatio: a reader that only verifies (see raw_pty_verified).
+    verifiedRawRatio: +(median(rawVerified) / rawMedian).toFixed(3),
+    throughputRatioVsVerified: +(linkMedian / median(rawVerified)).toFixed(3),
     rawPtyStreamBytesPerSecond: Math.round(rawStreamMedian), throughputRatioVsStream: +(linkMedian / rawStreamMedian).toFixed(3),
     wireEfficiency: +median(efficiency).toFixed(4), efficiencyGoal: 0.97,
     // CPU of all three stages per MiB (writer/master + socat + reader/device): on a 2-core machine
@@ -364,7 +389,8 @@ async function main(): Promise<void> {
 if (values.role === 'reader' || values.role === 'listener') {
   // Exit through process.exit so a --cpu-prof profile gets written.
   process.once('SIGTERM', () => process.exit(0));
-  if (values.role === 'reader') await reader(values.port!, Number(values.bytes), values.io === 'stream' ? 'stream' : 'io');
+  const io = RAW_IOS.find((x) => x === values.io) ?? 'io';
+  if (values.role === 'reader') await reader(values.port!, Number(values.bytes), io);
   else await listener(values.port!);
 } else {
   await main();

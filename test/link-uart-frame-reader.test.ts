@@ -53,13 +53,24 @@ async function reference(stream: Buffer, cuts: number[], maxPayload: number): Pr
   return out;
 }
 
-function viaReader(stream: Buffer, cuts: number[], maxPayload: number): Out {
+/**
+ * Feeds the reader the reads a port would make. `direct`: like the port with setReadTarget, each read
+ * lands in the reader's own slab when it offers room (a read larger than the room is cut, as read(2)
+ * would), so the reader un-stuffs in place; otherwise a fresh buffer per read.
+ */
+function viaReader(stream: Buffer, cuts: number[], maxPayload: number, direct = false): Out {
   const out: Out = { frames: [], drops: [] };
   const reader = new CobsFrameReader(maxPayload, { frame: (f) => out.frames.push(f), drop: (r) => out.drops.push(r) });
   let from = 0;
   for (const p of readPoints(stream, cuts)) {
-    if (p > from) reader.push(Buffer.from(stream.subarray(from, p))); // a fresh buffer per read, like the port
-    from = Math.max(from, p);
+    while (p > from) {
+      const target = direct ? reader.readTarget() : null;
+      const n = target ? Math.min(target.length, p - from) : p - from;
+      const chunk = target ? target.subarray(0, n) : Buffer.allocUnsafe(n);
+      stream.copy(chunk, 0, from, from + n);
+      reader.push(chunk);
+      from += n;
+    }
   }
   return out;
 }
@@ -67,7 +78,7 @@ function viaReader(stream: Buffer, cuts: number[], maxPayload: number): Out {
 const same = (a: Frame, b: Frame): boolean =>
   a.type === b.type && a.tag === b.tag && a.seq === b.seq && Buffer.from(a.payload).equals(Buffer.from(b.payload));
 
-test('any stream, any read boundaries: the same frames and drops as parser-delimiter then decode', async (t) => {
+test('any stream, any read boundaries, read into the slab or not: the same frames and drops as parser-delimiter then decode', async (t) => {
   let frames = 0;
   let drops = 0;
   await fc.assert(fc.asyncProperty(fc.array(arbPiece, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 20 }), fc.constantFrom(64, 300, 1000), async (pieces, cuts, maxPayload) => {
@@ -85,32 +96,42 @@ test('any stream, any read boundaries: the same frames and drops as parser-delim
     }
     const stream = Buffer.concat(parts);
     const want = await reference(stream, cuts, maxPayload);
-    const got = viaReader(stream, cuts, maxPayload);
     // A trailing partial frame (no delimiter yet) is held by both: neither delivers it.
     frames += want.frames.length;
     drops += want.drops.length;
-    return got.frames.length === want.frames.length && got.frames.every((f, i) => same(f, want.frames[i]!))
-      && got.drops.length === want.drops.length && got.drops.every((r, i) => r === want.drops[i]);
+    return [false, true].every((direct) => {
+      const got = viaReader(stream, cuts, maxPayload, direct);
+      return got.frames.length === want.frames.length && got.frames.every((f, i) => same(f, want.frames[i]!))
+        && got.drops.length === want.drops.length && got.drops.every((r, i) => r === want.drops[i]);
+    });
   }), { numRuns: 400 });
   t.log(`compared ${frames} delivered frames and ${drops} dropped blocks`);
   t.true(frames > 100 && drops > 20, 'the generator produced both good and bad frames');
 });
 
-test('a payload delivered earlier is not overwritten by the frames after it', (t) => {
-  const kept: Frame[] = [];
-  const reader = new CobsFrameReader(4096, { frame: (f) => kept.push(f), drop: () => t.fail('no frame should drop') });
+test('a payload delivered earlier is not overwritten by the frames after it, nor by reads into the slab', (t) => {
   const sent: Frame[] = [];
   for (let seq = 0; seq < 400; seq++) { // several slabs' worth
     const payload = Buffer.alloc(4096, seq & 0xff);
     payload[0] = 0; // a zero in every payload: COBS has to restore it
-    const f: Frame = { type: FrameType.DATA, tag: 7, seq, payload };
-    sent.push(f);
-    const wire = Buffer.from(encodeFrame(f));
-    reader.push(wire.subarray(0, 1000));
-    reader.push(wire.subarray(1000));
+    sent.push({ type: FrameType.DATA, tag: 7, seq, payload });
   }
-  t.is(kept.length, sent.length);
-  t.true(kept.every((f, i) => same(f, sent[i]!)));
+  const stream = Buffer.concat(sent.map((f) => encodeFrame(f)));
+  for (const direct of [false, true]) {
+    const kept: Frame[] = [];
+    const reader = new CobsFrameReader(4096, { frame: (f) => kept.push(f), drop: () => t.fail('no frame should drop') });
+    // Reads of 3001 bytes: most frames span two or three of them.
+    for (let from = 0; from < stream.length;) {
+      const target = direct ? reader.readTarget() : null;
+      const n = Math.min(3001, stream.length - from, target?.length ?? Infinity);
+      const chunk = target ? target.subarray(0, n) : Buffer.allocUnsafe(n);
+      stream.copy(chunk, 0, from, from + n);
+      reader.push(chunk);
+      from += n;
+    }
+    t.is(kept.length, sent.length, direct ? 'direct' : 'copied');
+    t.true(kept.every((f, i) => same(f, sent[i]!)), direct ? 'direct' : 'copied');
+  }
 });
 
 test('a frame longer than the limit is dropped as too_long and the next one still arrives', (t) => {

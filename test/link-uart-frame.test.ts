@@ -7,7 +7,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { cobsDecode, cobsEncodeWithDelimiter, cobsMaxEncodedLength } from '../src/link/uart/cobs.js';
+import { cobsDecode, cobsEncodeStaged, cobsEncodeWithDelimiter, cobsMaxEncodedLength, cobsReserve } from '../src/link/uart/cobs.js';
 import { FrameType, decodeFrame, encodeFrame, frameBytes, parseFrameBytes, type Frame, type FrameTypeValue } from '../src/link/uart/frame.js';
 import {
   decodeAccept, decodeError, decodeMissing, decodeOpen, decodeResult, encodeAccept, encodeError, encodeMissing, encodeOpen, encodeResult,
@@ -40,6 +40,57 @@ test('COBS: runs of exactly 254 and 255 non-zero bytes, and an empty input', (t)
   }
   t.deepEqual([...cobsEncodeWithDelimiter(new Uint8Array(0))], [0x01, 0x00]);
   t.deepEqual([...cobsEncodeWithDelimiter(Uint8Array.from([0]))], [0x01, 0x01, 0x00]);
+});
+
+/** Textbook byte-at-a-time COBS encoder, the oracle for the block-copying one. */
+function referenceCobs(bytes: Uint8Array): number[] {
+  const out: number[] = [0];
+  let codeAt = 0;
+  let code = 1;
+  for (const b of bytes) {
+    if (b !== 0) {
+      out.push(b);
+      code++;
+    }
+    if (b === 0 || code === 0xff) {
+      out[codeAt] = code;
+      codeAt = out.length;
+      out.push(0);
+      code = 1;
+    }
+  }
+  out[codeAt] = code;
+  out.push(0);
+  return out;
+}
+
+test('COBS: encoding in place matches a byte-at-a-time encoder and touches nothing outside its span', (t) => {
+  // Long zero-free runs (full 254-byte blocks) as well as dense zeros.
+  const arbBytes = fc.oneof(
+    fc.uint8Array({ maxLength: 1200 }),
+    fc.uint8Array({ minLength: 240, maxLength: 1200, min: 1, max: 255 }),
+    fc.uint8Array({ maxLength: 1200, min: 0, max: 1 }),
+  );
+  fc.assert(fc.property(arbBytes, fc.nat(40), fc.nat(3), (bytes, at, phase) => {
+    const room = cobsMaxEncodedLength(bytes.length) + 1;
+    // Filler around the span, zeros mixed in: a zero after the span must not end the input late.
+    const out = Buffer.alloc(at + room + 64);
+    for (let i = 0; i < out.length; i++) out[i] = (i + phase) % 3 === 0 ? 0 : 0x5a;
+    const before = Buffer.from(out);
+    out.set(bytes, at + cobsReserve(bytes.length));
+    const end = cobsEncodeStaged(out, at, bytes.length);
+    const expected = referenceCobs(bytes);
+    if (end - at !== expected.length) return false;
+    if (!out.subarray(at, end).equals(Buffer.from(expected))) return false;
+    if (!out.subarray(0, at).equals(before.subarray(0, at))) return false;
+    if (!out.subarray(at + room).equals(before.subarray(at + room))) return false;
+    // The decoder gives the same bytes whether it decodes into its input or into a new buffer.
+    const block = Buffer.from(out.subarray(at, end - 1));
+    const copied = cobsDecode(block, false);
+    const inPlace = cobsDecode(block, true);
+    return copied !== null && inPlace !== null && copied.equals(Buffer.from(bytes)) && inPlace.equals(Buffer.from(bytes));
+  }), { numRuns: 800 });
+  t.pass();
 });
 
 test('COBS: a zero inside a block or a code running past the end is rejected', (t) => {

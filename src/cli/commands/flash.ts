@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { DEFAULT_BAUD, DEFAULT_CHUNK, DEFAULT_WINDOW } from '../../link/uart/settings.js';
 
 /**
  * `hsx-gateway flash`: the master role. This file only parses options and dispatches to the
@@ -13,9 +14,9 @@ export function registerFlash(program: Command): void {
     .option('--json', 'JSON lines instead of a progress bar')
     // UART options (src/link/uart)
     .option('--uart <port>', 'UART: serial port of the device (/dev/ttyUSB0; docs/uart_protocol.md)')
-    .option('--baud <n>', 'UART line rate (default 921600)')
-    .option('--chunk <bytes>', 'UART frame payload (default 4096; 256 on a noisy line)')
-    .option('--window <frames>', 'UART frames in flight (default 16)')
+    .option('--baud <n>', `UART line rate (default ${DEFAULT_BAUD})`)
+    .option('--chunk <bytes>', `UART frame payload (default ${DEFAULT_CHUNK}; it shrinks on a lossy line and grows back once the line is clean; 256 starts small)`)
+    .option('--window <frames>', `UART frames in flight (default ${DEFAULT_WINDOW})`)
     // CAN options (src/link/can)
     .option('--can <iface>', 'CAN bus: SocketCAN interface (can0, vcan0), virtual:NAME or virtual:HOST:PORT (docs/can_protocol.md)')
     .option('--nodes <list>', 'CAN target node ids, e.g. 1-16 or 3,5,7 (default 1)')

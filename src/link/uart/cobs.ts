@@ -29,19 +29,41 @@ export function cobsEncodeWithDelimiter(input: Uint8Array): Buffer {
  * Lets a sender encode several frames back to back into one write buffer.
  */
 export function cobsEncodeInto(input: Uint8Array, out: Buffer, at: number): number {
-  const src = asBuffer(input);
+  out.set(input, at + cobsReserve(input.length));
+  return cobsEncodeStaged(out, at, input.length);
+}
+
+/** Code bytes an encoding of `n` bytes may need beyond `n`: where cobsEncodeStaged wants its input. */
+export function cobsReserve(n: number): number {
+  return cobsMaxEncodedLength(n) - n;
+}
+
+/**
+ * Encodes, in place, the `n` bytes staged at `out[at + cobsReserve(n)]`: the encoding and its 0x00
+ * delimiter land at `out[at]`, and the position after the delimiter is returned. A sender builds a
+ * frame right where it will be sent and stuffs it there: one copy of the payload, not two.
+ *
+ * Each block moves left with copyWithin (a memmove inside one buffer, far cheaper per call than
+ * Buffer.copy between two). It never overwrites bytes not yet read: after k blocks the output has
+ * grown by k code bytes, and every block but the last either consumed a zero or is a full 254-byte
+ * block, which the reserve paid for.
+ */
+export function cobsEncodeStaged(out: Buffer, at: number, n: number): number {
+  let read = at + cobsReserve(n);
+  const end = read + n;
+  // Zeros are searched only up to `end`: what follows in `out` is not part of this input.
+  const input = out.subarray(0, end);
   let write = at;
-  let read = 0;
   // Each block: a code byte (1 + run length) and up to 254 non-zero bytes. A block of 254 bytes
   // (code 0xff) has no implied zero after it; every other block stands for "run, then a zero",
   // except the last block of the frame.
   for (;;) {
-    let zero = src.indexOf(0, read);
-    if (zero === -1) zero = src.length;
+    let zero = input.indexOf(0, read);
+    if (zero === -1) zero = end;
     // The run [read, zero) is split into blocks of at most 254 bytes.
     while (zero - read >= 254) {
       out[write++] = 0xff;
-      src.copy(out, write, read, read + 254);
+      out.copyWithin(write, read, read + 254);
       write += 254;
       read += 254;
     }
@@ -49,9 +71,9 @@ export function cobsEncodeInto(input: Uint8Array, out: Buffer, at: number): numb
     // The final block ends the input (after a full 0xff block that ends it exactly, a final 0x01
     // still follows: the encoder always ends with a short block, which the decoder accepts).
     out[write++] = run + 1;
-    src.copy(out, write, read, zero);
+    out.copyWithin(write, read, zero);
     write += run;
-    if (zero === src.length) break;
+    if (zero === end) break;
     read = zero + 1;
   }
   out[write++] = 0;
@@ -76,7 +98,9 @@ export function cobsDecode(input: Uint8Array, inPlace = false): Buffer | null {
     const code = src[read]!;
     const end = read + code;
     if (end > src.length) return null;
-    src.copy(out, write, read + 1, end); // memmove semantics: safe when out === src
+    // In place this is a memmove inside one buffer (copyWithin, cheap per call); otherwise a copy.
+    if (out === src) out.copyWithin(write, read + 1, end);
+    else src.copy(out, write, read + 1, end);
     write += code - 1;
     read = end;
     // A block shorter than 0xff stands for its bytes and a zero, except at the very end of the frame.

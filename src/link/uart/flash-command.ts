@@ -95,7 +95,9 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
       ? JSON.stringify({ event: 'restart', ...c })
       : c.reason === 'line_too_lossy'
         ? `flash: the line is losing frames (${c.retransmits} resent, ${c.delivered} delivered): going on with ${c.to}-byte frames from byte ${c.ackedBytes}`
-        : `flash: the device stopped waiting for data while the line repaired a gap: going on from byte ${c.ackedBytes}`;
+        : c.reason === 'line_recovered'
+          ? `flash: the line is clean again (${c.delivered} frames delivered): going on with ${c.to}-byte frames from byte ${c.ackedBytes}`
+          : `flash: the device stopped waiting for data while the line repaired a gap: going on from byte ${c.ackedBytes}`;
     if (bar) bar.stop();
     out(line);
     if (bar) {

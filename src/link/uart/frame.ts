@@ -11,7 +11,7 @@
  * On the wire each frame is COBS-encoded and followed by one 0x00 delimiter.
  */
 import { crc32 } from 'node:zlib';
-import { cobsDecode, cobsEncodeInto, cobsEncodeWithDelimiter, cobsMaxEncodedLength } from './cobs.js';
+import { cobsDecode, cobsEncodeStaged, cobsMaxEncodedLength, cobsReserve } from './cobs.js';
 import { err, ok, type Result } from '../../hxe/result.js';
 
 export const FrameType = {
@@ -71,22 +71,19 @@ function frameBytesInto(frame: Frame, target: Buffer): Buffer {
 
 /** The exact bytes written to the wire for a frame: COBS(frameBytes) followed by 0x00. */
 export function encodeFrame(frame: Frame): Buffer {
-  return cobsEncodeWithDelimiter(frameBytesInto(frame, scratchFor(FRAME_OVERHEAD_BYTES + frame.payload.length)));
+  const out = Buffer.allocUnsafe(wireBytesForPayload(frame.payload.length));
+  return out.subarray(0, encodeFrameInto(frame, out, 0));
 }
 
 /**
  * Encodes a frame for the wire into `out` at `at` (room: `wireBytesForPayload(payload length)`)
- * and returns the position after its delimiter.
+ * and returns the position after its delimiter. The frame is built where COBS wants its input and
+ * stuffed in place, so the payload is copied once.
  */
 export function encodeFrameInto(frame: Frame, out: Buffer, at: number): number {
-  return cobsEncodeInto(frameBytesInto(frame, scratchFor(FRAME_OVERHEAD_BYTES + frame.payload.length)), out, at);
-}
-
-/** One reusable buffer for the un-stuffed frame: encoding is synchronous, so it is never shared. */
-let scratch = Buffer.allocUnsafe(8192);
-function scratchFor(n: number): Buffer {
-  if (scratch.length < n) scratch = Buffer.allocUnsafe(Math.max(n, scratch.length * 2));
-  return scratch;
+  const n = FRAME_OVERHEAD_BYTES + frame.payload.length;
+  frameBytesInto(frame, out.subarray(at + cobsReserve(n)));
+  return cobsEncodeStaged(out, at, n);
 }
 
 /** Wire bytes of a frame with `payloadLength` bytes in the worst case (for sizing and efficiency). */

@@ -326,7 +326,7 @@ export class UartListener extends EventEmitter {
 
   private scheduleAck(s: Session): void {
     // Never wait for more frames than half the window: the master would sit on a full window.
-    const every = Math.min(this.timing.ackEvery, Math.max(1, s.window >> 1));
+    const every = Math.max(1, Math.min(Math.floor(this.timing.ackEveryBytes / s.chunk), s.window >> 1));
     if (s.saved - s.lastAckSent >= every || s.saved === s.totalChunks) {
       this.sendAck(s, false);
       return;

@@ -26,8 +26,10 @@ export interface MasterOptions {
   timing?: Partial<MasterTiming>;
   onProgress?: (p: MasterProgress) => void;
   /**
-   * On a line that loses more frames than it delivers, start over with frames a quarter the size
-   * (down to ADAPTIVE_MIN_CHUNK), resuming from what the device holds. Default true.
+   * Fit the frame size to the line, resuming from what the device holds each time: on a line that
+   * loses more frames than it delivers, start over with frames a quarter the size (down to
+   * ADAPTIVE_MIN_CHUNK); once the smaller frames get through many times in a row, go back up four
+   * times (never above the size first agreed). Default true.
    */
   adaptChunk?: boolean;
   /** Called when a session is given up and a new one starts (see SessionRestart). */
@@ -39,11 +41,14 @@ export interface MasterOptions {
  * Why a transfer went on in a new session, resuming from what the device holds:
  * - `line_too_lossy`: frames of this size got through less than half the time; the next session
  *   uses frames a quarter the size;
+ * - `line_recovered`: after a `line_too_lossy`, the smaller frames got through many times in a row
+ *   (the noise was a burst); the next session uses frames four times the size, up to the size the
+ *   transfer started with. The session ends where the new size resumes exactly: nothing is resent;
  * - `device_stalled`: the device's engine gave up waiting for the next bytes (its write timeout)
  *   while the line was repairing a gap; the next session re-feeds what the device kept.
  */
 export interface SessionRestart {
-  reason: 'line_too_lossy' | 'device_stalled';
+  reason: 'line_too_lossy' | 'line_recovered' | 'device_stalled';
   /** Frame size before and after. */
   from: number;
   to: number;
@@ -99,18 +104,43 @@ const ADAPT_AFTER_TIMEOUTS = 3;
 /** A transfer gives up after this many `device_stalled` restarts in a row without progress. */
 const MAX_STALLED_RESTARTS = 3;
 
+/**
+ * Frames acknowledged in a row, none resent, before the master tries frames four times the size.
+ * 32 clean frames put the loss rate at this size below a few percent, so frames four times the size
+ * should still mostly get through. Each time a larger size proves lossy again, twice as many.
+ */
+const GROW_AFTER_CLEAN_FRAMES = 32;
+/** Growing is not worth a new session when fewer than this many larger frames would be left. */
+const GROW_MIN_FRAMES_LEFT = 4;
+
+/** A larger frame size the session moves to once `afterFrames` frames in a row got through. */
+interface GrowPlan {
+  to: number;
+  afterFrames: number;
+}
+
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+
 export async function sendImage(transport: Transport<Frame, Frame>, image: Uint8Array, options: MasterOptions = {}): Promise<Result<FlashOutcome, UartError>> {
   const startedAt = Date.now();
   const restarts: SessionRestart[] = [];
   const totals = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
+  const adapt = options.adaptChunk !== false;
   let chunkSize = options.chunkSize;
   let firstResume: number | null = null;
   let stalledInARow = 0;
+  /** The frame size the device first agreed to: frames grow back up to it, never beyond. */
+  let ceiling: number | null = null;
+  let growAfter = GROW_AFTER_CLEAN_FRAMES;
   for (;;) {
-    const session = new MasterSession(transport, image, chunkSize === undefined ? options : { ...options, chunkSize }, options.adaptChunk !== false);
+    const grow: GrowPlan | null = adapt && ceiling !== null && chunkSize !== undefined && chunkSize < ceiling
+      ? { to: Math.min(ceiling, chunkSize * 4), afterFrames: growAfter }
+      : null;
+    const session: MasterSession = new MasterSession(transport, image, chunkSize === undefined ? options : { ...options, chunkSize }, adapt, grow);
     const r = await session.run();
     for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += session.stats[k];
     firstResume ??= session.resumedAt;
+    ceiling ??= session.agreedChunk;
     if (r.ok) {
       return ok({ ...r.value, ...totals, resumeOffset: firstResume ?? r.value.resumeOffset, elapsedMs: Date.now() - startedAt, restarts });
     }
@@ -119,6 +149,8 @@ export async function sendImage(transport: Transport<Frame, Frame>, image: Uint8
     if (!restart || stalledInARow > MAX_STALLED_RESTARTS) {
       return restarts.length === 0 ? r : err({ ...r.error, detail: { ...r.error.detail, restarts } });
     }
+    // A size that was grown into and proved lossy again: ask for a longer clean run next time.
+    if (restart.reason === 'line_too_lossy' && restarts.some((c) => c.reason === 'line_recovered')) growAfter *= 2;
     restarts.push(restart);
     options.onRestart?.(restart);
     chunkSize = restart.to;
@@ -153,10 +185,16 @@ class MasterSession {
   private timer: NodeJS.Timeout | null = null;
   private endDeadline = 0;
   readonly stats = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
-  /** Set when this session was given up for smaller frames (see lineTooLossy). */
-  private lossyLine: SessionRestart | null = null;
+  /** Set when this session ended so that the transfer goes on in a new one (lineTooLossy, lineRecovered). */
+  private restart: SessionRestart | null = null;
+  /** Frames acknowledged since the last retransmission or timeout (see maybeGrow). */
+  private cleanRun = 0;
+  /** Once growing: no new frame at or past this one; the session ends when all before it are acknowledged. */
+  private growStopAt: number | null = null;
   /** The device's resume offset, once ACCEPT named it. */
   resumedAt: number | null = null;
+  /** The frame size the device agreed to (null before ACCEPT). */
+  agreedChunk: number | null = null;
   /** When the window last filled up (the master waits for the device): 0 while not stalled. */
   private stalledSince = 0;
   private resolve!: (r: Result<FlashOutcome, UartError>) => void;
@@ -169,6 +207,7 @@ class MasterSession {
     private readonly image: Uint8Array,
     private readonly options: MasterOptions,
     private readonly adapt: boolean,
+    private readonly grow: GrowPlan | null,
   ) {
     this.timing = { ...DEFAULT_MASTER_TIMING, ...options.timing };
     this.rto = this.timing.rtoMs;
@@ -280,6 +319,7 @@ class MasterSession {
       return;
     }
     this.chunk = chunkSize;
+    this.agreedChunk = chunkSize;
     this.window = window;
     this.resumeOffset = resumeOffset;
     this.totalChunks = Math.ceil(this.image.length / chunkSize);
@@ -293,6 +333,7 @@ class MasterSession {
 
   private onAck(seq: number): void {
     if (seq <= this.acked || seq > this.next) return;
+    this.cleanRun += seq - this.acked;
     this.acked = seq;
     if (this.stalledSince !== 0) {
       this.stats.windowStallMs += performance.now() - this.stalledSince;
@@ -304,6 +345,7 @@ class MasterSession {
     for (const s of this.nakRequested) if (s < seq) this.nakRequested.delete(s);
     this.progressed();
     this.progress();
+    if (this.lineRecovered()) return;
     void this.pump();
   }
 
@@ -339,11 +381,11 @@ class MasterSession {
           if (again >= this.acked && again < this.next && !(await this.sendData(again, true))) return;
           continue;
         }
-        if (this.next < this.totalChunks && this.next < this.acked + this.window) {
+        if (this.next < this.totalChunks && this.next < this.acked + this.window && (this.growStopAt === null || this.next < this.growStopAt)) {
           if (!(await this.sendData(this.next++, false))) return;
           continue;
         }
-        if (this.next < this.totalChunks && this.stalledSince === 0) this.stalledSince = performance.now();
+        if (this.next < this.totalChunks && this.next >= this.acked + this.window && this.stalledSince === 0) this.stalledSince = performance.now();
         break;
       }
     } finally {
@@ -361,6 +403,9 @@ class MasterSession {
       }
       this.retxCount.set(seq, n);
       this.stats.retransmits++;
+      // Loss again: stay with this size (and let the window fill again).
+      this.cleanRun = 0;
+      this.growStopAt = null;
       if (this.nakRequested.delete(seq)) this.nakRetransmits++;
       if (this.lineTooLossy()) return false;
     }
@@ -389,9 +434,37 @@ class MasterSession {
     if (!nakEvidence && !silenceEvidence) return false;
     const to = Math.max(ADAPTIVE_MIN_CHUNK, Math.floor(this.chunk / 4));
     const retransmits = this.stats.retransmits;
-    this.lossyLine = { reason: 'line_too_lossy', from: this.chunk, to, ackedBytes: this.ackedBytes(), retransmits, delivered };
-    this.fail(uartError('EIO', 'data', 'line_too_lossy', `${retransmits} frames resent for ${delivered} delivered with ${this.chunk}-byte frames`), true);
+    this.endForRestart({ reason: 'line_too_lossy', from: this.chunk, to, ackedBytes: this.ackedBytes(), retransmits, delivered },
+      `${retransmits} frames resent for ${delivered} delivered with ${this.chunk}-byte frames`);
     return true;
+  }
+
+  /**
+   * After an ACK: whether this session ends so the next can use larger frames (GrowPlan). Once
+   * `afterFrames` frames got through in a row, the master sends no frame past a point where the
+   * larger size lines up (a multiple of both sizes), so the next session resumes exactly there and
+   * nothing is sent twice; when everything before it is acknowledged, the session ends.
+   */
+  private lineRecovered(): boolean {
+    const grow = this.grow;
+    if (!grow || grow.to <= this.chunk) return false;
+    if (this.growStopAt === null) {
+      if (this.cleanRun < grow.afterFrames) return false;
+      const step = (this.chunk * grow.to) / gcd(this.chunk, grow.to);
+      const stopBytes = Math.ceil((this.next * this.chunk) / step) * step;
+      if (this.image.length - stopBytes < GROW_MIN_FRAMES_LEFT * grow.to) return false;
+      this.growStopAt = stopBytes / this.chunk;
+    }
+    if (this.acked < this.growStopAt) return false;
+    this.endForRestart({ reason: 'line_recovered', from: this.chunk, to: grow.to, ackedBytes: this.ackedBytes(), retransmits: this.stats.retransmits, delivered: this.deliveredFrames() },
+      `${this.cleanRun} frames in a row got through with ${this.chunk}-byte frames`);
+    return true;
+  }
+
+  /** Ends this session (ABORT to the device, which keeps what it has) for sendImage to start the next. */
+  private endForRestart(restart: SessionRestart, message: string): void {
+    this.restart = restart;
+    this.fail(uartError('EIO', 'data', restart.reason, message), true);
   }
 
   /** Frames of this session the device has: acknowledged, or shown held by a NAK (see onNak). */
@@ -405,7 +478,7 @@ class MasterSession {
 
   /** Whether the transfer should go on in a new session after this one ended with `e` (see SessionRestart). */
   restartFor(e: UartError): SessionRestart | null {
-    if (this.lossyLine) return this.lossyLine;
+    if (this.restart) return this.restart;
     // The engine's write timeout, reported by the device while data was flowing: not a verdict on
     // the image. The device keeps what it acknowledged (only EBADMSG discards it).
     if (e.remote && e.code === 'ETIMEDOUT' && e.reason === 'write_timeout' && this.chunk > 0) {
@@ -454,6 +527,8 @@ class MasterSession {
     if (this.phase === 'done') return;
     this.stats.timeouts++;
     this.consecutiveTimeouts++;
+    this.cleanRun = 0;
+    this.growStopAt = null;
     if (this.phase === 'ending') {
       if (Date.now() > this.endDeadline) {
         this.fail(uartError('ETIMEDOUT', 'end', 'no_verdict', `the device gave no verdict within ${this.timing.endTimeoutMs} ms after END`), true);

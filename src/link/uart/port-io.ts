@@ -37,7 +37,7 @@ interface BindingPort {
 }
 
 export interface SerialPortIoEvents {
-  /** Bytes read. The buffer is only valid during the call: it is reused for the next read. */
+  /** Bytes read. The buffer is only valid during the call: it is reused for the next read (unless it is the consumer's own, see setReadTarget). */
   data: [chunk: Buffer];
   /** Everything queued has been handed to the OS after write() returned false. */
   drain: [];
@@ -55,6 +55,8 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
   private readonly urgentWaiters = new Map<Uint8Array, { resolve: () => void; reject: (e: Error) => void }>();
   private paused = false;
   private needDrain = false;
+  /** Where the next read lands when the consumer offers its own memory (see setReadTarget). */
+  private readTarget: (() => Buffer | null) | null = null;
   private state: 'open' | 'closed' | 'lost' = 'open';
   /** Successful read(2) calls (each returned data). */
   reads = 0;
@@ -154,6 +156,15 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
     return dropped;
   }
 
+  /**
+   * Lets the consumer say where each read lands: `target()` returns free memory the consumer owns
+   * (or null for the port's own buffer), and the 'data' chunk is then a view of it. A parser that
+   * keeps what it reads (the frame reader) saves copying every byte once more.
+   */
+  setReadTarget(target: (() => Buffer | null) | null): void {
+    this.readTarget = target;
+  }
+
   /** Stops reading (the OS buffers, then the sender is held up): flow control for a relay. */
   pause(): void {
     this.paused = true;
@@ -221,8 +232,9 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
     // One read per wake-up: the poll is level-triggered, so bytes left over wake us again, and the
     // common case never pays for an EAGAIN exception.
     let n: number;
+    const into = this.readTarget?.() ?? this.readBuffer;
     try {
-      n = readSync(this.fd, this.readBuffer, 0, READ_BUFFER_BYTES, null);
+      n = readSync(this.fd, into, 0, Math.min(into.length, READ_BUFFER_BYTES), null);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR') return this.arm();
@@ -230,7 +242,7 @@ export class SerialPortIo extends EventEmitter<SerialPortIoEvents> {
     }
     if (n === 0) return this.fail(new Error(`serial port ${this.path} hung up (end of file)`));
     this.reads++;
-    this.emit('data', this.readBuffer.subarray(0, n));
+    this.emit('data', into.subarray(0, n));
     this.arm();
   }
 

@@ -97,6 +97,8 @@ export class UartPortTransport extends EventEmitter implements Transport<Frame, 
         this.counters[`dropped_${reason}`]++;
       },
     });
+    // The port reads straight into the reader's slab, where the frames are un-stuffed and kept.
+    port.setReadTarget(() => reader.readTarget());
     port.on('data', (chunk: Buffer) => {
       this.counters.bytesRead += chunk.length;
       this.counters.readChunks++;

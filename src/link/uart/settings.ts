@@ -1,23 +1,26 @@
 /**
  * Default link settings, chosen for wire efficiency (image bytes / all bytes on the wire, both
- * directions) and speed on a clean line: a 4096-byte DATA frame costs 12 bytes of header+CRC,
- * 17 of COBS and 1 delimiter (99.3%), and the listener acknowledges at most once per `ackEvery`
- * frames. Per-frame costs (a read, a parse, an engine write), not the bytes, limit a fast line,
- * so large frames also keep the throughput close to the raw port's.
+ * directions) and speed on a clean line: an 8192-byte DATA frame costs 12 bytes of header+CRC,
+ * 33 of COBS and 1 delimiter (99.4%), and the listener acknowledges at most once per `ackEvery`
+ * frames. Per-frame costs (a parse, an engine write, and above all the ACKs that wake the master
+ * and the device), not the bytes, limit a fast line: over a pty pair on a 2-core machine 8 KiB frames
+ * need about 30% less CPU per MiB than 4 KiB frames (bench/uart.ts, `--chunk`).
  *
- * On a noisy line large frames are wasted: at 1e-3 errors per byte a 4 KiB frame survives only
- * ~2% of the time (a 268-byte frame ~76%). The master then goes on with smaller frames by itself
- * (master.ts, lineTooLossy); `--chunk 256` starts small on a line known to be bad.
+ * On a noisy line large frames are wasted: at 1e-3 errors per byte an 8 KiB frame survives almost
+ * never (a 268-byte frame ~76%). The master then goes on with smaller frames by itself, and back
+ * up once they get through (master.ts, lineTooLossy and lineRecovered); `--chunk 256` starts small
+ * on a line known to be bad.
  */
 export const DEFAULT_BAUD = 921600;
-export const DEFAULT_CHUNK = 4096;
+export const DEFAULT_CHUNK = 8192;
 /**
  * 256 KiB in flight. On a pty a round trip (the listener's ACK through socat back to the master)
- * costs several milliseconds on a loaded machine, longer than 64 KiB takes to move: with 16 frames
- * the master sat on a full window for half of a 1 MiB transfer. On a real 921600-baud line the
- * window only has to cover the turnaround; the retransmission timeout is sized from it (rtoForLine).
+ * costs several milliseconds on a loaded machine, longer than 64 KiB takes to move: with 64 KiB in
+ * flight the master sat on a full window for half of a 1 MiB transfer. On a real 921600-baud line
+ * the window only has to cover the turnaround; the retransmission timeout is sized from it
+ * (rtoForLine).
  */
-export const DEFAULT_WINDOW = 64;
+export const DEFAULT_WINDOW = 32;
 /** The listener's limits, announced in ACCEPT: it never takes larger frames or a wider window. */
 export const LISTENER_MAX_CHUNK = 16384;
 /** The engine's default largest chunk (`maxChunkBytes`): the listener splits larger frames. */
@@ -48,8 +51,8 @@ export const DEFAULT_MASTER_TIMING: MasterTiming = {
 };
 
 export interface ListenerTiming {
-  /** Acknowledge after this many newly delivered frames… */
-  ackEvery: number;
+  /** Acknowledge once this many bytes were newly delivered (at least every frame, at most every half window)… */
+  ackEveryBytes: number;
   /** …or after this delay when fewer arrived (delayed ACK, like TCP). */
   ackDelayMs: number;
   /** A NAK for the same missing frame is not repeated sooner than this. */
@@ -59,9 +62,9 @@ export interface ListenerTiming {
 }
 
 export const DEFAULT_LISTENER_TIMING: ListenerTiming = {
-  // 32 KiB between ACKs at the default chunk. Not more: the master's retransmission timer runs
-  // from the last ACK, and on a loaded machine 64 KiB between ACKs came close to its 250 ms.
-  ackEvery: 8,
+  // 32 KiB between ACKs (4 frames at the default chunk). Not more: the master's retransmission
+  // timer runs from the last ACK, and on a loaded machine 64 KiB between ACKs came close to its 250 ms.
+  ackEveryBytes: 32 * 1024,
   ackDelayMs: 3,
   nakHoldoffMs: 60,
   idleTimeoutMs: 15000,
