@@ -187,7 +187,7 @@ class MasterSession {
   readonly stats = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
   /** Set when this session ended so that the transfer goes on in a new one (lineTooLossy, lineRecovered). */
   private restart: SessionRestart | null = null;
-  /** Frames acknowledged since the last retransmission or timeout (see maybeGrow). */
+  /** Frames acknowledged since the last retransmission or timeout (see lineRecovered). */
   private cleanRun = 0;
   /** Once growing: no new frame at or past this one; the session ends when all before it are acknowledged. */
   private growStopAt: number | null = null;
