@@ -20,6 +20,7 @@
  *   {"bench":"uart","measure":"raw_pty"|"raw_pty_stream"|"raw_pty_verified",...}  each baseline run
  *   {"bench":"uart","measure":"flash_1mib",...}                each link run (wire efficiency, throughput)
  *   {"bench":"uart","measure":"summary",...}                   medians, efficiency and throughput ratios
+ *                                                              (of the medians, and run by run: `…Paired`)
  *
  * Wire efficiency = image bytes / (bytes the master wrote + bytes the listener wrote), counted by
  * the two transports (COBS, delimiters, OPEN/END/RESULT and every ACK included).
@@ -367,6 +368,10 @@ async function main(): Promise<void> {
     // The ceiling for throughputRatio: a reader that only verifies (see raw_pty_verified).
     verifiedRawRatio: +(median(rawVerified) / rawMedian).toFixed(3),
     throughputRatioVsVerified: +(linkMedian / median(rawVerified)).toFixed(3),
+    // The same two ratios taken run by run (each link run against the baselines measured just
+    // before it), then the median: less moved by a machine whose load drifts during the bench.
+    throughputRatioPaired: +median(link.map((l, i) => l / raw[i]!)).toFixed(3),
+    verifiedRawRatioPaired: +median(rawVerified.map((v, i) => v / raw[i]!)).toFixed(3),
     rawPtyStreamBytesPerSecond: Math.round(rawStreamMedian), throughputRatioVsStream: +(linkMedian / rawStreamMedian).toFixed(3),
     wireEfficiency: +median(efficiency).toFixed(4), efficiencyGoal: 0.97,
     // CPU of all three stages per MiB (writer/master + socat + reader/device): on a 2-core machine
