@@ -217,3 +217,38 @@ test('CLI: flash --json over a lossy line reports each frame-size change and end
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('CLI: flash (text) over a burst of noise says when it shrinks the frames and when it grows them back, and ends READY', async (t) => {
+  t.timeout(180_000);
+  const dir = mkdtempSync(join(tmpdir(), 'uart-burst-'));
+  const masterSide = await startPtyPair();
+  const deviceSide = await startPtyPair();
+  const device = runScript('../src/cli/main.ts', ['device', '--uart', deviceSide.b, '--state', join(dir, 'state'), '--json']);
+  const relay = new NoiseRelay(prng(seed + 4));
+  try {
+    await device.waitFor((l) => l['event'] === 'listening');
+    await relay.start(masterSide.b, deviceSide.a);
+    relay.rate = 1e-3;
+    // The largest image the CLI device's default budgets take (64 KiB each of code and rodata).
+    const image = makeImage(128 << 10, 'burst_cli', 51);
+    writeFileSync(join(dir, 'burst.hxe'), image);
+    const flash = runScript('../src/cli/main.ts', ['flash', '--uart', masterSide.a, '--baud', '4000000', join(dir, 'burst.hxe')]);
+    const text = (): string[] => flash.lines.filter((l) => l['event'] === 'text').map((l) => String(l['text']));
+    // The burst ends once the frames are small: the line is clean from then on.
+    await flash.waitFor((l) => /the line is losing frames .* going on with (256|512)-byte frames/.test(String(l['text'] ?? '')), 60_000);
+    relay.rate = 0;
+    t.is(await flash.exited, 0, `${flash.stderr()}\n${text().join('\n')}`);
+    t.log(text().join('\n'));
+    const grown = text().filter((l) => /^flash: the line is clean again \(\d+ frames delivered\): going on with \d+-byte frames from byte \d+$/.test(l));
+    t.true(grown.length > 0, 'the frames grew back, and flash said so');
+    t.true(text().some((l) => l.startsWith(`flash: READY on ${masterSide.a}: burst_cli`)));
+    const ready = await device.waitFor((l) => l['event'] === 'ready');
+    t.is(ready['sha256'], sha256(image), 'the device holds exactly the image');
+  } finally {
+    await relay.stop();
+    await stopChild(device);
+    await masterSide.stop();
+    await deviceSide.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
