@@ -182,23 +182,43 @@ test('a burst of noise: frames shrink, then grow back to the default once the li
   }
 });
 
-test('CLI: flash --json over a lossy line reports each frame-size change and ends READY', async (t) => {
-  t.timeout(180_000);
-  const dir = mkdtempSync(join(tmpdir(), 'uart-lossy-'));
+/**
+ * A `device` process (with a state directory, so what it received survives each session) and a
+ * master port joined by a noise relay at 1e-3, with `image` written to a file for `flash`. The
+ * device opens its port first, then the relay, then the master: opening a port flushes it.
+ */
+async function cliNoisyRig(seedOffset: number, image: Uint8Array): Promise<{ masterPort: string; imagePath: string; device: ReturnType<typeof runScript>; relay: NoiseRelay; close(): Promise<void> }> {
+  const dir = mkdtempSync(join(tmpdir(), 'uart-cli-noise-'));
   const masterSide = await startPtyPair();
   const deviceSide = await startPtyPair();
-  // The device (with a state directory, so what it received survives each session) opens its port
-  // first, then the relay, then the master: opening a port flushes it.
   const device = runScript('../src/cli/main.ts', ['device', '--uart', deviceSide.b, '--state', join(dir, 'state'), '--json']);
-  const relay = new NoiseRelay(prng(seed + 2));
+  const relay = new NoiseRelay(prng(seed + seedOffset));
+  const close = async (): Promise<void> => {
+    await relay.stop();
+    await stopChild(device);
+    await masterSide.stop();
+    await deviceSide.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
   try {
     await device.waitFor((l) => l['event'] === 'listening');
     await relay.start(masterSide.b, deviceSide.a);
     relay.rate = 1e-3;
-    const image = makeImage(24 << 10, 'lossy_cli', 31);
-    writeFileSync(join(dir, 'lossy.hxe'), image);
+    const imagePath = join(dir, 'image.hxe');
+    writeFileSync(imagePath, image);
+    return { masterPort: masterSide.a, imagePath, device, relay, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+test('CLI: flash --json over a lossy line reports each frame-size change and ends READY', async (t) => {
+  t.timeout(180_000);
+  const { masterPort, imagePath, device, close } = await cliNoisyRig(2, makeImage(24 << 10, 'lossy_cli', 31));
+  try {
     // --baud sizes the retransmission timeout (a pty ignores the rate itself).
-    const flash = runScript('../src/cli/main.ts', ['flash', '--uart', masterSide.a, '--baud', '4000000', '--json', join(dir, 'lossy.hxe')]);
+    const flash = runScript('../src/cli/main.ts', ['flash', '--uart', masterPort, '--baud', '4000000', '--json', imagePath]);
     t.is(await flash.exited, 0, `${flash.stderr()}\n${JSON.stringify(flash.lines.filter((l) => l['event'] !== 'progress'))}`);
     const restarts = flash.lines.filter((l) => l['event'] === 'restart');
     t.log(restarts.map((c) => `${String(c['reason'])} ${String(c['from'])}→${String(c['to'])} at byte ${String(c['ackedBytes'])}`).join(', '));
@@ -210,29 +230,17 @@ test('CLI: flash --json over a lossy line reports each frame-size change and end
     t.is((ready!['restarts'] as unknown[]).length, restarts.length);
     await device.waitFor((l) => l['event'] === 'ready');
   } finally {
-    await relay.stop();
-    await stopChild(device);
-    await masterSide.stop();
-    await deviceSide.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await close();
   }
 });
 
 test('CLI: flash (text) over a burst of noise says when it shrinks the frames and when it grows them back, and ends READY', async (t) => {
   t.timeout(180_000);
-  const dir = mkdtempSync(join(tmpdir(), 'uart-burst-'));
-  const masterSide = await startPtyPair();
-  const deviceSide = await startPtyPair();
-  const device = runScript('../src/cli/main.ts', ['device', '--uart', deviceSide.b, '--state', join(dir, 'state'), '--json']);
-  const relay = new NoiseRelay(prng(seed + 4));
+  // The largest image the CLI device's default budgets take (64 KiB each of code and rodata).
+  const image = makeImage(128 << 10, 'burst_cli', 51);
+  const { masterPort, imagePath, device, relay, close } = await cliNoisyRig(4, image);
   try {
-    await device.waitFor((l) => l['event'] === 'listening');
-    await relay.start(masterSide.b, deviceSide.a);
-    relay.rate = 1e-3;
-    // The largest image the CLI device's default budgets take (64 KiB each of code and rodata).
-    const image = makeImage(128 << 10, 'burst_cli', 51);
-    writeFileSync(join(dir, 'burst.hxe'), image);
-    const flash = runScript('../src/cli/main.ts', ['flash', '--uart', masterSide.a, '--baud', '4000000', join(dir, 'burst.hxe')]);
+    const flash = runScript('../src/cli/main.ts', ['flash', '--uart', masterPort, '--baud', '4000000', imagePath]);
     const text = (): string[] => flash.lines.filter((l) => l['event'] === 'text').map((l) => String(l['text']));
     // The burst ends once the frames are small: the line is clean from then on.
     await flash.waitFor((l) => /the line is losing frames .* going on with (256|512)-byte frames/.test(String(l['text'] ?? '')), 60_000);
@@ -241,14 +249,10 @@ test('CLI: flash (text) over a burst of noise says when it shrinks the frames an
     t.log(text().join('\n'));
     const grown = text().filter((l) => /^flash: the line is clean again \(\d+ frames delivered\): going on with \d+-byte frames from byte \d+$/.test(l));
     t.true(grown.length > 0, 'the frames grew back, and flash said so');
-    t.true(text().some((l) => l.startsWith(`flash: READY on ${masterSide.a}: burst_cli`)));
+    t.true(text().some((l) => l.startsWith(`flash: READY on ${masterPort}: burst_cli`)));
     const ready = await device.waitFor((l) => l['event'] === 'ready');
     t.is(ready['sha256'], sha256(image), 'the device holds exactly the image');
   } finally {
-    await relay.stop();
-    await stopChild(device);
-    await masterSide.stop();
-    await deviceSide.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await close();
   }
 });
