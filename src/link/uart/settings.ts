@@ -1,10 +1,10 @@
 /**
  * Default link settings, chosen for wire efficiency (image bytes / all bytes on the wire, both
  * directions) and speed on a clean line: an 8192-byte DATA frame costs 12 bytes of header+CRC,
- * 33 of COBS and 1 delimiter (99.4%), and the listener acknowledges at most once per `ackEvery`
- * frames. Per-frame costs (a parse, an engine write, and above all the ACKs that wake the master
- * and the device), not the bytes, limit a fast line: over a pty pair on a 2-core machine 8 KiB frames
- * need about 30% less CPU per MiB than 4 KiB frames (bench/uart.ts, `--chunk`).
+ * 33 of COBS and 1 delimiter (99.4%), and the listener acknowledges at most once per 32 KiB
+ * (`ackEveryBytes`). Per-frame costs (a parse, engine writes, timers and promises, the ACKs that
+ * wake both ends), not the bytes, limit a fast line: over a pty pair on a 2-core machine 8 KiB
+ * frames need about 25-30% less CPU per MiB than 4 KiB frames (bench/uart.ts, `--chunk`).
  *
  * On a noisy line large frames are wasted: at 1e-3 errors per byte an 8 KiB frame survives almost
  * never (a 268-byte frame ~76%). The master then goes on with smaller frames by itself, and back
