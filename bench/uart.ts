@@ -4,7 +4,7 @@
  * against the raw pty throughput measured in the same run: this process writes 1 MiB, a child
  * reads it.
  *
- * Three raw baselines, interleaved with the link runs so all see the same machine load:
+ * Four raw baselines, interleaved with the link runs so all see the same machine load:
  *   raw_pty          through the link's own byte path (port-io.ts: serialport's binding opens and
  *                    configures the port, non-blocking reads/writes on the event loop). This is the
  *                    baseline the goal is measured against: same I/O, no protocol.
@@ -15,9 +15,16 @@
  *                    its SHA-256 and CRC-32, and nothing else (no framing, no ACKs, no engine). No
  *                    implementation of the link can beat it on the same machine, so
  *                    `verifiedRawRatio` in the summary is the ceiling for `throughputRatio`.
+ *   raw_pty_minimum  the least any implementation of this protocol must do, with nothing else: the
+ *                    writer computes the image's SHA-256 and CRC-32 before its first byte (the
+ *                    OPEN frame announces both, so a master cannot start without them), then
+ *                    writes raw; the reader checks both and keeps every byte in one image buffer
+ *                    (the engine must hold the image). It leaves out even the framing (COBS,
+ *                    frame CRCs, ACKs) the link must also do, so `throughputRatio` cannot exceed
+ *                    `minimumRawRatio` (or its paired form) on the same machine: the tightest ceiling.
  *
  * Prints one JSON object per line:
- *   {"bench":"uart","measure":"raw_pty"|"raw_pty_stream"|"raw_pty_verified",...}  each baseline run
+ *   {"bench":"uart","measure":"raw_pty"|"raw_pty_stream"|"raw_pty_verified"|"raw_pty_minimum",...}  each baseline run
  *   {"bench":"uart","measure":"flash_1mib",...}                each link run (wire efficiency, throughput)
  *   {"bench":"uart","measure":"summary",...}                   medians, efficiency and throughput ratios
  *                                                              (of the medians, and run by run: `…Paired`)
@@ -86,8 +93,11 @@ const { values } = parseArgs({
   },
 });
 
-/** How a baseline moves raw bytes: the link's byte path, serialport's stream, or the link's path with a verifying reader. */
-const RAW_IOS = ['io', 'stream', 'verified'] as const;
+/**
+ * How a baseline moves raw bytes: the link's byte path, serialport's stream, the link's path with
+ * a verifying reader, or with the protocol's minimum work at both ends (see the header).
+ */
+const RAW_IOS = ['io', 'stream', 'verified', 'minimum'] as const;
 type RawIo = (typeof RAW_IOS)[number];
 
 interface RawPort {
@@ -126,11 +136,13 @@ async function reader(path: string, bytes: number, io: RawIo): Promise<void> {
   let reads = 0;
   let cpu = process.cpuUsage();
   // The verifying reader's checks, restarted for every image.
-  const verify = io === 'verified';
+  const verify = io === 'verified' || io === 'minimum';
+  const kept = io === 'minimum' ? Buffer.allocUnsafe(bytes) : null;
   let hash = createHash('sha256');
   let crc = 0;
   port.onData((d: Buffer) => {
     if (got === 0) cpu = process.cpuUsage();
+    if (kept) d.copy(kept, got); // got < bytes here: runs never overlap
     got += d.length;
     reads++;
     if (verify) {
@@ -227,10 +239,15 @@ function makeImage(): Uint8Array {
 interface RawResult { ms: number; readerCpuMs: number; reads: number; writerCpuMs: number; socatCpuMs: number | null }
 
 /** One raw transfer: this process writes 1 MiB, the reader child reports when it has it all. */
-async function rawRun(writer: RawPort, reader: ReturnType<typeof child>, payload: Buffer, socatPid: number | null): Promise<RawResult> {
+async function rawRun(writer: RawPort, reader: ReturnType<typeof child>, payload: Buffer, socatPid: number | null, announce = false): Promise<RawResult> {
   const socat0 = socatPid === null ? 0 : procCpuMs(socatPid);
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
+  // What a master must know before its first byte: the OPEN frame carries both.
+  if (announce) {
+    createHash('sha256').update(payload).digest();
+    crc32(payload);
+  }
   const piece = 16 * 1024; // the link's transport also coalesces frames into writes of up to 16 KiB
   for (let off = 0; off < payload.length; off += piece) {
     await writer.write(payload.subarray(off, off + piece));
@@ -294,6 +311,7 @@ async function main(): Promise<void> {
   const raw: number[] = [];
   const rawStream: number[] = [];
   const rawVerified: number[] = [];
+  const rawMinimum: number[] = [];
   const link: number[] = [];
   const efficiency: number[] = [];
   const cpu = { raw: [] as number[], link: [] as number[] };
@@ -302,7 +320,7 @@ async function main(): Promise<void> {
   try {
     // Baselines: a raw pty pair per byte path, each read by a child process.
     const baselines: Array<{ measure: string; pair: PtyPair; reader: ReturnType<typeof child>; writer: RawPort; results: number[] }> = [];
-    for (const [io, measure, results] of [['io', 'raw_pty', raw], ['stream', 'raw_pty_stream', rawStream], ['verified', 'raw_pty_verified', rawVerified]] as const) {
+    for (const [io, measure, results] of [['io', 'raw_pty', raw], ['stream', 'raw_pty_stream', rawStream], ['verified', 'raw_pty_verified', rawVerified], ['minimum', 'raw_pty_minimum', rawMinimum]] as const) {
       const pair = await startPtyPair();
       cleanup.push(() => pair.stop());
       const reader = child('reader', pair.b, io);
@@ -320,7 +338,7 @@ async function main(): Promise<void> {
     // Interleaved, so all see the same machine load.
     for (let i = 0; i < runs; i++) {
       for (const base of baselines) {
-        const r = await rawRun(base.writer, base.reader, payload, base.pair.pid);
+        const r = await rawRun(base.writer, base.reader, payload, base.pair.pid, base.measure === 'raw_pty_minimum');
         base.results.push(IMAGE_BYTES / r.ms * 1000);
         if (base.measure === 'raw_pty') cpu.raw.push(r.writerCpuMs + r.readerCpuMs + (r.socatCpuMs ?? 0));
         say({ bench: 'uart', measure: base.measure, run: i, bytes: IMAGE_BYTES, ms: +r.ms.toFixed(1), bytesPerSecond: Math.round(IMAGE_BYTES / r.ms * 1000),
@@ -372,6 +390,10 @@ async function main(): Promise<void> {
     // before it), then the median: less moved by a machine whose load drifts during the bench.
     throughputRatioPaired: +median(link.map((l, i) => l / raw[i]!)).toFixed(3),
     verifiedRawRatioPaired: +median(rawVerified.map((v, i) => v / raw[i]!)).toFixed(3),
+    // The tightest ceiling: the protocol's minimum work at both ends (see raw_pty_minimum).
+    minimumRawRatio: +(median(rawMinimum) / rawMedian).toFixed(3),
+    minimumRawRatioPaired: +median(rawMinimum.map((v, i) => v / raw[i]!)).toFixed(3),
+    throughputRatioVsMinimum: +(linkMedian / median(rawMinimum)).toFixed(3),
     rawPtyStreamBytesPerSecond: Math.round(rawStreamMedian), throughputRatioVsStream: +(linkMedian / rawStreamMedian).toFixed(3),
     wireEfficiency: +median(efficiency).toFixed(4), efficiencyGoal: 0.97,
     // CPU of all three stages per MiB (writer/master + socat + reader/device): on a 2-core machine
