@@ -14,7 +14,7 @@
  *                    byte: the checks any device must make of an image the protocol announces by
  *                    its SHA-256 and CRC-32, and nothing else (no framing, no ACKs, no engine). No
  *                    implementation of the link can beat it on the same machine, so
- *                    `verifiedRawRatio` in the summary is the ceiling for `throughputRatio`.
+ *                    `verifiedRawRatio` in the summary is a ceiling for `throughputRatio`.
  *   raw_pty_minimum  the least any implementation of this protocol must do, with nothing else: the
  *                    writer computes the image's SHA-256 and CRC-32 before its first byte (the
  *                    OPEN frame announces both, so a master cannot start without them), then
