@@ -21,9 +21,9 @@ import { vouchedSecurityCounter } from './policy.js';
 import { EngineConfigValidationError, validateEngineConfig, type EngineConfig, type EngineConfigInput } from './config.js';
 import { engineError, fromHxeError, type EngineError, type EngineErrorWhere } from './errors.js';
 import { budgetGate, capabilityGate, checkBudgets, type GateContext, type PreRegistrationGate } from './gates.js';
-import { assignInstanceName, fallbackAppName, trimUtf8 } from './naming.js';
+import { assignInstanceName, fallbackAppName, trimUtf8, type InstanceName } from './naming.js';
 import type { Clock, CommitMode, EventPhase, EventSink, ImageMeta, ImageStore, ProvisioningEventType, ValueStore } from './ports.js';
-import { isPersistedValue, MetadataRegistry, oidOf, rangeCheck, valueSchemaOf, type RegistryCounts } from './registry.js';
+import { isPersistedValue, MetadataRegistry, oidOf, rangeCheck, valueSchemaOf, type RegisteredValue, type RegistryCounts } from './registry.js';
 import { INITIAL_BUFFER_BYTES, StreamSession } from './session.js';
 import { canTransition, LoadStateMachine, type LoadState, type StateChange, type StateListener } from './state.js';
 import { InProcessVmLoader, type ArenaBlock, type ArenaKind, type VmLoader } from './vm.js';
@@ -45,7 +45,18 @@ export interface LoadOptions {
   source: string;
   /** Stack for the task; the configured default when absent (HXE carries no stack field). */
   stackBytes?: number;
+  /**
+   * What a load whose app is already running does (docs/provisioning.md, "Updates"): `reject`
+   * answers `EEXIST app_exists` as the HSX reference does (the default of `loadImage`/`end`);
+   * `replace` makes it an update of that task. Only the staged API (`stageImage`/`endStaged`) can
+   * replace, because an update is finished by `activate`.
+   */
+  update?: UpdatePolicy;
+  /** The version to record for the task when the image has no signature trailer (a store's manifest). */
+  appVersion?: string;
 }
+
+export type UpdatePolicy = 'replace' | 'reject';
 
 export interface BeginOptions extends LoadOptions {
   totalBytes?: number;
@@ -73,6 +84,10 @@ export interface TaskInfo {
   loadedAt: number;
   entry: number;
   version: 1 | 2;
+  /** `major.minor.patch+build` from the signature trailer (or the store's manifest), else `0.0.0+0`. */
+  appVersion: string;
+  /** SHA-256 (hex) of the image as received: what a master announces, what "already current" compares. */
+  sha256: string;
   reqCaps: number;
   crc32: number;
   sizes: { image: number; code: number; rodata: number; bss: number; stack: number };
@@ -94,6 +109,8 @@ export interface SessionInfo {
 /** Everything a load can hold; a leak check compares two snapshots. */
 export interface EngineResources {
   sessions: number;
+  /** Verified loads waiting for `activate` or `discard`. */
+  staged: number;
   bufferedBytes: number;
   pids: number;
   reservedPids: number;
@@ -109,6 +126,44 @@ interface TaskRecord {
   bytes: Uint8Array;
   image: HxeImage;
   sm: LoadStateMachine;
+}
+
+/**
+ * A verified image that passed every gate and check but is not running yet: what `stageImage` and
+ * `endStaged` return, `commitStaged` writes to the store, and `activate` switches to (or `discard`
+ * drops). While staged, the task it replaces keeps running and stays registered, untouched.
+ */
+export interface StagedLoad {
+  readonly pid: number;
+  readonly appName: string;
+  readonly appVersion: string;
+  readonly sha256: string;
+  readonly crc32: number;
+  readonly size: number;
+  readonly source: string;
+  /** The running task this image replaces (an update), or null (a new app). */
+  readonly replaces: TaskInfo | null;
+}
+
+/** A persisted value carried across an update, or given its new init value. */
+interface ValuePlan {
+  overrides: Map<number, number>;
+  /** Migrated values whose declaration changed: rewritten under the new schema once switched. */
+  rewrites: Array<{ key: number; raw: number; schema: { valueType: string } }>;
+  events: Array<{ type: 'value.restored' | 'value.defaulted' | 'value.migrated'; data: Record<string, unknown> }>;
+}
+
+interface Staged extends StagedLoad {
+  sm: LoadStateMachine;
+  image: HxeImage;
+  bytes: Uint8Array;
+  mode: 'monolithic' | 'stream';
+  stackBytes: number;
+  name: InstanceName;
+  values: ValuePlan;
+  /** Buffer capacity still counted against `maxBufferedBytes` (a stream's image). */
+  held: number;
+  done: boolean;
 }
 
 interface ClosedSession {
@@ -131,6 +186,7 @@ export class ProvisioningEngine {
   private readonly sessionTable = new Map<number, StreamSession>();
   private readonly taskTable = new Map<number, TaskRecord>();
   private readonly closed = new Map<number, ClosedSession>();
+  private readonly stagedTable = new Map<number, Staged>();
   private bufferedBytes = 0;
   private timersArmed = 0;
   /** Format limits for parsing: the budget gate (not the parser) judges sizes, so it can name the arena. */
@@ -191,22 +247,48 @@ export class ProvisioningEngine {
     }
     const parsed = parseImage(bytes, this.parseLimits);
     if (!parsed.ok) return this.failLoad(sm, fromHxeError(parsed.error, 'verify'));
-    const admitted = this.admit(sm, parsed.value, bytes, options.source, 'monolithic', options.stackBytes);
+    const admitted = this.admit(sm, parsed.value, bytes, options, 'monolithic');
     if (!admitted.ok) return this.failLoad(sm, admitted.error);
     return admitted;
   }
 
+  /**
+   * `loadImage` up to the switch: verified, gated, name and registrations checked (against what
+   * will be there once the task it replaces is gone), values planned; nothing registered and
+   * nothing running changed. Finish with `activate` or `discard`.
+   */
+  stageImage(bytes: Uint8Array, options: LoadOptions): Result<StagedLoad, EngineError> {
+    const bad = this.checkLoadOptions(options, 'verify');
+    if (bad) return this.fail(bad, null, true);
+    const sm = new LoadStateMachine(null, this.notify);
+    sm.transition('LOADING', 'load');
+    this.emit('provisioning.started', null, 'begin', { source: options.source, mode: 'monolithic', total_bytes: bytes.length });
+    sm.transition('VERIFY', 'image complete');
+    if (bytes.length > this.config.maxImageBytes) {
+      return this.failLoad(sm, engineError('ENOSPC', 'verify', 'image_too_large',
+        `image is ${bytes.length} bytes, limit is ${this.config.maxImageBytes}`, { size: bytes.length, limit: this.config.maxImageBytes }));
+    }
+    const parsed = parseImage(bytes, this.parseLimits);
+    if (!parsed.ok) return this.failLoad(sm, fromHxeError(parsed.error, 'verify'));
+    const prepared = this.prepare(sm, parsed.value, bytes.slice(), options, 'monolithic');
+    if (!prepared.ok) return this.failLoad(sm, prepared.error);
+    return ok(this.publicStaged(prepared.value));
+  }
+
   /** A monolithic load has no session to abort later: a failure is torn down at once (FAILED → ABORTING → IDLE). */
-  private failLoad(sm: LoadStateMachine, e: EngineError): Result<TaskInfo, EngineError> {
+  private failLoad<T = TaskInfo>(sm: LoadStateMachine, e: EngineError): Result<T, EngineError> {
     sm.transition('FAILED', e.reason);
     this.releasePid(sm.pid);
-    const result = this.fail<TaskInfo>(e, sm.pid, true);
+    const result = this.fail<T>(e, sm.pid, true);
     sm.transition('ABORTING', 'load failed');
     sm.transition('IDLE', 'released');
     return result;
   }
 
   private checkLoadOptions(options: LoadOptions, where: EngineErrorWhere): EngineError | null {
+    if (options?.update !== undefined && options.update !== 'replace' && options.update !== 'reject') {
+      return engineError('EBADMSG', where, 'update_invalid', `update must be "replace" or "reject", got ${String(options.update)}`);
+    }
     if (typeof options?.source !== 'string' || options.source.length === 0) {
       return engineError('EBADMSG', where, 'source_missing', 'source must be a non-empty string (file:PATH, can:IFACE/master:NODE, uart:PORT, sd:MANIFEST#ENTRY)');
     }
@@ -219,14 +301,30 @@ export class ProvisioningEngine {
   // ───────────────────────── verified image → READY ─────────────────────────
 
   /**
-   * Shared tail of both load kinds, entered in VERIFY with a parsed image: gates, PID (monolithic),
-   * name, persisted values, registration, VM load, READY. On failure it undoes what it did itself
-   * (registrations); the caller releases the PID.
+   * Shared tail of both load kinds, entered in VERIFY with a parsed image: prepare, then switch.
+   * On failure it undoes what it did itself (registrations); the caller releases the PID.
    */
-  private admit(sm: LoadStateMachine, image: HxeImage, bytes: Uint8Array, source: string, mode: 'monolithic' | 'stream',
-    stackOption: number | undefined): Result<TaskInfo, EngineError> {
-    const stackBytes = stackOption ?? this.config.defaultStackBytes;
-    const ctx: GateContext = { source, mode, pid: sm.pid, config: this.config, stackBytes, vm: this.vm.usage() };
+  private admit(sm: LoadStateMachine, image: HxeImage, bytes: Uint8Array, options: LoadOptions, mode: 'monolithic' | 'stream'): Result<TaskInfo, EngineError> {
+    // `loadImage` and `end` keep the HSX reference's answer to a running app (`app_exists`).
+    const prepared = this.prepare(sm, image, mode === 'monolithic' ? bytes.slice() : bytes, { ...options, update: 'reject' }, mode);
+    if (!prepared.ok) return prepared;
+    const switched = this.switchTo(prepared.value);
+    return switched.ok ? ok(switched.value.task) : switched;
+  }
+
+  /**
+   * Everything that can refuse a load, with nothing changed: gates (against the arenas as they will
+   * be once a replaced task is gone), the PID (monolithic), the instance name or the task this
+   * image updates, the registrations, and the plan for persisted values.
+   */
+  private prepare(sm: LoadStateMachine, image: HxeImage, bytes: Uint8Array, options: LoadOptions, mode: 'monolithic' | 'stream'): Result<Staged, EngineError> {
+    const source = options.source;
+    const stackBytes = options.stackBytes ?? this.config.defaultStackBytes;
+    const h = image.header;
+    const target = this.updateTarget(image, source, sm.pid, options.update ?? 'reject');
+    if (!target.ok) return target;
+    const replaces = target.value;
+    const ctx: GateContext = { source, mode, pid: sm.pid, config: this.config, stackBytes, vm: this.vm.usage(replaces?.info.pid) };
     if (this.imageStore) ctx.imageStore = this.imageStore;
     for (const gate of this.gates) {
       const refusal = gate(image, bytes, ctx);
@@ -245,60 +343,169 @@ export class ProvisioningEngine {
       sm.pid = pid;
     }
 
-    const h = image.header;
     const base = h.appName.trim() !== '' ? h.appName : fallbackAppName(source, pid);
-    const name = assignInstanceName(base, h.allowMultipleInstances, (n) => this.nameTaken(n), this.config.maxAppNameBytes);
+    const name = assignInstanceName(base, h.allowMultipleInstances, (n) => this.nameTaken(n, replaces?.info.pid), this.config.maxAppNameBytes);
     if (!name) {
       const bare = trimUtf8(base, this.config.maxAppNameBytes);
       return err(engineError('EEXIST', 'register', 'app_exists', `app_exists:${bare}`, { appName: bare }));
     }
+    const checked = this.registry.checkReplacing(image, replaces?.info.pid ?? null);
+    if (!checked.ok) return this.explainConflict(checked.error, h.allowMultipleInstances);
 
-    const restored = this.restoreValues(image);
-    const registered = this.registry.register(pid, image, restored.overrides);
-    if (!registered.ok) return registered;
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    const staged: Staged = {
+      pid, appName: name.appName, appVersion: image.trailer ? formatVersion(image.trailer.version) : options.appVersion ?? '0.0.0+0',
+      sha256, crc32: h.crc32, size: bytes.length, source, replaces: replaces ? structuredClone(replaces.info) : null,
+      sm, image, bytes, mode, stackBytes, name, values: this.planValues(image, replaces), held: 0, done: false,
+    };
+    return ok(staged);
+  }
 
-    const loaded = this.vm.load(pid, strip(image), stackBytes);
+  /**
+   * The running task an image updates, or null for a new app: a single-instance image whose name a
+   * running single-instance app has, or whose values and commands collide with exactly one running
+   * task's own (and that task is single-instance). With `reject`, such an image is refused as the
+   * HSX reference refuses it (`app_exists`, or the registry's `*_exists`).
+   */
+  private updateTarget(image: HxeImage, source: string, pid: number | null, policy: UpdatePolicy): Result<TaskRecord | null, EngineError> {
+    const h = image.header;
+    if (policy === 'reject' || h.allowMultipleInstances) return ok(null);
+    const base = trimUtf8(h.appName.trim() !== '' ? h.appName : fallbackAppName(source, pid ?? 0), this.config.maxAppNameBytes);
+    for (const t of this.taskTable.values()) {
+      if (t.info.appName === base && !t.info.allowMultipleInstances) return ok(t);
+    }
+    const owners = [...this.registry.collisions(image).keys()];
+    if (owners.length === 1) {
+      const t = this.taskTable.get(owners[0]!);
+      if (t && !t.info.allowMultipleInstances) return ok(t);
+    }
+    return ok(null);
+  }
+
+  /** A registration conflict, said in words that name the other app and why it is not an update. */
+  private explainConflict(e: EngineError, multiInstance: boolean): Result<never, EngineError> {
+    const owner = typeof e.detail?.['ownerPid'] === 'number' ? this.taskTable.get(e.detail['ownerPid'] as number) : undefined;
+    if (e.code !== 'EEXIST' || !owner) return err(e);
+    const why = multiInstance
+      ? 'a new instance of a multi-instance app cannot share it'
+      : owner.info.allowMultipleInstances ? `${owner.info.appName} is a multi-instance app, which an update never replaces` : 'this image also collides with another app';
+    return err({ ...e, message: `${e.message} (app ${owner.info.appName}); ${why}`, detail: { ...e.detail, ownerApp: owner.info.appName } });
+  }
+
+  /**
+   * Persisted values for a new task. For an update, a value whose persist key the replaced task
+   * declared too is carried over from that task's live value (`value.migrated`) unless the new
+   * declaration makes it invalid (other type, out of the new range: `value.defaulted`); any other
+   * key is read back from the store as at boot.
+   */
+  private planValues(image: HxeImage, replaces: TaskRecord | null): ValuePlan {
+    const restored = this.restoreValues(image, replaces ? this.registry.valuesOf(replaces.info.pid) : []);
+    return restored;
+  }
+
+  /**
+   * The switch: stop and unregister the replaced task, register the staged image and load it into
+   * the VM, READY. A failure after the replaced task is gone is reported as such (the caller rolls
+   * the store back and restores the previous image from it).
+   */
+  private switchTo(st: Staged): Result<{ task: TaskInfo; replaced: TaskInfo | null }, EngineError> {
+    const old = st.replaces ? this.taskTable.get(st.replaces.pid) ?? null : null;
+    if (st.replaces && !old) {
+      return err(engineError('EBUSY', 'register', 'replaced_task_gone', `PID ${st.replaces.pid} (${st.replaces.appName}) was unloaded while the update was staged`,
+        { pid: st.replaces.pid }));
+    }
+    // Checked again: another load may have registered something while the image was being committed.
+    const checked = this.registry.checkReplacing(st.image, old?.info.pid ?? null);
+    if (!checked.ok) return this.explainConflict(checked.error, st.image.header.allowMultipleInstances);
+    if (old) {
+      this.registry.release(old.info.pid);
+      this.vm.release(old.info.pid);
+      this.taskTable.delete(old.info.pid);
+      old.sm.transition('IDLE', 'replaced');
+    }
+    const pid = st.pid;
+    const h = st.image.header;
+    const registered = this.registry.register(pid, st.image, st.values.overrides);
+    if (!registered.ok) return this.switchFailed(registered.error, old);
+    const loaded = this.vm.load(pid, strip(st.image), st.stackBytes);
     if (!loaded.ok) {
       this.registry.release(pid);
-      return err({ ...loaded.error, where: 'end' });
+      return this.switchFailed({ ...loaded.error, where: 'end' }, old);
     }
     const info: TaskInfo = {
-      pid, appName: name.appName, appNameBase: name.appNameBase, allowMultipleInstances: h.allowMultipleInstances,
-      state: 'READY', source, loadedAt: this.clock.now(), entry: h.entry, version: h.version, reqCaps: h.reqCaps, crc32: h.crc32,
-      sizes: { image: bytes.length, code: h.codeLen, rodata: h.roLen, bss: h.bssSize, stack: stackBytes },
+      pid, appName: st.name.appName, appNameBase: st.name.appNameBase, allowMultipleInstances: h.allowMultipleInstances,
+      state: 'READY', source: st.source, loadedAt: this.clock.now(), entry: h.entry, version: h.version,
+      appVersion: st.appVersion, sha256: st.sha256, reqCaps: h.reqCaps, crc32: h.crc32,
+      sizes: { image: st.bytes.length, code: h.codeLen, rodata: h.roLen, bss: h.bssSize, stack: st.stackBytes },
       counts: { values: registered.value.values, commands: registered.value.commands, mailboxes: registered.value.mailboxes },
       arenas: loaded.value.arenas,
     };
     // in the table before READY is announced, so a state listener already finds the task
-    // a monolithic caller may reuse its buffer: the task keeps its own copy (a stream hands over its buffer in end())
-    this.taskTable.set(pid, { info, bytes: mode === 'monolithic' ? bytes.slice() : bytes, image, sm });
-    sm.transition('READY', 'loaded');
-    for (const e of restored.events) this.emit(e.type, pid, 'register', e.data);
+    this.taskTable.set(pid, { info, bytes: st.bytes, image: st.image, sm: st.sm });
+    st.sm.transition('READY', 'loaded');
+    for (const w of st.values.rewrites) {
+      try {
+        this.valueStore?.write(w.key, w.raw, w.schema);
+      } catch (e) {
+        this.emit('warning', pid, 'register', { reason: 'value_write_failed', key: w.key, message: String((e as Error).message ?? e) });
+      }
+    }
+    for (const e of st.values.events) this.emit(e.type, pid, 'register', e.data);
+    if (old) {
+      this.emit('provisioning.unloaded', old.info.pid, 'end', { app_name: old.info.appName, source: old.info.source, replaced_by: pid });
+    }
     this.emit('provisioning.complete', pid, 'end', {
-      app_name: info.appName, app_name_base: info.appNameBase, source, mode, size: bytes.length,
-      code_len: h.codeLen, ro_len: h.roLen, bss: h.bssSize, stack: stackBytes, ...info.counts,
+      app_name: info.appName, app_name_base: info.appNameBase, source: st.source, mode: st.mode, size: st.bytes.length,
+      code_len: h.codeLen, ro_len: h.roLen, bss: h.bssSize, stack: st.stackBytes, ...info.counts,
+      ...(old ? { replaced_pid: old.info.pid } : {}),
     });
-    return ok(structuredClone(info));
+    return ok({ task: structuredClone(info), replaced: old ? structuredClone(old.info) : null });
   }
 
-  private nameTaken(name: string): boolean {
-    for (const t of this.taskTable.values()) if (t.info.appName === name) return true;
+  private switchFailed(e: EngineError, old: TaskRecord | null): Result<never, EngineError> {
+    if (!old) return err(e);
+    return err({ ...e, detail: { ...e.detail, replacedPid: old.info.pid, replacedGone: true } });
+  }
+
+  private nameTaken(name: string, except?: number): boolean {
+    for (const t of this.taskTable.values()) if (t.info.appName === name && t.info.pid !== except) return true;
     return false;
   }
 
-  /** Persisted values are read back over their init values; the events go out only if the load succeeds. */
-  private restoreValues(image: HxeImage): {
-    overrides: Map<number, number>;
-    events: Array<{ type: 'value.restored' | 'value.defaulted'; data: Record<string, unknown> }>;
-  } {
+  /**
+   * Persisted values are read back over their init values; with `carried` (the live values of a task
+   * being replaced), a key it declared is carried from there instead. Nothing is written and no
+   * event goes out here: both happen only if the load succeeds.
+   */
+  private restoreValues(image: HxeImage, carried: readonly RegisteredValue[] = []): ValuePlan {
     const overrides = new Map<number, number>();
-    const events: Array<{ type: 'value.restored' | 'value.defaulted'; data: Record<string, unknown> }> = [];
-    if (!this.valueStore) return { overrides, events };
+    const rewrites: ValuePlan['rewrites'] = [];
+    const events: ValuePlan['events'] = [];
+    if (!this.valueStore) return { overrides, rewrites, events };
+    const byKey = new Map(carried.filter((c) => c.persisted).map((c) => [c.persistKey, c]));
     for (const v of image.values) {
       if (!isPersistedValue(v)) continue;
       const oid = oidOf(v.group, v.id);
       const base = { oid, key: v.persistKey, group: v.group, id: v.id, name: v.name };
-      const read = this.valueStore.read(v.persistKey, valueSchemaOf(v));
+      const schema = valueSchemaOf(v);
+      const from = byKey.get(v.persistKey);
+      if (from) {
+        const oldSchema = valueSchemaOf(from);
+        const typeOf = (s: string) => s.slice(0, s.indexOf('['));
+        if (typeOf(oldSchema.valueType) !== typeOf(schema.valueType)) {
+          events.push({ type: 'value.defaulted', data: { ...base, reason: 'type_changed', raw: v.init.raw, stored_raw: from.raw } });
+          continue;
+        }
+        if (!rangeCheck(v, from.raw).ok) {
+          events.push({ type: 'value.defaulted', data: { ...base, reason: 'out_of_range', raw: v.init.raw, stored_raw: from.raw } });
+          continue;
+        }
+        overrides.set(oid, from.raw);
+        if (oldSchema.valueType !== schema.valueType) rewrites.push({ key: v.persistKey, raw: from.raw, schema });
+        events.push({ type: 'value.migrated', data: { ...base, raw: from.raw, from_pid: from.pid, from_oid: from.oid } });
+        continue;
+      }
+      const read = this.valueStore.read(v.persistKey, schema);
       if (!read.ok) {
         events.push({ type: 'value.defaulted', data: { ...base, reason: read.reason, raw: v.init.raw } });
         continue;
@@ -310,7 +517,7 @@ export class ProvisioningEngine {
       overrides.set(oid, read.raw);
       events.push({ type: 'value.restored', data: { ...base, raw: read.raw } });
     }
-    return { overrides, events };
+    return { overrides, rewrites, events };
   }
 
   private releasePid(pid: number | null): void {
@@ -353,6 +560,8 @@ export class ProvisioningEngine {
     const now = this.clock.now();
     const s = new StreamSession(pid, options.source, totalBytes, expectedCrc, options.stackBytes, now, sm, capacity);
     s.verifier = new InPlaceVerifier(this.parseLimits, totalBytes !== undefined ? { totalBytes } : {});
+    if (options.update !== undefined) s.update = options.update;
+    if (options.appVersion !== undefined) s.appVersion = options.appVersion;
     this.bufferedBytes += capacity;
     this.sessionTable.set(pid, s);
     this.scheduleProgress(s);
@@ -426,7 +635,10 @@ export class ProvisioningEngine {
     if (rejected) return fromHxeError(rejected, 'write');
     if (!s.headerChecked && v.header) {
       s.headerChecked = true;
-      const over = checkBudgets(v.header, s.stackBytes ?? this.config.defaultStackBytes, this.config, this.vm.usage());
+      const replaced = s.update === 'replace' && !v.header.allowMultipleInstances
+        ? [...this.taskTable.values()].find((t) => t.info.appName === trimUtf8(v.header!.appName, this.config.maxAppNameBytes) && !t.info.allowMultipleInstances)
+        : undefined;
+      const over = checkBudgets(v.header, s.stackBytes ?? this.config.defaultStackBytes, this.config, this.vm.usage(replaced?.info.pid));
       if (over) return { ...over, where: 'write' };
     }
     return null;
@@ -450,6 +662,50 @@ export class ProvisioningEngine {
   }
 
   end(sessionId: number): Result<TaskInfo, EngineError> {
+    const v = this.verifyStream(sessionId);
+    if (!v.ok) return v;
+    const { s, image, bytes } = v.value;
+    const admitted = this.admit(s.sm, image, bytes, this.streamOptions(s), 'stream');
+    if (!admitted.ok) return this.failSession(s, admitted.error);
+
+    // The task keeps an exactly-sized copy of the image; the session and its timer go.
+    const held = s.buffer.length;
+    const taken = s.takeImage();
+    const record = this.taskTable.get(sessionId);
+    if (record) record.bytes = taken; // (absent only if a state listener unloaded it already)
+    this.bufferedBytes -= held;
+    this.disarmTimer(s);
+    this.sessionTable.delete(sessionId);
+    return admitted;
+  }
+
+  /**
+   * `end` up to the switch (see `stageImage`): the session's image is verified and prepared, the
+   * session closes and its buffer goes to the staged load. Finish with `activate` or `discard`.
+   */
+  endStaged(sessionId: number): Result<StagedLoad, EngineError> {
+    const v = this.verifyStream(sessionId);
+    if (!v.ok) return v;
+    const { s, image, bytes } = v.value;
+    const prepared = this.prepare(s.sm, image, bytes, this.streamOptions(s), 'stream');
+    if (!prepared.ok) return this.failSession(s, prepared.error);
+    const st = prepared.value;
+    st.held = s.buffer.length;
+    st.bytes = s.takeImage();
+    this.disarmTimer(s);
+    this.sessionTable.delete(sessionId);
+    return ok(this.publicStaged(st));
+  }
+
+  private streamOptions(s: StreamSession): LoadOptions {
+    const o: LoadOptions = { source: s.source, update: s.update };
+    if (s.stackBytes !== undefined) o.stackBytes = s.stackBytes;
+    if (s.appVersion !== undefined) o.appVersion = s.appVersion;
+    return o;
+  }
+
+  /** LOADING → VERIFY with the whole stream checked (completeness, transfer CRC, the image itself). */
+  private verifyStream(sessionId: number): Result<{ s: StreamSession; image: HxeImage; bytes: Uint8Array }, EngineError> {
     const s = this.sessionTable.get(sessionId);
     if (!s) return this.fail(this.missingSession(sessionId, 'end'), this.taskTable.has(sessionId) ? sessionId : null, false);
     if (s.sm.state !== 'LOADING') {
@@ -472,18 +728,75 @@ export class ProvisioningEngine {
     const finished = s.verifier!.finish(bytes);
     s.verifier = null;
     if (!finished.ok) return this.failSession(s, fromHxeError(finished.error, 'verify'));
-    const admitted = this.admit(s.sm, finished.value, bytes, s.source, 'stream', s.stackBytes);
-    if (!admitted.ok) return this.failSession(s, admitted.error);
+    return ok({ s, image: finished.value, bytes });
+  }
 
-    // The task keeps an exactly-sized copy of the image; the session and its timer go.
-    const held = s.buffer.length;
-    const image = s.takeImage();
-    const record = this.taskTable.get(sessionId);
-    if (record) record.bytes = image; // (absent only if a state listener unloaded it already)
-    this.bufferedBytes -= held;
-    this.disarmTimer(s);
-    this.sessionTable.delete(sessionId);
-    return admitted;
+  // ───────────────────────────── staged loads ─────────────────────────────
+
+  private publicStaged(st: Staged): StagedLoad {
+    this.stagedTable.set(st.pid, st);
+    const { pid, appName, appVersion, sha256, crc32, size, source, replaces } = st;
+    return { pid, appName, appVersion, sha256, crc32, size, source, replaces };
+  }
+
+  private stagedOf(staged: StagedLoad, where: EngineErrorWhere): Result<Staged, EngineError> {
+    const st = this.stagedTable.get(staged.pid);
+    if (!st || st.done) return err(engineError('ESRCH', where, 'unknown_staged', `no staged load with PID ${staged.pid}`, { pid: staged.pid }));
+    return ok(st);
+  }
+
+  /** Writes a staged image to the store's inactive slot and switches the store to it (A/B commit). */
+  async commitStaged(staged: StagedLoad, mode: CommitMode, meta?: Partial<ImageMeta>): Promise<Result<{ slot: 'A' | 'B'; seq: number; meta: ImageMeta }, EngineError>> {
+    if (!this.imageStore) return this.fail(this.noStore(), staged.pid, true);
+    const found = this.stagedOf(staged, 'persist');
+    if (!found.ok) return this.fail(found.error, staged.pid, true);
+    const st = found.value;
+    const m: ImageMeta = {
+      appName: st.appName, version: st.appVersion, securityCounter: vouchedSecurityCounter(st.image),
+      reqCaps: st.image.header.reqCaps, codeLen: st.image.header.codeLen, roLen: st.image.header.roLen, bssSize: st.image.header.bssSize,
+      source: st.source, crc32: st.crc32, sha256: st.sha256, bootPriority: 0, ...meta,
+    };
+    try {
+      const r = await this.imageStore.commit(st.bytes, m, mode);
+      this.emit('provisioning.persisted', st.pid, 'persist', { slot: r.slot, seq: r.seq, mode, app_name: m.appName, sha256: m.sha256, version: m.version });
+      return ok({ ...r, meta: m });
+    } catch (e) {
+      return this.fail(this.storeError(e, 'commit failed'), st.pid, true);
+    }
+  }
+
+  /** The switch (`switchTo`); on failure the staged load is dropped and its PID freed. */
+  activate(staged: StagedLoad): Result<{ task: TaskInfo; replaced: TaskInfo | null }, EngineError> {
+    const found = this.stagedOf(staged, 'register');
+    if (!found.ok) return this.fail(found.error, staged.pid, true);
+    const st = found.value;
+    const switched = this.switchTo(st);
+    if (!switched.ok) {
+      this.closeStaged(st, 'FAILED', switched.error.reason);
+      return this.fail(switched.error, st.pid, true);
+    }
+    st.done = true;
+    this.stagedTable.delete(st.pid);
+    this.bufferedBytes -= st.held;
+    return switched;
+  }
+
+  /** Drops a staged load (a later step failed): nothing it would have changed is touched. */
+  discard(staged: StagedLoad, reason: string): void {
+    const st = this.stagedTable.get(staged.pid);
+    if (!st || st.done) return;
+    this.closeStaged(st, 'FAILED', reason);
+    this.emit('provisioning.aborted', st.pid, 'end', { reason, source: st.source, bytes_written: st.size });
+  }
+
+  private closeStaged(st: Staged, via: 'FAILED', reason: string): void {
+    st.done = true;
+    this.stagedTable.delete(st.pid);
+    this.bufferedBytes -= st.held;
+    if (st.sm.state === 'VERIFY') st.sm.transition(via, reason);
+    if (st.sm.state === 'FAILED') st.sm.transition('ABORTING', reason);
+    if (st.sm.state === 'ABORTING') st.sm.transition('IDLE', 'released');
+    this.releasePid(st.pid);
   }
 
   /**
@@ -645,7 +958,7 @@ export class ProvisioningEngine {
   resources(): EngineResources {
     const u = this.vm.usage();
     return {
-      sessions: this.sessionTable.size, bufferedBytes: this.bufferedBytes, pids: u.pids, reservedPids: u.reserved, tasks: u.tasks,
+      sessions: this.sessionTable.size, staged: this.stagedTable.size, bufferedBytes: this.bufferedBytes, pids: u.pids, reservedPids: u.reserved, tasks: u.tasks,
       arenasUsed: { code: u.arenas.code.used, rodata: u.arenas.rodata.used, data: u.arenas.data.used, stack: u.arenas.stack.used },
       registry: this.registry.counts(), timers: this.timersArmed,
     };
@@ -688,12 +1001,12 @@ export class ProvisioningEngine {
     const tr = t.image.trailer;
     return {
       appName: t.info.appName,
-      version: tr ? formatVersion(tr.version) : '0.0.0+0',
+      version: tr ? formatVersion(tr.version) : t.info.appVersion,
       // Only a counter that a verified signature vouched for (the policy gate records it) is ever recorded:
       // an unverified high counter would lock the device out of every later image.
       securityCounter: vouchedSecurityCounter(t.image),
       reqCaps: h.reqCaps, codeLen: h.codeLen, roLen: h.roLen, bssSize: h.bssSize, source: t.info.source, crc32: h.crc32,
-      sha256: createHash('sha256').update(t.bytes).digest('hex'),
+      sha256: t.info.sha256,
       bootPriority: 0,
       ...overrides,
     };
@@ -729,6 +1042,32 @@ export class ProvisioningEngine {
     }
   }
 
+  /** Whether the engine persists images (an image store was given). */
+  get hasImageStore(): boolean {
+    return this.imageStore !== undefined;
+  }
+
+  /** Bytes one flash slot holds, or null without a store (or one that does not say). */
+  slotCapacity(): number | null {
+    return this.imageStore?.slotCapacity?.() ?? null;
+  }
+
+  /** SHA-256 (hex) of the store's active image, or null. */
+  storedSha256(): string | null {
+    return this.imageStore?.active()?.meta.sha256 ?? null;
+  }
+
+  /** Forgets persisted values for good (see ValueStore.drop). */
+  async dropValues(keys: readonly number[]): Promise<Result<void, EngineError>> {
+    if (!this.valueStore?.drop) return ok(undefined);
+    try {
+      await this.valueStore.drop(keys);
+      return ok(undefined);
+    } catch (e) {
+      return this.fail(this.storeError(e, 'dropping values failed'), null, false);
+    }
+  }
+
   async confirm(): Promise<Result<void, EngineError>> {
     if (!this.imageStore) return this.fail(this.noStore(), null, true);
     try {
@@ -758,6 +1097,6 @@ export class ProvisioningEngine {
     if (!this.imageStore) return this.fail(this.noStore(), null, true);
     const active = this.imageStore.active();
     if (!active) return ok(null);
-    return this.loadImage(active.image, { source: `store:${active.meta.source}` });
+    return this.loadImage(active.image, { source: `store:${active.meta.source}`, appVersion: active.meta.version });
   }
 }

@@ -4,7 +4,9 @@
  */
 export * from './ports.js';
 export { ProvisioningEngine } from './engine.js';
-export type { EngineOptions, LoadOptions, BeginOptions, WriteAck, TaskInfo, SessionInfo, EngineResources } from './engine.js';
+export type { EngineOptions, LoadOptions, BeginOptions, WriteAck, TaskInfo, SessionInfo, EngineResources, StagedLoad, UpdatePolicy } from './engine.js';
+export { DeviceIntake, runningOf } from './intake.js';
+export type { IntakeOptions, IntakeAnnounce, IntakeOpen, IntakeOutcome, IntakeVerdict, RunningImage } from './intake.js';
 export { engineError, fromHxeError } from './errors.js';
 export type { EngineError, EngineErrorCode, EngineErrorWhere } from './errors.js';
 export { engineConfigSchema, validateEngineConfig, EngineConfigValidationError } from './config.js';

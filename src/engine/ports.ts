@@ -24,8 +24,11 @@ export type ProvisioningEventType =
   | 'provisioning.persisted'
   | 'provisioning.rollback'
   | 'provisioning.wear_warning'
+  | 'provisioning.updated'
   | 'value.restored'
   | 'value.defaulted'
+  | 'value.migrated'
+  | 'value.dropped'
   | 'boot.attempt'
   | 'boot.source'
   | 'boot.failed'
@@ -79,6 +82,8 @@ export interface ImageStore {
   active(): { image: Uint8Array; meta: ImageMeta; confirmed: boolean } | null;
   /** Highest security counter ever committed; only moves forward (anti-downgrade). */
   securityCounter(): number;
+  /** Bytes one slot holds: an announced image larger than this is refused before anything is erased. */
+  slotCapacity?(): number;
 }
 
 export type ValueReadResult =
@@ -90,4 +95,6 @@ export interface ValueStore {
   read(key: number, schema: { valueType: string }): ValueReadResult;
   write(key: number, raw: number, schema: { valueType: string }, debounceMs?: number): void;
   flush(): Promise<void>;
+  /** Forgets these keys for good (an update the device confirmed no longer declares them). */
+  drop?(keys: readonly number[]): Promise<void>;
 }

@@ -114,21 +114,52 @@ export class MetadataRegistry {
     return ok({ values: own.values.length, commands: own.commands.length, mailboxes: own.mailboxes.length, stringBytes: own.stringBytes });
   }
 
+  /**
+   * Whether `image` could be registered once `without` (the task an update replaces) has released
+   * its entries: every limit and conflict, nothing changed.
+   */
+  checkReplacing(image: HxeImage, without: number | null): Result<number, EngineError> {
+    return this.check(image, without);
+  }
+
+  /**
+   * The PIDs whose registrations `image` collides with (values, commands, mailbox targets): an
+   * update replaces a task whose entries are the only ones in the way.
+   */
+  collisions(image: HxeImage): Map<number, string[]> {
+    const out = new Map<number, string[]>();
+    const add = (pid: number, what: string) => out.set(pid, [...(out.get(pid) ?? []), what]);
+    for (const v of image.values) {
+      const r = this.values.get(oidOf(v.group, v.id));
+      if (r) add(r.pid, `value (${v.group},${v.id})`);
+    }
+    for (const c of image.commands) {
+      const r = this.commands.get(oidOf(c.group, c.id));
+      if (r) add(r.pid, `command (${c.group},${c.id})`);
+    }
+    return out;
+  }
+
   /** Every limit and conflict, with nothing changed; returns the string-table bytes the load needs. */
-  private check(image: HxeImage): Result<number, EngineError> {
+  private check(image: HxeImage, without: number | null = null): Result<number, EngineError> {
     const L = this.limits;
+    const freed = without === null ? null : this.owned.get(without) ?? null;
+    const fv = freed?.values.length ?? 0;
+    const fc = freed?.commands.length ?? 0;
+    const fm = freed?.mailboxes.length ?? 0;
+    const fs = freed?.stringBytes ?? 0;
     const full = (what: string, reason: string, inUse: number, requested: number, limit: number) =>
       err(engineError('ENOSPC', 'register', reason, `${what} registry full: ${inUse} in use + ${requested} requested > ${limit}`,
         { inUse, requested, limit }));
-    if (this.values.size + image.values.length > L.maxValues) return full('value', 'values_full', this.values.size, image.values.length, L.maxValues);
-    if (this.commands.size + image.commands.length > L.maxCommands) return full('command', 'commands_full', this.commands.size, image.commands.length, L.maxCommands);
-    if (this.mailboxes.size + image.mailboxes.length > L.maxMailboxes) return full('mailbox', 'mailboxes_full', this.mailboxes.size, image.mailboxes.length, L.maxMailboxes);
+    if (this.values.size - fv + image.values.length > L.maxValues) return full('value', 'values_full', this.values.size - fv, image.values.length, L.maxValues);
+    if (this.commands.size - fc + image.commands.length > L.maxCommands) return full('command', 'commands_full', this.commands.size - fc, image.commands.length, L.maxCommands);
+    if (this.mailboxes.size - fm + image.mailboxes.length > L.maxMailboxes) return full('mailbox', 'mailboxes_full', this.mailboxes.size - fm, image.mailboxes.length, L.maxMailboxes);
 
     const values = this.checkAddressed('value', this.values, image.values,
-      (v) => stringCost(v.name) + stringCost(v.unit) + stringCost(v.groupName));
+      (v) => stringCost(v.name) + stringCost(v.unit) + stringCost(v.groupName), without);
     if (!values.ok) return values;
     const commands = this.checkAddressed('command', this.commands, image.commands,
-      (c) => stringCost(c.name) + stringCost(c.help) + stringCost(c.groupName));
+      (c) => stringCost(c.name) + stringCost(c.help) + stringCost(c.groupName), without);
     if (!commands.ok) return commands;
     const strings = values.value + commands.value;
 
@@ -141,10 +172,10 @@ export class MetadataRegistry {
       const e = this.nameTooLong('mailbox', m.target);
       if (e) return err(e);
     }
-    if (this.stringBytes + strings > L.stringTableBytes) {
+    if (this.stringBytes - fs + strings > L.stringTableBytes) {
       return err(engineError('ENOSPC', 'register', 'string_table_full',
-        `string table full: ${this.stringBytes} bytes in use + ${strings} requested > ${L.stringTableBytes}`,
-        { inUse: this.stringBytes, requested: strings, limit: L.stringTableBytes }));
+        `string table full: ${this.stringBytes - fs} bytes in use + ${strings} requested > ${L.stringTableBytes}`,
+        { inUse: this.stringBytes - fs, requested: strings, limit: L.stringTableBytes }));
     }
     return ok(strings);
   }
@@ -155,12 +186,14 @@ export class MetadataRegistry {
    */
   private checkAddressed<E extends { group: number; id: number; name: string | null }>(
     kind: 'value' | 'command', registered: ReadonlyMap<number, { pid: number }>, entries: readonly E[], stringBytes: (e: E) => number,
+    without: number | null,
   ): Result<number, EngineError> {
     let strings = 0;
     const seen = new Set<number>();
     for (const e of entries) {
       const oid = oidOf(e.group, e.id);
-      const clash = registered.get(oid);
+      const found = registered.get(oid);
+      const clash = found && found.pid !== without ? found : undefined;
       if (clash || seen.has(oid)) {
         return err(engineError('EEXIST', 'register', `${kind}_exists`, `${kind} (${e.group},${e.id}) is already registered${clash ? ` by PID ${clash.pid}` : ' twice in this image'}`,
           { oid, group: e.group, id: e.id, ownerPid: clash?.pid ?? null }));

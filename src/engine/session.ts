@@ -31,6 +31,10 @@ export class StreamSession {
   lastPercent = -1;
   /** Set once the header is complete and its budgets checked. */
   headerChecked = false;
+  /** What this load does when its app is already running (see LoadOptions.update). */
+  update: 'replace' | 'reject' = 'reject';
+  /** Recorded version when the image has no trailer (LoadOptions.appVersion). */
+  appVersion: string | undefined;
   private exact: Uint8Array | null = null;
 
   constructor(

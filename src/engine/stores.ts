@@ -68,6 +68,13 @@ export class InMemoryImageStore implements ImageStore {
   securityCounter(): number {
     return this.counter;
   }
+
+  /** Test geometry: a slot holds this many bytes. */
+  capacity = 1 << 20;
+
+  slotCapacity(): number {
+    return this.capacity;
+  }
 }
 
 export class InMemoryValueStore implements ValueStore {
@@ -89,6 +96,15 @@ export class InMemoryValueStore implements ValueStore {
   }
 
   async flush(): Promise<void> {}
+
+  async drop(keys: readonly number[]): Promise<void> {
+    for (const k of keys) this.records.delete(k);
+  }
+
+  /** Test helper: the raw bits stored for a key, or undefined. */
+  stored(key: number): number | undefined {
+    return this.records.get(key)?.raw;
+  }
 
   /** Test helper: mark a record as failing its CRC. */
   corrupt(key: number): void {

@@ -52,7 +52,8 @@ export interface VmLoader {
   release(pid: number): Result<void, EngineError>;
   task(pid: number): VmTask | undefined;
   tasks(): VmTask[];
-  usage(): VmUsage;
+  /** With `without`, the usage as if that task's arenas were already free (an update's budget check). */
+  usage(without?: number): VmUsage;
 }
 
 /** First-fit allocator over one arena; blocks are kept sorted by base. */
@@ -87,15 +88,20 @@ class Arena {
     this.blocks = kept;
   }
 
-  usage(): ArenaUsage {
+  usage(without?: number): ArenaUsage {
     let largest = 0;
     let cursor = 0;
+    let used = this.usedBytes;
     for (const b of this.blocks) {
+      if (b.pid === without) {
+        used -= b.size;
+        continue;
+      }
       largest = Math.max(largest, b.base - cursor);
       cursor = b.base + b.size;
     }
     largest = Math.max(largest, this.size - cursor);
-    return { size: this.size, used: this.usedBytes, largestFree: largest };
+    return { size: this.size, used, largestFree: largest };
   }
 }
 
@@ -184,14 +190,14 @@ export class InProcessVmLoader implements VmLoader {
     return [...this.taskTable.values()];
   }
 
-  usage(): VmUsage {
+  usage(without?: number): VmUsage {
     return {
       pids: this.reserved.size + this.taskTable.size,
       reserved: this.reserved.size,
       tasks: this.taskTable.size,
       arenas: {
-        code: this.arenas.code.usage(), rodata: this.arenas.rodata.usage(),
-        data: this.arenas.data.usage(), stack: this.arenas.stack.usage(),
+        code: this.arenas.code.usage(without), rodata: this.arenas.rodata.usage(without),
+        data: this.arenas.data.usage(without), stack: this.arenas.stack.usage(without),
       },
     };
   }

@@ -307,6 +307,10 @@ export class SlotImageStore implements ImageStore {
     return this.st.securityCounter;
   }
 
+  slotCapacity(): number {
+    return this.slotBytes();
+  }
+
   /** The current (newest) status record. */
   status(): StatusRecord {
     return structuredClone(this.st);

@@ -4,7 +4,7 @@
  * demo assemble a device here, so there is one way to make one.
  */
 import { mkdirSync } from 'node:fs';
-import { ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink } from '../engine/index.js';
+import { DeviceIntake, ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink, type UpdatePolicy } from '../engine/index.js';
 import { openDevice, type Device, type DeviceGeometry } from './device.js';
 
 export interface SimulatedDeviceOptions {
@@ -15,11 +15,17 @@ export interface SimulatedDeviceOptions {
   events: EventSink;
   engineConfig?: EngineConfigInput;
   clock?: Clock;
+  /** What an image of a running app does: `replace` (update, the default) or `reject`. */
+  update?: UpdatePolicy;
+  /** How long an update must stay loaded before it is confirmed (default 10 s). */
+  confirmWindowMs?: number;
 }
 
 export interface SimulatedDevice {
   name: string;
   engine: ProvisioningEngine;
+  /** Where every link, the control port and the boot sources hand images (src/engine/intake.ts). */
+  intake: DeviceIntake;
   storage: Device;
   close(): Promise<void>;
 }
@@ -41,11 +47,18 @@ export async function openSimulatedDevice(opts: SimulatedDeviceOptions): Promise
   };
   if (opts.engineConfig) engineOpts.config = opts.engineConfig;
   const engine = new ProvisioningEngine(engineOpts);
+  const intake = new DeviceIntake({
+    engine, clock: engineOpts.clock, events,
+    ...(opts.update ? { update: opts.update } : {}),
+    ...(opts.confirmWindowMs !== undefined ? { confirmWindowMs: opts.confirmWindowMs } : {}),
+  });
   return {
     name: opts.name,
     engine,
+    intake,
     storage,
     async close() {
+      intake.dispose();
       await storage.valueStore.flush();
       await storage.close();
     },

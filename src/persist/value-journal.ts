@@ -382,6 +382,26 @@ export class ValueJournal implements ValueStore {
     return true;
   }
 
+  /**
+   * Forgets `keys` for good: the live bank is rewritten without them (one compaction, durable when
+   * this resolves). Keys not held are ignored; pending writes of other keys are kept.
+   */
+  async drop(keys: readonly number[]): Promise<void> {
+    const gone = keys.filter((k) => this.current.has(k) || this.corrupt.has(k));
+    if (gone.length === 0) return;
+    await this.flush();
+    await this.flushing;
+    const kept = new Map(this.current);
+    for (const k of gone) {
+      kept.delete(k);
+      this.current.delete(k);
+      this.corrupt.delete(k);
+      this.pending.delete(k);
+    }
+    const range = this.compact(kept, this.bankRestoreSeq);
+    await this.dev.sync(range.offset, range.length);
+  }
+
   /** Every persisted key and value as the application sees them (for inspection and tests). */
   entries(): Map<number, StoredValue> {
     return new Map(this.current);

@@ -1,0 +1,385 @@
+/**
+ * The device-side intake: the one place where an image offered to a device becomes its running
+ * app, whatever carried it (a CAN broadcast, a UART session, the control port, a boot source).
+ * Links only move bytes and report loss; the rules that must hold the same on every link live here
+ * (docs/provisioning.md, "Updates"):
+ *
+ *   announce → already current? (answer CURRENT, no data moves) → bytes by offset → SHA-256 of
+ *   what arrived against the announce → verify and admit (engine) → stage in the inactive slot
+ *   (the running app keeps running) → switch → verdict: INSTALLED, UPDATED or CURRENT
+ *
+ * An update is committed in test mode with the replaced image as the rollback target and
+ * confirmed once the new task has stayed up for the confirm window; a failure before the switch
+ * leaves the old app running, registered and its slot untouched; a failure after it, or a task that
+ * did not survive the window, rolls back to the old image and its values.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import { err, ok, type Result } from '../hxe/result.js';
+import type { ProvisioningEngine, StagedLoad, TaskInfo, UpdatePolicy, WriteAck } from './engine.js';
+import { engineError, type EngineError } from './errors.js';
+import type { Clock, EventSink, TimerHandle } from './ports.js';
+
+export interface IntakeOptions {
+  engine: ProvisioningEngine;
+  clock: Clock;
+  /** Where the intake's own events go (`provisioning.updated`, `value.dropped`): the engine's sink. */
+  events: EventSink;
+  /** What an image of a running app does by default: `replace` (update it, the default) or `reject`. */
+  update?: UpdatePolicy;
+  /** A test-committed update is confirmed once its task stayed loaded this long (default 10 s). */
+  confirmWindowMs?: number;
+}
+
+/** What an image announces before its bytes move. */
+export interface IntakeAnnounce {
+  /** `can:IFACE`, `uart:PORT`, `control:PEER`, `sd:MANIFEST#ENTRY`, … */
+  source: string;
+  totalBytes: number;
+  /** zlib CRC-32 of the whole stream, checked at the end. */
+  crc32?: number;
+  /** SHA-256 of the whole image (hex or 32 bytes): what "already current" compares and the bytes must match. */
+  sha256?: string | Uint8Array;
+  appName?: string;
+  /** The version to record when the image carries no signature trailer. */
+  version?: string;
+  /** Receive even when the device already runs this image. */
+  force?: boolean;
+  /** Overrides the device's update policy for this image (the executive protocol's `load` rejects). */
+  update?: UpdatePolicy;
+}
+
+/** An image a device runs, as a master or a person wants to see it. */
+export interface RunningImage {
+  pid: number;
+  appName: string;
+  appVersion: string;
+  sha256: string;
+  crc32: number;
+}
+
+export type IntakeOpen =
+  | { kind: 'current'; running: RunningImage }
+  | { kind: 'receiving'; id: number };
+
+export type IntakeOutcome = 'installed' | 'updated' | 'current';
+
+export interface IntakeVerdict {
+  outcome: IntakeOutcome;
+  task: TaskInfo;
+  /** For `updated`: the image it replaced. */
+  from: RunningImage | null;
+  /** The flash slot the image was committed to (null: a device without an image store, or `current`). */
+  slot: 'A' | 'B' | null;
+  /** True while a test-committed update waits for its confirm window. */
+  confirmPending: boolean;
+}
+
+interface Receiving {
+  id: number;
+  received: number;
+  seq: number;
+  hash: Hash;
+  sha256: string | null;
+}
+
+interface PendingConfirm {
+  pid: number;
+  from: RunningImage;
+  /** Persist keys the replaced image declared and the new one does not: dropped once confirmed. */
+  orphanKeys: number[];
+  timer: TimerHandle;
+}
+
+const SHA_HEX = /^[0-9a-f]{64}$/;
+
+export function runningOf(t: TaskInfo): RunningImage {
+  return { pid: t.pid, appName: t.appName, appVersion: t.appVersion, sha256: t.sha256, crc32: t.crc32 };
+}
+
+function shaHex(v: string | Uint8Array | undefined): string | null | EngineError {
+  if (v === undefined) return null;
+  const hex = typeof v === 'string' ? v.toLowerCase() : Buffer.from(v).toString('hex');
+  if (!SHA_HEX.test(hex)) {
+    return engineError('EBADMSG', 'begin', 'sha256_invalid', `announced SHA-256 must be 32 bytes (64 hex digits), got ${typeof v === 'string' ? `"${v.slice(0, 80)}"` : `${v.length} bytes`}`);
+  }
+  return hex;
+}
+
+export class DeviceIntake {
+  readonly engine: ProvisioningEngine;
+  private readonly clock: Clock;
+  private readonly events: EventSink;
+  private readonly policy: UpdatePolicy;
+  private readonly confirmWindowMs: number;
+  private readonly receiving = new Map<number, Receiving>();
+  private pending: PendingConfirm | null = null;
+  /** Serialises installs: a second image waits until the first is switched (or refused). */
+  private chain: Promise<unknown> = Promise.resolve();
+
+  constructor(options: IntakeOptions) {
+    this.engine = options.engine;
+    this.clock = options.clock;
+    this.events = options.events;
+    this.policy = options.update ?? 'replace';
+    this.confirmWindowMs = options.confirmWindowMs ?? 10_000;
+  }
+
+  /** Every running image. */
+  running(): RunningImage[] {
+    return this.engine.ps().map(runningOf);
+  }
+
+  /** The running image with this SHA-256 (hex), if the device runs it. */
+  current(sha256: string): RunningImage | null {
+    const want = sha256.toLowerCase();
+    const t = this.engine.ps().find((x) => x.sha256 === want);
+    return t ? runningOf(t) : null;
+  }
+
+  /** The image a master should be told the device runs: the one in the store, else the first task. */
+  primary(): RunningImage | null {
+    const tasks = this.engine.ps();
+    const stored = this.engine.storedSha256();
+    const t = tasks.find((x) => x.sha256 === stored) ?? tasks[0];
+    return t ? runningOf(t) : null;
+  }
+
+  /** Value access for links that carry it (CAN GET/SET): the device's registry, persisted values written through. */
+  getValue(oid: number): ReturnType<ProvisioningEngine['getValue']> {
+    return this.engine.getValue(oid);
+  }
+
+  setValue(oid: number, raw: number): ReturnType<ProvisioningEngine['setValue']> {
+    return this.engine.setValue(oid, raw);
+  }
+
+  /** Whether a test-committed update waits for its confirm window. */
+  get confirmPending(): boolean {
+    return this.pending !== null;
+  }
+
+  // ───────────────────────────── streamed images ─────────────────────────────
+
+  /**
+   * An image is announced: answer CURRENT when the device already runs it (no data needs to move),
+   * refuse it when it cannot fit (before anything is erased), or open a session for its bytes.
+   */
+  open(a: IntakeAnnounce): Result<IntakeOpen, EngineError> {
+    const sha = shaHex(a.sha256);
+    if (sha !== null && typeof sha !== 'string') return err(sha);
+    if (sha && !a.force) {
+      const running = this.current(sha);
+      if (running) return ok({ kind: 'current', running });
+    }
+    const capacity = this.engine.slotCapacity();
+    if (capacity !== null && Number.isSafeInteger(a.totalBytes) && a.totalBytes > capacity) {
+      return err(engineError('ENOSPC', 'begin', 'image_too_large', `image of ${a.totalBytes} bytes does not fit a flash slot of ${capacity} bytes`,
+        { totalBytes: a.totalBytes, slotBytes: capacity }));
+    }
+    const opts: Parameters<ProvisioningEngine['begin']>[0] = { source: a.source, totalBytes: a.totalBytes, update: a.update ?? this.policy };
+    if (a.crc32 !== undefined) opts.expectedCrc = a.crc32 >>> 0;
+    if (a.version !== undefined) opts.appVersion = a.version;
+    const begun = this.engine.begin(opts);
+    if (!begun.ok) return begun;
+    const id = begun.value.sessionId;
+    this.receiving.set(id, { id, received: 0, seq: 0, hash: createHash('sha256'), sha256: sha });
+    return ok({ kind: 'receiving', id });
+  }
+
+  /**
+   * Bytes at `offset` of the image. Bytes arrive in order; a repeat of bytes already taken is
+   * ignored (a link resending after a lost acknowledgement), a gap is an error.
+   */
+  write(id: number, offset: number, bytes: Uint8Array): Result<WriteAck, EngineError> {
+    const r = this.receiving.get(id);
+    if (!r) return err(engineError('ESRCH', 'write', 'unknown_session', `no intake session ${id}`, { sessionId: id }));
+    if (offset + bytes.length <= r.received) return ok({ bytesWritten: bytes.length, duplicate: true, totalBytesWritten: r.received });
+    if (offset !== r.received) {
+      return err(engineError('EBADMSG', 'write', 'offset_gap', `bytes at offset ${offset}, but ${r.received} bytes were received so far`,
+        { offset, received: r.received, sessionId: id }));
+    }
+    const max = this.engine.config.maxChunkBytes;
+    for (let at = 0; at < bytes.length; at += max) {
+      const part = bytes.subarray(at, at + max);
+      const w = this.engine.write(id, r.seq++, part);
+      if (!w.ok) {
+        if (w.error.code === 'ETIMEDOUT' || this.engine.sessions().every((s) => s.sessionId !== id)) this.receiving.delete(id);
+        return w;
+      }
+      r.hash.update(part);
+      r.received += part.length;
+    }
+    return ok({ bytesWritten: bytes.length, duplicate: false, totalBytesWritten: r.received });
+  }
+
+  /** All bytes are in: check them against the announce, then admit, stage and switch. */
+  async finish(id: number): Promise<Result<IntakeVerdict, EngineError>> {
+    const r = this.receiving.get(id);
+    if (!r) return err(engineError('ESRCH', 'end', 'unknown_session', `no intake session ${id}`, { sessionId: id }));
+    if (r.sha256 !== null) {
+      const session = this.engine.sessions().find((s) => s.sessionId === id);
+      const complete = session !== undefined && session.totalBytes !== null && r.received >= session.totalBytes;
+      if (complete) {
+        const actual = r.hash.copy().digest('hex');
+        if (actual !== r.sha256) {
+          this.receiving.delete(id);
+          this.engine.abort(id, 'sha256_mismatch');
+          return err(engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${actual}, the announce said ${r.sha256}`,
+            { expected: r.sha256, actual }));
+        }
+      }
+    }
+    const staged = this.engine.endStaged(id);
+    if (!staged.ok) {
+      // an incomplete stream stays open for the link to go on
+      if (staged.error.reason !== 'incomplete') this.receiving.delete(id);
+      return staged;
+    }
+    this.receiving.delete(id);
+    return this.serial(() => this.install(staged.value));
+  }
+
+  abort(id: number, reason: string): void {
+    this.receiving.delete(id);
+    if (this.engine.sessions().some((s) => s.sessionId === id)) this.engine.abort(id, reason);
+  }
+
+  // ───────────────────────────── whole images ─────────────────────────────
+
+  /** A whole image at once (the control port, boot sources): the same rules as a stream. */
+  async load(bytes: Uint8Array, a: Omit<IntakeAnnounce, 'totalBytes' | 'sha256' | 'crc32'>): Promise<Result<IntakeVerdict, EngineError>> {
+    const sha = createHash('sha256').update(bytes).digest('hex');
+    if (!a.force) {
+      const t = this.engine.ps().find((x) => x.sha256 === sha);
+      if (t) return ok({ outcome: 'current', task: t, from: null, slot: null, confirmPending: this.pending?.pid === t.pid });
+    }
+    const capacity = this.engine.slotCapacity();
+    if (capacity !== null && bytes.length > capacity) {
+      return err(engineError('ENOSPC', 'verify', 'image_too_large', `image of ${bytes.length} bytes does not fit a flash slot of ${capacity} bytes`,
+        { totalBytes: bytes.length, slotBytes: capacity }));
+    }
+    const opts: Parameters<ProvisioningEngine['stageImage']>[1] = { source: a.source, update: a.update ?? this.policy };
+    if (a.version !== undefined) opts.appVersion = a.version;
+    const staged = this.engine.stageImage(bytes, opts);
+    if (!staged.ok) return staged;
+    return this.serial(() => this.install(staged.value));
+  }
+
+  // ───────────────────────────── stage → switch ─────────────────────────────
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Commit to the inactive slot while the old app runs (an update in test mode, with the old image as
+   * the rollback target), then switch. Refusals before the switch change nothing that runs.
+   */
+  private async install(staged: StagedLoad): Promise<Result<IntakeVerdict, EngineError>> {
+    const update = staged.replaces !== null;
+    // A newer update while the previous one waits for its window: the running image has held up
+    // until now, so it becomes the known-good one the new update can fall back to.
+    if (this.pending && update) await this.settle(true);
+    let slot: 'A' | 'B' | null = null;
+    if (this.engine.hasImageStore) {
+      const committed = await this.engine.commitStaged(staged, update ? 'test' : 'permanent');
+      if (!committed.ok) {
+        this.engine.discard(staged, `${committed.error.code} ${committed.error.reason}`);
+        return committed;
+      }
+      slot = committed.value.slot;
+    }
+    const replacedKeys = staged.replaces ? this.persistKeysOf(staged.replaces.pid) : [];
+    const switched = this.engine.activate(staged);
+    if (!switched.ok) {
+      if (slot !== null) await this.restorePrevious('switch_failed', switched.error.detail?.['replacedGone'] === true);
+      return switched;
+    }
+    const { task, replaced } = switched.value;
+    const from = replaced ? runningOf(replaced) : null;
+    if (from) {
+      this.events.emit({
+        type: 'provisioning.updated', pid: task.pid, phase: 'end',
+        data: {
+          from: { app_name: from.appName, version: from.appVersion, sha256: from.sha256, crc32: from.crc32, pid: from.pid },
+          to: { app_name: task.appName, version: task.appVersion, sha256: task.sha256, crc32: task.crc32, pid: task.pid },
+          slot, confirm_window_ms: slot !== null ? this.confirmWindowMs : null,
+        },
+      });
+      if (slot !== null) this.armConfirm(task, from, replacedKeys);
+    }
+    return ok({ outcome: from ? 'updated' : 'installed', task, from, slot, confirmPending: this.pending?.pid === task.pid });
+  }
+
+  /** After a failed switch: the store goes back to the previous image, and so does the device. */
+  private async restorePrevious(reason: string, reload: boolean): Promise<void> {
+    const rb = await this.engine.rollback(reason);
+    if (rb.ok && reload) this.engine.restore();
+  }
+
+  private persistKeysOf(pid: number): number[] {
+    return this.engine.metadata.valuesOf(pid).filter((v) => v.persisted).map((v) => v.persistKey);
+  }
+
+  /** Arms the confirm window of a test-committed update; keys no running task declares any more go once it is confirmed. */
+  private armConfirm(task: TaskInfo, from: RunningImage, replacedKeys: number[]): void {
+    const declared = new Set(this.engine.ps().flatMap((t) => this.persistKeysOf(t.pid)));
+    const orphanKeys = replacedKeys.filter((k) => !declared.has(k));
+    const timer = this.clock.setTimeout(() => void this.settle(this.engine.task(task.pid) !== undefined), this.confirmWindowMs);
+    this.pending = { pid: task.pid, from, orphanKeys, timer };
+  }
+
+  /**
+   * The confirm window ended (or a newer update arrived): confirm the update and forget the keys it
+   * no longer declares, or, if its task is gone, roll back to the image it replaced.
+   */
+  private async settle(alive: boolean): Promise<void> {
+    const p = this.pending;
+    if (!p) return;
+    this.pending = null;
+    this.clock.clearTimeout(p.timer);
+    if (!alive) {
+      await this.rollback('not_confirmed');
+      return;
+    }
+    const confirmed = await this.engine.confirm();
+    if (!confirmed.ok) return;
+    if (p.orphanKeys.length > 0) {
+      const dropped = await this.engine.dropValues(p.orphanKeys);
+      if (dropped.ok) for (const key of p.orphanKeys) {
+        this.events.emit({ type: 'value.dropped', pid: p.pid, phase: 'persist', data: { key, reason: 'not_declared', from_app: p.from.appName } });
+      }
+    }
+  }
+
+  /** Confirms a pending update now (a test, or an operator who does not want to wait). */
+  async confirmNow(): Promise<void> {
+    await this.settle(this.pending !== null && this.engine.task(this.pending.pid) !== undefined);
+  }
+
+  /**
+   * Back to the previous image: the store switches (and restores that image's values), then the
+   * device stops what the store held and runs the previous image again.
+   */
+  async rollback(reason: string): Promise<Result<{ task: TaskInfo | null; slot: 'A' | 'B' }, EngineError>> {
+    const p = this.pending;
+    this.pending = null;
+    if (p) this.clock.clearTimeout(p.timer);
+    const active = this.engine.storedSha256();
+    const rb = await this.engine.rollback(reason);
+    if (!rb.ok) return rb;
+    for (const t of this.engine.ps()) if (t.sha256 === active || t.pid === p?.pid) this.engine.unload(t.pid);
+    const restored = this.engine.restore();
+    if (!restored.ok) return restored;
+    return ok({ task: restored.value, slot: rb.value.slot });
+  }
+
+  /** Stops the confirm timer (shutdown): an unconfirmed update reverts at the next start, as on a real device. */
+  dispose(): void {
+    if (this.pending) this.clock.clearTimeout(this.pending.timer);
+    this.pending = null;
+    for (const id of [...this.receiving.keys()]) this.abort(id, 'intake_closed');
+  }
+}
