@@ -417,6 +417,9 @@ export class ProvisioningEngine {
     // Checked again: another load may have registered something while the image was being committed.
     const checked = this.registry.checkReplacing(st.image, old?.info.pid ?? null);
     if (!checked.ok) return this.explainConflict(checked.error, st.image.header.allowMultipleInstances);
+    // Carried values are taken now, not when the image was staged: the old task kept running (and
+    // could be SET) while the image was committed.
+    if (old) st.values = this.planValues(st.image, old);
     if (old) {
       this.registry.release(old.info.pid);
       this.vm.release(old.info.pid);
@@ -457,6 +460,7 @@ export class ProvisioningEngine {
     this.emit('provisioning.complete', pid, 'end', {
       app_name: info.appName, app_name_base: info.appNameBase, source: st.source, mode: st.mode, size: st.bytes.length,
       code_len: h.codeLen, ro_len: h.roLen, bss: h.bssSize, stack: st.stackBytes, ...info.counts,
+      version: info.appVersion, crc32: info.crc32, sha256: info.sha256,
       ...(old ? { replaced_pid: old.info.pid } : {}),
     });
     return ok({ task: structuredClone(info), replaced: old ? structuredClone(old.info) : null });

@@ -46,6 +46,20 @@ export interface IntakeAnnounce {
   force?: boolean;
   /** Overrides the device's update policy for this image (the executive protocol's `load` rejects). */
   update?: UpdatePolicy;
+  /**
+   * Commit to the device's flash as part of the install (default true). The executive protocol's
+   * `load` runs an image in RAM only; persisting is its own request (`provision.persist`).
+   */
+  persist?: boolean;
+  /**
+   * Commit a first install in test mode and confirm it after the window, as updates always are
+   * (boot sources: an image that does not stay up is rolled back).
+   */
+  trial?: boolean;
+  /** This image's confirm window, instead of the device's. */
+  confirmWindowMs?: number;
+  /** Recorded with the image in the store's manifest (boot sources). */
+  bootPriority?: number;
 }
 
 /** An image a device runs, as a master or a person wants to see it. */
@@ -82,9 +96,17 @@ interface Receiving {
   sha256: string | null;
 }
 
+/** How one image is installed once staged. */
+interface InstallPlan {
+  persist: boolean;
+  trial: boolean;
+  confirmWindowMs: number;
+  bootPriority?: number;
+}
+
 interface PendingConfirm {
   pid: number;
-  from: RunningImage;
+  from: RunningImage | null;
   /** Persist keys the replaced image declared and the new one does not: dropped once confirmed. */
   orphanKeys: number[];
   timer: TimerHandle;
@@ -183,6 +205,7 @@ export class DeviceIntake {
     if (!begun.ok) return begun;
     const id = begun.value.sessionId;
     this.receiving.set(id, { id, received: 0, seq: 0, hash: createHash('sha256'), sha256: sha });
+    this.planOf.set(id, this.planFor(a));
     return ok({ kind: 'receiving', id });
   }
 
@@ -231,15 +254,38 @@ export class DeviceIntake {
     }
     const staged = this.engine.endStaged(id);
     if (!staged.ok) {
-      // an incomplete stream stays open for the link to go on
-      if (staged.error.reason !== 'incomplete') this.receiving.delete(id);
+      // an incomplete stream stays open for the link to go on; any other refusal ends the session
+      // here, engine side included (a FAILED session would otherwise linger until it expires)
+      if (staged.error.reason !== 'incomplete') this.abort(id, `${staged.error.code} ${staged.error.reason}`);
       return staged;
     }
     this.receiving.delete(id);
-    return this.serial(() => this.install(staged.value));
+    const plan = this.planOf.get(id) ?? this.planFor({});
+    this.planOf.delete(id);
+    return this.serial(() => this.install(staged.value, plan));
+  }
+
+  /** How each open session's image is installed (from its announce). */
+  private readonly planOf = new Map<number, InstallPlan>();
+
+  private planFor(a: Pick<IntakeAnnounce, 'persist' | 'trial' | 'confirmWindowMs' | 'bootPriority'>): InstallPlan {
+    const plan: InstallPlan = { persist: a.persist ?? true, trial: a.trial ?? false, confirmWindowMs: a.confirmWindowMs ?? this.confirmWindowMs };
+    if (a.bootPriority !== undefined) plan.bootPriority = a.bootPriority;
+    return plan;
+  }
+
+  /**
+   * Ends a session a client drove on the engine itself (the control port's `provision.begin/write`,
+   * whose sequence numbers the engine checks): the same admit, stage and switch as any image.
+   */
+  async finishSession(id: number, options: { persist?: boolean } = {}): Promise<Result<IntakeVerdict, EngineError>> {
+    const staged = this.engine.endStaged(id);
+    if (!staged.ok) return staged;
+    return this.serial(() => this.install(staged.value, this.planFor(options)));
   }
 
   abort(id: number, reason: string): void {
+    this.planOf.delete(id);
     this.receiving.delete(id);
     if (this.engine.sessions().some((s) => s.sessionId === id)) this.engine.abort(id, reason);
   }
@@ -262,7 +308,7 @@ export class DeviceIntake {
     if (a.version !== undefined) opts.appVersion = a.version;
     const staged = this.engine.stageImage(bytes, opts);
     if (!staged.ok) return staged;
-    return this.serial(() => this.install(staged.value));
+    return this.serial(() => this.install(staged.value, this.planFor(a)));
   }
 
   // ───────────────────────────── stage → switch ─────────────────────────────
@@ -277,14 +323,16 @@ export class DeviceIntake {
    * Commit to the inactive slot while the old app runs (an update in test mode, with the old image as
    * the rollback target), then switch. Refusals before the switch change nothing that runs.
    */
-  private async install(staged: StagedLoad): Promise<Result<IntakeVerdict, EngineError>> {
+  private async install(staged: StagedLoad, plan: InstallPlan): Promise<Result<IntakeVerdict, EngineError>> {
     const update = staged.replaces !== null;
-    // A newer update while the previous one waits for its window: the running image has held up
-    // until now, so it becomes the known-good one the new update can fall back to.
-    if (this.pending && update) await this.settle(true);
+    const trial = update || plan.trial;
+    // A newer trial while the previous one waits for its window: the running image has held up
+    // until now, so it becomes the known-good one the new image can fall back to.
+    if (this.pending && trial && plan.persist) await this.settle(true);
     let slot: 'A' | 'B' | null = null;
-    if (this.engine.hasImageStore) {
-      const committed = await this.engine.commitStaged(staged, update ? 'test' : 'permanent');
+    if (plan.persist && this.engine.hasImageStore) {
+      const meta = plan.bootPriority !== undefined ? { bootPriority: plan.bootPriority } : undefined;
+      const committed = await this.engine.commitStaged(staged, trial ? 'test' : 'permanent', meta);
       if (!committed.ok) {
         this.engine.discard(staged, `${committed.error.code} ${committed.error.reason}`);
         return committed;
@@ -305,11 +353,11 @@ export class DeviceIntake {
         data: {
           from: { app_name: from.appName, version: from.appVersion, sha256: from.sha256, crc32: from.crc32, pid: from.pid },
           to: { app_name: task.appName, version: task.appVersion, sha256: task.sha256, crc32: task.crc32, pid: task.pid },
-          slot, confirm_window_ms: slot !== null ? this.confirmWindowMs : null,
+          slot, confirm_window_ms: slot !== null ? plan.confirmWindowMs : null,
         },
       });
-      if (slot !== null) this.armConfirm(task, from, replacedKeys);
     }
+    if (slot !== null && trial) this.armConfirm(task, from, replacedKeys, plan.confirmWindowMs);
     return ok({ outcome: from ? 'updated' : 'installed', task, from, slot, confirmPending: this.pending?.pid === task.pid });
   }
 
@@ -324,10 +372,10 @@ export class DeviceIntake {
   }
 
   /** Arms the confirm window of a test-committed update; keys no running task declares any more go once it is confirmed. */
-  private armConfirm(task: TaskInfo, from: RunningImage, replacedKeys: number[]): void {
+  private armConfirm(task: TaskInfo, from: RunningImage | null, replacedKeys: number[], windowMs: number): void {
     const declared = new Set(this.engine.ps().flatMap((t) => this.persistKeysOf(t.pid)));
     const orphanKeys = replacedKeys.filter((k) => !declared.has(k));
-    const timer = this.clock.setTimeout(() => void this.settle(this.engine.task(task.pid) !== undefined), this.confirmWindowMs);
+    const timer = this.clock.setTimeout(() => void this.settle(this.engine.task(task.pid) !== undefined), windowMs);
     this.pending = { pid: task.pid, from, orphanKeys, timer };
   }
 
@@ -349,7 +397,7 @@ export class DeviceIntake {
     if (p.orphanKeys.length > 0) {
       const dropped = await this.engine.dropValues(p.orphanKeys);
       if (dropped.ok) for (const key of p.orphanKeys) {
-        this.events.emit({ type: 'value.dropped', pid: p.pid, phase: 'persist', data: { key, reason: 'not_declared', from_app: p.from.appName } });
+        this.events.emit({ type: 'value.dropped', pid: p.pid, phase: 'persist', data: { key, reason: 'not_declared', from_app: p.from?.appName ?? null } });
       }
     }
   }

@@ -6,10 +6,10 @@
  * after `maxFailedBoots` consecutive failures the device raises an alert and stops retrying —
  * a boot loop on a bench rig must not wear out the flash overnight.
  */
-import { createHash } from 'node:crypto';
 import { readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Clock, EventSink, TaskInfo } from '../engine/index.js';
+import { decodeHeader } from '../hxe/header.js';
 import type { ImageSourceTransport, SourceDelivery } from '../link/sources/source-transport.js';
 import type { SourcedImage, SourceProblem } from '../link/sources/sourced-image.js';
 import type { SimulatedDevice } from '../persist/simulated-device.js';
@@ -70,7 +70,11 @@ function writeCounter(dir: string, c: BootCounter): void {
   renameSync(tmp, join(dir, COUNTER_FILE));
 }
 
-const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+/** The app name in an image's header, or null when the header does not parse (the load then says why). */
+function appNameOf(bytes: Uint8Array): string | null {
+  const h = decodeHeader(bytes, { maxCode: 0xffffffff, maxRodata: 0xffffffff, maxBss: 0xffffffff });
+  return h.ok ? h.value.appName : null;
+}
 
 async function drain(source: ImageSourceTransport): Promise<{ images: SourcedImage[]; problems: SourceProblem[] }> {
   const images: SourcedImage[] = [];
@@ -112,40 +116,31 @@ export async function bootDevice(opts: BootOptions): Promise<BootReport> {
     if (rb.ok) restored = engine.restore();
   }
   if (restored.ok) report.restored = restored.value;
-  const running = new Set<string>();
-  if (report.restored) {
-    const bytes = engine.taskImage(report.restored.pid);
-    if (bytes) running.add(sha256(bytes));
-  }
 
-  // 2. Sources in priority order.
-  const toConfirm: number[] = [];
+  // 2. Sources in priority order, each image through the device's intake (the same rules as a
+  // master's transfer: an image the device already runs is skipped, one of a running app updates it).
+  const intake = device.intake;
   for (const source of opts.sources) {
     const { images, problems } = await drain(source);
     report.problems.push(...problems);
     let loaded = 0;
     for (const img of images) {
-      const hash = sha256(img.bytes);
-      if (running.has(hash)) continue;
-      const r = engine.loadImage(img.bytes, { source: img.source });
+      const named = img.expected?.appName ? appNameOf(img.bytes) : null;
+      if (named !== null && named !== img.expected!.appName) {
+        report.failed.push({ source: img.source, error: `EBADMSG:app_name_mismatch (image says "${named}", manifest "${img.expected!.appName}")` });
+        continue;
+      }
+      const r = await intake.load(img.bytes, {
+        source: img.source, persist: img.persist, trial: true, confirmWindowMs: opts.confirmWindowMs, bootPriority: img.bootPriority,
+        ...(img.expected?.version ? { version: img.expected.version } : {}),
+      });
       if (!r.ok) {
         report.failed.push({ source: img.source, error: `${r.error.code}:${r.error.reason}` });
         continue;
       }
-      if (img.expected?.appName && r.value.appNameBase !== img.expected.appName) {
-        engine.unload(r.value.pid);
-        report.failed.push({ source: img.source, error: `EBADMSG:app_name_mismatch (image says "${r.value.appNameBase}", manifest "${img.expected.appName}")` });
-        continue;
-      }
-      running.add(hash);
+      if (r.value.outcome === 'current') continue;
       loaded++;
-      report.loaded.push({ source: img.source, pid: r.value.pid, appName: r.value.appName });
-      if (img.persist) {
-        const meta = img.expected?.version ? { version: img.expected.version, bootPriority: img.bootPriority } : { bootPriority: img.bootPriority };
-        const p = await engine.persist(r.value.pid, 'test', meta);
-        if (p.ok) toConfirm.push(r.value.pid);
-        else report.failed.push({ source: img.source, error: `${p.error.code}:${p.error.reason}` });
-      }
+      report.loaded.push({ source: img.source, pid: r.value.task.pid, appName: r.value.task.appName });
     }
     emit('boot.source', { source: source.name, images: images.length, loaded, problems: problems.length });
   }
@@ -160,13 +155,7 @@ export async function bootDevice(opts: BootOptions): Promise<BootReport> {
   }
   writeCounter(opts.stateDir, { consecutiveFailures: 0, attempts: counter.attempts + 1 });
 
-  // 3. Tested images are confirmed once they have stayed up for the window; otherwise rolled back.
-  if (toConfirm.length) {
-    const timer = opts.clock.setTimeout(() => {
-      const alive = toConfirm.every((pid) => engine.task(pid) !== undefined);
-      void (alive ? engine.confirm() : engine.rollback('not_confirmed'));
-    }, opts.confirmWindowMs);
-    report.cancelConfirm = () => opts.clock.clearTimeout(timer);
-  }
+  // 3. Tested images are confirmed by the intake once they have stayed up for the window, else rolled back.
+  report.cancelConfirm = () => intake.dispose();
   return report;
 }

@@ -83,6 +83,8 @@ const deviceSchema = z.strictObject({
   fram: z.strictObject({ size: z.number().int().min(1024).max(64 * 1024 * 1024).optional() }).default({}),
   /** The CAN link (by interface) this device listens on, if any. */
   can: z.string().optional(),
+  /** An image of an app the device runs: `replace` updates it (default), `reject` refuses it (EEXIST). */
+  update: z.enum(['replace', 'reject']).default('replace'),
 });
 
 const bootSchema = z.strictObject({

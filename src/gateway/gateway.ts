@@ -170,7 +170,10 @@ export class Gateway {
     if (d.fram.size !== undefined) geometry['framSize'] = d.fram.size;
     let dev: SimulatedDevice;
     try {
-      dev = await openSimulatedDevice({ name: d.name, stateDir: d.state_dir, geometry, events: this.deviceEvents, engineConfig: this.engineConfig, clock: this.clock });
+      dev = await openSimulatedDevice({
+        name: d.name, stateDir: d.state_dir, geometry, events: this.deviceEvents, engineConfig: this.engineConfig, clock: this.clock,
+        update: d.update, confirmWindowMs: this.config.boot.confirm_window_ms,
+      });
     } catch (e) {
       this.fail(`devices.${d.name}`, `device ${d.name}: ${(e as Error).message}`);
     }
@@ -329,11 +332,13 @@ export class Gateway {
    * forwards to the device's current engine, so a power cycle does not strand its clients.
    */
   private controlHandle(name: string): ControlEngine {
-    const e = () => {
+    const device = () => {
       const dev = this.devices.get(name);
       if (!dev) throw new Error(`device ${name} is powered off`);
-      return dev.engine;
+      return dev;
     };
+    const e = () => device().engine;
+    const intake = () => device().intake;
     return {
       loadImage: (bytes, opts) => e().loadImage(bytes, opts),
       begin: (opts) => e().begin(opts),
@@ -345,6 +350,11 @@ export class Gateway {
       persist: (pid, mode) => e().persist(pid, mode),
       confirm: () => e().confirm(),
       rollback: (reason) => e().rollback(reason),
+      intake: {
+        load: (bytes, opts) => intake().load(bytes, opts),
+        finishSession: (sid, opts) => intake().finishSession(sid, opts),
+        rollback: (reason) => intake().rollback(reason),
+      },
     };
   }
 

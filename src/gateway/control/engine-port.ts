@@ -15,9 +15,27 @@ export interface TaskInfoLike {
   source?: string;
 }
 
+/** What an install through a device's intake answers (src/engine/intake.ts, IntakeVerdict). */
+export interface InstallVerdictLike {
+  outcome: 'installed' | 'updated' | 'current';
+  task: TaskInfoLike;
+  from: object | null;
+}
+
+/**
+ * A device's intake (src/engine/intake.ts), the one place where an image becomes the running app.
+ * Devices without one (a bare engine in a unit test) load through `loadImage`/`end` with the
+ * reference's semantics (no updates).
+ */
+export interface ControlIntake {
+  load(bytes: Uint8Array, opts: { source: string; update: 'replace' | 'reject'; force: boolean; persist: boolean }): Promise<Result<InstallVerdictLike, EngineError>>;
+  finishSession(sessionId: number, opts: { persist: boolean }): Promise<Result<InstallVerdictLike, EngineError>>;
+  rollback(reason: string): Promise<Result<{ task: TaskInfoLike | null; slot: string }, EngineError>>;
+}
+
 export interface ControlEngine {
   loadImage(bytes: Uint8Array, opts: { source: string }): Result<TaskInfoLike, EngineError>;
-  begin(opts: { source: string; totalBytes?: number; expectedCrc?: number }): Result<{ sessionId: number }, EngineError>;
+  begin(opts: { source: string; totalBytes?: number; expectedCrc?: number; update?: 'replace' | 'reject' }): Result<{ sessionId: number }, EngineError>;
   write(sessionId: number, seq: number, chunk: Uint8Array): Result<{ bytesWritten: number; duplicate: boolean }, EngineError>;
   end(sessionId: number): Result<TaskInfoLike, EngineError>;
   abort(sessionId: number, reason: string): Result<void, EngineError>;
@@ -26,6 +44,7 @@ export interface ControlEngine {
   persist?(pid: number, mode: 'test' | 'permanent'): Promise<Result<unknown, EngineError>>;
   confirm?(): Promise<Result<unknown, EngineError>>;
   rollback?(reason: string): Promise<Result<unknown, EngineError>>;
+  intake?: ControlIntake;
 }
 
 /** A failed request as the wire shows it: `error` is the exact string clients match on. */

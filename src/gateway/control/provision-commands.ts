@@ -66,10 +66,32 @@ async function bytesOf(ctx: CommandContext, allowData: boolean): Promise<{ bytes
   throw new RequestError(allowData ? `${cmd} requires 'path' or 'data'` : `${cmd} requires 'path'`);
 }
 
+/** `"replace": true` makes a load of a running app an update (docs/provisioning.md, "Updates"); the default is the reference's `app_exists`. */
+function replaceOf(ctx: CommandContext): boolean {
+  const v = ctx.req['replace'];
+  if (v !== undefined && typeof v !== 'boolean') throw new RequestError(`${ctx.cmd} replace must be true or false`);
+  return v === true;
+}
+
+/** What an install adds to a reply: the outcome, and what an update replaced. */
+function outcomeFields(v: { outcome: string; from: object | null }): Record<string, unknown> {
+  return { outcome: v.outcome, ...(v.from ? { replaced: toWire(v.from) } : {}) };
+}
+
 function loadCommand(compat: boolean): CommandSpec {
   return deviceCommand('operator', true, async (ctx, dev) => {
+    const replace = replaceOf(ctx);
     const input = await bytesOf(ctx, !compat);
     if ('kind' in input) return input;
+    const intake = dev.engine.intake;
+    if (intake) {
+      // RAM only, as the executive's `load`; `force` unless replacing, so a second load of the same
+      // single-instance image still answers `app_exists` as the reference does.
+      const r = await intake.load(input.bytes, { source: input.source, update: replace ? 'replace' : 'reject', force: !replace, persist: false });
+      if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
+      const extra = replace ? outcomeFields(r.value) : {};
+      return compat ? okBody({ image: taskToImage(r.value.task), ...extra }) : okBody({ device: dev.name, task: taskToWire(r.value.task), ...extra });
+    }
     const r = dev.engine.loadImage(input.bytes, { source: input.source });
     if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
     return compat ? okBody({ image: taskToImage(r.value) }) : okBody({ device: dev.name, task: taskToWire(r.value) });
@@ -97,7 +119,8 @@ export const provisionCommands: Record<string, CommandSpec> = {
     const { req, cmd } = ctx;
     const totalBytes = optIntField(req, 'total_bytes', cmd);
     const expectedCrc = optIntField(req, 'crc32', cmd);
-    const opts: { source: string; totalBytes?: number; expectedCrc?: number } = { source: sourceOf(ctx) };
+    const opts: { source: string; totalBytes?: number; expectedCrc?: number; update?: 'replace' } = { source: sourceOf(ctx) };
+    if (replaceOf(ctx)) opts.update = 'replace';
     if (totalBytes !== undefined) opts.totalBytes = totalBytes;
     if (expectedCrc !== undefined) opts.expectedCrc = expectedCrc >>> 0;
     const r = dev.engine.begin(opts);
@@ -118,8 +141,15 @@ export const provisionCommands: Record<string, CommandSpec> = {
     return okBody({ session_id: sid, seq, ...(toWire(r.value) as Record<string, unknown>) });
   }),
 
-  'provision.end': deviceCommand('operator', true, (ctx, dev) => {
+  'provision.end': deviceCommand('operator', true, async (ctx, dev) => {
     const sid = intField(ctx.req, 'session_id', ctx.cmd);
+    const intake = dev.engine.intake;
+    if (intake) {
+      const r = await intake.finishSession(sid, { persist: false });
+      ctx.conn.disownSession(dev.name, sid); // ended either way: READY, or FAILED and freed
+      if (!r.ok) return engineFail(r.error, dev);
+      return okBody({ device: dev.name, session_id: sid, task: taskToWire(r.value.task), ...outcomeFields(r.value) });
+    }
     const r = dev.engine.end(sid);
     ctx.conn.disownSession(dev.name, sid); // ended either way: READY, or FAILED and freed
     if (!r.ok) return engineFail(r.error, dev);
@@ -158,9 +188,16 @@ export const provisionCommands: Record<string, CommandSpec> = {
     return settle(dev, e.confirm ? () => e.confirm!() : null, 'activated');
   }),
 
-  'provision.rollback': deviceCommand('admin', true, (ctx, dev) => {
+  'provision.rollback': deviceCommand('admin', true, async (ctx, dev) => {
     const reason = optText(ctx.req, 'reason', 'operator_rollback');
     const e = dev.engine;
+    const intake = e.intake;
+    if (intake) {
+      // the store switches back and the device runs the previous image again, with its values
+      const r = await intake.rollback(reason);
+      if (!r.ok) return engineFail(r.error, dev);
+      return okBody({ device: dev.name, rollback: { slot: r.value.slot, task: r.value.task ? taskToWire(r.value.task) : null } });
+    }
     return settle(dev, e.rollback ? () => e.rollback!(reason) : null, 'rollback');
   }),
 

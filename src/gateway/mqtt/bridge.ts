@@ -132,6 +132,7 @@ export class MqttBridge {
         appName: d['appName'] ?? d['app_name'] ?? null,
         version: d['version'] ?? null,
         crc32: d['crc32'] ?? null,
+        sha256: d['sha256'] ?? null,
         source: d['source'] ?? null,
         ts: e.ts,
         seq: e.seq,
