@@ -12,15 +12,21 @@
  *    frames through the same bus to as many receivers that only count them. With 16 listeners in one
  *    process every bus frame is processed 16 times (`deliveriesPerSec`).
  *
+ * 3. Updates and skip (timing model off, 16 listeners with image stores behind their device intakes):
+ *    (a) re-flash of an unchanged 64 KiB image (every node CURRENT) against a full flash of it in the
+ *    same run (goal ≤ 2 % of the frames); (b) an update of the running 64 KiB app to a new build against
+ *    the first flash of the same size (goal ≤ 1.05 × the frames). Median of several runs, each on fresh devices.
+ *
  * Run: npx tsx bench/can.ts
  */
-import { nullEventSink, ProvisioningEngine, systemClock } from '../src/engine/index.js';
+import { DeviceIntake, InMemoryImageStore, InMemoryValueStore, nullEventSink, ProvisioningEngine, systemClock } from '../src/engine/index.js';
 import { frameBits, type CanFrame } from '../src/link/can/frame.js';
 import { dataId, DEFAULT_ID_PLAN } from '../src/link/can/ids.js';
 import { CanListener } from '../src/link/can/listener.js';
 import { CanMaster } from '../src/link/can/master.js';
 import { VirtualBus, type VirtualBusOptions } from '../src/link/can/virtual-bus.js';
 import { imageOfSize } from '../test/support/can-image.js';
+import { sensorOfSize } from '../test/update-images.js';
 
 const IMAGE = imageOfSize(65536, 1);
 const out = (o: Record<string, unknown>): void => console.log(JSON.stringify(o));
@@ -32,7 +38,8 @@ async function transfer(busOptions: VirtualBusOptions, nodes: number, fd: boolea
   for (let n = 1; n <= nodes; n++) {
     const ep = bus.attach();
     await ep.open();
-    const l = new CanListener({ bus: ep, node: n, engine: new ProvisioningEngine({ clock: systemClock, events: nullEventSink }) });
+    const engine = new ProvisioningEngine({ clock: systemClock, events: nullEventSink });
+    const l = new CanListener({ bus: ep, node: n, intake: new DeviceIntake({ engine, clock: systemClock, events: nullEventSink }) });
     l.start();
     listeners.push(l);
   }
@@ -123,5 +130,60 @@ for (const nodes of [1, 16]) {
     framesPerSec: Math.round(median(fps)), deliveriesPerSec: Math.round(median(fps) * nodes), goal: 81_000, ratioToGoal: round(median(fps) / 81_000, 2),
     fullBus1MbitFramesPerSec: Math.round(fullBus1M), ratioToFullBus1Mbit: round(median(fps) / fullBus1M, 1),
     rawBusFramesPerSec: Math.round(median(base)), ratioToRawBus: round(median(fps) / median(base), 3),
+  });
+}
+
+// --- 3. updates and skip ----------------------------------------------------------------------
+/** 16 devices with image and value stores; three transfers in a row: first flash, unchanged re-flash, update. */
+async function updateRun(seed: number, nodes = 16) {
+  const bus = new VirtualBus();
+  const listeners: CanListener[] = [];
+  const intakes: DeviceIntake[] = [];
+  for (let n = 1; n <= nodes; n++) {
+    const ep = bus.attach();
+    await ep.open();
+    const engine = new ProvisioningEngine({ clock: systemClock, events: nullEventSink, imageStore: new InMemoryImageStore(), valueStore: new InMemoryValueStore() });
+    const intake = new DeviceIntake({ engine, clock: systemClock, events: nullEventSink, confirmWindowMs: 5 });
+    const l = new CanListener({ bus: ep, node: n, intake });
+    l.start();
+    listeners.push(l);
+    intakes.push(intake);
+  }
+  const ep = bus.attach();
+  await ep.open();
+  const ids = Array.from({ length: nodes }, (_, i) => i + 1);
+  const v1 = sensorOfSize(seed, 65536);
+  const v2 = sensorOfSize(seed + 1, 65536);
+  let session = 1;
+  const flash = async (image: Uint8Array, expect: string) => {
+    const r = await new CanMaster({ bus: ep, image, nodes: ids, session: session++, timeoutMs: 1000 }).run();
+    if (!r.verdicts.every((v) => v.status === expect)) throw new Error(`expected ${expect}: ${JSON.stringify(r.verdicts)}`);
+    return r.stats.frameBytes / r.stats.chunkSize;
+  };
+  const first = await flash(v1, 'READY');
+  const reflash = await flash(v1, 'CURRENT');
+  const update = await flash(v2, 'UPDATED');
+  for (const l of listeners) l.stop();
+  for (const i of intakes) i.dispose();
+  return { bytes: v1.length, first, reflash, update };
+}
+
+{
+  await updateRun(100); // warm-up
+  const runs = await (async () => {
+    const out: Array<Awaited<ReturnType<typeof updateRun>>> = [];
+    for (let i = 0; i < 5; i++) out.push(await updateRun(200 + 2 * i));
+    return out;
+  })();
+  const fullFrames = median(runs.map((r) => r.first));
+  const reflashFrames = median(runs.map((r) => r.reflash));
+  const updateFrames = median(runs.map((r) => r.update));
+  out({
+    bench: 'can.reflash_unchanged', format: 'classic', nodes: 16, bytes: runs[0]!.bytes, runs: runs.length,
+    frames: reflashFrames, baselineFullFlashFrames: fullFrames, ratio: round(reflashFrames / fullFrames), goal: 0.02,
+  });
+  out({
+    bench: 'can.update', format: 'classic', nodes: 16, bytes: runs[0]!.bytes, runs: runs.length,
+    frames: updateFrames, baselineFirstFlashFrames: fullFrames, ratio: round(updateFrames / fullFrames), goal: 1.05,
   });
 }

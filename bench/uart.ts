@@ -29,6 +29,19 @@
  *   {"bench":"uart","measure":"summary",...}                   medians, efficiency and throughput ratios
  *                                                              (of the medians, and run by run: `…Paired`)
  *
+ * Updates (after the above; `--part update` runs only these):
+ *   {"measure":"flash_64k_full"}     a 64 KiB single-instance image sent whole over the pty link (`force`: the
+ *                                    device already runs it, so it is an update of itself) — the baseline for:
+ *   {"measure":"reflash_64k_current"} the same image flashed again without force: the device answers CURRENT
+ *                                    and no DATA moves. Time and bytes on the wire (both directions) of each.
+ *   {"measure":"update_64k_intake"}  an on-device update of 64 KiB through the intake on a device with mapped
+ *                                    flash and FRAM files (openSimulatedDevice in a temp dir): open, write,
+ *                                    finish = SHA-256 check, verify and admit, commit to the inactive slot
+ *                                    (test mode), switch. The confirm is outside the timing. Against:
+ *   {"measure":"raw_write_fsync_64k"} the same 64 KiB written to a file in the same directory and fsync'd.
+ *   {"measure":"summary_update"}     medians and ratios (`updateRatio`, goal <= 3; `reflashTimeRatio`,
+ *                                    `reflashByteRatio`). Each pair is measured alternately in the same run.
+ *
  * Wire efficiency = image bytes / (bytes the master wrote + bytes the listener wrote), counted by
  * the two transports (COBS, delimiters, OPEN/END/RESULT and every ACK included).
  *
@@ -48,6 +61,7 @@
  * steal measures the neighbours as much as the link.
  *
  *   npx tsx bench/uart.ts [--runs N] [--chunk BYTES] [--window FRAMES] [--line-baud BAUD] [--line-runs N]
+ *                         [--update-runs N] [--part all|update]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -56,16 +70,20 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { SerialPort } from 'serialport';
 import { buildImage } from '../src/hxe/index.js';
-import { ProvisioningEngine, nullEventSink, systemClock } from '../src/engine/index.js';
+import { DeviceIntake, ProvisioningEngine, nullEventSink, systemClock } from '../src/engine/index.js';
+import { openSimulatedDevice } from '../src/persist/simulated-device.js';
+import { sensorOfSize } from '../test/update-images.js';
 import { UartPortTransport } from '../src/link/uart/port-transport.js';
 import { SerialPortIo } from '../src/link/uart/port-io.js';
 import { UartListener } from '../src/link/uart/listener.js';
 import { MemoryPartialStore } from '../src/link/uart/partial-store.js';
-import { sendImage } from '../src/link/uart/master.js';
+import { sendImage, type FlashOutcome } from '../src/link/uart/master.js';
 import { DEFAULT_CHUNK, DEFAULT_WINDOW } from '../src/link/uart/settings.js';
 import { startPtyPair, type PtyPair } from '../src/link/uart/pty-pair.js';
 import { startPacedCable } from '../test/support/paced-cable.js';
-import { readFileSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 
@@ -90,6 +108,7 @@ const { values } = parseArgs({
     role: { type: 'string' }, io: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string' }, runs: { type: 'string', default: '3' },
     chunk: { type: 'string' }, window: { type: 'string' },
     'line-baud': { type: 'string', default: '12000000' }, 'line-runs': { type: 'string', default: '3' },
+    'update-runs': { type: 'string', default: '9' }, part: { type: 'string', default: 'all' },
   },
 });
 
@@ -164,7 +183,11 @@ async function reader(path: string, bytes: number, io: RawIo): Promise<void> {
   say({ event: 'ready' });
 }
 
-/** A device: the real engine (budgets that admit a 1 MiB image) behind the UART listener. */
+/**
+ * A device: the real engine (budgets that admit a 1 MiB image) behind its intake and the UART
+ * listener. The 1 MiB image is unloaded after each flash (every run is a whole transfer); other
+ * images stay, so flashing them again is CURRENT.
+ */
 async function listener(path: string): Promise<void> {
   const transport = new UartPortTransport({ path });
   await transport.open();
@@ -172,12 +195,13 @@ async function listener(path: string): Promise<void> {
     clock: systemClock, events: nullEventSink,
     config: { maxImageBytes: IMAGE_BYTES, imageLimits: { code: IMAGE_BYTES, rodata: IMAGE_BYTES } },
   });
-  const l = new UartListener(transport, engine, { source: `uart:${path}`, partials: new MemoryPartialStore() });
+  const intake = new DeviceIntake({ engine, clock: systemClock, events: nullEventSink });
+  const l = new UartListener(transport, intake, { source: `uart:${path}`, partials: new MemoryPartialStore() });
   let cpu = process.cpuUsage();
-  l.on('event', (e: { type: string; pid?: number }) => {
+  l.on('event', (e: { type: string; pid?: number; totalBytes?: number }) => {
     if (e.type === 'open') cpu = process.cpuUsage();
-    if (e.type === 'ready' && e.pid !== undefined) {
-      engine.unload(e.pid);
+    if ((e.type === 'ready' || e.type === 'current') && e.pid !== undefined) {
+      if (e.totalBytes === IMAGE_BYTES) engine.unload(e.pid);
       // After the RESULT frame went out: report the listener's bytes on the wire for this run.
       setTimeout(() => {
         const used = process.cpuUsage(cpu);
@@ -413,6 +437,120 @@ async function main(): Promise<void> {
   });
 }
 
+// ---- updates -----------------------------------------------------------------------------------
+
+const UPDATE_BYTES = 64 << 10;
+
+/** Bytes both ends of a link wrote during `fn` (the master's counter here, the device's from its 'done'). */
+async function overLink(link: Link, fn: () => Promise<FlashOutcome>): Promise<{ ms: number; wireBytes: number; dataBytesSent: number; outcome: string }> {
+  const before = link.master.counters.bytesWritten;
+  const t0 = performance.now();
+  const r = await fn();
+  const ms = performance.now() - t0;
+  const done = await link.device.next('done');
+  return { ms, wireBytes: link.master.counters.bytesWritten - before + Number(done['bytesWritten']), dataBytesSent: r.dataBytesSent, outcome: r.outcome };
+}
+
+async function updates(): Promise<void> {
+  const runs = Math.max(1, Number(values['update-runs']));
+  const cleanup: Array<() => unknown> = [];
+  const full: number[] = [];
+  const reflash: number[] = [];
+  const fullBytes: number[] = [];
+  const reflashBytes: number[] = [];
+  const intakeMs: number[] = [];
+  const rawMs: number[] = [];
+  const ticks0 = machineTicks();
+  try {
+    // (a) Re-flash of an unchanged image against a whole transfer of it, over the pty link.
+    const pair = await startPtyPair();
+    cleanup.push(() => pair.stop());
+    const link = await startLink(pair.a, pair.b, cleanup);
+    const image = sensorOfSize(1, UPDATE_BYTES);
+    const flash = async (force: boolean): Promise<FlashOutcome> => {
+      const r = await sendImage(link.master, image, { appName: 'sensor_app', force });
+      if (!r.ok) throw new Error(`flash failed: ${JSON.stringify(r.error)}`);
+      return r.value;
+    };
+    await overLink(link, () => flash(false)); // the first install, not measured
+    for (let i = 0; i < runs; i++) {
+      const f = await overLink(link, () => flash(true));
+      if (f.outcome !== 'updated') throw new Error(`a forced flash of the running image should be an update, got ${f.outcome}`);
+      full.push(f.ms);
+      fullBytes.push(f.wireBytes);
+      say({ bench: 'uart', measure: 'flash_64k_full', run: i, bytes: image.length, ms: +f.ms.toFixed(2), wireBytes: f.wireBytes, dataBytesSent: f.dataBytesSent });
+      const c = await overLink(link, () => flash(false));
+      if (c.outcome !== 'current') throw new Error(`flashing the running image should be CURRENT, got ${c.outcome}`);
+      reflash.push(c.ms);
+      reflashBytes.push(c.wireBytes);
+      say({ bench: 'uart', measure: 'reflash_64k_current', run: i, bytes: image.length, ms: +c.ms.toFixed(2), wireBytes: c.wireBytes, dataBytesSent: c.dataBytesSent });
+    }
+
+    // (b) An on-device update through the intake (mapped flash and FRAM files) against a raw write+fsync.
+    const dir = mkdtempSync(join(tmpdir(), 'bench-uart-update-'));
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+    const dev = await openSimulatedDevice({ name: 'bench', stateDir: join(dir, 'device'), events: nullEventSink, confirmWindowMs: 3_600_000 });
+    cleanup.push(() => dev.close());
+    const WARMUP = 3;
+    const builds = Array.from({ length: runs + WARMUP }, (_, i) => sensorOfSize(100 + i, UPDATE_BYTES));
+    const update = async (bytes: Uint8Array): Promise<string> => {
+      const opened = dev.intake.open({ source: 'bench', totalBytes: bytes.length, crc32: crc32(bytes), sha256: createHash('sha256').update(bytes).digest('hex') });
+      if (!opened.ok || opened.value.kind !== 'receiving') throw new Error(`intake.open: ${JSON.stringify(opened)}`);
+      const id = opened.value.id;
+      // As the link feeds it: one write per 8 KiB frame.
+      for (let at = 0; at < bytes.length; at += 8192) {
+        const w = dev.intake.write(id, at, bytes.subarray(at, at + 8192));
+        if (!w.ok) throw new Error(`intake.write: ${w.error.message}`);
+      }
+      const v = await dev.intake.finish(id);
+      if (!v.ok) throw new Error(`intake.finish: ${v.error.code} ${v.error.reason}: ${v.error.message}`);
+      return v.value.outcome;
+    };
+    const rawPath = join(dir, 'raw.bin');
+    const rawWrite = (bytes: Uint8Array): void => {
+      const fd = openSync(rawPath, 'w');
+      writeSync(fd, bytes);
+      fsyncSync(fd);
+      closeSync(fd);
+    };
+    // Not measured: the first install, then updates and raw writes until both paths are warm (JIT, page cache).
+    for (let i = 0; i < WARMUP; i++) {
+      await update(builds[i]!);
+      await dev.intake.confirmNow();
+      rawWrite(builds[i]!);
+    }
+    for (let i = 0; i < runs; i++) {
+      const bytes = builds[i + WARMUP]!;
+      // The SHA-256 the announce carries is the master's work; the device's work starts at open.
+      const t0 = performance.now();
+      const outcome = await update(bytes);
+      const ms = performance.now() - t0;
+      if (outcome !== 'updated') throw new Error(`expected an update, got ${outcome}`);
+      await dev.intake.confirmNow(); // outside the timing: it happens a confirm window later
+      intakeMs.push(ms);
+      say({ bench: 'uart', measure: 'update_64k_intake', run: i, bytes: bytes.length, ms: +ms.toFixed(3) });
+      const r0 = performance.now();
+      rawWrite(bytes);
+      const rms = performance.now() - r0;
+      rawMs.push(rms);
+      say({ bench: 'uart', measure: 'raw_write_fsync_64k', run: i, bytes: bytes.length, ms: +rms.toFixed(3) });
+    }
+  } finally {
+    for (const c of cleanup.reverse()) await c();
+  }
+  const ticks1 = machineTicks();
+  say({
+    bench: 'uart', measure: 'summary_update', runs, imageBytes: UPDATE_BYTES,
+    fullFlashMs: +median(full).toFixed(2), reflashMs: +median(reflash).toFixed(2), reflashTimeRatio: +(median(reflash) / median(full)).toFixed(4),
+    fullFlashWireBytes: median(fullBytes), reflashWireBytes: median(reflashBytes), reflashByteRatio: +(median(reflashBytes) / median(fullBytes)).toFixed(4),
+    intakeUpdateMs: +median(intakeMs).toFixed(3), rawWriteFsyncMs: +median(rawMs).toFixed(3),
+    updateRatio: +(median(intakeMs) / median(rawMs)).toFixed(2),
+    updateRatioPaired: +median(intakeMs.map((m, i) => m / rawMs[i]!)).toFixed(2), updateGoal: 3,
+    loadAverage1m: +loadavg()[0]!.toFixed(2),
+    stealPercent: +((100 * (ticks1.steal - ticks0.steal)) / Math.max(1, ticks1.total - ticks0.total)).toFixed(1),
+  });
+}
+
 if (values.role === 'reader' || values.role === 'listener') {
   // Exit through process.exit so a --cpu-prof profile gets written.
   process.once('SIGTERM', () => process.exit(0));
@@ -420,5 +558,6 @@ if (values.role === 'reader' || values.role === 'listener') {
   if (values.role === 'reader') await reader(values.port!, Number(values.bytes), io);
   else await listener(values.port!);
 } else {
-  await main();
+  if (values.part !== 'update') await main();
+  await updates();
 }

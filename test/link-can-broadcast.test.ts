@@ -5,7 +5,7 @@
 import test from 'ava';
 import { readdirSync, readFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { FakeClock, nullEventSink, ProvisioningEngine, systemClock } from '../src/engine/index.js';
+import { DeviceIntake, FakeClock, nullEventSink, ProvisioningEngine, systemClock, type Clock } from '../src/engine/index.js';
 import type { CanBus } from '../src/link/can/bus.js';
 import type { FaultOptions } from '../src/link/can/faults.js';
 import { FaultyBus, seededRandom } from '../src/link/can/faults.js';
@@ -20,6 +20,9 @@ import { CAN_SERIAL, openTestBus, type TestBus } from './support/can-bus.js';
 import { imageOfSize } from './support/can-image.js';
 
 const canTest = CAN_SERIAL ? test.serial : test;
+
+/** A device without flash: the engine behind its intake (what every listener now hands images to). */
+const intakeOf = (engine: ProvisioningEngine, clock: Clock = systemClock): DeviceIntake => new DeviceIntake({ engine, clock, events: nullEventSink });
 const FIXTURES = new URL('./fixtures/', import.meta.url);
 const fixtureNames = readdirSync(FIXTURES).filter((f) => f.endsWith('.hxe')).sort();
 
@@ -36,7 +39,7 @@ async function startNodes(bus: TestBus, ids: number[], faults?: (node: number) =
     const f = faults?.(node);
     const ep = await bus.endpoint(f ? { faults: f } : {});
     const engine = new ProvisioningEngine({ clock: systemClock, events: nullEventSink });
-    const listener = new CanListener({ bus: ep, node, engine });
+    const listener = new CanListener({ bus: ep, node, intake: intakeOf(engine) });
     listener.start();
     out.push({ node, engine, listener, bus: ep });
   }
@@ -182,7 +185,7 @@ canTest('a listener restarted mid-transfer rejoins and ends READY', async (t) =>
       const old = nodes[1]!;
       old.listener.stop();
       const engine = new ProvisioningEngine({ clock: systemClock, events: nullEventSink });
-      const listener = new CanListener({ bus: old.bus, node: 2, engine });
+      const listener = new CanListener({ bus: old.bus, node: 2, intake: intakeOf(engine) });
       listener.start();
       restarted = { node: 2, engine, listener, bus: old.bus };
     },
@@ -388,7 +391,7 @@ canTest('an image larger than a listener accepts is refused with ENOSPC before a
   t.teardown(() => bus.close());
   const small = await bus.endpoint();
   const engine = new ProvisioningEngine({ clock: systemClock, events: nullEventSink });
-  const tight = new CanListener({ bus: small, node: 1, engine, maxImageBytes: 4096 });
+  const tight = new CanListener({ bus: small, node: 1, intake: intakeOf(engine), maxImageBytes: 4096 });
   tight.start();
   const [roomy] = await startNodes(bus, [2]);
   const image = imageOfSize(8192, 13);
@@ -430,7 +433,7 @@ canTest('a master that goes silent mid-transfer: the listener gives up (ETIMEDOU
   t.teardown(() => bus.close());
   const ep = await bus.endpoint();
   const engine = new ProvisioningEngine({ clock: systemClock, events: nullEventSink });
-  const listener = new CanListener({ bus: ep, node: 4, engine, sessionTimeoutMs: 200 });
+  const listener = new CanListener({ bus: ep, node: 4, intake: intakeOf(engine), sessionTimeoutMs: 200 });
   listener.start();
   t.teardown(() => listener.stop());
   const image = imageOfSize(4096, 19);
@@ -453,7 +456,7 @@ canTest('an engine session that times out while a listener waits for a repair is
   const clock = new FakeClock(0);
   const engine = new ProvisioningEngine({ clock, events: nullEventSink, config: { writeTimeoutMs: 1000 } });
   const ep = await bus.endpoint();
-  const listener = new CanListener({ bus: ep, node: 6, engine });
+  const listener = new CanListener({ bus: ep, node: 6, intake: intakeOf(engine, clock) });
   listener.start();
   t.teardown(() => listener.stop());
   const image = imageOfSize(4096, 23); // 512 chunks: blocks 0 and 1

@@ -11,7 +11,7 @@ import { BROADCAST, classifyId, dataId, DEFAULT_ID_PLAN, expandSeq, idPlanProble
 import {
   AnnounceAssembler, CtrlKind, decodeAck, decodeAnnounceBody, decodeCtrl, decodeJoin, decodeMissing, decodeSync, decodeValue, decodeVerdict,
   encodeAck, encodeAnnounceBody, encodeAnnounceParts, encodeCtrl, encodeGet, encodeJoin, encodeMissingBitmap, encodeMissingRange, encodeRet,
-  encodeSet, encodeSync, encodeVerdict, JoinFlag, type Announce,
+  encodeSet, encodeSync, encodeVerdict, JoinFlag, shortSha, statusCode, statusName, VerdictFlag, type Announce,
 } from '../src/link/can/messages.js';
 
 const doc = readFileSync(new URL('../docs/can_protocol.md', import.meta.url), 'utf8');
@@ -84,8 +84,8 @@ test('SYNC, CTRL, JOIN, ACK, MISSING and VERDICT examples', (t) => {
   documented(t, 0x21a, encodeCtrl({ session: 0x2a, kind: CtrlKind.REPORT, round: 2 }), [0x2a, 0x01, 0x02]);
   t.deepEqual(decodeCtrl(Uint8Array.of(0x2a, 0x01, 0x02)), { session: 0x2a, kind: 1, round: 2 });
   t.is(provId(plan, 3, ProvOp.JOIN), 0x21c);
-  documented(t, 0x21c, encodeJoin({ session: 0x2a, flags: JoinFlag.JOINED, have: 0 }), [0x2a, 0x01, 0x00, 0x00, 0x00]);
-  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x02, 0, 0, 5)), { session: 0x2a, flags: JoinFlag.NEED_ANNOUNCE, have: 5 });
+  documented(t, 0x21c, encodeJoin({ session: 0x2a, flags: JoinFlag.JOINED, have: 0 }), [0x2a, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]);
+  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x02, 0, 0, 5)), { session: 0x2a, flags: JoinFlag.NEED_ANNOUNCE, have: 5 }, 'a 5-byte JOIN still decodes');
   documented(t, provId(plan, 3, ProvOp.ACK), encodeAck({ session: 0x2a, next: 0x80, missing: 0 }), [0x2a, 0x00, 0x00, 0x80, 0x00, 0x00, 0x00]);
   t.deepEqual(decodeAck(Uint8Array.of(0x2a, 0, 0, 0x80, 0, 0, 3)), { session: 0x2a, next: 0x80, missing: 3, polled: false });
   documented(t, 0x21d, encodeAck({ session: 0x2a, next: 0x2c0, missing: 5, polled: true }), [0x2a, 0x00, 0x02, 0xc0, 0x80, 0x00, 0x05]);
@@ -103,7 +103,7 @@ test('SYNC, CTRL, JOIN, ACK, MISSING and VERDICT examples', (t) => {
 
   documented(t, provId(plan, 3, ProvOp.VERDICT), encodeVerdict({ session: 0x2a, status: 0, where: 0, crc32: 0x12345678 }), [0x2a, 0, 0, 0, 0x12, 0x34, 0x56, 0x78]);
   documented(t, 0x21f, encodeVerdict({ session: 0x2a, status: 1, where: 4, crc32: 0 }), [0x2a, 0x01, 0x04, 0, 0, 0, 0, 0]);
-  t.deepEqual(decodeVerdict(Uint8Array.of(0x2a, 1, 4, 0, 0, 0, 0, 0)), { session: 0x2a, status: 1, where: 4, crc32: 0 });
+  t.deepEqual(decodeVerdict(Uint8Array.of(0x2a, 1, 4, 0, 0, 0, 0, 0)), { session: 0x2a, status: 1, where: 4, flags: 0, crc32: 0 });
   for (const dec of [decodeSync, decodeCtrl, decodeJoin, decodeAck, decodeVerdict]) t.is(dec(Uint8Array.of(0x2a)), null, 'short frames decode to null');
 });
 
@@ -179,4 +179,39 @@ test('missing-chunk report: ranges for runs, bitmaps for holes, capped, and deco
   const capped = set.report(9, 4, 3);
   t.is(capped.length, 3);
   t.true(decodeMissing(capped[2]!, 5000)!.last);
+});
+
+test('updates and skip: ANNOUNCE FORCE, JOIN CURRENT/RUNNING, VERDICT UPDATED and CURRENT, built by hand', (t) => {
+  // ANNOUNCE body byte 1: bit 0 FD, bit 1 FORCE. The example with FORCE, classic: part 0.
+  const forced = { ...example, force: true };
+  const body = encodeAnnounceBody(forced);
+  t.is(body[1], 0x02);
+  documented(t, 0x200, encodeAnnounceParts(forced, 8)[0]!, [0x2a, 0x00, 0x01, 0x02, 0x08, 0x40, 0x00, 0x00]);
+  t.deepEqual(decodeAnnounceBody(0x2a, body), forced);
+  t.is(encodeAnnounceBody({ ...example, fd: true, chunkSize: 64, force: true })[1], 0x03);
+  t.false('force' in decodeAnnounceBody(0x2a, encodeAnnounceBody(example))!, 'no FORCE bit, no force field');
+
+  // JOIN [session, flags, held u24, running[3]]: node 3 joins while it runs 3f2a1c… (JOINED | RUNNING),
+  // and node 3 already runs the announced 9b0e44… (CURRENT | RUNNING).
+  t.deepEqual([JoinFlag.JOINED, JoinFlag.NEED_ANNOUNCE, JoinFlag.CURRENT, JoinFlag.RUNNING], [1, 2, 4, 8]);
+  const running = Uint8Array.of(0x3f, 0x2a, 0x1c);
+  const joined = encodeJoin({ session: 0x2a, flags: JoinFlag.JOINED, have: 0, running });
+  documented(t, 0x21c, joined, [0x2a, 0x09, 0x00, 0x00, 0x00, 0x3f, 0x2a, 0x1c]);
+  t.deepEqual(decodeJoin(joined), { session: 0x2a, flags: JoinFlag.JOINED | JoinFlag.RUNNING, have: 0, running });
+  const current = encodeJoin({ session: 0x2a, flags: JoinFlag.CURRENT, have: 0, running: Uint8Array.of(0x9b, 0x0e, 0x44) });
+  documented(t, 0x21c, current, [0x2a, 0x0c, 0x00, 0x00, 0x00, 0x9b, 0x0e, 0x44]);
+  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x0c, 0, 0, 0, 0x9b, 0x0e, 0x44)), { session: 0x2a, flags: 0x0c, have: 0, running: Uint8Array.of(0x9b, 0x0e, 0x44) });
+  t.is(shortSha(decodeJoin(current)!.running!), '9b0e44');
+  // RUNNING without the bytes (a 5-byte frame) is not trusted: the flag is cleared.
+  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x09, 0, 0, 0)), { session: 0x2a, flags: JoinFlag.JOINED, have: 0 });
+
+  // VERDICT [session, status, where, flags, crc32]: node 3 READY + UPDATED; node 3 CURRENT (answer to a late REPORT).
+  t.is(VerdictFlag.UPDATED, 1);
+  const updated = encodeVerdict({ session: 0x2a, status: 0, where: 0, flags: VerdictFlag.UPDATED, crc32: 0x12345678 });
+  documented(t, 0x21f, updated, [0x2a, 0x00, 0x00, 0x01, 0x12, 0x34, 0x56, 0x78]);
+  t.deepEqual(decodeVerdict(updated), { session: 0x2a, status: 0, where: 0, flags: 1, crc32: 0x12345678 });
+  t.is(statusCode('CURRENT'), 10);
+  t.is(statusName(10), 'CURRENT');
+  const cur = encodeVerdict({ session: 0x2a, status: statusCode('CURRENT'), where: 0, crc32: 0x12345678 });
+  documented(t, 0x21f, cur, [0x2a, 0x0a, 0x00, 0x00, 0x12, 0x34, 0x56, 0x78]);
 });

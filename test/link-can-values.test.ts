@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { readFileSync } from 'node:fs';
-import { InMemoryValueStore, nullEventSink, ProvisioningEngine, systemClock } from '../src/engine/index.js';
+import { DeviceIntake, InMemoryValueStore, nullEventSink, ProvisioningEngine, systemClock } from '../src/engine/index.js';
 import { encodeF16 } from '../src/hxe/f16.js';
 import type { CanFrame } from '../src/link/can/frame.js';
 import { CanListener } from '../src/link/can/listener.js';
@@ -23,7 +23,7 @@ canTest('GET and SET registered values by GROUP:ID; persisted SETs go through th
   const store = new InMemoryValueStore();
   const engine = new ProvisioningEngine({ clock: systemClock, events: nullEventSink, valueStore: store });
   const devEp = await bus.endpoint();
-  const listener = new CanListener({ bus: devEp, node: 5, engine });
+  const listener = new CanListener({ bus: devEp, node: 5, intake: new DeviceIntake({ engine, clock: systemClock, events: nullEventSink }) });
   listener.start();
   t.teardown(() => listener.stop());
   const client = await bus.endpoint();

@@ -17,7 +17,7 @@ import { sendImage } from '../src/link/uart/master.js';
 import type { PartialStore } from '../src/link/uart/partial-store.js';
 import { MemoryPartialStore } from '../src/link/uart/partial-store.js';
 import { UartListener, type ListenerEvent } from '../src/link/uart/listener.js';
-import { CollectingEventSink, InMemoryImageStore, ProvisioningEngine, systemClock } from '../src/engine/index.js';
+import { CollectingEventSink, DeviceIntake, InMemoryImageStore, ProvisioningEngine, systemClock } from '../src/engine/index.js';
 import { haveSocat, startPtyPair } from './support/pty.js';
 import { startPacedCable } from './support/paced-cable.js';
 import { fixture, makeImage, rig, roomFor, sha256, startDevice, stopChild, until } from './link-uart-harness.js';
@@ -235,7 +235,8 @@ test('on a slow cable an ABORT overtakes the DATA queued ahead of it, which is d
   device.receive((f) => arrived.push(f));
   const sink = new CollectingEventSink();
   const engine = new ProvisioningEngine({ clock: systemClock, events: sink, imageStore: new InMemoryImageStore(), config: roomFor(1 << 20) });
-  const listener = new UartListener(device, engine, { source: 'uart:cable', partials: new MemoryPartialStore() });
+  const intake = new DeviceIntake({ engine, clock: systemClock, events: sink });
+  const listener = new UartListener(device, intake, { source: 'uart:cable', partials: new MemoryPartialStore() });
   const aborted = new Promise<number>((resolve) => listener.on('event', (e: ListenerEvent) => { if (e.type === 'aborted') resolve(performance.now()); }));
   listener.start();
   const inner = new UartPortTransport({ path: cable.a });
@@ -280,6 +281,7 @@ test('on a slow cable an ABORT overtakes the DATA queued ahead of it, which is d
     t.deepEqual(engine.ps(), []);
   } finally {
     await listener.stop('test over');
+    intake.dispose();
     await inner.close();
     await device.close();
     await cable.stop();

@@ -10,7 +10,8 @@ import { crc32 } from 'node:zlib';
 import { cobsDecode, cobsEncodeStaged, cobsEncodeWithDelimiter, cobsMaxEncodedLength, cobsReserve } from '../src/link/uart/cobs.js';
 import { FrameType, decodeFrame, encodeFrame, frameBytes, parseFrameBytes, type Frame, type FrameTypeValue } from '../src/link/uart/frame.js';
 import {
-  decodeAccept, decodeError, decodeMissing, decodeOpen, decodeResult, encodeAccept, encodeError, encodeMissing, encodeOpen, encodeResult,
+  decodeAccept, decodeCurrent, decodeError, decodeMissing, decodeOpen, decodeResult, decodeResultV1, encodeAccept, encodeCurrent, encodeError,
+  encodeMissing, encodeOpen, encodeResult, encodeResultV1, type ImageInfo,
 } from '../src/link/uart/messages.js';
 
 const types = Object.values(FrameType) as FrameTypeValue[];
@@ -140,18 +141,33 @@ test('frames: each check has its own drop reason and offset', (t) => {
 });
 
 test('messages: round trips', (t) => {
-  const open = { version: 1, chunkSize: 4096, window: 16, totalBytes: 123456, crc32: 0xdeadbeef, sha256: new Uint8Array(32).fill(7), appName: 'blinky' };
+  const open = { version: 2, chunkSize: 4096, window: 16, totalBytes: 123456, crc32: 0xdeadbeef, sha256: new Uint8Array(32).fill(7), appName: 'blinky', force: true };
   t.deepEqual(decodeOpen(encodeOpen(open)), { ok: true, value: open });
+  t.deepEqual(decodeOpen(encodeOpen({ ...open, force: false })), { ok: true, value: { ...open, force: false } });
+  // Version 1 has no flags: FORCE is never sent, and a set bit is not read as FORCE.
+  const v1 = encodeOpen({ ...open, version: 1 });
+  t.is(v1[1], 0);
+  v1[1] = 1;
+  t.deepEqual(decodeOpen(v1), { ok: true, value: { ...open, version: 1, force: false } });
   const accept = { version: 1, chunkSize: 256, window: 4, resumeOffset: 1024 };
   t.deepEqual(decodeAccept(encodeAccept(accept)), { ok: true, value: accept });
   t.deepEqual(decodeMissing(encodeMissing([1, 5, 0xffffffff])), { ok: true, value: [1, 5, 0xffffffff] });
-  t.deepEqual(decodeResult(encodeResult({ pid: 9, appName: 'x_#0' })), { ok: true, value: { pid: 9, appName: 'x_#0' } });
+  t.deepEqual(decodeResultV1(encodeResultV1({ pid: 9, appName: 'x_#0' })), { ok: true, value: { pid: 9, appName: 'x_#0' } });
+  const image: ImageInfo = { pid: 9, crc32: 0x01020304, sha256: 'ab'.repeat(32), appName: 'x_#0', version: '1.2.3' };
+  const from: ImageInfo = { pid: 3, crc32: 0xfffffffe, sha256: '00'.repeat(32), appName: 'x', version: '' };
+  t.deepEqual(decodeCurrent(encodeCurrent(image)), { ok: true, value: image });
+  for (const r of [
+    { outcome: 'installed' as const, confirmPending: false, slot: null, image, from: null },
+    { outcome: 'installed' as const, confirmPending: false, slot: 'A' as const, image, from: null },
+    { outcome: 'updated' as const, confirmPending: true, slot: 'B' as const, image, from },
+  ]) t.deepEqual(decodeResult(encodeResult(r)), { ok: true, value: r });
+  t.throws(() => encodeResult({ outcome: 'updated', confirmPending: false, slot: null, image, from: null }));
   const e = { code: 'ENOSPC', where: 'verify', reason: 'code_too_large' };
   t.deepEqual(decodeError(encodeError(e)), { ok: true, value: e });
 });
 
 test('messages: malformed payloads are typed errors, not exceptions', (t) => {
-  const open = encodeOpen({ version: 1, chunkSize: 4096, window: 16, totalBytes: 1, crc32: 0, sha256: new Uint8Array(32), appName: 'ab' });
+  const open = encodeOpen({ version: 1, chunkSize: 4096, window: 16, totalBytes: 1, crc32: 0, sha256: new Uint8Array(32), appName: 'ab', force: false });
   t.like(decodeOpen(open.subarray(0, 20)), { ok: false, error: { offset: 20 } });
   const longName = Buffer.from(open);
   longName[46] = 40;
@@ -159,7 +175,21 @@ test('messages: malformed payloads are typed errors, not exceptions', (t) => {
   t.like(decodeOpen(Buffer.concat([open, Buffer.from([0])])), { ok: false });
   t.like(decodeAccept(Buffer.alloc(9)), { ok: false });
   t.like(decodeMissing(Buffer.alloc(6)), { ok: false, error: { offset: 4 } });
-  t.like(decodeResult(Buffer.from([0, 0, 0, 1, 9, 0x41])), { ok: false });
+  t.like(decodeResultV1(Buffer.from([0, 0, 0, 1, 9, 0x41])), { ok: false });
+  const image: ImageInfo = { pid: 1, crc32: 2, sha256: '11'.repeat(32), appName: 'app', version: '1.0' };
+  const result = encodeResult({ outcome: 'updated', confirmPending: false, slot: 'A', image, from: image });
+  t.like(decodeResult(result.subarray(0, result.length - 1)), { ok: false });
+  t.like(decodeResult(Buffer.concat([result, Buffer.from([0])])), { ok: false });
+  const badOutcome = Buffer.from(result);
+  badOutcome[0] = 3;
+  t.like(decodeResult(badOutcome), { ok: false, error: { offset: 0 } });
+  const badSlot = Buffer.from(result);
+  badSlot[2] = 0x43;
+  t.like(decodeResult(badSlot), { ok: false, error: { offset: 2 } });
+  t.like(decodeResult(Buffer.from([1, 0])), { ok: false });
+  const current = encodeCurrent(image);
+  t.like(decodeCurrent(current.subarray(0, 41)), { ok: false });
+  t.like(decodeCurrent(Buffer.concat([current, Buffer.from([0])])), { ok: false });
   t.like(decodeError(Buffer.from([3, 0x41, 0x42])), { ok: false });
   t.like(decodeError(Buffer.concat([encodeError({ code: 'A', where: 'B', reason: 'C' }), Buffer.from([1])])), { ok: false });
 });
@@ -171,7 +201,8 @@ const doc = readFileSync(new URL('../docs/uart_protocol.md', import.meta.url), '
 function documented(name: string): { raw: Buffer; wire: Buffer } {
   const block = new RegExp('```hex ' + name + '\\n([\\s\\S]*?)```').exec(doc);
   if (!block) throw new Error(`docs/uart_protocol.md has no \`\`\`hex ${name} block`);
-  const line = (k: string): Buffer => Buffer.from(new RegExp(`^${k}\\s+(.*)$`, 'm').exec(block[1]!)![1]!.replace(/\s+/g, ''), 'hex');
+  // A field may go on over indented lines.
+  const line = (k: string): Buffer => Buffer.from(new RegExp(`^${k}\\s+(.*(?:\\n[ \\t]+.*)*)`, 'm').exec(block[1]!)![1]!.replace(/\s+/g, ''), 'hex');
   return { raw: line('raw'), wire: line('wire') };
 }
 
@@ -184,6 +215,25 @@ function byHand(type: number, tag: number, seq: number, payload: number[]): Buff
 }
 
 const ascii = (s: string): number[] => [...Buffer.from(s, 'ascii')];
+const u32 = (v: number): number[] => [(v >>> 24) & 0xff, (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff];
+const u16 = (v: number): number[] => [(v >> 8) & 0xff, v & 0xff];
+
+// Version 2 examples (docs/uart_protocol.md, "Version 2 examples"): one image SHA-256 (bytes 0x00..0x1f) throughout.
+const SHA = Array.from({ length: 32 }, (_, i) => i);
+const SHA_HEX = Buffer.from(SHA).toString('hex');
+/** IMAGE table: pid, crc32, sha256, n + app_name, v + version. */
+const imageBlock = (pid: number, crc: number, name: string, version: string): number[] =>
+  [...u32(pid), ...u32(crc), ...SHA, name.length, ...ascii(name), version.length, ...ascii(version)];
+const OTHER_SHA = Array.from({ length: 32 }, () => 0xee);
+const v2 = {
+  // OPEN table: version 2, flags FORCE, chunk 8192, window 32, total 4096, crc32 0xdeadbeef, sha256, app name
+  open: [2, 0x01, ...u16(8192), ...u16(32), ...u32(4096), ...u32(0xdeadbeef), ...SHA, 10, ...ascii('sensor_app')],
+  // CURRENT: the IMAGE the device runs (pid 1, version 1.0.0)
+  current: imageBlock(1, 0xdeadbeef, 'sensor_app', '1.0.0'),
+  // RESULT table: UPDATED (2), confirm pending (1), slot 'B'; IMAGE of the new task (pid 2), IMAGE of the replaced one (pid 1, another SHA-256)
+  result: [2, 0x01, 0x42, ...imageBlock(2, 0xdeadbeef, 'sensor_app', '1.1.0'),
+    ...u32(1), ...u32(0x12345678), ...OTHER_SHA, 10, ...ascii('sensor_app'), 5, ...ascii('1.0.0')],
+};
 
 const examples: Array<{ name: string; raw: Buffer; expect: Frame }> = [
   { name: 'ack', raw: byHand(0x04, 0x2a, 16, []), expect: { type: FrameType.ACK, tag: 0x2a, seq: 16, payload: new Uint8Array(0) } },
@@ -192,6 +242,9 @@ const examples: Array<{ name: string; raw: Buffer; expect: Frame }> = [
   // ACCEPT table: version 1, flags 0, chunk 4096, window 16, resume 8192
   { name: 'accept', raw: byHand(0x02, 0x2a, 0x01020304, [1, 0, 0x10, 0x00, 0x00, 0x10, 0, 0, 0x20, 0]), expect: { type: FrameType.ACCEPT, tag: 0x2a, seq: 0x01020304, payload: Uint8Array.from([1, 0, 0x10, 0, 0, 0x10, 0, 0, 0x20, 0]) } },
   // ERROR table: length-prefixed code, where, reason
+  { name: 'open-v2', raw: byHand(0x01, 0x2a, 0x01020304, v2.open), expect: { type: FrameType.OPEN, tag: 0x2a, seq: 0x01020304, payload: Uint8Array.from(v2.open) } },
+  { name: 'current', raw: byHand(0x0a, 0x2a, 0x01020304, v2.current), expect: { type: FrameType.CURRENT, tag: 0x2a, seq: 0x01020304, payload: Uint8Array.from(v2.current) } },
+  { name: 'result-updated', raw: byHand(0x07, 0x2a, 1, v2.result), expect: { type: FrameType.RESULT, tag: 0x2a, seq: 1, payload: Uint8Array.from(v2.result) } },
   { name: 'error', raw: byHand(0x08, 0x2a, 0, [6, ...ascii('EEXIST'), 8, ...ascii('register'), 10, ...ascii('app_exists')]), expect: { type: FrameType.ERROR, tag: 0x2a, seq: 0, payload: Uint8Array.from([6, ...ascii('EEXIST'), 8, ...ascii('register'), 10, ...ascii('app_exists')]) } },
 ];
 
@@ -215,4 +268,27 @@ test('docs/uart_protocol.md examples decode to the documented message fields', (
   if (error.ok) t.deepEqual(decodeError(error.value.payload), { ok: true, value: { code: 'EEXIST', where: 'register', reason: 'app_exists' } });
   const nak = decodeFrame(documented('nak').wire.subarray(0, -1));
   if (nak.ok) t.deepEqual(decodeMissing(nak.value.payload), { ok: true, value: [5, 7] });
+});
+
+test('docs/uart_protocol.md version 2 examples: the encoders build exactly the documented payloads, and the decoders read the fields back', (t) => {
+  const open = { version: 2, chunkSize: 8192, window: 32, totalBytes: 4096, crc32: 0xdeadbeef, sha256: Uint8Array.from(SHA), appName: 'sensor_app', force: true };
+  t.deepEqual([...encodeOpen(open)], v2.open, 'encodeOpen');
+  const frame = (name: string): Uint8Array => {
+    const f = decodeFrame(documented(name).wire.subarray(0, -1));
+    if (!f.ok) throw new Error(`${name}: ${f.error.message}`);
+    return f.value.payload;
+  };
+  t.deepEqual(decodeOpen(frame('open-v2')), { ok: true, value: open });
+
+  const running: ImageInfo = { pid: 1, crc32: 0xdeadbeef, sha256: SHA_HEX, appName: 'sensor_app', version: '1.0.0' };
+  t.deepEqual([...encodeCurrent(running)], v2.current, 'encodeCurrent');
+  t.deepEqual(decodeCurrent(frame('current')), { ok: true, value: running });
+
+  const result = {
+    outcome: 'updated' as const, confirmPending: true, slot: 'B' as const,
+    image: { pid: 2, crc32: 0xdeadbeef, sha256: SHA_HEX, appName: 'sensor_app', version: '1.1.0' },
+    from: { pid: 1, crc32: 0x12345678, sha256: 'ee'.repeat(32), appName: 'sensor_app', version: '1.0.0' },
+  };
+  t.deepEqual([...encodeResult(result)], v2.result, 'encodeResult');
+  t.deepEqual(decodeResult(frame('result-updated')), { ok: true, value: result });
 });

@@ -9,7 +9,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { SerialPort } from 'serialport';
 import { buildImage } from '../src/hxe/index.js';
-import { ProvisioningEngine, InMemoryImageStore, CollectingEventSink, systemClock, type EngineConfigInput } from '../src/engine/index.js';
+import { DeviceIntake, ProvisioningEngine, InMemoryImageStore, CollectingEventSink, systemClock, type EngineConfigInput } from '../src/engine/index.js';
 import { UartPortTransport } from '../src/link/uart/port-transport.js';
 import { UartListener, type ListenerEvent, type ListenerOptions } from '../src/link/uart/listener.js';
 import { MemoryPartialStore } from '../src/link/uart/partial-store.js';
@@ -148,6 +148,8 @@ export interface Rig {
   master: UartPortTransport;
   device: UartPortTransport;
   engine: ProvisioningEngine;
+  /** The device's intake the listener feeds (over `engine`, with an in-memory flash). */
+  intake: DeviceIntake;
   sink: CollectingEventSink;
   listener: UartListener;
   events: ListenerEvent[];
@@ -163,14 +165,16 @@ export async function rig(opts: { config?: EngineConfigInput; listener?: Partial
   await master.open();
   const sink = new CollectingEventSink();
   const engine = new ProvisioningEngine({ clock: systemClock, events: sink, imageStore: new InMemoryImageStore(), ...(opts.config ? { config: opts.config } : {}) });
-  const listener = new UartListener(device, engine, { source: `uart:${pair.b}`, partials: new MemoryPartialStore(), ...opts.listener });
+  const intake = new DeviceIntake({ engine, clock: systemClock, events: sink, confirmWindowMs: 200 });
+  const listener = new UartListener(device, intake, { source: `uart:${pair.b}`, partials: new MemoryPartialStore(), ...opts.listener });
   const events: ListenerEvent[] = [];
   listener.on('event', (e: ListenerEvent) => events.push(e));
   listener.start();
   return {
-    pair, master, device, engine, sink, listener, events,
+    pair, master, device, engine, intake, sink, listener, events,
     async close() {
       await listener.stop('test over');
+      intake.dispose();
       await master.close();
       await device.close();
       await pair.stop();

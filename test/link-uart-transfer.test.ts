@@ -1,13 +1,15 @@
 /**
  * Whole transfers over a real pty pair (socat), master and device in separate processes: every
  * fixture image, a 1 MiB image, and the real CLI (`device --uart --state`, `flash --uart`) with
- * its exit codes and the engine's error reaching the master.
+ * its verdicts (READY, CURRENT, UPDATED), exit codes, the engine's error reaching the master, and
+ * the device's image restored after a restart.
  */
 import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { haveSocat, startPtyPair } from './support/pty.js';
+import { sensorBuild } from './update-images.js';
 import {
   fixture, fixtureNames, fixturePath, makeImage, roomFor, runScript, sha256, startDevice, stopChild,
 } from './link-uart-harness.js';
@@ -65,33 +67,70 @@ test('a 1 MiB image reaches READY byte-identical (separate processes)', async (t
   }
 });
 
-test('CLI: flash exits 0 on READY; the engine\'s EEXIST reaches the master as a typed error and exit 1', async (t) => {
-  t.timeout(120_000);
+test('CLI: READY, the same image again CURRENT with nothing sent, a new build UPDATED (from → to), a conflicting image a typed EEXIST (exit 1), and a restarted device restores its image', async (t) => {
+  t.timeout(180_000);
   const state = mkdtempSync(join(tmpdir(), 'uart-state-'));
   const pair = await startPtyPair();
-  const device = runScript('../src/cli/main.ts', ['device', '--uart', pair.b, '--state', state, '--json']);
+  const deviceArgs = ['device', '--uart', pair.b, '--state', state, '--json', '--confirm-window-ms', '100'];
+  let device = runScript('../src/cli/main.ts', deviceArgs);
+  const v1 = 'configs/sd/apps/sensor.hxe';
+  const v2 = 'configs/sd/apps/sensor-v2.hxe';
   try {
     await device.waitFor((l) => l['event'] === 'listening');
-    const first = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--json', fixturePath('t02_single_instance_reqcap.hxe')]);
+    t.false(device.lines.some((l) => l['event'] === 'restored'), 'a fresh device has nothing to restore');
+    const first = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--json', v1]);
     t.is(await first.exited, 0, first.stderr());
     const ready = first.lines.find((l) => l['event'] === 'ready')!;
-    t.truthy(ready, JSON.stringify(first.lines));
+    t.like(ready, { verdict: 'READY', outcome: 'installed', appName: 'sensor_app', from: null });
     t.true(first.lines.some((l) => l['event'] === 'progress'));
-    // The device persisted the image into its flash before answering READY.
+    // The device committed the image to its flash before answering.
     await device.waitFor((l) => l['event'] === 'engine' && l['type'] === 'provisioning.persisted' && l['pid'] !== null);
     await device.waitFor((l) => l['event'] === 'ready');
 
-    // Same single-instance app again: the engine refuses it, and the master says exactly that.
-    const second = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--json', fixturePath('t02_single_instance_reqcap.hxe')]);
-    t.is(await second.exited, 1);
-    const error = second.lines.find((l) => l['event'] === 'error')?.['error'] as Record<string, unknown>;
+    // The same image again: CURRENT, no data moves, exit 0.
+    const second = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--json', v1]);
+    t.is(await second.exited, 0, second.stderr());
+    const current = second.lines.find((l) => l['event'] === 'current')!;
+    t.like(current, { verdict: 'CURRENT', outcome: 'current', dataFramesSent: 0, dataBytesSent: 0, pid: ready['pid'] });
+    t.like(current['image'], { appName: 'sensor_app', sha256: (ready['image'] as Record<string, unknown>)['sha256'] });
+    await device.waitFor((l) => l['event'] === 'current');
+
+    // A new build of the running app (text output): UPDATED from → to.
+    const third = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, v2]);
+    t.is(await third.exited, 0, third.stderr());
+    const text = String(third.lines.find((l) => l['event'] === 'text' && /UPDATED/.test(String(l['text'])))?.['text'] ?? '');
+    t.regex(text, /^flash: UPDATED on .*: sensor_app .*\(sha256 [0-9a-f]{12}…\) → sensor_app .*\(sha256 [0-9a-f]{12}…\), pid \d+/);
+    await device.waitFor((l) => l['event'] === 'engine' && l['type'] === 'provisioning.persisted' && (l['data'] as Record<string, unknown>)['confirmed'] === true);
+    const again = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, v2]);
+    t.is(await again.exited, 0);
+    t.regex(String(again.lines.at(-1)?.['text']), /^flash: CURRENT on .*: the device already runs sensor_app .* as pid \d+; nothing sent/);
+
+    // Another app whose values collide with the running one's, and which is not an update of it
+    // (multi-instance): the device refuses it, and the master says exactly that.
+    const conflicting = join(state, 'conflict.hxe');
+    writeFileSync(conflicting, sensorBuild(5, 16, { appName: 'other_app', allowMultipleInstances: true }));
+    const fourth = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--json', conflicting]);
+    t.is(await fourth.exited, 1);
+    const error = fourth.lines.find((l) => l['event'] === 'error')?.['error'] as Record<string, unknown>;
     t.like(error, { code: 'EEXIST', remote: true });
     t.is(typeof error['reason'], 'string');
     t.is(typeof error['where'], 'string');
 
+    // Power cycle: the device runs what its flash holds, and that image is CURRENT.
+    await stopChild(device);
+    device = runScript('../src/cli/main.ts', deviceArgs);
+    const restored = await device.waitFor((l) => l['event'] === 'restored');
+    t.like(restored, { appName: 'sensor_app' });
+    await device.waitFor((l) => l['event'] === 'listening');
+    const fifth = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--json', v2]);
+    t.is(await fifth.exited, 0, fifth.stderr());
+    t.like(fifth.lines.find((l) => l['event'] === 'current'), { verdict: 'CURRENT', pid: restored['pid'], dataFramesSent: 0 });
+
     // A bad option is a usage error (2), an unreadable image a failure (1).
     const usage = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--window', '0', fixturePath('t01_minimal.hxe')]);
     t.is(await usage.exited, 2);
+    const badWindow = runScript('../src/cli/main.ts', ['device', '--uart', pair.b, '--confirm-window-ms', 'soon']);
+    t.is(await badWindow.exited, 2);
     const missing = runScript('../src/cli/main.ts', ['flash', '--uart', pair.a, '--json', join(state, 'nope.hxe')]);
     t.is(await missing.exited, 1);
     t.like(missing.lines.find((l) => l['event'] === 'error')?.['error'], { reason: 'image_unreadable' });

@@ -74,7 +74,9 @@ function runChildAndKill(work: string, stateDir: string, delayMs: number, after:
     });
     child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
     child.on('error', reject);
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': exit can come before the last lines the child wrote are read from the
+    // pipe, and a busy machine then under-reports what the child attempted.
+    child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
       if (signal !== 'SIGKILL') {
         reject(new Error(`child exited by itself (code ${code}, signal ${signal}): ${err}`));

@@ -81,8 +81,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoOutcome> {
     const dev = await openSimulatedDevice({ name: 'uart1', stateDir: join(stateRoot, 'uart1'), events: gw.bus });
     const stop = new AbortController();
     const done = runUartDevice({
-      port: pair.b, engine: dev.engine, json: true, signal: stop.signal, out: () => {},
-      afterReady: (task) => dev.engine.persist(task.pid, 'permanent'),
+      // With --keep-state the device runs what its flash holds, as a real one would (the flash may then say CURRENT).
+      port: pair.b, intake: dev.intake, restore: true, json: true, signal: stop.signal, out: () => {},
     });
     uart = { pair, dev, stop, done };
     say({ type: 'step', step: 'uart_flash', port: pair.a }, `\n== flashing the same image to device uart1 over a serial cable (${pair.a} ↔ ${pair.b}) ==`);

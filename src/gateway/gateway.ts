@@ -186,7 +186,7 @@ export class Gateway {
 
   /** Each `[[links.uart]]` listener feeds its device's engine from a serial port (a real cable or a pty). */
   private async startUartListeners(d: DeviceConfig, running: RunningDevice): Promise<void> {
-    const engine = running.dev.engine;
+    const intake = running.dev.intake;
     for (const link of this.config.links.uart.filter((l) => l.role === 'listener' && l.device === d.name)) {
       const log = this.log.child({ device: d.name, uart: link.port });
       const stop = new AbortController();
@@ -198,9 +198,8 @@ export class Gateway {
         baud: link.baud,
         stateDir: d.state_dir,
         json: true,
-        engine,
+        intake,
         signal: stop.signal,
-        afterReady: (task) => engine.persist(task.pid, 'permanent'),
         out: (line) => {
           const m = JSON.parse(line) as { event?: string; error?: { message?: string } };
           if (m.event === 'listening') listening();
@@ -247,15 +246,15 @@ export class Gateway {
     } catch (e) {
       this.fail(`links.can.${link.interface}`, `CAN ${address}: ${(e as Error).message}`);
     }
-    const engine = running.dev.engine;
     const listener = new CanListener({
       bus,
       node: d.node_id,
-      engine,
+      // The device's intake stages, commits (to flash) and switches; CURRENT and UPDATED are successes.
+      intake: running.dev.intake,
       source: `can:${link.interface}`,
-      onReady: async (task) => engine.persist(task.pid, 'permanent'),
       onEvent: (e) => {
-        if (e.type === 'verdict') running.verdicts.emit('verdict', e);
+        if (e.type !== 'verdict') return;
+        running.verdicts.emit('verdict', e.status === 'UPDATED' || e.status === 'CURRENT' ? { ...e, status: 'READY', outcome: e.status } : e);
       },
     });
     listener.start();

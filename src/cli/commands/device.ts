@@ -16,16 +16,20 @@ export function registerDevice(program: Command): void {
     // CAN options (src/link/can)
     .option('--can <iface>', 'CAN bus: SocketCAN interface (can0, vcan0), virtual:NAME or virtual:HOST:PORT (docs/can_protocol.md)')
     .option('--node <n>', 'CAN node id of this device (1..63)')
+    .option('--confirm-window-ms <ms>', 'CAN: an update is confirmed once it stayed up this long (default 10000)')
     .action(async (opts: Record<string, unknown>) => {
       // transport branches (one per transport)
       if (typeof opts['uart'] === 'string') {
         const { runUartDeviceCommand } = await import('../../link/uart/cli.js');
-        process.exitCode = await runUartDeviceCommand({ uart: opts['uart'], baud: opts['baud'], state: opts['state'] as string | undefined, json: !!opts['json'] });
+        process.exitCode = await runUartDeviceCommand({ uart: opts['uart'], baud: opts['baud'], state: opts['state'] as string | undefined, confirmWindowMs: opts['confirmWindowMs'], json: !!opts['json'] });
         return;
       }
       if (typeof opts['can'] === 'string') {
         const { runCanDevice } = await import('../../link/can/cli.js');
-        process.exitCode = await runCanDevice({ can: opts['can'], node: opts['node'] as string | undefined, state: opts['state'] as string | undefined, json: !!opts['json'] });
+        process.exitCode = await runCanDevice({
+          can: opts['can'], node: opts['node'] as string | undefined, state: opts['state'] as string | undefined, json: !!opts['json'],
+          confirmWindowMs: opts['confirmWindowMs'] as string | undefined,
+        });
         return;
       }
       process.stderr.write('device: give a transport (--uart PORT or --can IFACE)\n');

@@ -24,11 +24,12 @@ export function registerFlash(program: Command): void {
     .option('--can-session <n>', 'CAN session id 1..255 (default random)')
     .option('--can-timeout <ms>', 'CAN base timeout for joins, acks and reports (doubled per retry)')
     .option('--can-retries <n>', 'CAN retries before a silent node is dropped with ETIMEDOUT')
+    .option('--force', 'send the image even to a device that already runs it (else it answers CURRENT)')
     .action(async (image: string, opts: Record<string, unknown>) => {
       // transport branches (one per transport)
       if (typeof opts['uart'] === 'string') {
         const { runUartFlash } = await import('../../link/uart/cli.js');
-        process.exitCode = await runUartFlash(image, { uart: opts['uart'], baud: opts['baud'], chunk: opts['chunk'], window: opts['window'], json: !!opts['json'] });
+        process.exitCode = await runUartFlash(image, { uart: opts['uart'], baud: opts['baud'], chunk: opts['chunk'], window: opts['window'], force: !!opts['force'], json: !!opts['json'] });
         return;
       }
       if (typeof opts['can'] === 'string') {
@@ -36,6 +37,7 @@ export function registerFlash(program: Command): void {
         process.exitCode = await runCanFlash(image, {
           can: opts['can'], nodes: opts['nodes'] as string | undefined, fd: !!opts['fd'], json: !!opts['json'],
           session: opts['canSession'] as string | undefined, timeout: opts['canTimeout'] as string | undefined, retries: opts['canRetries'] as string | undefined,
+          force: !!opts['force'],
         });
         return;
       }

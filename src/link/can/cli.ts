@@ -6,13 +6,13 @@
 import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { encodeF16 } from '../../hxe/f16.js';
-import { ProvisioningEngine, systemClock, type EngineEvent, type EventSink } from '../../engine/index.js';
+import { DeviceIntake, ProvisioningEngine, systemClock, type EngineEvent, type EventSink } from '../../engine/index.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../../persist/simulated-device.js';
 import { createCanBus, parseCanAddress } from './address.js';
 import type { CanBus } from './bus.js';
 import { nodeProblem } from './ids.js';
-import { CanListener, type ListenerOptions } from './listener.js';
-import { CanMaster, parseNodeList, type MasterProgress, type MasterResult } from './master.js';
+import { CanListener, type ListenerEvent, type ListenerOptions } from './listener.js';
+import { CanMaster, OK_STATUSES, parseNodeList, type MasterProgress, type MasterResult, type NodeVerdict } from './master.js';
 import { parseOid, requestValue } from './value-client.js';
 
 type Out = (line: string) => void;
@@ -55,6 +55,36 @@ export interface CanFlashOptions {
   session?: string;
   timeout?: string;
   retries?: string;
+  /** Send even to nodes that already run the image. */
+  force?: boolean;
+}
+
+/** What the verdict column says: READY, CURRENT, UPDATED (from → to), or the error code. */
+export function verdictText(v: NodeVerdict): string {
+  if (v.status === 'UPDATED') return `UPDATED (${v.from ?? '??????'} → ${v.to ?? '??????'})`;
+  return v.status;
+}
+
+const STATUS_MEANING: Record<string, string> = {
+  EBADMSG: 'image rejected', ENOSPC: 'image does not fit', ESRCH: 'unknown session', EBUSY: 'device busy',
+  EEXIST: 'conflicts with a running app', EPERM: 'refused by policy', ETIMEDOUT: 'no answer', ECANCELED: 'cancelled',
+  EINVAL: 'not supported by the node',
+};
+
+/** The reason column: the master's own reason, else what the node's status and stage mean. */
+export function verdictReason(v: NodeVerdict): string {
+  if (OK_STATUSES.has(v.status)) return v.reason ?? '';
+  if (v.reason) return v.reason;
+  const meaning = STATUS_MEANING[v.status] ?? 'failed';
+  return v.where && v.where !== 'none' ? `${meaning} (at ${v.where})` : meaning;
+}
+
+export function verdictCounts(verdicts: NodeVerdict[]): { ready: number; updated: number; current: number; failed: number } {
+  const n = (st: string): number => verdicts.filter((v) => v.status === st).length;
+  const ready = n('READY');
+  const updated = n('UPDATED');
+  const current = n('CURRENT');
+  return { ready, updated, current, failed: verdicts.length - ready - updated - current };
 }
 
 export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promise<number> {
@@ -87,13 +117,13 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   let result: MasterResult;
   try {
     const master = new CanMaster({
-      bus, image, nodes, fd: !!o.fd,
+      bus, image, nodes, fd: !!o.fd, force: !!o.force,
       ...(session !== undefined ? { session: session as number } : {}),
       ...(timeoutMs !== undefined ? { timeoutMs: timeoutMs as number } : {}),
       ...(retries !== undefined ? { retries: retries as number } : {}),
       onProgress: display.update,
     });
-    if (json) stdout(JSON.stringify({ type: 'start', session: master.session, nodes, bytes: image.length, fd: !!o.fd, bus: o.can }));
+    if (json) stdout(JSON.stringify({ type: 'start', session: master.session, nodes, bytes: image.length, fd: !!o.fd, force: !!o.force, bus: o.can }));
     // Ctrl-C: tell the nodes to abort, then report what was reached (exit 1).
     const interrupt = (): void => master.abort('interrupted');
     process.once('SIGINT', interrupt);
@@ -114,18 +144,22 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   const s = result.stats;
   const frames = s.frameBytes / s.chunkSize;
   const efficiency = s.frameBytes > 0 ? s.payloadBytes / s.frameBytes : 0;
+  const counts = verdictCounts(result.verdicts);
   if (json) {
-    for (const v of result.verdicts) stdout(JSON.stringify({ type: 'verdict', ...v }));
-    stdout(JSON.stringify({ type: 'summary', ok: result.ok, ...s, frames, efficiency }));
-  } else {
-    stdout(`\n node  verdict     where      reason`);
     for (const v of result.verdicts) {
-      stdout(` ${String(v.node).padStart(4)}  ${v.status.padEnd(10)}  ${v.where.padEnd(9)}  ${v.reason ?? ''}`);
+      const reason = verdictReason(v);
+      stdout(JSON.stringify({ type: 'verdict', ...v, ...(reason ? { reason } : {}) }));
     }
-    const ready = result.verdicts.filter((v) => v.status === 'READY').length;
+    stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: result.verdicts.length, ...counts, ...s, frames, efficiency }));
+  } else {
+    stdout(`\n node  verdict                     where      reason`);
+    for (const v of result.verdicts) {
+      stdout(` ${String(v.node).padStart(4)}  ${verdictText(v).padEnd(26)}  ${v.where.padEnd(9)}  ${verdictReason(v)}`);
+    }
     stdout(
-      `\n${ready}/${result.verdicts.length} nodes READY · session ${s.session} · ${image.length} bytes in ${(s.ms / 1000).toFixed(2)} s · ` +
-        `${frames} frames (${s.rounds} report rounds, ${s.repairedChunks} chunks repaired) · payload efficiency ${(efficiency * 100).toFixed(1)}%`,
+      `\n${result.verdicts.length} nodes: ${counts.ready} READY · ${counts.updated} UPDATED · ${counts.current} CURRENT · ${counts.failed} failed · ` +
+        `session ${s.session} · ${image.length} bytes in ${(s.ms / 1000).toFixed(2)} s · ` +
+        `${frames} frames (${s.sent.data} data, ${s.rounds} report rounds, ${s.repairedChunks} chunks repaired) · payload efficiency ${(efficiency * 100).toFixed(1)}%`,
     );
   }
   return result.ok ? 0 : 1;
@@ -172,7 +206,7 @@ function barProgress(nodes: number[], tty: boolean): ProgressDisplay {
       for (const [n, bar] of bars) {
         const v = verdicts.get(n);
         bar.setTotal(p.total);
-        if (v) bar.update(p.total, { status: v.status === 'READY' ? 'READY' : `${v.status} (${v.where}${v.reason ? ', ' + v.reason : ''})` });
+        if (v) bar.update(p.total, { status: OK_STATUSES.has(v.status) ? verdictText(v) : `${v.status} (${v.where}${v.reason ? ', ' + v.reason : ''})` });
         else bar.update(p.sent, { status: !joined.has(n) ? 'waiting to join' : p.phase === 'repair' ? `repair round ${p.round}` : p.phase });
       }
     },
@@ -187,6 +221,8 @@ export interface CanDeviceOptions {
   node?: string;
   state?: string;
   json?: boolean;
+  /** How long an update must stay up before it is confirmed (default 10 000 ms). */
+  confirmWindowMs?: string;
 }
 
 /** Runs until SIGINT/SIGTERM; the returned promise resolves with the exit code. */
@@ -196,6 +232,11 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
   const bad = o.node === undefined ? '--node is required with --can' : nodeProblem(node);
   if (bad) {
     stderr(`device: ${bad}`);
+    return 2;
+  }
+  const confirmWindowMs = intOption(o.confirmWindowMs, '--confirm-window-ms', 0, 86_400_000);
+  if (typeof confirmWindowMs === 'string') {
+    stderr(`device: ${confirmWindowMs}`);
     return 2;
   }
   const print = (obj: Record<string, unknown>, human: string): void => (json ? stdout(JSON.stringify(obj)) : stdout(human));
@@ -208,7 +249,7 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
   let device: SimulatedDevice | null = null;
   if (o.state) {
     try {
-      device = await openSimulatedDevice({ name: `node${node}`, stateDir: o.state, events });
+      device = await openSimulatedDevice({ name: `node${node}`, stateDir: o.state, events, confirmWindowMs: confirmWindowMs ?? 10_000 });
     } catch (e) {
       const message = `cannot open the state directory ${o.state}: ${(e as Error).message}`;
       print({ type: 'error', code: (e as { code?: string }).code ?? 'EIO', message }, `device: ${message}`);
@@ -221,6 +262,8 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
     return bus;
   }
   const engine = device?.engine ?? new ProvisioningEngine({ clock: systemClock, events });
+  // Every image goes through the device's intake (CURRENT, staging, commit, switch, confirm window).
+  const intake = device?.intake ?? new DeviceIntake({ engine, clock: systemClock, events, confirmWindowMs: confirmWindowMs ?? 10_000 });
   if (device) {
     // Boot: the image the device holds runs again (every check repeated), with its persisted values.
     const restored = engine.restore();
@@ -228,13 +271,13 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
     else if (restored.value) print({ type: 'restore', ok: true, pid: restored.value.pid, appName: restored.value.appName }, `restored ${restored.value.appName} (pid ${restored.value.pid})`);
   }
   const options: ListenerOptions = {
-    bus, node, engine, source: `can:${o.can.split('?')[0]}`,
+    bus, node, intake, source: `can:${o.can.split('?')[0]}`,
     onEvent: (e) => {
       switch (e.type) {
         case 'joined':
           return print({ ...e }, `session ${e.session}: receiving ${e.totalBytes} bytes (${e.fd ? 'CAN FD' : 'classic'}, ${e.chunkSize}-byte chunks)`);
         case 'verdict':
-          return print({ ...e }, `session ${e.session}: ${e.status}${e.status === 'READY' ? ` pid ${e.pid} ${e.appName}` : ` at ${e.where}: ${e.reason}`}`);
+          return print({ ...e }, `session ${e.session}: ${deviceVerdictText(e)}`);
         case 'conflict':
           return print({ ...e }, `session ${e.session}: ignored ${e.what}`);
         case 'value':
@@ -244,10 +287,6 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
       }
     },
   };
-  if (device) {
-    // The received image goes to the device's flash before the master hears READY.
-    options.onReady = async (task) => engine.persist(task.pid, 'permanent');
-  }
   const listener = new CanListener(options);
   listener.start();
   print({ type: 'ready', node, bus: bus.name, fd: bus.fd, pid: process.pid }, `device node ${node} listening on ${bus.name}`);
@@ -262,9 +301,23 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
   });
   listener.stop();
   await bus.close();
-  await device?.close();
+  if (device) await device.close();
+  else intake.dispose();
   print({ type: 'stopped', node, counters: listener.counters }, `device node ${node} stopped`);
   return 0;
+}
+
+function deviceVerdictText(e: Extract<ListenerEvent, { type: 'verdict' }>): string {
+  switch (e.status) {
+    case 'READY':
+      return `READY pid ${e.pid} ${e.appName}`;
+    case 'UPDATED':
+      return `UPDATED (${e.from ?? '??????'} → ${e.to ?? '??????'}) pid ${e.pid} ${e.appName}`;
+    case 'CURRENT':
+      return `CURRENT (${e.to ?? '??????'}) pid ${e.pid} ${e.appName}`;
+    default:
+      return `${e.status} at ${e.where}: ${e.reason}`;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ export { SocketCanBus } from './socketcan-bus.js';
 export { FaultyBus, seededRandom, type FaultOptions } from './faults.js';
 export { parseCanAddress, createCanBus, openCanBus, type CanAddress } from './address.js';
 export { DEFAULT_ID_PLAN, idPlanProblem, classifyId, ProvOp, ValueOp, MAX_NODE, type CanIdPlan } from './ids.js';
-export { CanMaster, parseNodeList, type MasterOptions, type MasterResult, type MasterProgress, type MasterStats, type NodeVerdict } from './master.js';
-export { CanListener, type ListenerOptions, type ListenerEvent, type ListenerEngine, type LocalVerdict } from './listener.js';
+export { CanMaster, parseNodeList, OK_STATUSES, type MasterOptions, type MasterResult, type MasterProgress, type MasterStats, type NodeVerdict } from './master.js';
+export { CanListener, type ListenerOptions, type ListenerEvent, type ListenerIntake, type LocalVerdict } from './listener.js';
 export { requestValue, parseOid, type ValueRequest, type ValueReply } from './value-client.js';
 export { runCanFlash, runCanDevice, runCanValue } from './cli.js';
 

@@ -1,19 +1,20 @@
 /**
- * The listener role: a device on the bus. It joins broadcast transfers that name its node id,
- * collects chunks from data frames (sequence in the identifier), checks each 256-chunk block against
- * the CRC-32 its SYNC frame carries, streams verified blocks into its engine (begin → write → end),
- * reports what it lacks as a compact bitmap, and answers with its engine's own verdict. It also
- * serves value GET/SET for its node.
+ * The listener role: a device on the bus. It joins broadcast transfers that name its node id —
+ * or answers CURRENT at once when the device already runs the announced image — collects chunks from
+ * data frames (sequence in the identifier), checks each 256-chunk block against the CRC-32 its SYNC
+ * frame carries, streams verified blocks into the device's intake (open → write by offset → finish:
+ * src/engine/intake.ts, which stages, commits and switches), reports what it lacks as a compact
+ * bitmap, and answers with the intake's verdict (READY, READY + UPDATED, or the error). It also
+ * serves value GET/SET for its node. The listener never touches the engine or the device's flash.
  *
- * Safety rules (hostile or confused traffic): nothing reaches the engine unless its block CRC or the
- * announced SHA-256 vouches for it; `end` (and so READY) is only reached after the SHA-256 of the
+ * Safety rules (hostile or confused traffic): nothing reaches the intake unless its block CRC or the
+ * announced SHA-256 vouches for it; `finish` (and so READY) is only reached after the SHA-256 of the
  * whole image matched the announce; a chunk that disagrees with one already held is a conflict, and
  * a block that fails its CRC is dropped and re-requested. No input makes it throw.
  */
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import type { EngineError, ProvisioningEngine, TaskInfo } from '../../engine/index.js';
-import type { Result } from '../../hxe/result.js';
+import type { DeviceIntake, EngineError, IntakeVerdict } from '../../engine/index.js';
 import type { CanBus } from './bus.js';
 import { ChunkSet } from './chunk-set.js';
 import type { CanFrame } from './frame.js';
@@ -30,50 +31,62 @@ import {
   encodeRet,
   encodeVerdict,
   JoinFlag,
+  shortSha,
   statusCode,
+  VerdictFlag,
   whereCode,
   type Announce,
 } from './messages.js';
 
-/** The part of the engine a listener drives. */
-export type ListenerEngine = Pick<ProvisioningEngine, 'begin' | 'write' | 'end' | 'abort' | 'getValue' | 'setValue'>;
+/** The part of the device's intake a listener drives. */
+export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort' | 'primary' | 'current' | 'getValue' | 'setValue'>;
 
 export interface ListenerOptions {
   bus: CanBus;
   node: number;
-  engine: ListenerEngine;
+  /** The device's intake: decides CURRENT, checks, stages, commits and switches (src/engine/intake.ts). */
+  intake: ListenerIntake;
   plan?: CanIdPlan;
   /** Largest image accepted (checked before anything is allocated). */
   maxImageBytes?: number;
-  /** A session with no frame from its master for this long is abandoned (engine session aborted). */
+  /** A session with no frame from its master for this long is abandoned (intake session aborted). */
   sessionTimeoutMs?: number;
   /** Frames per missing-chunk report; the rest is reported in the next round. */
   maxReportFrames?: number;
-  /** Largest `engine.write` (the engine's maxChunkBytes). */
+  /** Largest `intake.write` piece (the intake cuts it to the engine's maxChunkBytes again). */
   engineChunkBytes?: number;
   /** Times the whole image may fail its SHA-256 and be re-collected before the verdict is EBADMSG. */
   shaRetries?: number;
-  /** Runs after `end` succeeded (e.g. persist to the device's flash); an error becomes the verdict. */
-  onReady?: (task: TaskInfo) => Promise<Result<unknown, EngineError>>;
   onEvent?: (e: ListenerEvent) => void;
-  /** Source tag for the engine (`can:IFACE`). */
+  /** Source tag for the intake (`can:IFACE`). */
   source?: string;
 }
 
+/**
+ * `status`: READY (installed), UPDATED (replaced a running image), CURRENT (the device already ran it;
+ * no data moved), or the error code. `from`/`to`: short SHA-256s (6 hex digits).
+ */
 export type ListenerEvent =
   | { type: 'joined'; session: number; totalBytes: number; chunkSize: number; fd: boolean }
   | { type: 'progress'; session: number; held: number; total: number }
-  | { type: 'verdict'; session: number; status: string; where: string; reason: string; pid?: number; appName?: string }
+  | { type: 'verdict'; session: number; status: string; where: string; reason: string; pid?: number; appName?: string; from?: string; to?: string }
   | { type: 'conflict'; session: number; what: string }
   | { type: 'value'; op: 'get' | 'set'; oid: number; raw: number; status: string };
 
 export interface LocalVerdict {
+  /** The wire status: OK (READY), CURRENT, or the error code. */
   status: string;
   where: string;
   reason: string;
   crc32: number;
   pid?: number;
   appName?: string;
+  /** OK only: the image replaced a running one (VERDICT flag UPDATED). */
+  updated?: boolean;
+  /** SHA-256 (hex) of the image replaced (UPDATED) or running (CURRENT). */
+  from?: string;
+  /** SHA-256 (hex) of the image now running. */
+  to?: string;
 }
 
 /** Engine errors that mean "the session timed out", not "the image is bad". */
@@ -94,8 +107,8 @@ interface Rx {
   blockState: Uint8Array;
   blockCrc: Float64Array; // -1 = unknown
   fedBlocks: number;
-  engineSession: number | null;
-  writeSeq: number;
+  /** The intake session receiving this image (null once finished, aborted or failed). */
+  intakeId: number | null;
   ref: number;
   hiSeen: number;
   dutyIndex: number;
@@ -112,7 +125,7 @@ export class CanListener {
   readonly node: number;
   private readonly plan: CanIdPlan;
   private readonly bus: CanBus;
-  private readonly engine: ListenerEngine;
+  private readonly intake: ListenerIntake;
   private readonly opts: Required<Pick<ListenerOptions, 'maxImageBytes' | 'sessionTimeoutMs' | 'maxReportFrames' | 'engineChunkBytes' | 'shaRetries'>>;
   private readonly assembler = new AnnounceAssembler();
   private rx: Rx | null = null;
@@ -120,7 +133,7 @@ export class CanListener {
   private idleTimer: NodeJS.Timeout | null = null;
   private lastNeedAnnounce = -Infinity;
   /** The last finished session and its verdict, so a late REPORT still gets an answer. */
-  private finished: { session: number; verdict: LocalVerdict } | null = null;
+  private finished: { session: number; verdict: LocalVerdict; announce?: Announce } | null = null;
   readonly counters = {
     frames: 0, data: 0, duplicates: 0, conflicts: 0, outOfRange: 0, malformed: 0, foreign: 0,
     blockCrcFailures: 0, shaFailures: 0, sessions: 0, dropped: 0, engineRenewals: 0, valueRequests: 0,
@@ -132,7 +145,7 @@ export class CanListener {
     if (bad) throw new RangeError(bad);
     this.node = options.node;
     this.bus = options.bus;
-    this.engine = options.engine;
+    this.intake = options.intake;
     this.plan = options.plan ?? DEFAULT_ID_PLAN;
     this.opts = {
       maxImageBytes: options.maxImageBytes ?? 1 << 20,
@@ -200,7 +213,7 @@ export class CanListener {
       case ProvOp.SYNC:
         return this.onSync(f.data);
       case ProvOp.CTRL:
-        return this.onCtrl(f.data);
+        return this.onCtrl(f.data, c.node === this.node);
     }
   }
 
@@ -212,8 +225,13 @@ export class CanListener {
     if (rx && rx.a.session === a.session) {
       if (sameAnnounce(rx.a, a)) {
         rx.lastHeard = Date.now();
+        // A repeat of an announce we installed from: if the device runs the image now, that is the answer.
+        if (rx.verdict?.status === 'OK' && !a.force && this.intake.current(Buffer.from(a.sha256).toString('hex'))) {
+          this.retire(rx);
+          return this.joinSession(a);
+        }
         // The master repeats an announce while someone has not joined: maybe our JOIN was lost.
-        this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: rx.chunks.held }));
+        this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: rx.chunks.held, ...this.runningField() }));
         return;
       }
       if (!rx.verdict) {
@@ -222,6 +240,15 @@ export class CanListener {
         return;
       }
       // Our transfer under this id is over (its FINISH was lost): this is a new one that reuses the id.
+    }
+    if (!rx && this.finished?.session === a.session && this.finished.announce && sameAnnounce(this.finished.announce, a)) {
+      const v = this.finished.verdict;
+      // A repeated announce after we answered it without joining: repeat the answer.
+      if (v.status === 'CURRENT' && v.to && this.intake.current(v.to)) {
+        this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(v.to.slice(0, 6), 'hex') }));
+        return;
+      }
+      if (v.status !== 'CURRENT') return this.sendVerdict(a.session, v);
     }
     if (rx && !rx.verdict && Date.now() - rx.lastHeard < Math.min(1000, this.opts.sessionTimeoutMs)) {
       // Busy with a live transfer: a new session only takes over once the old master went quiet.
@@ -232,18 +259,43 @@ export class CanListener {
     this.joinSession(a);
   }
 
+  /** JOIN's RUNNING field: the image the device runs (the one a master should call "from"). */
+  private runningField(): { running?: Uint8Array } {
+    const p = this.intake.primary();
+    return p ? { running: Buffer.from(p.sha256.slice(0, 6), 'hex') } : {};
+  }
+
+  private openIntake(a: Announce, force: boolean): ReturnType<ListenerIntake['open']> {
+    return this.intake.open({
+      source: this.options.source ?? `can:node${this.node}`, totalBytes: a.totalBytes, crc32: a.crc32, sha256: a.sha256, force,
+    });
+  }
+
   private joinSession(a: Announce): void {
     this.counters.sessions++;
     const chunkSize = a.chunkSize;
-    const refuse = (status: string, reason: string): void => {
-      this.finishSession(a.session, { status, where: 'transfer', reason, crc32: 0 });
+    const refuse = (status: string, reason: string, where = 'transfer'): void => {
+      this.finishSession(a, { status, where, reason, crc32: 0 });
     };
     if (a.fd && !this.bus.fd) return refuse('EINVAL', 'fd_unsupported');
     if (a.totalBytes === 0) return refuse('EBADMSG', 'empty_image');
     if (a.totalBytes > this.opts.maxImageBytes) return refuse('ENOSPC', 'image_too_large');
+    const opened = this.openIntake(a, !!a.force);
+    if (!opened.ok) return refuse(opened.error.code, opened.error.reason, opened.error.where);
+    if (opened.value.kind === 'current') {
+      // The device runs this image already: no data needs to move; we take no part in the transfer.
+      const running = opened.value.running;
+      this.rx = null;
+      const v: LocalVerdict = {
+        status: 'CURRENT', where: 'none', reason: 'current', crc32: running.crc32, pid: running.pid, appName: running.appName,
+        from: running.sha256, to: running.sha256,
+      };
+      this.record(a.session, v, a);
+      this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(running.sha256.slice(0, 6), 'hex') }));
+      return;
+    }
     const nChunks = Math.ceil(a.totalBytes / chunkSize);
     const nBlocks = Math.ceil(nChunks / BLOCK_CHUNKS);
-    const begun = this.engine.begin({ source: this.options.source ?? `can:node${this.node}`, totalBytes: a.totalBytes, expectedCrc: a.crc32 });
     const rx: Rx = {
       a, nChunks, nBlocks,
       buf: new Uint8Array(nChunks * chunkSize),
@@ -252,8 +304,7 @@ export class CanListener {
       blockState: new Uint8Array(nBlocks),
       blockCrc: new Float64Array(nBlocks).fill(-1),
       fedBlocks: 0,
-      engineSession: begun.ok ? begun.value.sessionId : null,
-      writeSeq: 0,
+      intakeId: opened.value.id,
       ref: 0,
       hiSeen: -1,
       dutyIndex: a.nodes.indexOf(this.node),
@@ -267,21 +318,21 @@ export class CanListener {
     };
     this.rx = rx;
     this.emit({ type: 'joined', session: a.session, totalBytes: a.totalBytes, chunkSize, fd: a.fd });
-    if (!begun.ok) return this.fail(rx, begun.error);
-    this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: 0 }));
+    this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: 0, ...this.runningField() }));
   }
 
-  /** Forget a session (its engine session is aborted if still open). */
+  /** Forget a session (its intake session is aborted if still open). */
   private retire(rx: Rx): void {
-    if (rx.engineSession !== null && !rx.verdict) this.engine.abort(rx.engineSession, 'superseded by a new transfer');
+    if (rx.intakeId !== null && !rx.verdict) this.intake.abort(rx.intakeId, 'superseded by a new transfer');
+    rx.intakeId = null;
     if (this.rx === rx) this.rx = null;
   }
 
   private abandon(status: 'ETIMEDOUT' | 'ECANCELED', reason: string, why: string): void {
     const rx = this.rx;
     if (!rx) return;
-    if (rx.engineSession !== null) this.engine.abort(rx.engineSession, why);
-    rx.engineSession = null;
+    if (rx.intakeId !== null) this.intake.abort(rx.intakeId, why);
+    rx.intakeId = null;
     this.setVerdict(rx, { status, where: 'transfer', reason, crc32: 0 });
     this.rx = null;
   }
@@ -325,10 +376,13 @@ export class CanListener {
     }
   }
 
-  private onCtrl(data: Uint8Array): void {
+  private onCtrl(data: Uint8Array, addressed: boolean): void {
     const c = decodeCtrl(data);
     if (!c) return void this.counters.malformed++;
     if (c.kind === CtrlKind.REPORT && this.finished?.session === c.session && !this.rx) {
+      // A node that answered CURRENT takes no part: it answers only a REPORT addressed to it (the
+      // master missed its JOIN), not the broadcast one.
+      if (this.finished.verdict.status === 'CURRENT' && !addressed) return;
       return this.sendVerdict(c.session, this.finished.verdict);
     }
     const rx = this.known(c.session);
@@ -340,11 +394,12 @@ export class CanListener {
         return this.sendProv(ProvOp.ACK, encodeAck({ session: c.session, next: rx.hiSeen + 1, missing: rx.chunks.missingBelow(rx.hiSeen + 1), polled: true }));
       case CtrlKind.ABORT:
       case CtrlKind.FINISH:
-        // Drop the transfer (its engine session is aborted) but remember no verdict: if this came
-        // from a confused or hostile sender and the real master carries on, we rejoin it.
-        if (!rx.verdict) {
-          if (rx.engineSession !== null) this.engine.abort(rx.engineSession, c.kind === CtrlKind.ABORT ? 'aborted by the master' : 'master finished without us');
-          rx.engineSession = null;
+        // Drop the transfer (its intake session is aborted) but remember no verdict: if this came
+        // from a confused or hostile sender and the real master carries on, we rejoin it. (While the
+        // intake finishes, the verdict is coming: let it.)
+        if (!rx.verdict && !rx.finishing) {
+          if (rx.intakeId !== null) this.intake.abort(rx.intakeId, c.kind === CtrlKind.ABORT ? 'aborted by the master' : 'master finished without us');
+          rx.intakeId = null;
           this.counters.dropped++;
           this.emit({ type: 'verdict', session: rx.a.session, status: 'ECANCELED', where: 'transfer', reason: c.kind === CtrlKind.ABORT ? 'master_abort' : 'master_finished' });
         }
@@ -355,7 +410,7 @@ export class CanListener {
 
   private onReportRequest(rx: Rx): void {
     if (rx.verdict) return this.sendVerdict(rx.a.session, rx.verdict);
-    if (rx.finishing) return; // the verdict goes out when `onReady` completes
+    if (rx.finishing) return; // the verdict goes out when the intake has finished
     if (rx.chunks.complete) {
       this.finalize(rx);
       if (rx.verdict) return this.sendVerdict(rx.a.session, rx.verdict);
@@ -431,7 +486,7 @@ export class CanListener {
     rx.blockState[b] = BLOCK_WAITING;
   }
 
-  /** Stream every verified block at the front of the image into the engine. */
+  /** Stream every verified block at the front of the image into the intake. */
   private feed(rx: Rx, all = false): void {
     while (rx.fedBlocks < rx.nBlocks && (rx.blockState[rx.fedBlocks] === BLOCK_VERIFIED || (all && rx.blockState[rx.fedBlocks] !== BLOCK_WAITING))) {
       if (!this.writeBlock(rx, rx.fedBlocks)) return;
@@ -442,11 +497,12 @@ export class CanListener {
 
   private writeBlock(rx: Rx, b: number): boolean {
     const bytes = this.blockBytes(rx, b);
+    const base = b * BLOCK_CHUNKS * rx.a.chunkSize;
     for (let off = 0; off < bytes.length; off += this.opts.engineChunkBytes) {
-      if (rx.engineSession === null) return false;
-      const w = this.engine.write(rx.engineSession, rx.writeSeq++, bytes.subarray(off, off + this.opts.engineChunkBytes));
+      if (rx.intakeId === null) return false;
+      const w = this.intake.write(rx.intakeId, base + off, bytes.subarray(off, off + this.opts.engineChunkBytes));
       if (w.ok) continue;
-      if (this.timedOut(w.error) && this.renewEngineSession(rx)) return this.writeBlock(rx, b);
+      if (this.timedOut(w.error) && this.renewIntakeSession(rx)) return this.writeBlock(rx, b);
       this.fail(rx, w.error);
       return false;
     }
@@ -459,16 +515,17 @@ export class CanListener {
 
   /**
    * The engine gave up on a session that waited for a repair (its write timeout is shorter than a
-   * long transfer with a hole near the front). We still hold every byte we fed it, so begin again and
-   * replay them; bounded, so a genuinely stuck engine still ends in a verdict.
+   * long transfer with a hole near the front). We still hold every byte we fed it, so open the intake
+   * again and replay them from offset 0; bounded, so a genuinely stuck engine still ends in a verdict.
    */
-  private renewEngineSession(rx: Rx): boolean {
+  private renewIntakeSession(rx: Rx): boolean {
     if (rx.engineRenewals++ >= 3) return false;
     this.counters.engineRenewals++;
-    const begun = this.engine.begin({ source: this.options.source ?? `can:node${this.node}`, totalBytes: rx.a.totalBytes, expectedCrc: rx.a.crc32 });
-    if (!begun.ok) return false;
-    rx.engineSession = begun.value.sessionId;
-    rx.writeSeq = 0;
+    if (rx.intakeId !== null) this.intake.abort(rx.intakeId, 'renewed');
+    rx.intakeId = null;
+    const opened = this.openIntake(rx.a, true);
+    if (!opened.ok || opened.value.kind !== 'receiving') return false;
+    rx.intakeId = opened.value.id;
     const fed = rx.fedBlocks;
     for (let b = 0; b < fed; b++) if (!this.writeBlock(rx, b)) return false;
     return true;
@@ -486,7 +543,7 @@ export class CanListener {
     while (rx.nextDuty < windows && Math.min((rx.nextDuty + 1) * w, rx.nChunks) - 1 <= rx.hiSeen) rx.nextDuty += n;
   }
 
-  /** Every chunk is held: check the whole image, then let the engine decide. */
+  /** Every chunk is held: check the whole image, then let the intake decide. */
   private finalize(rx: Rx): void {
     rx.finalizing = true;
     try {
@@ -501,8 +558,8 @@ export class CanListener {
     if (!sha.equals(rx.a.sha256)) {
       this.counters.shaFailures++;
       if (++rx.shaFailures > this.opts.shaRetries) {
-        if (rx.engineSession !== null) this.engine.abort(rx.engineSession, 'SHA-256 mismatch');
-        rx.engineSession = null;
+        if (rx.intakeId !== null) this.intake.abort(rx.intakeId, 'SHA-256 mismatch');
+        rx.intakeId = null;
         return this.setVerdict(rx, { status: 'EBADMSG', where: 'transfer', reason: 'sha256_mismatch', crc32: 0 });
       }
       // Re-collect what no block CRC vouched for; if everything was vouched for, start over.
@@ -515,42 +572,42 @@ export class CanListener {
       return;
     }
     this.feed(rx, true);
-    if (rx.verdict || rx.engineSession === null) return;
-    let ended = this.engine.end(rx.engineSession);
-    if (!ended.ok && this.timedOut(ended.error) && this.renewEngineSession(rx)) {
-      rx.fedBlocks = rx.nBlocks; // renewEngineSession replayed every block
-      ended = this.engine.end(rx.engineSession!);
-    }
-    rx.engineSession = null;
-    if (!ended.ok) return this.fail(rx, ended.error);
-    const task = ended.value;
-    const verdict: LocalVerdict = { status: 'OK', where: 'none', reason: 'ready', crc32: rx.a.crc32, pid: task.pid, appName: task.appName };
-    if (!this.options.onReady) return this.setVerdict(rx, verdict);
+    if (rx.verdict || rx.intakeId === null) return;
     rx.finishing = true;
     const done = (v: LocalVerdict): void => {
       this.setVerdict(rx, v);
-      this.sendVerdict(rx.a.session, rx.verdict!); // the REPORT that triggered this is still unanswered
+      // The REPORT that triggered this is still unanswered (unless the transfer was dropped meanwhile).
+      if (rx.verdict === v) this.sendVerdict(rx.a.session, v);
     };
-    this.options.onReady(task).then(
-      (r) => done(r.ok ? verdict : errorVerdict(r.error)),
-      (e: unknown) => done({ status: 'EBUSY', where: 'persist', reason: String(e), crc32: 0 }),
-    );
+    this.finishIntake(rx).then(done, (e: unknown) => done({ status: 'EBUSY', where: 'persist', reason: String(e), crc32: 0 }));
+  }
+
+  /** The intake checks, admits, stages, commits and switches; its verdict is ours. */
+  private async finishIntake(rx: Rx): Promise<LocalVerdict> {
+    let finished = await this.intake.finish(rx.intakeId!);
+    if (!finished.ok && this.timedOut(finished.error) && !rx.verdict) {
+      rx.fedBlocks = rx.nBlocks;
+      if (this.renewIntakeSession(rx)) finished = await this.intake.finish(rx.intakeId!);
+    }
+    rx.intakeId = null;
+    if (!finished.ok) return errorVerdict(finished.error);
+    return okVerdict(rx.a, finished.value);
   }
 
   private restartSession(rx: Rx): void {
-    if (rx.engineSession !== null) this.engine.abort(rx.engineSession, 'SHA-256 mismatch; collecting again');
+    if (rx.intakeId !== null) this.intake.abort(rx.intakeId, 'SHA-256 mismatch; collecting again');
+    rx.intakeId = null;
     for (let b = 0; b < rx.nBlocks; b++) this.dropBlock(rx, b);
     rx.blockCrc.fill(-1);
     rx.fedBlocks = 0;
-    rx.writeSeq = 0;
-    const begun = this.engine.begin({ source: this.options.source ?? `can:node${this.node}`, totalBytes: rx.a.totalBytes, expectedCrc: rx.a.crc32 });
-    rx.engineSession = begun.ok ? begun.value.sessionId : null;
-    if (!begun.ok) this.fail(rx, begun.error);
+    const opened = this.openIntake(rx.a, true);
+    if (!opened.ok) return this.fail(rx, opened.error);
+    if (opened.value.kind === 'receiving') rx.intakeId = opened.value.id;
   }
 
   private fail(rx: Rx, e: EngineError): void {
-    if (rx.engineSession !== null) this.engine.abort(rx.engineSession, `${e.code} ${e.reason}`);
-    rx.engineSession = null;
+    if (rx.intakeId !== null) this.intake.abort(rx.intakeId, `${e.code} ${e.reason}`);
+    rx.intakeId = null;
     this.setVerdict(rx, errorVerdict(e));
     // An early rejection is worth telling the master now: it stops repairing for us. (During
     // finalize the REPORT handler sends it.)
@@ -561,25 +618,35 @@ export class CanListener {
     rx.finishing = false;
     if (rx.verdict) return;
     rx.verdict = v;
-    this.finished = { session: rx.a.session, verdict: v };
-    this.verdicts.push({ session: rx.a.session, ...v });
-    const e: ListenerEvent = { type: 'verdict', session: rx.a.session, status: v.status === 'OK' ? 'READY' : v.status, where: v.where, reason: v.reason };
-    if (v.pid !== undefined) e.pid = v.pid;
-    if (v.appName !== undefined) e.appName = v.appName;
-    this.emit(e);
+    this.record(rx.a.session, v, rx.a);
     // The image buffer is no longer needed; keep the small state for late REPORTs.
     rx.buf = new Uint8Array(0);
   }
 
-  private finishSession(session: number, v: LocalVerdict): void {
-    this.finished = { session, verdict: v };
+  /** Remember a session's verdict (a late REPORT gets it again) and tell the observer. */
+  private record(session: number, v: LocalVerdict, a?: Announce): void {
+    this.finished = a ? { session, verdict: v, announce: a } : { session, verdict: v };
     this.verdicts.push({ session, ...v });
-    this.emit({ type: 'verdict', session, status: v.status, where: v.where, reason: v.reason });
-    this.sendVerdict(session, v);
+    const status = v.status === 'OK' ? (v.updated ? 'UPDATED' : 'READY') : v.status;
+    const e: ListenerEvent = { type: 'verdict', session, status, where: v.where, reason: v.reason };
+    if (v.pid !== undefined) e.pid = v.pid;
+    if (v.appName !== undefined) e.appName = v.appName;
+    if (v.from !== undefined) e.from = shortSha(v.from);
+    if (v.to !== undefined) e.to = shortSha(v.to);
+    this.emit(e);
+  }
+
+  /** A session answered without joining it (refused at the announce): the verdict goes out now. */
+  private finishSession(a: Announce, v: LocalVerdict): void {
+    this.rx = null;
+    this.record(a.session, v, a);
+    this.sendVerdict(a.session, v);
   }
 
   private sendVerdict(session: number, v: LocalVerdict): void {
-    this.sendProv(ProvOp.VERDICT, encodeVerdict({ session, status: statusCode(v.status), where: whereCode(v.where), crc32: v.crc32 }));
+    this.sendProv(ProvOp.VERDICT, encodeVerdict({
+      session, status: statusCode(v.status), where: whereCode(v.where), flags: v.updated ? VerdictFlag.UPDATED : 0, crc32: v.crc32,
+    }));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -588,7 +655,7 @@ export class CanListener {
     this.counters.valueRequests++;
     const req = decodeValue(data, op === ValueOp.GET ? 'get' : 'set');
     if (!req) return void this.counters.malformed++;
-    const r = op === ValueOp.GET ? this.engine.getValue(req.oid) : this.engine.setValue(req.oid, req.raw);
+    const r = op === ValueOp.GET ? this.intake.getValue(req.oid) : this.intake.setValue(req.oid, req.raw);
     const status = r.ok ? 'OK' : r.error.code;
     const raw = r.ok ? r.value.raw : 0;
     this.emit({ type: 'value', op: op === ValueOp.GET ? 'get' : 'set', oid: req.oid, raw: r.ok ? raw : req.raw, status });
@@ -600,9 +667,19 @@ function errorVerdict(e: EngineError): LocalVerdict {
   return { status: e.code, where: e.where, reason: e.reason, crc32: 0 };
 }
 
+function okVerdict(a: Announce, v: IntakeVerdict): LocalVerdict {
+  const out: LocalVerdict = {
+    status: 'OK', where: 'none', reason: v.outcome === 'updated' ? 'updated' : 'ready', crc32: a.crc32,
+    pid: v.task.pid, appName: v.task.appName, to: v.task.sha256,
+  };
+  if (v.outcome === 'updated') out.updated = true;
+  if (v.from) out.from = v.from.sha256;
+  return out;
+}
+
 function sameAnnounce(a: Announce, b: Announce): boolean {
   return (
     a.totalBytes === b.totalBytes && a.crc32 === b.crc32 && a.chunkSize === b.chunkSize && a.fd === b.fd && a.window === b.window &&
-    Buffer.from(a.sha256).equals(Buffer.from(b.sha256)) && a.nodes.join() === b.nodes.join()
+    Buffer.from(a.sha256).equals(Buffer.from(b.sha256)) && a.nodes.join() === b.nodes.join() && !!a.force === !!b.force
   );
 }

@@ -1,7 +1,9 @@
 /**
  * The master role: one broadcast transfer of an image to a set of nodes.
  *
- *   announce (repeated with back-off until every target joined, or drops it: ETIMEDOUT)
+ *   announce (repeated with back-off until every target joined, or drops it: ETIMEDOUT); a node that
+ *     already runs the announced image answers CURRENT and takes no part; when no node needs the
+ *     image, no data moves at all (FINISH only)
  *   data pass: SYNC per 256-chunk block + one data frame per chunk, to all at once; windowed —
  *     window k is acknowledged by one node (the k-th in rotation), so flow-control frames do not grow
  *     with the number of nodes; at most `inflight` windows are unacknowledged; bursts are paced
@@ -29,7 +31,9 @@ import {
   encodeCtrl,
   encodeSync,
   JoinFlag,
+  shortSha,
   statusName,
+  VerdictFlag,
   whereName,
   type Announce,
 } from './messages.js';
@@ -43,7 +47,7 @@ export interface MasterOptions {
   plan?: CanIdPlan;
   /** 1..255; random when absent. */
   session?: number;
-  /** Data frames per flow-control window (default 64 classic, 32 FD). */
+  /** Data frames per flow-control window (default 64 classic, 96 FD). */
   window?: number;
   /** Unacknowledged windows allowed in flight (default 2). */
   inflight?: number;
@@ -55,10 +59,16 @@ export interface MasterOptions {
   retries?: number;
   /** Report rounds before the remaining nodes are given up (default 64). */
   maxRounds?: number;
+  /** Send the image even to nodes that already run it (ANNOUNCE flag FORCE). */
+  force?: boolean;
   onProgress?: (p: MasterProgress) => void;
 }
 
-export type NodeStatus = 'READY' | string;
+/** READY (installed), UPDATED (replaced the image it ran), CURRENT (it ran this image already), or an error code. */
+export type NodeStatus = 'READY' | 'UPDATED' | 'CURRENT' | string;
+
+/** The statuses that count as success. */
+export const OK_STATUSES: ReadonlySet<string> = new Set(['READY', 'UPDATED', 'CURRENT']);
 
 export interface NodeVerdict {
   node: number;
@@ -66,8 +76,12 @@ export interface NodeVerdict {
   where: string;
   /** Why the master gave up on the node, when it did. */
   reason?: string;
-  /** CRC-32 of the image the node verified (READY only). */
+  /** CRC-32 of the image the node verified (READY and UPDATED). */
   crc32?: number;
+  /** Short SHA-256 (6 hex digits) of the image the node ran before (UPDATED, CURRENT; READY when it ran another image). */
+  from?: string;
+  /** Short SHA-256 of the image it runs now (READY, UPDATED, CURRENT). */
+  to?: string;
 }
 
 export interface MasterProgress {
@@ -92,6 +106,8 @@ export interface MasterStats {
   /** Data frames in the frame format (8 classic, 64 FD) × frames sent + heard: the efficiency denominator. */
   frameBytes: number;
   rounds: number;
+  /** STATUS polls sent during the data pass (no ACK due, or none arrived). */
+  polls: number;
   repairedChunks: number;
   foreignFrames: number;
   ms: number;
@@ -105,6 +121,8 @@ export interface MasterResult {
 
 interface NodeState {
   joined: boolean;
+  /** Short SHA-256 of the image the node said it runs (JOIN's RUNNING field). */
+  running: string | null;
   verdict: NodeVerdict | null;
   silent: number;
   answered: boolean;
@@ -128,6 +146,7 @@ export class CanMaster {
   private readonly maxRounds: number;
   private readonly targets: number[];
   private readonly announce: Announce;
+  private readonly shortSha: string;
   private readonly blockCrcs: number[] = [];
   private readonly nodes = new Map<number, NodeState>();
   private readonly repairs = new Set<number>();
@@ -166,7 +185,7 @@ export class CanMaster {
     this.retries = options.retries ?? 5;
     this.maxRounds = options.maxRounds ?? 64;
     this.targets = [...new Set(options.nodes)].sort((a, b) => a - b);
-    for (const n of this.targets) this.nodes.set(n, { joined: false, verdict: null, silent: 0, answered: false, reportDone: false });
+    for (const n of this.targets) this.nodes.set(n, { joined: false, running: null, verdict: null, silent: 0, answered: false, reportDone: false });
     const session = options.session ?? randomInt(1, 256);
     if (!Number.isInteger(session) || session < 1 || session > 255) throw new RangeError('session must be 1..255');
     this.announce = {
@@ -174,6 +193,8 @@ export class CanMaster {
       totalBytes: this.image.length, crc32: crc32(this.image) >>> 0,
       sha256: createHash('sha256').update(this.image).digest(), nodes: this.targets,
     };
+    if (options.force) this.announce.force = true;
+    this.shortSha = shortSha(this.announce.sha256);
     for (let b = 0; b * BLOCK_CHUNKS < this.nChunks; b++) {
       const start = b * BLOCK_CHUNKS * this.chunkSize;
       this.blockCrcs.push(crc32(this.image.subarray(start, start + BLOCK_CHUNKS * this.chunkSize)) >>> 0);
@@ -182,7 +203,7 @@ export class CanMaster {
       session, chunks: this.nChunks, chunkSize: this.chunkSize,
       sent: { announce: 0, sync: 0, data: 0, repair: 0, ctrl: 0 },
       heard: { join: 0, ack: 0, missing: 0, verdict: 0 },
-      payloadBytes: 0, frameBytes: 0, rounds: 0, repairedChunks: 0, foreignFrames: 0, ms: 0,
+      payloadBytes: 0, frameBytes: 0, rounds: 0, polls: 0, repairedChunks: 0, foreignFrames: 0, ms: 0,
     };
   }
 
@@ -230,7 +251,7 @@ export class CanMaster {
     const frames = s.sent.announce + s.sent.sync + s.sent.data + s.sent.repair + s.sent.ctrl + s.heard.join + s.heard.ack + s.heard.missing + s.heard.verdict;
     s.frameBytes = frames * this.chunkSize;
     const verdicts = this.targets.map((n) => this.nodes.get(n)!.verdict!);
-    return { ok: verdicts.every((v) => v.status === 'READY'), verdicts, stats: s };
+    return { ok: verdicts.every((v) => OK_STATUSES.has(v.status)), verdicts, stats: s };
   }
 
   // ------------------------------------------------------------------------------------------
@@ -358,6 +379,17 @@ export class CanMaster {
     const open = (): boolean => k < this.inflight || this.released >= (k - this.inflight + 1) * W;
     let polled: number | null = null;
     let rotation = 0;
+    // The ACK duty rotates over the announce's whole node list. When none of the windows whose ACK
+    // would open this one has a live duty node (it is CURRENT, dropped or done), nobody will
+    // acknowledge: ask a live node now rather than after a timeout.
+    if (!open() && !this.ackExpected(k)) {
+      const live = this.live();
+      if (live.length === 0) return;
+      polled = live[rotation++ % live.length]!;
+      this.polledAt = this.position;
+      this.stats.polls++;
+      this.sendCtrl(polled, CtrlKind.STATUS);
+    }
     // Bounded: a node that answers but lags cannot hold the transfer forever (repair covers it).
     for (let attempt = 0; attempt < 2 * (this.retries + 1); attempt++) {
       if (await this.waitUntil(open, this.timeoutMs * 2 ** Math.min(attempt, 3))) return;
@@ -371,8 +403,19 @@ export class CanMaster {
       if (live.length === 0) return;
       polled = live[rotation++ % live.length]!;
       this.polledAt = this.position;
+      this.stats.polls++;
       this.sendCtrl(polled, CtrlKind.STATUS);
     }
+  }
+
+  /** Whether a live node has the ACK duty of a window in flight whose ACK would open window k. */
+  private ackExpected(k: number): boolean {
+    const n = this.targets.length;
+    for (let m = Math.max(0, k - this.inflight); m < k; m++) {
+      const duty = this.nodes.get(this.targets[m % n]!)!;
+      if (duty.joined && !duty.verdict) return true;
+    }
+    return false;
   }
 
   private async reportPhase(): Promise<void> {
@@ -458,8 +501,17 @@ export class CanMaster {
               if (this.phase !== 'announce') this.sendSync(block);
             }
           }
+        } else if (j.flags & JoinFlag.CURRENT) {
+          // The node runs the announced image already: it takes no part in this transfer.
+          if (!s.verdict || s.verdict.reason === 'no_join') {
+            const running = j.running ? shortSha(j.running) : this.shortSha;
+            s.verdict = { node: c.node, status: 'CURRENT', where: 'none', from: running, to: this.shortSha };
+          }
+          s.joined = true;
+          s.silent = 0;
         } else if (j.flags & JoinFlag.JOINED) {
           if (s.verdict?.reason === 'no_join') s.verdict = null; // a late join is welcome
+          if (j.running) s.running = shortSha(j.running);
           s.joined = true;
           s.silent = 0;
         }
@@ -491,12 +543,17 @@ export class CanMaster {
         if (!v) return;
         this.stats.heard.verdict++;
         if (s.verdict && s.verdict.reason !== 'no_join') return;
-        const status = v.status === 0 ? 'READY' : statusName(v.status);
-        if (status === 'READY' && v.crc32 !== this.announce.crc32) {
+        const status = v.status === 0 ? (v.flags & VerdictFlag.UPDATED ? 'UPDATED' : 'READY') : statusName(v.status);
+        if ((status === 'READY' || status === 'UPDATED') && v.crc32 !== this.announce.crc32) {
           s.verdict = { node: c.node, status: 'EBADMSG', where: 'transfer', reason: 'verdict_crc_mismatch' };
         } else {
           s.verdict = { node: c.node, status, where: whereName(v.where) };
-          if (status === 'READY') s.verdict.crc32 = v.crc32;
+          if (status === 'READY' || status === 'UPDATED') s.verdict.crc32 = v.crc32;
+          if (status === 'UPDATED' || (status === 'READY' && s.running !== null && s.running !== this.shortSha)) {
+            if (s.running !== null) s.verdict.from = s.running;
+          }
+          if (status === 'CURRENT') s.verdict.from = this.shortSha;
+          if (OK_STATUSES.has(status)) s.verdict.to = this.shortSha;
         }
         s.joined = true;
         s.answered = true;

@@ -10,11 +10,15 @@ export const ANNOUNCE_BODY_BYTES = 52;
 export const BLOCK_CHUNKS = 256;
 
 export const CtrlKind = { REPORT: 1, STATUS: 2, ABORT: 3, FINISH: 4 } as const;
-export const JoinFlag = { JOINED: 1, NEED_ANNOUNCE: 2 } as const;
+export const JoinFlag = { JOINED: 1, NEED_ANNOUNCE: 2, CURRENT: 4, RUNNING: 8 } as const;
+/** ANNOUNCE body byte 1. */
+export const AnnounceFlag = { FD: 1, FORCE: 2 } as const;
+/** VERDICT byte 3. */
+export const VerdictFlag = { UPDATED: 1 } as const;
 export const MissingFlag = { LAST: 1, RANGE: 2 } as const;
 
 /** Wire codes for verdicts and value replies (0 = READY / ok). */
-export const STATUS_CODES = ['OK', 'EBADMSG', 'ENOSPC', 'ESRCH', 'EBUSY', 'EEXIST', 'EPERM', 'ETIMEDOUT', 'ECANCELED', 'EINVAL'] as const;
+export const STATUS_CODES = ['OK', 'EBADMSG', 'ENOSPC', 'ESRCH', 'EBUSY', 'EEXIST', 'EPERM', 'ETIMEDOUT', 'ECANCELED', 'EINVAL', 'CURRENT'] as const;
 export type StatusName = (typeof STATUS_CODES)[number];
 export const WHERE_CODES = ['none', 'begin', 'write', 'end', 'verify', 'register', 'persist', 'transfer'] as const;
 export type WhereName = (typeof WHERE_CODES)[number];
@@ -52,12 +56,14 @@ export interface Announce {
   sha256: Uint8Array;
   /** Target node ids (1..63). */
   nodes: number[];
+  /** Receive even when the node already runs this image (body byte 1 bit 1). */
+  force?: boolean;
 }
 
 export function encodeAnnounceBody(a: Announce): Uint8Array {
   const b = new Uint8Array(ANNOUNCE_BODY_BYTES);
   b[0] = ANNOUNCE_VERSION;
-  b[1] = a.fd ? 1 : 0;
+  b[1] = (a.fd ? AnnounceFlag.FD : 0) | (a.force ? AnnounceFlag.FORCE : 0);
   b[2] = a.chunkSize;
   b[3] = a.window;
   put32(b, 4, a.totalBytes);
@@ -77,7 +83,8 @@ export function encodeAnnounceBody(a: Announce): Uint8Array {
 /** Null when the body is malformed (wrong version, impossible sizes, no node bits). */
 export function decodeAnnounceBody(session: number, b: Uint8Array): Announce | null {
   if (b.length < ANNOUNCE_BODY_BYTES || b[0] !== ANNOUNCE_VERSION) return null;
-  const fd = (b[1]! & 1) === 1;
+  const fd = (b[1]! & AnnounceFlag.FD) !== 0;
+  const force = (b[1]! & AnnounceFlag.FORCE) !== 0;
   const chunkSize = b[2]!;
   const window = b[3]!;
   if (chunkSize < 1 || chunkSize > (fd ? 64 : 8) || window < 1) return null;
@@ -86,7 +93,9 @@ export function decodeAnnounceBody(session: number, b: Uint8Array): Announce | n
   const lo = u32(b, 48);
   for (let n = 1; n < 64; n++) if (n >= 32 ? (hi >>> (n - 32)) & 1 : (lo >>> n) & 1) nodes.push(n);
   if (nodes.length === 0 || (lo & 1) !== 0) return null;
-  return { session, fd, chunkSize, window, totalBytes: u32(b, 4), crc32: u32(b, 8), sha256: b.slice(12, 44), nodes };
+  const a: Announce = { session, fd, chunkSize, window, totalBytes: u32(b, 4), crc32: u32(b, 8), sha256: b.slice(12, 44), nodes };
+  if (force) a.force = true;
+  return a;
 }
 
 export const announcePartBytes = (frameMax: number): number => frameMax - 2;
@@ -170,22 +179,33 @@ export interface Ctrl {
 export const encodeCtrl = (c: Ctrl): Uint8Array => Uint8Array.of(c.session, c.kind, c.round & 0xff);
 export const decodeCtrl = (b: Uint8Array): Ctrl | null => (b.length < 3 ? null : { session: b[0]!, kind: b[1]!, round: b[2]! });
 
-// JOIN [session, flags, have u24]
+// JOIN [session, flags, have u24, running[3]]: flags JOINED, NEED_ANNOUNCE, CURRENT (the node runs the
+// announced image and takes no part in the transfer), RUNNING (bytes 5..7 are the first three bytes of
+// the SHA-256 of the image the node runs). A 5-byte JOIN (no running field) still decodes.
 export interface Join {
   session: number;
   flags: number;
   have: number;
+  /** First 3 bytes of the SHA-256 of the image the node runs (flag RUNNING). */
+  running?: Uint8Array;
 }
 
 export function encodeJoin(j: Join): Uint8Array {
-  const b = new Uint8Array(5);
+  const b = new Uint8Array(8);
   b[0] = j.session;
-  b[1] = j.flags;
+  b[1] = (j.flags & ~JoinFlag.RUNNING) | (j.running ? JoinFlag.RUNNING : 0);
   put24(b, 2, Math.min(j.have, 0xffffff));
+  if (j.running) b.set(j.running.subarray(0, 3), 5);
   return b;
 }
 
-export const decodeJoin = (b: Uint8Array): Join | null => (b.length < 5 ? null : { session: b[0]!, flags: b[1]!, have: u24(b, 2) });
+export function decodeJoin(b: Uint8Array): Join | null {
+  if (b.length < 5) return null;
+  const j: Join = { session: b[0]!, flags: b[1]!, have: u24(b, 2) };
+  if (b.length >= 8 && (j.flags & JoinFlag.RUNNING) !== 0) j.running = b.slice(5, 8);
+  else j.flags &= ~JoinFlag.RUNNING;
+  return j;
+}
 
 // ACK [session, next u24, flags(1) | missing(23) u24]: next = highest chunk seen + 1; missing =
 // holes below it; POLLED marks the answer to a STATUS poll, sent after every frame before the poll was
@@ -265,11 +285,14 @@ export function decodeMissing(b: Uint8Array, limit: number): Missing | null {
   return { session: b[0]!, last: (flags & MissingFlag.LAST) !== 0, start, seqs };
 }
 
-// VERDICT [session, status, where, 0, crc32 of the verified image]
+// VERDICT [session, status, where, flags, crc32 of the verified image]; flags bit 0 UPDATED (the image
+// replaced a running one)
 export interface Verdict {
   session: number;
   status: number;
   where: number;
+  /** VerdictFlag bits (0 when absent). */
+  flags?: number;
   crc32: number;
 }
 
@@ -278,12 +301,17 @@ export function encodeVerdict(v: Verdict): Uint8Array {
   b[0] = v.session;
   b[1] = v.status;
   b[2] = v.where;
+  b[3] = (v.flags ?? 0) & 0xff;
   put32(b, 4, v.crc32);
   return b;
 }
 
-export const decodeVerdict = (b: Uint8Array): Verdict | null =>
-  b.length < 8 ? null : { session: b[0]!, status: b[1]!, where: b[2]!, crc32: u32(b, 4) };
+export const decodeVerdict = (b: Uint8Array): Required<Verdict> | null =>
+  b.length < 8 ? null : { session: b[0]!, status: b[1]!, where: b[2]!, flags: b[3]!, crc32: u32(b, 4) };
+
+/** Six hex digits: the first three bytes of a SHA-256 (how masters and people name an image). */
+export const shortSha = (sha: Uint8Array | string): string =>
+  typeof sha === 'string' ? sha.slice(0, 6).toLowerCase() : Buffer.from(sha.subarray(0, 3)).toString('hex');
 
 // ---------------------------------------------------------------------------------------------
 // Value binding: GET [oid u16], SET [oid u16, f16 raw u16], RET [oid u16, f16 raw u16, status u8]

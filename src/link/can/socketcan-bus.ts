@@ -69,6 +69,14 @@ export class SocketCanBus extends CanBusBase {
   async close(): Promise<void> {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    // Frames still in the backlog (a master's FINISH after a burst) go out before the socket closes
+    // (bounded: a bus that takes nothing for 200 ms loses them).
+    const deadline = Date.now() + 200;
+    while (this.backlog.length > 0) {
+      while (this.backlog.length > 0 && this.write(this.backlog[0]!)) this.backlog.shift();
+      if (this.backlog.length === 0 || Date.now() >= deadline) break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
     this.backlog = [];
     const ch = this.channel;
     this.channel = null;

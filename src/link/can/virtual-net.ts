@@ -132,9 +132,30 @@ export class NetVirtualBus extends CanBusBase {
 
   async close(): Promise<void> {
     this.closing = true;
-    this.socket?.destroy();
+    const s = this.socket;
     this.socket = null;
-    if (this.hosted) await this.hosted.close();
+    if (s && !s.destroyed) {
+      // Frames posted just before close (a master's FINISH) may still sit in the corked buffer:
+      // send them and close our side; the hub closes its side, then we are done (bounded wait).
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          s.destroy();
+          resolve();
+        }, 1000);
+        s.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        s.uncork();
+        s.end();
+      });
+    }
+    if (this.hosted) {
+      // Our hub relays what it received last before it goes (bus flush, then the sockets' uncork).
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      await this.hosted.close();
+    }
     this.hosted = null;
     this.setState('closed');
   }

@@ -1,15 +1,15 @@
 /**
- * `hsx-gateway device --uart PORT [--state DIR]`: a simulated device listening on a serial port.
- * `runUartDevice` runs a listener for an engine it is given (tests give it one with their own
- * config); `deviceCommand` assembles the engine the CLI uses (system clock, an event sink that
- * prints, and the persisted stores of the state directory).
+ * `hsx-gateway device --uart PORT [--state DIR] [--confirm-window-ms N]`: a simulated device
+ * listening on a serial port. `runUartDevice` runs a listener for the device intake it is given
+ * (tests, the gateway and the demo give it their device's); `deviceCommand` assembles the device
+ * the CLI uses (system clock, an event sink that prints, and with a state directory the persisted
+ * flash and FRAM of openSimulatedDevice, whose stored image runs again at start).
  */
 import { join } from 'node:path';
-import { ProvisioningEngine, systemClock, type EngineError, type EngineEvent, type EventSink, type TaskInfo } from '../../engine/index.js';
-import type { Result } from '../../hxe/result.js';
+import { DeviceIntake, ProvisioningEngine, systemClock, type EngineEvent, type EventSink } from '../../engine/index.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../../persist/simulated-device.js';
 import { UartPortTransport, UartLinkError } from './port-transport.js';
-import { UartListener, type ListenerEvent, type ListenerOptions, type StreamingEngine } from './listener.js';
+import { UartListener, type ListenerEvent, type ListenerOptions } from './listener.js';
 import { DirectoryPartialStore, MemoryPartialStore } from './partial-store.js';
 import { DEFAULT_BAUD } from './settings.js';
 import type { UartError } from './errors.js';
@@ -20,8 +20,13 @@ export interface UartDeviceOptions {
   /** Where partial transfers are kept across restarts (`<state>/uart-partial`). */
   stateDir?: string;
   json: boolean;
-  engine: StreamingEngine;
-  afterReady?: ListenerOptions['afterReady'];
+  /** Where received images go: the device's intake (it verifies, stages, switches and persists). */
+  intake: DeviceIntake;
+  /**
+   * Before listening, run the image the device's flash holds again (`engine.restore()`, every
+   * check repeated) and say so (`restored`). The CLI's device does; a gateway boots its devices itself.
+   */
+  restore?: boolean;
   maxImageBytes?: number;
   /** Exit after the first transfer ends (0 READY, 1 otherwise). */
   once?: boolean;
@@ -35,8 +40,12 @@ function describe(e: ListenerEvent): string {
     case 'open':
       return `receiving ${e.appName || '(unnamed)'}: ${e.totalBytes} bytes, ${e.chunkSize}-byte frames, window ${e.window}` +
         (e.resumeOffset > 0 ? `, resuming at byte ${e.resumeOffset}` : '');
+    case 'current':
+      return `CURRENT: already running ${e.appName}${e.version ? ` ${e.version}` : ''} pid ${e.pid} (sha256 ${e.sha256.slice(0, 16)}…): nothing to receive`;
     case 'ready':
-      return `READY: ${e.appName} pid ${e.pid} (${e.totalBytes} bytes, sha256 ${e.sha256.slice(0, 16)}…)`;
+      return e.outcome === 'updated' && e.from
+        ? `UPDATED: ${e.from.appName}${e.from.appVersion ? ` ${e.from.appVersion}` : ''} (sha256 ${e.from.sha256.slice(0, 16)}…) → ${e.appName}${e.version ? ` ${e.version}` : ''} pid ${e.pid} (${e.totalBytes} bytes, sha256 ${e.sha256.slice(0, 16)}…${e.slot ? `, slot ${e.slot}` : ''}${e.confirmPending ? ', confirm pending' : ''})`
+        : `READY: ${e.appName} pid ${e.pid} (${e.totalBytes} bytes, sha256 ${e.sha256.slice(0, 16)}…${e.slot ? `, slot ${e.slot}` : ''})`;
     case 'error':
       return `transfer failed: ${e.error.code} at ${e.error.where}: ${e.error.reason}${e.error.message ? ` (${e.error.message})` : ''}`;
     case 'aborted':
@@ -58,11 +67,21 @@ export async function runUartDevice(o: UartDeviceOptions): Promise<number> {
     sayError(e instanceof UartLinkError ? e.info : { code: 'EIO', where: 'open', reason: 'open_failed', remote: false, message: String(e) });
     return 1;
   }
+  if (o.restore) {
+    // Boot: the image the device holds runs again, with its persisted values (as the CAN device does).
+    const restored = o.intake.engine.restore();
+    if (!restored.ok) {
+      const { code, where, reason, message } = restored.error;
+      say('restore_failed', { error: { code, where, reason, message } }, `device: restore failed: ${code} ${reason} (${message})`);
+    } else if (restored.value) {
+      const t = restored.value;
+      say('restored', { pid: t.pid, appName: t.appName, version: t.appVersion, sha256: t.sha256 }, `restored ${t.appName} (pid ${t.pid})`);
+    }
+  }
   const partials = o.stateDir ? new DirectoryPartialStore(join(o.stateDir, 'uart-partial')) : new MemoryPartialStore();
   const listenerOptions: ListenerOptions = { source: `uart:${o.port}`, partials };
-  if (o.afterReady) listenerOptions.afterReady = o.afterReady;
   if (o.maxImageBytes !== undefined) listenerOptions.maxImageBytes = o.maxImageBytes;
-  const listener = new UartListener(transport, o.engine, listenerOptions);
+  const listener = new UartListener(transport, o.intake, listenerOptions);
 
   return new Promise<number>((resolve) => {
     let done = false;
@@ -76,9 +95,9 @@ export async function runUartDevice(o: UartDeviceOptions): Promise<number> {
     listener.on('event', (e: ListenerEvent) => {
       const { type, ...data } = e;
       say(type, data, describe(e));
-      if (o.once && (type === 'ready' || type === 'error')) {
+      if (o.once && (type === 'ready' || type === 'current' || type === 'error')) {
         // Let the verdict frame reach the master before the port closes.
-        void transport.flush().then(() => stop(type === 'ready' ? 0 : 1, 'once'));
+        void transport.flush().then(() => stop(type === 'error' ? 1 : 0, 'once'));
       }
     });
     transport.on('lost', (e: UartError) => {
@@ -106,37 +125,36 @@ function printingSink(json: boolean, out: (line: string) => void): EventSink {
   };
 }
 
-/** The CLI's device: engine + persisted stores of the state directory + listener. */
-export async function deviceCommand(o: { port: string; baud?: number; stateDir?: string; json: boolean }): Promise<number> {
+/** The CLI's device: engine + persisted stores of the state directory + intake + listener. */
+export async function deviceCommand(o: { port: string; baud?: number; stateDir?: string; json: boolean; confirmWindowMs?: number }): Promise<number> {
   const out = (line: string): void => void process.stdout.write(`${line}\n`);
   const events = printingSink(o.json, out);
+  const confirmWindowMs = o.confirmWindowMs ?? 10_000;
   let device: SimulatedDevice | null = null;
   if (o.stateDir) {
     try {
-      device = await openSimulatedDevice({ name: 'uart', stateDir: o.stateDir, events });
+      device = await openSimulatedDevice({ name: 'uart', stateDir: o.stateDir, events, confirmWindowMs });
     } catch (e) {
       const message = `device: cannot open the state directory ${o.stateDir}: ${(e as Error).message}`;
       out(o.json ? JSON.stringify({ event: 'error', error: { code: (e as { code?: string }).code ?? 'EIO', where: 'persist', reason: (e as { reason?: string }).reason ?? 'open_failed', message } }) : message);
       return 1;
     }
   }
-  const engine = device?.engine ?? new ProvisioningEngine({ clock: systemClock, events });
+  // Without a state directory: a device without flash (nothing persists, nothing to restore).
+  const intake = device?.intake ?? new DeviceIntake({ engine: new ProvisioningEngine({ clock: systemClock, events }), clock: systemClock, events, confirmWindowMs });
   const controller = new AbortController();
   const onSignal = (): void => controller.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const options: UartDeviceOptions = { port: o.port, json: o.json, engine, signal: controller.signal, out };
+  const options: UartDeviceOptions = { port: o.port, json: o.json, intake, restore: device !== null, signal: controller.signal, out };
   if (o.baud !== undefined) options.baud = o.baud;
   if (o.stateDir !== undefined) options.stateDir = o.stateDir;
-  if (device) {
-    // The received image goes to the device's flash before the master hears READY.
-    options.afterReady = (task: TaskInfo): Promise<Result<unknown, EngineError>> => engine.persist(task.pid, 'permanent');
-  }
   try {
     return await runUartDevice(options);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    await device?.close();
+    if (device) await device.close();
+    else intake.dispose();
   }
 }

@@ -1,14 +1,16 @@
 /**
- * `hsx-gateway flash --uart PORT [--baud N] IMAGE`: the master. Checks the image locally (format
- * and CRC; budgets are the device's business), sends it, and shows progress: a bar with bytes,
- * rate and ETA on a terminal, JSON lines with --json, plain lines otherwise. Exit 0 only when the
- * device reported READY.
+ * `hsx-gateway flash --uart PORT [--baud N] [--force] IMAGE`: the master. Checks the image locally
+ * (format and CRC; budgets are the device's business), sends it, and shows progress: a bar with
+ * bytes, rate and ETA on a terminal, JSON lines with --json, plain lines otherwise. The verdict is
+ * READY (installed), UPDATED (from → to) or CURRENT (the device already ran this image: nothing was
+ * sent; `--force` sends it anyway); exit 0 for all three, 1 for an error.
  */
 import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { parseImage } from '../../hxe/index.js';
 import { UartPortTransport, UartLinkError } from './port-transport.js';
-import { sendImage, type MasterProgress, type SessionRestart } from './master.js';
+import { sendImage, type FlashOutcome, type MasterProgress, type SessionRestart } from './master.js';
+import type { ImageInfo } from './messages.js';
 import { DEFAULT_BAUD, DEFAULT_CHUNK, DEFAULT_MASTER_TIMING, DEFAULT_WINDOW, rtoForLine } from './settings.js';
 import type { UartError } from './errors.js';
 
@@ -19,6 +21,8 @@ export interface UartFlashOptions {
   chunk?: number;
   window?: number;
   json: boolean;
+  /** Send even when the device already runs the image. */
+  force?: boolean;
   out?: (line: string) => void;
   /** Show a progress bar (default: stderr is a terminal and not --json). */
   bar?: boolean;
@@ -104,14 +108,35 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
       barStarted = false; // restarted at the next progress report
     }
   };
-  const result = await sendImage(transport, bytes, { appName, chunkSize: chunk, window, timing, onProgress, onRestart });
+  const result = await sendImage(transport, bytes, { appName, chunkSize: chunk, window, timing, onProgress, onRestart, force: o.force === true });
   bar?.stop();
   await transport.close();
   if (!result.ok) return fail(result.error);
   const r = result.value;
+  const verdict = VERDICT[r.outcome];
   out(o.json
-    ? JSON.stringify({ event: 'ready', ...r, counters: transport.status().counters })
-    : `flash: READY on ${o.port}: ${r.appName} pid ${r.pid}, ${r.totalBytes} bytes in ${(r.elapsedMs / 1000).toFixed(2)} s` +
-      (r.resumeOffset > 0 ? ` (resumed at byte ${r.resumeOffset})` : '') + (r.retransmits > 0 ? `, ${r.retransmits} retransmitted frames` : ''));
+    ? JSON.stringify({ event: verdict.toLowerCase(), verdict, ...r, to: r.image, counters: transport.status().counters })
+    : describeVerdict(o.port, r));
   return 0;
+}
+
+const VERDICT = { installed: 'READY', updated: 'UPDATED', current: 'CURRENT' } as const;
+
+/** `sensor_app 1.2.0 (sha256 0123abcd…)`: an image as a person wants to see it. */
+function imageLabel(i: ImageInfo): string {
+  return `${i.appName}${i.version ? ` ${i.version}` : ''} (sha256 ${i.sha256.slice(0, 12)}…)`;
+}
+
+function describeVerdict(port: string, r: FlashOutcome): string {
+  const timing = `${r.totalBytes} bytes in ${(r.elapsedMs / 1000).toFixed(2)} s` +
+    (r.resumeOffset > 0 ? ` (resumed at byte ${r.resumeOffset})` : '') + (r.retransmits > 0 ? `, ${r.retransmits} retransmitted frames` : '');
+  switch (r.outcome) {
+    case 'current':
+      return `flash: CURRENT on ${port}: the device already runs ${imageLabel(r.image)} as pid ${r.pid}; nothing sent (--force sends it anyway)`;
+    case 'updated':
+      return `flash: UPDATED on ${port}: ${r.from ? imageLabel(r.from) : '(unknown)'} → ${imageLabel(r.image)}, pid ${r.pid}, ${timing}` +
+        (r.confirmPending ? '; confirmed once it has run for the device\'s confirm window' : '');
+    case 'installed':
+      return `flash: READY on ${port}: ${r.appName} pid ${r.pid}, ${timing}`;
+  }
 }

@@ -24,6 +24,7 @@ export const FrameType = {
   RESULT: 0x07,
   ERROR: 0x08,
   ABORT: 0x09,
+  CURRENT: 0x0a,
 } as const;
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 

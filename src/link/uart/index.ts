@@ -7,8 +7,8 @@ import { registerTransport } from '../transport.js';
 import { UartPortTransport, type UartPortOptions } from './port-transport.js';
 
 export { UartPortTransport, UartLinkError, type UartPortOptions } from './port-transport.js';
-export { sendImage, type MasterOptions, type MasterProgress, type FlashOutcome } from './master.js';
-export { UartListener, type ListenerOptions, type ListenerEvent, type StreamingEngine } from './listener.js';
+export { sendImage, type MasterOptions, type MasterProgress, type FlashOutcome, type FlashVerdict } from './master.js';
+export { UartListener, type ListenerOptions, type ListenerEvent, type ListenerIntake } from './listener.js';
 export { MemoryPartialStore, DirectoryPartialStore, type PartialStore, type PartialKey, type PartialWriter } from './partial-store.js';
 export { FrameType, encodeFrame, decodeFrame, frameBytes, parseFrameBytes, type Frame, type FrameDrop } from './frame.js';
 export { cobsEncodeWithDelimiter, cobsDecode } from './cobs.js';

@@ -1,51 +1,50 @@
 /**
- * The listener (device) side of the UART session protocol. It answers OPEN with the negotiated
- * frame size and window (and a resume offset when it already holds part of the same image),
- * puts DATA frames back in order inside the window, feeds them to the engine's streaming load,
- * acknowledges what it has fed and saved (so a slow engine or store simply withholds ACKs: flow
- * control), asks for missing frames with NAKs, and reports the engine's verdict at END.
+ * The listener (device) side of the UART session protocol. It answers OPEN with CURRENT when the
+ * device already runs the announced image, else with the negotiated frame size and window (and a
+ * resume offset when it already holds part of the same image), puts DATA frames back in order
+ * inside the window, feeds them to the device's intake, acknowledges what it has fed and saved (so
+ * a slow intake or store simply withholds ACKs: flow control), asks for missing frames with NAKs,
+ * and reports the intake's verdict (INSTALLED or UPDATED) at END.
+ *
+ * The intake (src/engine/intake.ts) owns what an image means for the device: the SHA-256 check,
+ * updates, staging, switching and persisting. The listener only moves bytes into it.
  *
  * It sees only Frames through the Transport interface; serialport is the framing layer's business.
  */
-import { createHash, type Hash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Transport, TransportStatus } from '../transport.js';
-import type { Result } from '../../hxe/result.js';
-import type { EngineError, ProvisioningEngine, TaskInfo } from '../../engine/index.js';
+import type { DeviceIntake, EngineError, IntakeVerdict, RunningImage } from '../../engine/index.js';
 import { FrameType, type Frame } from './frame.js';
 import {
-  PROTOCOL_VERSION, decodeAbort, decodeOpen, encodeAccept, encodeError, encodeMissing, encodeResult,
-  type ErrorMessage, type OpenMessage,
+  SUPPORTED_VERSIONS, decodeAbort, decodeOpen, encodeAccept, encodeCurrent, encodeError, encodeMissing, encodeResult, encodeResultV1,
+  type ErrorMessage, type ImageInfo, type OpenMessage,
 } from './messages.js';
 import type { PartialStore, PartialWriter, PartialKey } from './partial-store.js';
 import {
-  DEFAULT_LISTENER_TIMING, ENGINE_CHUNK, LISTENER_MAX_CHUNK, LISTENER_MAX_WINDOW, MIN_CHUNK, type ListenerTiming,
+  DEFAULT_LISTENER_TIMING, LISTENER_MAX_CHUNK, LISTENER_MAX_WINDOW, MIN_CHUNK, type ListenerTiming,
 } from './settings.js';
 
-/** The part of the engine the listener drives: the streaming load. */
-export type StreamingEngine = Pick<ProvisioningEngine, 'begin' | 'write' | 'end' | 'abort'>;
+/** The part of the intake the listener drives. */
+export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort'>;
 
 export interface ListenerOptions {
-  /** The engine's source label for tasks loaded here, e.g. `uart:/dev/ttyUSB1`. */
+  /** The source label for tasks loaded here, e.g. `uart:/dev/ttyUSB1`. */
   source: string;
   partials: PartialStore;
   maxChunk?: number;
   maxWindow?: number;
-  /** Largest chunk the engine takes in one write (its `maxChunkBytes`); larger frames are split. */
-  engineChunk?: number;
   /** Largest image accepted at OPEN (before anything is allocated). */
   maxImageBytes?: number;
   timing?: Partial<ListenerTiming>;
-  /**
-   * Runs after the engine reported READY and before the master hears it (the device command
-   * persists the image here). An error is reported to the master instead of READY.
-   */
-  afterReady?: (task: TaskInfo) => Promise<Result<unknown, EngineError>>;
 }
 
 export type ListenerEvent =
-  | { type: 'open'; appName: string; totalBytes: number; sha256: string; chunkSize: number; window: number; resumeOffset: number }
-  | { type: 'ready'; appName: string; pid: number; totalBytes: number; sha256: string; receivedBytes: number }
+  | { type: 'open'; appName: string; totalBytes: number; sha256: string; chunkSize: number; window: number; resumeOffset: number; force: boolean; protocolVersion: number }
+  | { type: 'current'; appName: string; pid: number; version: string; totalBytes: number; sha256: string }
+  | {
+    type: 'ready'; outcome: 'installed' | 'updated'; appName: string; pid: number; version: string; totalBytes: number; sha256: string; receivedBytes: number;
+    from: RunningImage | null; slot: 'A' | 'B' | null; confirmPending: boolean;
+  }
   | { type: 'error'; sha256: string | null; error: ErrorMessage & { message: string } }
   | { type: 'aborted'; sha256: string; reason: string; heldBytes: number };
 
@@ -61,15 +60,14 @@ interface Session {
   totalChunks: number;
   resumeOffset: number;
   state: SessionState;
-  engineSession: number | null;
-  engineSeq: number;
+  /** The intake's session id while bytes are being received. */
+  intakeId: number | null;
   /** Next chunk index to feed to the engine. */
   expected: number;
   /** Chunks fed and saved: what ACKs report. */
   saved: number;
   lastAckSent: number;
   buffered: Map<number, Uint8Array>;
-  hash: Hash;
   writer: PartialWriter | null;
   /** Bytes received over the link in this session (not re-fed from the partial). */
   receivedBytes: number;
@@ -79,6 +77,8 @@ interface Session {
   lastFrameAt: number;
   nakSentAt: Map<number, number>;
   lastDupAckAt: number;
+  /** Set once the session is being abandoned (the partial's writer closing). */
+  abandoning?: Promise<void>;
   /** The ACCEPT, RESULT or ERROR frame repeated when the master asks again. */
   reply: Frame | null;
   /** Completion callbacks of the partial store's appends. */
@@ -88,20 +88,23 @@ interface Session {
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
+const imageInfo = (r: RunningImage): ImageInfo => ({ pid: r.pid, crc32: r.crc32, sha256: r.sha256, appName: r.appName, version: r.appVersion });
+
 export class UartListener extends EventEmitter {
   private session: Session | null = null;
+  /** The intake's verdict on the last complete image, while it is being installed. */
+  private installing: Promise<void> | null = null;
   private unsubscribe: (() => void) | null = null;
   private readonly timing: ListenerTiming;
   private readonly maxChunk: number;
   private readonly maxWindow: number;
   private readonly maxImageBytes: number;
-  private readonly engineChunk: number;
   /** Protocol counters (the framing layer keeps its own). */
   readonly counters = { acks: 0, naks: 0, duplicates: 0, outOfWindow: 0, badLength: 0, staleFrames: 0 };
 
   constructor(
     private readonly transport: Transport<Frame, Frame>,
-    private readonly engine: StreamingEngine,
+    private readonly intake: ListenerIntake,
     private readonly options: ListenerOptions,
   ) {
     super();
@@ -109,13 +112,12 @@ export class UartListener extends EventEmitter {
     this.maxChunk = Math.max(MIN_CHUNK, Math.min(options.maxChunk ?? LISTENER_MAX_CHUNK, LISTENER_MAX_CHUNK));
     this.maxWindow = Math.max(1, Math.min(options.maxWindow ?? LISTENER_MAX_WINDOW, LISTENER_MAX_WINDOW));
     this.maxImageBytes = options.maxImageBytes ?? 16 << 20;
-    this.engineChunk = Math.max(1, options.engineChunk ?? ENGINE_CHUNK);
   }
 
   start(): void {
     if (this.unsubscribe) return;
     const stopReceiving = this.transport.receive((frame) => this.onFrame(frame));
-    // A lost port (cable pulled) ends the session at once: the engine session is aborted,
+    // A lost port (cable pulled) ends the session at once: the intake session is aborted,
     // nothing half-received becomes READY, and the partial stays for a resume.
     const onStatus = (st: TransportStatus): void => {
       const s = this.session;
@@ -128,12 +130,14 @@ export class UartListener extends EventEmitter {
     };
   }
 
-  /** Stops listening; an unfinished session is aborted in the engine (its partial is kept). */
+  /** Stops listening; an unfinished session is aborted in the intake (its partial is kept). */
   async stop(reason: string): Promise<void> {
     this.unsubscribe?.();
     this.unsubscribe = null;
     const s = this.session;
     if (s && s.state !== 'done') await this.abandon(s, reason);
+    // A session the lost port already ended: its 'aborted' event comes before stop() returns.
+    else if (s?.abandoning) await s.abandoning;
   }
 
   private emitEvent(e: ListenerEvent): void {
@@ -187,7 +191,7 @@ export class UartListener extends EventEmitter {
       return;
     }
     const open = decoded.value;
-    if (open.version !== PROTOCOL_VERSION) {
+    if (!SUPPORTED_VERSIONS.includes(open.version)) {
       this.send(this.errorFrame(frame.tag, { code: 'EPROTO', where: 'session', reason: 'unsupported_version' }));
       return;
     }
@@ -206,8 +210,8 @@ export class UartListener extends EventEmitter {
     const s: Session = {
       tag: frame.tag, nonce: frame.seq, open, sha256: hex(open.sha256), chunk, window,
       totalChunks: Math.ceil(open.totalBytes / chunk), resumeOffset: 0, state: 'preparing',
-      engineSession: null, engineSeq: 0, expected: 0, saved: 0, lastAckSent: 0, buffered: new Map(),
-      hash: createHash('sha256'), writer: null, receivedBytes: 0, ackTimer: null, idleTimer: null, lastFrameAt: 0,
+      intakeId: null, expected: 0, saved: 0, lastAckSent: 0, buffered: new Map(),
+      writer: null, receivedBytes: 0, ackTimer: null, idleTimer: null, lastFrameAt: 0,
       nakSentAt: new Map(), lastDupAckAt: 0, reply: null,
       saveDone: () => this.onSaved(s),
       saveFailed: () => {
@@ -217,22 +221,38 @@ export class UartListener extends EventEmitter {
     };
     this.session = s;
     this.touch(s);
+    // An image still being installed (its master may have lost the link during END) is installed
+    // first, so an OPEN for it is answered CURRENT rather than received again.
+    if (this.installing) {
+      await this.installing;
+      if (this.session !== s || s.state !== 'preparing') return;
+    }
 
-    const begun = this.engine.begin({ source: this.options.source, totalBytes: open.totalBytes, expectedCrc: open.crc32 });
-    if (!begun.ok) {
-      this.finish(s, this.errorFrame(s.tag, begun.error), { type: 'error', sha256: s.sha256, error: { ...begun.error } });
+    // A version 1 master cannot hear CURRENT: it always sends the image, as it did.
+    const opened = this.intake.open({
+      source: this.options.source, totalBytes: open.totalBytes, crc32: open.crc32, sha256: open.sha256,
+      appName: open.appName, force: open.force || open.version < 2,
+    });
+    if (!opened.ok) {
+      this.finish(s, this.errorFrame(s.tag, opened.error), { type: 'error', sha256: s.sha256, error: { ...opened.error } });
       return;
     }
-    s.engineSession = begun.value.sessionId;
+    if (opened.value.kind === 'current') {
+      // The device runs this very image: no data moves, the master ends with CURRENT.
+      const running = opened.value.running;
+      this.finish(s, { type: FrameType.CURRENT, tag: s.tag, seq: s.nonce, payload: encodeCurrent(imageInfo(running)) }, {
+        type: 'current', appName: running.appName, pid: running.pid, version: running.appVersion, totalBytes: open.totalBytes, sha256: s.sha256,
+      });
+      return;
+    }
+    s.intakeId = opened.value.id;
 
-    // Resume: re-feed what we already hold to the new engine session, then ask only for the rest.
+    // Resume: re-feed what we already hold to the new intake session, then ask only for the rest.
     const key: PartialKey = { sha256: s.sha256, totalBytes: open.totalBytes, crc32: open.crc32 };
     const held = await this.options.partials.load(key).catch(() => null);
-    if (this.session !== s) return;
+    if (this.session !== s || s.state !== 'preparing') return;
     const resumeChunks = held ? Math.floor(held.length / chunk) : 0;
-    for (let i = 0; i < resumeChunks; i++) {
-      if (!this.feed(s, held!.subarray(i * chunk, (i + 1) * chunk))) return;
-    }
+    if (resumeChunks > 0 && !this.feed(s, 0, held!.subarray(0, resumeChunks * chunk))) return;
     s.expected = s.saved = s.lastAckSent = resumeChunks;
     s.resumeOffset = resumeChunks * chunk;
     try {
@@ -244,10 +264,14 @@ export class UartListener extends EventEmitter {
     s.state = 'receiving';
     s.reply = {
       type: FrameType.ACCEPT, tag: s.tag, seq: s.nonce,
-      payload: encodeAccept({ version: PROTOCOL_VERSION, chunkSize: chunk, window, resumeOffset: s.resumeOffset }),
+      // The answer speaks the master's version.
+      payload: encodeAccept({ version: open.version, chunkSize: chunk, window, resumeOffset: s.resumeOffset }),
     };
     this.send(s.reply);
-    this.emitEvent({ type: 'open', appName: open.appName, totalBytes: open.totalBytes, sha256: s.sha256, chunkSize: chunk, window, resumeOffset: s.resumeOffset });
+    this.emitEvent({
+      type: 'open', appName: open.appName, totalBytes: open.totalBytes, sha256: s.sha256, chunkSize: chunk, window, resumeOffset: s.resumeOffset,
+      force: open.force, protocolVersion: open.version,
+    });
   }
 
   // ---- DATA ---------------------------------------------------------------------------------
@@ -285,26 +309,25 @@ export class UartListener extends EventEmitter {
     s.receivedBytes += frame.payload.length;
     for (let next = s.buffered.get(s.expected); next !== undefined; next = s.buffered.get(s.expected)) {
       s.buffered.delete(s.expected);
-      if (!this.feed(s, next)) return;
+      if (!this.feed(s, s.expected * s.chunk, next)) return;
       s.expected++;
       this.save(s, next);
     }
     if (s.buffered.size > 0) this.sendNak(s);
   }
 
-  /** One in-order chunk into the engine; false when the engine refused it (the session is over). */
-  private feed(s: Session, chunk: Uint8Array): boolean {
-    // A frame larger than the engine's chunk limit goes in as several engine writes.
-    for (let at = 0; at < chunk.length; at += this.engineChunk) {
-      const written = this.engine.write(s.engineSession!, s.engineSeq++, chunk.subarray(at, at + this.engineChunk));
-      if (!written.ok) {
-        // The engine's verdict ends the transfer; the partial is useless if the bytes are bad.
-        if (written.error.code === 'EBADMSG') void this.options.partials.discard(s.sha256).catch(() => {});
-        this.finish(s, this.errorFrame(s.tag, written.error), { type: 'error', sha256: s.sha256, error: { ...written.error } });
-        return false;
-      }
+  /**
+   * In-order bytes at `offset` into the intake (which splits them into engine writes and hashes
+   * them for the SHA-256 check); false when it refused them (the session is over).
+   */
+  private feed(s: Session, offset: number, bytes: Uint8Array): boolean {
+    const written = this.intake.write(s.intakeId!, offset, bytes);
+    if (!written.ok) {
+      // The intake's verdict ends the transfer; the partial is useless if the bytes are bad.
+      if (written.error.code === 'EBADMSG') void this.options.partials.discard(s.sha256).catch(() => {});
+      this.finish(s, this.errorFrame(s.tag, written.error), { type: 'error', sha256: s.sha256, error: { ...written.error } });
+      return false;
     }
-    s.hash.update(chunk);
     return true;
   }
 
@@ -382,38 +405,57 @@ export class UartListener extends EventEmitter {
       return;
     }
     s.state = 'ending';
-    const digest = s.hash.digest('hex');
-    if (digest !== s.sha256) {
-      // Cannot happen unless a frame CRC collided: refuse rather than accept a corrupted image.
-      void this.options.partials.discard(s.sha256).catch(() => {});
-      const error = { code: 'EBADMSG', where: 'verify', reason: 'sha256_mismatch', message: `received image SHA-256 ${digest} != announced ${s.sha256}` };
-      this.finish(s, this.errorFrame(s.tag, error), { type: 'error', sha256: s.sha256, error });
-      return;
-    }
-    const ended = this.engine.end(s.engineSession!);
-    // The engine gave its verdict on the whole image: nothing is left to resume either way.
-    void this.options.partials.discard(s.sha256).catch(() => {});
-    if (ended.ok) s.engineSession = null; // the session became a task
-    if (!ended.ok) {
-      this.finish(s, this.errorFrame(s.tag, ended.error), { type: 'error', sha256: s.sha256, error: { ...ended.error } });
-      return;
-    }
-    void this.afterReady(s, ended.value);
+    const installing: Promise<void> = this.conclude(s).finally(() => {
+      if (this.installing === installing) this.installing = null;
+    });
+    this.installing = installing;
   }
 
-  private async afterReady(s: Session, task: TaskInfo): Promise<void> {
-    if (this.options.afterReady) {
-      const r = await this.options.afterReady(task).catch((e: unknown) => ({
-        ok: false as const, error: { code: 'EBUSY', where: 'persist', reason: 'persist_failed', message: String(e) } as EngineError,
-      }));
-      if (!r.ok) {
-        this.finish(s, this.errorFrame(s.tag, r.error), { type: 'error', sha256: s.sha256, error: { ...r.error } });
-        return;
-      }
+  /**
+   * All bytes are in: the intake checks the SHA-256 against the OPEN (a damaged image is never
+   * accepted, even if a frame CRC collided), verifies and admits the image, stages it in flash and
+   * switches; only then does the master hear RESULT.
+   */
+  private async conclude(s: Session): Promise<void> {
+    const id = s.intakeId!;
+    let verdict: Awaited<ReturnType<ListenerIntake['finish']>>;
+    try {
+      verdict = await this.intake.finish(id);
+    } catch (e) {
+      verdict = { ok: false, error: { code: 'EBUSY', where: 'persist', reason: 'intake_failed', message: String(e) } as EngineError };
     }
-    const { pid, appName } = task;
-    this.finish(s, { type: FrameType.RESULT, tag: s.tag, seq: s.totalChunks, payload: encodeResult({ pid, appName }) }, {
-      type: 'ready', appName, pid, totalBytes: s.open.totalBytes, sha256: s.sha256, receivedBytes: s.receivedBytes,
+    // The intake gave its verdict on the whole image: nothing is left to resume either way.
+    void this.options.partials.discard(s.sha256).catch(() => {});
+    s.intakeId = null; // finish ended the intake session, whatever the verdict
+    const event: ListenerEvent = verdict.ok
+      ? this.readyEvent(s, verdict.value)
+      : { type: 'error', sha256: s.sha256, error: { ...verdict.error } };
+    if (this.session !== s || s.state !== 'ending') {
+      // The link went away while the device installed: the verdict stands, nobody hears it.
+      this.emitEvent(event);
+      return;
+    }
+    if (!verdict.ok) {
+      this.finish(s, this.errorFrame(s.tag, verdict.error), event);
+      return;
+    }
+    this.finish(s, { type: FrameType.RESULT, tag: s.tag, seq: s.totalChunks, payload: this.resultPayload(s, verdict.value) }, event);
+  }
+
+  private readyEvent(s: Session, v: IntakeVerdict): ListenerEvent {
+    return {
+      type: 'ready', outcome: v.outcome === 'updated' ? 'updated' : 'installed', appName: v.task.appName, pid: v.task.pid, version: v.task.appVersion,
+      totalBytes: s.open.totalBytes, sha256: s.sha256, receivedBytes: s.receivedBytes, from: v.from, slot: v.slot, confirmPending: v.confirmPending,
+    };
+  }
+
+  private resultPayload(s: Session, v: IntakeVerdict): Buffer {
+    if (s.open.version < 2) return encodeResultV1({ pid: v.task.pid, appName: v.task.appName });
+    const updated = v.outcome === 'updated' && v.from !== null;
+    return encodeResult({
+      outcome: updated ? 'updated' : 'installed', confirmPending: v.confirmPending, slot: v.slot,
+      image: { pid: v.task.pid, crc32: v.task.crc32, sha256: v.task.sha256, appName: v.task.appName, version: v.task.appVersion },
+      from: updated ? imageInfo(v.from!) : null,
     });
   }
 
@@ -427,9 +469,9 @@ export class UartListener extends EventEmitter {
   private finish(s: Session, reply: Frame, event: ListenerEvent): void {
     s.state = 'done';
     s.reply = reply;
-    // A failed engine session holds nothing but stays until aborted; release it now.
-    if (s.engineSession !== null) this.engine.abort(s.engineSession, event.type === 'error' ? event.error.reason : 'finished');
-    s.engineSession = null;
+    // A failed intake session holds nothing but stays until aborted; release it now.
+    if (s.intakeId !== null) this.intake.abort(s.intakeId, event.type === 'error' ? event.error.reason : 'finished');
+    s.intakeId = null;
     this.clearTimers(s);
     void s.writer?.close().catch(() => {});
     s.buffered.clear();
@@ -437,15 +479,23 @@ export class UartListener extends EventEmitter {
     this.emitEvent(event);
   }
 
-  /** The link failed or the master gave up: abort the engine session, keep the partial for a resume. */
-  private async abandon(s: Session, reason: string): Promise<void> {
+  /** The link failed or the master gave up: abort the intake session, keep the partial for a resume. */
+  private abandon(s: Session, reason: string): Promise<void> {
+    const p = this.doAbandon(s, reason);
+    s.abandoning = p;
+    return p;
+  }
+
+  private async doAbandon(s: Session, reason: string): Promise<void> {
     const wasActive = s.state !== 'done';
+    // While ending, the intake already holds the whole image and installs it: that goes on.
+    const installing = s.state === 'ending';
     s.state = 'done';
     this.clearTimers(s);
     s.buffered.clear();
-    if (s.engineSession !== null) {
-      this.engine.abort(s.engineSession, reason);
-      s.engineSession = null;
+    if (s.intakeId !== null && !installing) {
+      this.intake.abort(s.intakeId, reason);
+      s.intakeId = null;
     }
     await s.writer?.close().catch(() => {});
     if (wasActive) this.emitEvent({ type: 'aborted', sha256: s.sha256, reason, heldBytes: Math.min(s.saved * s.chunk, s.open.totalBytes) });

@@ -3,8 +3,9 @@
  * app name; then DATA frames through a sliding window (never more than `window` frames past the
  * last cumulative ACK, so a listener that stops acknowledging stops the master), retransmitting
  * what a NAK names at once and the oldest frame on a timeout, with exponential back-off and retry
- * limits; then END and the device's verdict. Resume: the listener's ACCEPT names the offset to
- * start from, and only the rest is sent.
+ * limits; then END and the device's verdict (INSTALLED or UPDATED). A device that already runs
+ * the image answers OPEN with CURRENT and nothing is sent (unless `force`). Resume: the listener's
+ * ACCEPT names the offset to start from, and only the rest is sent.
  *
  * It sees only Frames through the Transport interface.
  */
@@ -13,7 +14,10 @@ import { crc32 } from 'node:zlib';
 import type { Transport, TransportStatus } from '../transport.js';
 import { err, ok, type Result } from '../../hxe/result.js';
 import { FrameType, type Frame } from './frame.js';
-import { PROTOCOL_VERSION, decodeAccept, decodeError, decodeMissing, decodeResult, encodeAbort, encodeOpen } from './messages.js';
+import {
+  PROTOCOL_VERSION, decodeAccept, decodeCurrent, decodeError, decodeMissing, decodeResult, decodeResultV1, encodeAbort, encodeOpen,
+  type ImageInfo,
+} from './messages.js';
 import { uartError, type UartError } from './errors.js';
 import { UartLinkError } from './port-transport.js';
 import { DEFAULT_CHUNK, DEFAULT_MASTER_TIMING, DEFAULT_WINDOW, MIN_CHUNK, type MasterTiming } from './settings.js';
@@ -21,6 +25,14 @@ import { DEFAULT_CHUNK, DEFAULT_MASTER_TIMING, DEFAULT_WINDOW, MIN_CHUNK, type M
 export interface MasterOptions {
   /** The image's app name, announced in OPEN (informational for the device). */
   appName?: string;
+  /** Send the image even when the device already runs it (OPEN's FORCE flag): no CURRENT answer. */
+  force?: boolean;
+  /**
+   * Protocol version to speak (default PROTOCOL_VERSION). A device that answers a version 2 OPEN
+   * with `EPROTO unsupported_version` is asked again in version 1 (no CURRENT, no FORCE, RESULT
+   * without outcome), which `protocolVersion` in the outcome then says.
+   */
+  protocolVersion?: 1 | 2;
   chunkSize?: number;
   window?: number;
   timing?: Partial<MasterTiming>;
@@ -68,9 +80,22 @@ export interface MasterProgress {
   retransmits: number;
 }
 
+/** What the device did with the image: a first install, an update of a running app, or nothing (it runs it). */
+export type FlashVerdict = 'installed' | 'updated' | 'current';
+
 export interface FlashOutcome {
+  outcome: FlashVerdict;
   pid: number;
   appName: string;
+  /** The image the device runs now (for `current`: the one it already ran). Version 1 devices say only pid and name. */
+  image: ImageInfo;
+  /** For `updated`: the image it replaced. */
+  from: ImageInfo | null;
+  /** The update was committed in test mode and waits for the device's confirm window. */
+  confirmPending: boolean;
+  /** Flash slot the device committed the image to (null: no flash, `current`, or a version 1 device). */
+  slot: 'A' | 'B' | null;
+  protocolVersion: number;
   totalBytes: number;
   chunkSize: number;
   window: number;
@@ -121,8 +146,16 @@ interface GrowPlan {
 
 const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 
+/** What OPEN announces, computed once per transfer (not per session). */
+interface Announce {
+  crc32: number;
+  sha256: Buffer;
+}
+
 export async function sendImage(transport: Transport<Frame, Frame>, image: Uint8Array, options: MasterOptions = {}): Promise<Result<FlashOutcome, UartError>> {
   const startedAt = Date.now();
+  const announce: Announce = { crc32: crc32(image), sha256: createHash('sha256').update(image).digest() };
+  let version = options.protocolVersion ?? PROTOCOL_VERSION;
   const restarts: SessionRestart[] = [];
   const totals = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
   const adapt = options.adaptChunk !== false;
@@ -136,8 +169,12 @@ export async function sendImage(transport: Transport<Frame, Frame>, image: Uint8
     const grow: GrowPlan | null = adapt && ceiling !== null && chunkSize !== undefined && chunkSize < ceiling
       ? { to: Math.min(ceiling, chunkSize * 4), afterFrames: growAfter }
       : null;
-    const session: MasterSession = new MasterSession(transport, image, chunkSize === undefined ? options : { ...options, chunkSize }, adapt, grow);
+    const session: MasterSession = new MasterSession(transport, image, announce, version, chunkSize === undefined ? options : { ...options, chunkSize }, adapt, grow);
     const r = await session.run();
+    if (!r.ok && r.error.remote && r.error.code === 'EPROTO' && r.error.reason === 'unsupported_version' && version > 1 && session.agreedChunk === null) {
+      version = 1; // an older device: ask again in its version
+      continue;
+    }
     for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += session.stats[k];
     firstResume ??= session.resumedAt;
     ceiling ??= session.agreedChunk;
@@ -200,11 +237,14 @@ class MasterSession {
   private resolve!: (r: Result<FlashOutcome, UartError>) => void;
   private cleanup: Array<() => void> = [];
   private readonly openFrame: Frame;
+  private readonly announced: { crc32: number; sha256: string };
   private readonly proposed: { chunk: number; window: number };
 
   constructor(
     private readonly transport: Transport<Frame, Frame>,
     private readonly image: Uint8Array,
+    announce: Announce,
+    private readonly version: number,
     private readonly options: MasterOptions,
     private readonly adapt: boolean,
     private readonly grow: GrowPlan | null,
@@ -215,16 +255,18 @@ class MasterSession {
       chunk: Math.max(MIN_CHUNK, Math.min(options.chunkSize ?? DEFAULT_CHUNK, 0xffff)),
       window: Math.max(1, Math.min(options.window ?? DEFAULT_WINDOW, 0xffff)),
     };
+    this.announced = { crc32: announce.crc32, sha256: announce.sha256.toString('hex') };
     this.openFrame = {
       type: FrameType.OPEN, tag: this.tag, seq: this.nonce,
       payload: encodeOpen({
-        version: PROTOCOL_VERSION,
+        version,
         chunkSize: this.proposed.chunk,
         window: this.proposed.window,
         totalBytes: image.length,
-        crc32: crc32(image),
-        sha256: createHash('sha256').update(image).digest(),
+        crc32: announce.crc32,
+        sha256: announce.sha256,
         appName: options.appName ?? '',
+        force: options.force === true,
       }),
     };
   }
@@ -281,6 +323,9 @@ class MasterSession {
       case FrameType.ACCEPT:
         if (this.phase === 'opening' && f.seq === this.nonce) this.onAccept(f);
         return;
+      case FrameType.CURRENT:
+        if (this.phase === 'opening' && f.seq === this.nonce && this.version >= 2) this.onCurrent(f);
+        return;
       case FrameType.ACK:
         if (this.phase === 'data') this.onAck(f.seq);
         return;
@@ -313,6 +358,10 @@ class MasterSession {
       return;
     }
     const { chunkSize, window, resumeOffset } = a.value;
+    if (a.value.version !== this.version) {
+      this.fail(uartError('EPROTO', 'session', 'bad_accept', `device answered a version ${this.version} OPEN in version ${a.value.version}`), true);
+      return;
+    }
     if (chunkSize < MIN_CHUNK || chunkSize > proposed.chunk || window < 1 || window > proposed.window
         || resumeOffset % chunkSize !== 0 || resumeOffset > this.image.length) {
       this.fail(uartError('EPROTO', 'session', 'bad_accept', `device answered chunk ${chunkSize}, window ${window}, resume ${resumeOffset}: outside what was offered`), true);
@@ -495,16 +544,46 @@ class MasterSession {
     void this.sendFrame({ type: FrameType.END, tag: this.tag, seq: this.totalChunks, payload: new Uint8Array(0) });
   }
 
+  /** The device already runs this image: nothing moves, the transfer ends here with CURRENT. */
+  private onCurrent(f: Frame): void {
+    const c = decodeCurrent(f.payload);
+    if (!c.ok) {
+      this.fail(uartError('EPROTO', 'session', 'bad_current', `unreadable CURRENT: ${c.error.message}`), true);
+      return;
+    }
+    if (c.value.sha256 !== this.announced.sha256) {
+      this.fail(uartError('EPROTO', 'session', 'bad_current', `device answered CURRENT for SHA-256 ${c.value.sha256}, the image is ${this.announced.sha256}`), true);
+      return;
+    }
+    this.finish(ok(this.outcome('current', c.value, null, false, null)));
+  }
+
   private onResult(f: Frame): void {
+    if (this.version < 2) {
+      const r = decodeResultV1(f.payload);
+      if (!r.ok) {
+        this.fail(uartError('EPROTO', 'end', 'bad_result', `unreadable RESULT: ${r.error.message}`), true);
+        return;
+      }
+      // A version 1 device says only READY: pid and name.
+      const image: ImageInfo = { pid: r.value.pid, appName: r.value.appName, version: '', ...this.announced };
+      this.finish(ok(this.outcome('installed', image, null, false, null)));
+      return;
+    }
     const r = decodeResult(f.payload);
     if (!r.ok) {
       this.fail(uartError('EPROTO', 'end', 'bad_result', `unreadable RESULT: ${r.error.message}`), true);
       return;
     }
-    this.finish(ok({
-      pid: r.value.pid, appName: r.value.appName, totalBytes: this.image.length, chunkSize: this.chunk, window: this.window,
+    this.finish(ok(this.outcome(r.value.outcome, r.value.image, r.value.from, r.value.confirmPending, r.value.slot)));
+  }
+
+  private outcome(outcome: FlashVerdict, image: ImageInfo, from: ImageInfo | null, confirmPending: boolean, slot: 'A' | 'B' | null): FlashOutcome {
+    return {
+      outcome, pid: image.pid, appName: image.appName, image, from, confirmPending, slot, protocolVersion: this.version,
+      totalBytes: this.image.length, chunkSize: this.chunk, window: this.window,
       resumeOffset: this.resumeOffset, ...this.stats, elapsedMs: Date.now() - this.startedAt, restarts: [],
-    }));
+    };
   }
 
   /** Progress resets the back-off and the retry budget. */

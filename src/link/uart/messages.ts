@@ -5,7 +5,16 @@
  */
 import { err, ok, type Result } from '../../hxe/result.js';
 
-export const PROTOCOL_VERSION = 1;
+/**
+ * Version 2 (docs/uart_protocol.md, "Versions"): OPEN's FORCE flag, the CURRENT answer to OPEN and a
+ * RESULT that says INSTALLED or UPDATED and carries the image (and the one it replaced). A listener
+ * still takes a version 1 OPEN and answers it the version 1 way.
+ */
+export const PROTOCOL_VERSION = 2;
+export const SUPPORTED_VERSIONS: readonly number[] = [1, 2];
+
+/** OPEN `flags` bits (version 2; version 1 sends 0). */
+export const OPEN_FLAG_FORCE = 0x01;
 
 export interface OpenMessage {
   version: number;
@@ -17,6 +26,8 @@ export interface OpenMessage {
   crc32: number;
   sha256: Uint8Array; // 32 bytes
   appName: string;
+  /** Version 2: send even when the device already runs this image (no CURRENT answer). */
+  force: boolean;
 }
 
 export interface AcceptMessage {
@@ -29,9 +40,35 @@ export interface AcceptMessage {
   resumeOffset: number;
 }
 
-export interface ResultMessage {
+/** RESULT of version 1: the READY task. */
+export interface ResultMessageV1 {
   pid: number;
   appName: string;
+}
+
+/** An image a device runs (IMAGE block): in CURRENT, and in RESULT for the new task and the one it replaced. */
+export interface ImageInfo {
+  pid: number;
+  crc32: number;
+  /** SHA-256 of the image, 64 hex digits. */
+  sha256: string;
+  appName: string;
+  /** The version the device records for it (from the signature trailer; may be empty). */
+  version: string;
+}
+
+export type ResultOutcome = 'installed' | 'updated';
+
+/** RESULT of version 2. */
+export interface ResultMessage {
+  outcome: ResultOutcome;
+  /** An update committed in test mode, waiting for its confirm window. */
+  confirmPending: boolean;
+  /** Flash slot the image was committed to (null: a device without flash). */
+  slot: 'A' | 'B' | null;
+  image: ImageInfo;
+  /** For `updated`: the image it replaced. */
+  from: ImageInfo | null;
 }
 
 /** A typed error carried across the link (the engine's, or the link's own). */
@@ -49,6 +86,11 @@ export interface MessageError {
 const OPEN_FIXED = 47;
 const ACCEPT_LEN = 10;
 const MAX_NAME = 32;
+const IMAGE_FIXED = 42;
+const RESULT_FIXED = 3;
+const OUTCOME_CODE: Record<ResultOutcome, number> = { installed: 1, updated: 2 };
+const SLOT_CODE = { A: 0x41, B: 0x42 } as const;
+const RESULT_FLAG_CONFIRM_PENDING = 0x01;
 
 function shortString(buf: Buffer, at: number, what: string): Result<{ value: string; next: number }, MessageError> {
   if (at >= buf.length) return err({ message: `${what} length byte missing`, offset: at });
@@ -68,7 +110,7 @@ export function encodeOpen(m: OpenMessage): Buffer {
   const name = Buffer.from(m.appName, 'latin1').subarray(0, MAX_NAME);
   const buf = Buffer.alloc(OPEN_FIXED + name.length);
   buf[0] = m.version;
-  buf[1] = 0; // flags, reserved
+  buf[1] = m.force && m.version >= 2 ? OPEN_FLAG_FORCE : 0;
   buf.writeUInt16BE(m.chunkSize, 2);
   buf.writeUInt16BE(m.window, 4);
   buf.writeUInt32BE(m.totalBytes, 6);
@@ -93,6 +135,8 @@ export function decodeOpen(p: Uint8Array): Result<OpenMessage, MessageError> {
     crc32: buf.readUInt32BE(10),
     sha256: Uint8Array.from(buf.subarray(14, 46)),
     appName: buf.toString('latin1', OPEN_FIXED, OPEN_FIXED + nameLen),
+    // Version 1 has no flags (reserved, 0); other bits are reserved and ignored.
+    force: buf[0]! >= 2 && (buf[1]! & OPEN_FLAG_FORCE) !== 0,
   });
 }
 
@@ -127,20 +171,95 @@ export function decodeMissing(p: Uint8Array): Result<number[], MessageError> {
   return ok(out);
 }
 
-/** RESULT payload: pid u32, then the registered app name (u8 length + UTF-8). */
-export function encodeResult(m: ResultMessage): Buffer {
+/** RESULT payload of version 1: pid u32, then the registered app name (u8 length + UTF-8). */
+export function encodeResultV1(m: ResultMessageV1): Buffer {
   const head = Buffer.alloc(4);
   head.writeUInt32BE(m.pid >>> 0, 0);
   return Buffer.concat([head, putShortString(m.appName)]);
 }
 
-export function decodeResult(p: Uint8Array): Result<ResultMessage, MessageError> {
+export function decodeResultV1(p: Uint8Array): Result<ResultMessageV1, MessageError> {
   const buf = asBuffer(p);
   if (buf.length < 5) return err({ message: `RESULT payload of ${buf.length} bytes is shorter than 5`, offset: buf.length });
   const name = shortString(buf, 4, 'RESULT app name');
   if (!name.ok) return name;
   if (name.value.next !== buf.length) return err({ message: 'RESULT payload has trailing bytes', offset: name.value.next });
   return ok({ pid: buf.readUInt32BE(0), appName: name.value.value });
+}
+
+/** IMAGE block: pid u32, crc32 u32, sha256 (32 bytes), app name and version (u8 length + UTF-8 each). */
+export function encodeImageInfo(m: ImageInfo): Buffer {
+  const sha = Buffer.from(m.sha256, 'hex');
+  if (sha.length !== 32) throw new RangeError(`IMAGE sha256 must be 32 bytes, got ${sha.length}`);
+  const head = Buffer.alloc(40);
+  head.writeUInt32BE(m.pid >>> 0, 0);
+  head.writeUInt32BE(m.crc32 >>> 0, 4);
+  sha.copy(head, 8);
+  return Buffer.concat([head, putShortString(m.appName), putShortString(m.version)]);
+}
+
+function readImageInfo(buf: Buffer, at: number, what: string): Result<{ value: ImageInfo; next: number }, MessageError> {
+  if (buf.length - at < IMAGE_FIXED) return err({ message: `${what} of ${buf.length - at} bytes is shorter than ${IMAGE_FIXED}`, offset: buf.length });
+  const name = shortString(buf, at + 40, `${what} app name`);
+  if (!name.ok) return name;
+  const version = shortString(buf, name.value.next, `${what} version`);
+  if (!version.ok) return version;
+  return ok({
+    value: {
+      pid: buf.readUInt32BE(at), crc32: buf.readUInt32BE(at + 4), sha256: buf.toString('hex', at + 8, at + 40),
+      appName: name.value.value, version: version.value.value,
+    },
+    next: version.value.next,
+  });
+}
+
+/** CURRENT payload: one IMAGE block, the image the device runs. */
+export function encodeCurrent(m: ImageInfo): Buffer {
+  return encodeImageInfo(m);
+}
+
+export function decodeCurrent(p: Uint8Array): Result<ImageInfo, MessageError> {
+  const buf = asBuffer(p);
+  const image = readImageInfo(buf, 0, 'CURRENT image');
+  if (!image.ok) return image;
+  if (image.value.next !== buf.length) return err({ message: 'CURRENT payload has trailing bytes', offset: image.value.next });
+  return ok(image.value.value);
+}
+
+/** RESULT payload of version 2: outcome u8, flags u8, slot u8, IMAGE of the new task, for UPDATED the IMAGE it replaced. */
+export function encodeResult(m: ResultMessage): Buffer {
+  const head = Buffer.from([
+    OUTCOME_CODE[m.outcome],
+    m.confirmPending ? RESULT_FLAG_CONFIRM_PENDING : 0,
+    m.slot === null ? 0 : SLOT_CODE[m.slot],
+  ]);
+  const parts = [head, encodeImageInfo(m.image)];
+  if (m.outcome === 'updated') {
+    if (!m.from) throw new RangeError('an UPDATED RESULT needs the image it replaced');
+    parts.push(encodeImageInfo(m.from));
+  }
+  return Buffer.concat(parts);
+}
+
+export function decodeResult(p: Uint8Array): Result<ResultMessage, MessageError> {
+  const buf = asBuffer(p);
+  if (buf.length < RESULT_FIXED) return err({ message: `RESULT payload of ${buf.length} bytes is shorter than ${RESULT_FIXED}`, offset: buf.length });
+  const outcome = buf[0] === 1 ? 'installed' : buf[0] === 2 ? 'updated' : null;
+  if (!outcome) return err({ message: `RESULT outcome ${buf[0]} is not 1 (INSTALLED) or 2 (UPDATED)`, offset: 0 });
+  const slot = buf[2] === 0 ? null : buf[2] === SLOT_CODE.A ? 'A' : buf[2] === SLOT_CODE.B ? 'B' : undefined;
+  if (slot === undefined) return err({ message: `RESULT slot 0x${buf[2]!.toString(16)} is not 0, 'A' or 'B'`, offset: 2 });
+  const image = readImageInfo(buf, RESULT_FIXED, 'RESULT image');
+  if (!image.ok) return image;
+  let next = image.value.next;
+  let from: ImageInfo | null = null;
+  if (outcome === 'updated') {
+    const replaced = readImageInfo(buf, next, 'RESULT replaced image');
+    if (!replaced.ok) return replaced;
+    from = replaced.value.value;
+    next = replaced.value.next;
+  }
+  if (next !== buf.length) return err({ message: 'RESULT payload has trailing bytes', offset: next });
+  return ok({ outcome, confirmPending: (buf[1]! & RESULT_FLAG_CONFIRM_PENDING) !== 0, slot, image: image.value.value, from });
 }
 
 /** ERROR payload: code, where, reason, each a u8 length + UTF-8 text. */
