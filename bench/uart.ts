@@ -108,7 +108,7 @@ const { values } = parseArgs({
     role: { type: 'string' }, io: { type: 'string' }, port: { type: 'string' }, bytes: { type: 'string' }, runs: { type: 'string', default: '3' },
     chunk: { type: 'string' }, window: { type: 'string' },
     'line-baud': { type: 'string', default: '12000000' }, 'line-runs': { type: 'string', default: '3' },
-    'update-runs': { type: 'string', default: '9' }, part: { type: 'string', default: 'all' },
+    'update-runs': { type: 'string', default: '25' }, part: { type: 'string', default: 'all' },
   },
 });
 
@@ -491,7 +491,7 @@ async function updates(): Promise<void> {
     cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
     const dev = await openSimulatedDevice({ name: 'bench', stateDir: join(dir, 'device'), events: nullEventSink, confirmWindowMs: 3_600_000 });
     cleanup.push(() => dev.close());
-    const WARMUP = 3;
+    const WARMUP = 10; // the JIT needs about this many updates before the timing settles
     const builds = Array.from({ length: runs + WARMUP }, (_, i) => sensorOfSize(100 + i, UPDATE_BYTES));
     const update = async (bytes: Uint8Array): Promise<string> => {
       const opened = dev.intake.open({ source: 'bench', totalBytes: bytes.length, crc32: crc32(bytes), sha256: createHash('sha256').update(bytes).digest('hex') });

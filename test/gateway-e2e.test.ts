@@ -6,42 +6,15 @@
  * and the availability topic went offline (Last Will) then online.
  */
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import mqtt from 'mqtt';
 import { ControlClient } from '../src/gateway/control/client.js';
 import { startMosquitto } from './support/mosquitto.js';
+import { startGateway, until } from './support/serve-process.js';
 
 type Json = Record<string, unknown>;
-
-function startGateway(config: string): Promise<{ child: ChildProcess; control: string }> {
-  const child = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', 'serve', '--config', config, '--control-port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`gateway did not start in 60 s; stderr:\n${stderr}`)), 60_000);
-    child.once('exit', (code) => reject(new Error(`gateway exited with ${code}; stderr:\n${stderr}`)));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      const m = JSON.parse(line) as Json;
-      if (m['type'] === 'serving') {
-        clearTimeout(timer);
-        const c = m['control'] as { host: string; port: number };
-        resolve({ child, control: `${c.host}:${c.port}` });
-      }
-    });
-  });
-}
-
-async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 test('serve + control-server flash + MQTT events + SIGKILL + restart: image, value and availability survive', async (t) => {
   t.timeout(180_000);

@@ -6,44 +6,16 @@
  * its persisted value back. Run twice in a row on the same state directory, with a restart between.
  */
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import mqtt from 'mqtt';
 import { ControlClient } from '../src/gateway/control/client.js';
 import { startMosquitto } from './support/mosquitto.js';
+import { startGateway, until } from './support/serve-process.js';
 import { sha256Hex } from './update-images.js';
 
 type Json = Record<string, unknown>;
-
-function startGateway(config: string): Promise<{ child: ChildProcess; control: string }> {
-  const child = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', 'serve', '--config', config, '--control-port', '0', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`gateway did not start in 60 s; stderr:\n${stderr}`)), 60_000);
-    child.once('exit', (code) => reject(new Error(`gateway exited with ${code}; stderr:\n${stderr}`)));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      const m = JSON.parse(line) as Json;
-      if (m['type'] === 'serving') {
-        clearTimeout(timer);
-        const c = m['control'] as { host: string; port: number };
-        resolve({ child, control: `${c.host}:${c.port}` });
-      }
-    });
-  });
-}
-
-/** Waits for a condition on messages that arrive asynchronously (polls the collected list; no fixed sleeps). */
-async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 test('control load: app_exists by default, replace updates (MQTT state names the new image), repeat is CURRENT; twice on one state dir', async (t) => {
   t.timeout(240_000);

@@ -27,6 +27,7 @@ import {
   type BlockDevice, type SlotImageStore, type ValueJournal,
 } from '../src/persist/index.js';
 import { GAIN, TEMP, TEMP_OID, f16, sensorBuild, sha256Hex } from './update-images.js';
+import { WaitingSink } from './support/event-waiter.js';
 
 const GEOMETRY = { flashSize: 64 * 1024, sectorSize: 4096, pageSize: 256, statusSectors: 2, framSize: 8192 };
 const WINDOW = 1000;
@@ -41,25 +42,6 @@ const V2 = sensorBuild(2, CODE, { values: [TEMP, GAIN] });
 
 // ───────────────────────────── the device ─────────────────────────────
 
-class Sink implements EventSink {
-  readonly events: EngineEvent[] = [];
-  private waiters: Array<{ pred: (e: EngineEvent) => boolean; resolve: (e: EngineEvent) => void }> = [];
-  emit(e: EngineEvent): void {
-    this.events.push(e);
-    for (const w of [...this.waiters]) {
-      if (w.pred(e)) {
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        w.resolve(e);
-      }
-    }
-  }
-  next(pred: (e: EngineEvent) => boolean): Promise<EngineEvent> {
-    return new Promise((resolve) => this.waiters.push({ pred, resolve }));
-  }
-  since(n: number, type: EngineEvent['type']): EngineEvent[] {
-    return this.events.slice(n).filter((e) => e.type === type);
-  }
-}
 
 /** A flash whose next program into an image slot fails once with EIO (a write error, not a power cut). */
 class FlakyFlash implements BlockDevice {
@@ -116,7 +98,7 @@ interface Dev {
   plan: FaultPlan;
   flash: FlakyFlash;
   clock: FakeClock;
-  sink: Sink;
+  sink: WaitingSink;
   imageStore: SlotImageStore;
   valueStore: ValueJournal;
   engine: ProvisioningEngine;
@@ -132,7 +114,7 @@ async function device(opts: DeviceOptions = {}): Promise<Dev> {
   const slotsStart = (1 + GEOMETRY.statusSectors) * GEOMETRY.sectorSize;
   const flash = new FlakyFlash(models.flash, slotsStart);
   const clock = new FakeClock(1_000);
-  const sink = new Sink();
+  const sink = new WaitingSink();
   const { imageStore, valueStore } = await openStores(flash, models.fram, sink, { clock });
   const engine = new ProvisioningEngine({
     clock, events: sink, imageStore, valueStore,

@@ -22,6 +22,7 @@ import {
   FaultPlan, bootMemory, formatMemoryDevice, openStores, type SlotImageStore, type TearMode, type ValueJournal,
 } from '../src/persist/index.js';
 import { GAIN, TEMP, TEMP_OID, f16, sensorBuild, sha256Hex } from './update-images.js';
+import { WaitingSink } from './support/event-waiter.js';
 
 const GEOMETRY = { flashSize: 64 * 1024, sectorSize: 4096, pageSize: 256, statusSectors: 2, framSize: 8192 };
 const TEARS: TearMode[] = ['none', 'prefix', 'bits'];
@@ -49,27 +50,10 @@ interface Marks { committed?: number; written?: number; confirmed?: number }
 interface Bytes { flashBytes: Uint8Array; framBytes: Uint8Array }
 const copy = (b: Bytes): Bytes => ({ flashBytes: b.flashBytes.slice(), framBytes: b.framBytes.slice() });
 
-/** Keeps every event and wakes whoever waits for one. */
-class Sink implements EventSink {
-  readonly events: EngineEvent[] = [];
-  private waiters: Array<{ pred: (e: EngineEvent) => boolean; resolve: (e: EngineEvent) => void }> = [];
-  emit(e: EngineEvent): void {
-    this.events.push(e);
-    for (const w of [...this.waiters]) {
-      if (w.pred(e)) {
-        this.waiters.splice(this.waiters.indexOf(w), 1);
-        w.resolve(e);
-      }
-    }
-  }
-  next(pred: (e: EngineEvent) => boolean): Promise<EngineEvent> {
-    return new Promise((resolve) => this.waiters.push({ pred, resolve }));
-  }
-}
 
 interface Dev {
   clock: FakeClock;
-  sink: Sink;
+  sink: WaitingSink;
   imageStore: SlotImageStore;
   valueStore: ValueJournal;
   engine: ProvisioningEngine;
@@ -80,7 +64,7 @@ interface Dev {
 async function boot(b: Bytes, plan?: FaultPlan): Promise<Dev> {
   const { flash, fram } = bootMemory(b.flashBytes, b.framBytes, plan);
   const clock = new FakeClock(1_000);
-  const sink = new Sink();
+  const sink = new WaitingSink();
   const { imageStore, valueStore } = await openStores(flash, fram, sink, { clock });
   const engine = new ProvisioningEngine({ clock, events: sink, imageStore, valueStore });
   const intake = new DeviceIntake({ engine, clock, events: sink, confirmWindowMs: WINDOW });

@@ -54,6 +54,11 @@ export interface LoadOptions {
   update?: UpdatePolicy;
   /** The version to record for the task when the image has no signature trailer (a store's manifest). */
   appVersion?: string;
+  /**
+   * SHA-256 (hex) of exactly these bytes, when the caller already hashed them while they arrived (the
+   * intake does): the engine then does not hash the image a second time. Trusted as given.
+   */
+  sha256?: string;
 }
 
 export type UpdatePolicy = 'replace' | 'reject';
@@ -235,19 +240,10 @@ export class ProvisioningEngine {
   // ───────────────────────────── monolithic ─────────────────────────────
 
   loadImage(bytes: Uint8Array, options: LoadOptions): Result<TaskInfo, EngineError> {
-    const bad = this.checkLoadOptions(options, 'verify');
-    if (bad) return this.fail(bad, null, true);
-    const sm = new LoadStateMachine(null, this.notify);
-    sm.transition('LOADING', 'load');
-    this.emit('provisioning.started', null, 'begin', { source: options.source, mode: 'monolithic', total_bytes: bytes.length });
-    sm.transition('VERIFY', 'image complete');
-    if (bytes.length > this.config.maxImageBytes) {
-      return this.failLoad(sm, engineError('ENOSPC', 'verify', 'image_too_large',
-        `image is ${bytes.length} bytes, limit is ${this.config.maxImageBytes}`, { size: bytes.length, limit: this.config.maxImageBytes }));
-    }
-    const parsed = parseImage(bytes, this.parseLimits);
-    if (!parsed.ok) return this.failLoad(sm, fromHxeError(parsed.error, 'verify'));
-    const admitted = this.admit(sm, parsed.value, bytes, options, 'monolithic');
+    const parsed = this.parseMonolithic(bytes, options);
+    if (!parsed.ok) return parsed;
+    const { sm, image } = parsed.value;
+    const admitted = this.admit(sm, image, bytes, options, 'monolithic');
     if (!admitted.ok) return this.failLoad(sm, admitted.error);
     return admitted;
   }
@@ -258,6 +254,16 @@ export class ProvisioningEngine {
    * nothing running changed. Finish with `activate` or `discard`.
    */
   stageImage(bytes: Uint8Array, options: LoadOptions): Result<StagedLoad, EngineError> {
+    const parsed = this.parseMonolithic(bytes, options);
+    if (!parsed.ok) return parsed;
+    const { sm, image } = parsed.value;
+    const prepared = this.prepare(sm, image, bytes.slice(), options, 'monolithic');
+    if (!prepared.ok) return this.failLoad(sm, prepared.error);
+    return ok(this.publicStaged(prepared.value));
+  }
+
+  /** A monolithic load up to VERIFY with the image parsed: options, size limit, format. */
+  private parseMonolithic(bytes: Uint8Array, options: LoadOptions): Result<{ sm: LoadStateMachine; image: HxeImage }, EngineError> {
     const bad = this.checkLoadOptions(options, 'verify');
     if (bad) return this.fail(bad, null, true);
     const sm = new LoadStateMachine(null, this.notify);
@@ -270,9 +276,7 @@ export class ProvisioningEngine {
     }
     const parsed = parseImage(bytes, this.parseLimits);
     if (!parsed.ok) return this.failLoad(sm, fromHxeError(parsed.error, 'verify'));
-    const prepared = this.prepare(sm, parsed.value, bytes.slice(), options, 'monolithic');
-    if (!prepared.ok) return this.failLoad(sm, prepared.error);
-    return ok(this.publicStaged(prepared.value));
+    return ok({ sm, image: parsed.value });
   }
 
   /** A monolithic load has no session to abort later: a failure is torn down at once (FAILED → ABORTING → IDLE). */
@@ -352,7 +356,7 @@ export class ProvisioningEngine {
     const checked = this.registry.checkReplacing(image, replaces?.info.pid ?? null);
     if (!checked.ok) return this.explainConflict(checked.error, h.allowMultipleInstances);
 
-    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    const sha256 = options.sha256 ?? createHash('sha256').update(bytes).digest('hex');
     const staged: Staged = {
       pid, appName: name.appName, appVersion: image.trailer ? formatVersion(image.trailer.version) : options.appVersion ?? '0.0.0+0',
       sha256, crc32: h.crc32, size: bytes.length, source, replaces: replaces ? structuredClone(replaces.info) : null,
@@ -687,11 +691,11 @@ export class ProvisioningEngine {
    * `end` up to the switch (see `stageImage`): the session's image is verified and prepared, the
    * session closes and its buffer goes to the staged load. Finish with `activate` or `discard`.
    */
-  endStaged(sessionId: number): Result<StagedLoad, EngineError> {
+  endStaged(sessionId: number, options: { sha256?: string } = {}): Result<StagedLoad, EngineError> {
     const v = this.verifyStream(sessionId);
     if (!v.ok) return v;
     const { s, image, bytes } = v.value;
-    const prepared = this.prepare(s.sm, image, bytes, this.streamOptions(s), 'stream');
+    const prepared = this.prepare(s.sm, image, bytes, { ...this.streamOptions(s), ...options }, 'stream');
     if (!prepared.ok) return this.failSession(s, prepared.error);
     const st = prepared.value;
     st.held = s.buffer.length;

@@ -239,11 +239,12 @@ export class DeviceIntake {
   async finish(id: number): Promise<Result<IntakeVerdict, EngineError>> {
     const r = this.receiving.get(id);
     if (!r) return err(engineError('ESRCH', 'end', 'unknown_session', `no intake session ${id}`, { sessionId: id }));
+    // The hash of every byte received, computed once here and handed to the engine (it would hash the image again).
+    const session = this.engine.sessions().find((s) => s.sessionId === id);
+    const complete = session !== undefined && session.totalBytes !== null && r.received >= session.totalBytes;
+    const actual = complete ? r.hash.copy().digest('hex') : undefined;
     if (r.sha256 !== null) {
-      const session = this.engine.sessions().find((s) => s.sessionId === id);
-      const complete = session !== undefined && session.totalBytes !== null && r.received >= session.totalBytes;
-      if (complete) {
-        const actual = r.hash.copy().digest('hex');
+      if (actual !== undefined) {
         if (actual !== r.sha256) {
           this.receiving.delete(id);
           this.engine.abort(id, 'sha256_mismatch');
@@ -252,7 +253,7 @@ export class DeviceIntake {
         }
       }
     }
-    const staged = this.engine.endStaged(id);
+    const staged = this.engine.endStaged(id, actual !== undefined ? { sha256: actual } : {});
     if (!staged.ok) {
       // an incomplete stream stays open for the link to go on; any other refusal ends the session
       // here, engine side included (a FAILED session would otherwise linger until it expires)
@@ -304,7 +305,7 @@ export class DeviceIntake {
       return err(engineError('ENOSPC', 'verify', 'image_too_large', `image of ${bytes.length} bytes does not fit a flash slot of ${capacity} bytes`,
         { totalBytes: bytes.length, slotBytes: capacity }));
     }
-    const opts: Parameters<ProvisioningEngine['stageImage']>[1] = { source: a.source, update: a.update ?? this.policy };
+    const opts: Parameters<ProvisioningEngine['stageImage']>[1] = { source: a.source, update: a.update ?? this.policy, sha256: sha };
     if (a.version !== undefined) opts.appVersion = a.version;
     const staged = this.engine.stageImage(bytes, opts);
     if (!staged.ok) return staged;

@@ -253,8 +253,7 @@ export class Gateway {
       intake: running.dev.intake,
       source: `can:${link.interface}`,
       onEvent: (e) => {
-        if (e.type !== 'verdict') return;
-        running.verdicts.emit('verdict', e.status === 'UPDATED' || e.status === 'CURRENT' ? { ...e, status: 'READY', outcome: e.status } : e);
+        if (e.type === 'verdict') running.verdicts.emit('verdict', e);
       },
     });
     listener.start();
@@ -291,13 +290,16 @@ export class Gateway {
       running.verdicts.once('verdict', onVerdict);
     });
     const source = `can:${running.bus?.name ?? 'bus'}`;
+    // READY (installed) and UPDATED loaded an image; CURRENT is a success that loaded nothing.
+    const loaded = verdict !== null && (verdict.status === 'READY' || verdict.status === 'UPDATED');
+    const failed = verdict !== null && !loaded && verdict.status !== 'CURRENT';
     this.bus.emit({
       type: 'boot.source',
       pid: null,
       phase: 'boot',
-      data: { device: name, source, waited_ms: waitMs, images: verdict ? 1 : 0, loaded: verdict?.status === 'READY' ? 1 : 0, ...(verdict && verdict.status !== 'READY' ? { error: verdict.reason } : {}) },
+      data: { device: name, source, waited_ms: waitMs, images: verdict ? 1 : 0, loaded: loaded ? 1 : 0, ...(verdict?.status === 'CURRENT' ? { current: 1 } : {}), ...(failed ? { error: verdict.reason } : {}) },
     });
-    if (verdict && verdict.status !== 'READY') running.report?.failed.push({ source, error: verdict.reason });
+    if (failed) running.report?.failed.push({ source, error: verdict.reason });
   }
 
   /** Stops a device's listener, aborts its transfers and closes its files (what losing power does, minus the tearing). */

@@ -102,6 +102,11 @@ export class NorFlash extends DeviceModel implements BlockDevice {
         { offset, length: bytes.length, pageSize: this.programSize });
     }
     const d = this.data;
+    // The usual case, programming freshly erased pages, is one scan of the target and one copy.
+    if (isErased(d, offset, bytes.length)) {
+      d.set(bytes, offset);
+      return;
+    }
     // Check everything first: a refused program changes nothing.
     for (let i = 0; i < bytes.length; i++) {
       const v = bytes[i]!;
@@ -158,4 +163,17 @@ export class NorFlash extends DeviceModel implements BlockDevice {
       this.onWearWarning({ sector, eraseCount: n, endurance: this.endurance, percent: Math.round((100 * n) / this.endurance) });
     }
   }
+}
+
+/** Whether `length` bytes of `d` from `offset` are all 0xFF (erased), a word at a time where aligned. */
+function isErased(d: Uint8Array, offset: number, length: number): boolean {
+  let i = 0;
+  const start = d.byteOffset + offset;
+  if (start % 4 === 0 && length >= 4) {
+    const words = new Uint32Array(d.buffer, start, length >>> 2);
+    for (let w = 0; w < words.length; w++) if (words[w] !== 0xffffffff) return false;
+    i = words.length * 4;
+  }
+  for (; i < length; i++) if (d[offset + i] !== 0xff) return false;
+  return true;
 }

@@ -379,17 +379,20 @@ export class CanMaster {
     const open = (): boolean => k < this.inflight || this.released >= (k - this.inflight + 1) * W;
     let polled: number | null = null;
     let rotation = 0;
-    // The ACK duty rotates over the announce's whole node list. When none of the windows whose ACK
-    // would open this one has a live duty node (it is CURRENT, dropped or done), nobody will
-    // acknowledge: ask a live node now rather than after a timeout.
-    if (!open() && !this.ackExpected(k)) {
+    /** Asks the next live node (in rotation) for its ACK; false when no node is live. */
+    const poll = (): boolean => {
       const live = this.live();
-      if (live.length === 0) return;
+      if (live.length === 0) return false;
       polled = live[rotation++ % live.length]!;
       this.polledAt = this.position;
       this.stats.polls++;
       this.sendCtrl(polled, CtrlKind.STATUS);
-    }
+      return true;
+    };
+    // The ACK duty rotates over the announce's whole node list. When none of the windows whose ACK
+    // would open this one has a live duty node (it is CURRENT, dropped or done), nobody will
+    // acknowledge: ask a live node now rather than after a timeout.
+    if (!open() && !this.ackExpected(k) && !poll()) return;
     // Bounded: a node that answers but lags cannot hold the transfer forever (repair covers it).
     for (let attempt = 0; attempt < 2 * (this.retries + 1); attempt++) {
       if (await this.waitUntil(open, this.timeoutMs * 2 ** Math.min(attempt, 3))) return;
@@ -399,12 +402,7 @@ export class CanMaster {
         const s = this.nodes.get(polled)!;
         if (!s.verdict && ++s.silent > this.retries) this.drop(polled, 'no_ack');
       }
-      const live = this.live();
-      if (live.length === 0) return;
-      polled = live[rotation++ % live.length]!;
-      this.polledAt = this.position;
-      this.stats.polls++;
-      this.sendCtrl(polled, CtrlKind.STATUS);
+      if (!poll()) return;
     }
   }
 
