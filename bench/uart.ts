@@ -39,7 +39,10 @@
  *                                    finish = SHA-256 check, verify and admit, commit to the inactive slot
  *                                    (test mode), switch. The confirm is outside the timing. Against:
  *   {"measure":"raw_write_fsync_64k"} the same 64 KiB written to a file in the same directory and fsync'd.
- *   {"measure":"summary_update"}     medians and ratios (`updateRatio`, goal <= 3; `reflashTimeRatio`,
+ *   {"measure":"raw_commit_minimum_64k"} the least durable I/O a power-fail-safe A/B commit with a values
+ *                                    snapshot needs, done raw: image and snapshot written and fsync'd, then a
+ *                                    64-byte status record written and fsync'd (`minimumRatio` = this / raw).
+ *   {"measure":"summary_update"}     medians and ratios (`updateRatio`, goal <= 3; `updateRatioVsMinimum`; `reflashTimeRatio`,
  *                                    `reflashByteRatio`). Each pair is measured alternately in the same run.
  *
  * Wire efficiency = image bytes / (bytes the master wrote + bytes the listener wrote), counted by
@@ -460,6 +463,7 @@ async function updates(): Promise<void> {
   const reflashBytes: number[] = [];
   const intakeMs: number[] = [];
   const rawMs: number[] = [];
+  const minimumMs: number[] = [];
   const ticks0 = machineTicks();
   try {
     // (a) Re-flash of an unchanged image against a whole transfer of it, over the pty link.
@@ -513,11 +517,30 @@ async function updates(): Promise<void> {
       fsyncSync(fd);
       closeSync(fd);
     };
+    // The least durable I/O any power-fail-safe A/B commit with a values snapshot must do on these files:
+    // the image into the inactive slot and the old image's values into FRAM, both durable, then the
+    // status record that switches, durable (three flushes in order; the image's and the snapshot's may
+    // overlap, but the filesystem journal commits them one after the other).
+    const flashFd = openSync(join(dir, 'min-flash.bin'), 'w+');
+    const framFd = openSync(join(dir, 'min-fram.bin'), 'w+');
+    cleanup.push(() => { closeSync(flashFd); closeSync(framFd); });
+    const snapshot = new Uint8Array(64);
+    const status = new Uint8Array(64);
+    const minimumCommit = (bytes: Uint8Array, i: number): void => {
+      writeSync(flashFd, bytes, 0, bytes.length, (i % 2) * 0x20000);
+      writeSync(framFd, snapshot, 0, snapshot.length, 0);
+      fsyncSync(framFd);
+      fsyncSync(flashFd);
+      status[0] = i & 0xff;
+      writeSync(flashFd, status, 0, status.length, 0x40000);
+      fsyncSync(flashFd);
+    };
     // Not measured: the first install, then updates and raw writes until both paths are warm (JIT, page cache).
     for (let i = 0; i < WARMUP; i++) {
       await update(builds[i]!);
       await dev.intake.confirmNow();
       rawWrite(builds[i]!);
+      minimumCommit(builds[i]!, i);
     }
     for (let i = 0; i < runs; i++) {
       const bytes = builds[i + WARMUP]!;
@@ -534,6 +557,11 @@ async function updates(): Promise<void> {
       const rms = performance.now() - r0;
       rawMs.push(rms);
       say({ bench: 'uart', measure: 'raw_write_fsync_64k', run: i, bytes: bytes.length, ms: +rms.toFixed(3) });
+      const m0 = performance.now();
+      minimumCommit(bytes, i);
+      const mms = performance.now() - m0;
+      minimumMs.push(mms);
+      say({ bench: 'uart', measure: 'raw_commit_minimum_64k', run: i, bytes: bytes.length, ms: +mms.toFixed(3) });
     }
   } finally {
     for (const c of cleanup.reverse()) await c();
@@ -546,6 +574,8 @@ async function updates(): Promise<void> {
     intakeUpdateMs: +median(intakeMs).toFixed(3), rawWriteFsyncMs: +median(rawMs).toFixed(3),
     updateRatio: +(median(intakeMs) / median(rawMs)).toFixed(2),
     updateRatioPaired: +median(intakeMs.map((m, i) => m / rawMs[i]!)).toFixed(2), updateGoal: 3,
+    rawCommitMinimumMs: +median(minimumMs).toFixed(3), minimumRatio: +(median(minimumMs) / median(rawMs)).toFixed(2),
+    updateRatioVsMinimum: +(median(intakeMs) / median(minimumMs)).toFixed(2),
     loadAverage1m: +loadavg()[0]!.toFixed(2),
     stealPercent: +((100 * (ticks1.steal - ticks0.steal)) / Math.max(1, ticks1.total - ticks0.total)).toFixed(1),
   });
