@@ -946,6 +946,17 @@ export class ProvisioningEngine {
     return [...this.taskTable.values()].map((t) => structuredClone(t.info)).sort((a, b) => a.pid - b.pid);
   }
 
+  /** The READY task loaded from an image with this SHA-256 (hex), if any (one copy, not the whole table). */
+  taskBySha256(sha256: string): TaskInfo | undefined {
+    for (const t of this.taskTable.values()) if (t.info.sha256 === sha256) return structuredClone(t.info);
+    return undefined;
+  }
+
+  /** PIDs of the READY tasks, in order. */
+  pids(): number[] {
+    return [...this.taskTable.keys()].sort((a, b) => a - b);
+  }
+
   task(pid: number): TaskInfo | undefined {
     const t = this.taskTable.get(pid);
     return t ? structuredClone(t.info) : undefined;
@@ -1022,10 +1033,11 @@ export class ProvisioningEngine {
 
   private storeError(e: unknown, what: string): EngineError {
     const codes = ['EBADMSG', 'ENOSPC', 'ESRCH', 'EBUSY', 'EEXIST', 'EPERM', 'ETIMEDOUT', 'ECANCELED'];
-    const maybe = e as { code?: unknown; reason?: unknown; message?: unknown };
+    const maybe = e as { code?: unknown; reason?: unknown; message?: unknown; detail?: unknown };
     const code = typeof maybe?.code === 'string' && codes.includes(maybe.code) ? (maybe.code as EngineError['code']) : 'EBUSY';
     const reason = typeof maybe?.reason === 'string' ? maybe.reason : 'store_error';
-    return engineError(code, 'persist', reason, `${what}: ${typeof maybe?.message === 'string' ? maybe.message : String(e)}`);
+    const detail = maybe?.detail !== null && typeof maybe?.detail === 'object' ? (maybe.detail as Record<string, unknown>) : undefined;
+    return engineError(code, 'persist', reason, `${what}: ${typeof maybe?.message === 'string' ? maybe.message : String(e)}`, detail);
   }
 
   private noStore(): EngineError {

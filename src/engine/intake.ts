@@ -90,9 +90,16 @@ export interface IntakeVerdict {
 
 interface Receiving {
   id: number;
+  /** Announced size. */
+  total: number;
   received: number;
   seq: number;
-  hash: Hash;
+  /**
+   * Hashes what arrives, to check it against the announce; null when the image goes to flash: the
+   * store hashes the image once before it erases anything and refuses it (`sha256_mismatch`) unless
+   * it matches the announced SHA-256, so each byte is hashed once on the device either way.
+   */
+  hash: Hash | null;
   sha256: string | null;
 }
 
@@ -154,7 +161,7 @@ export class DeviceIntake {
   /** The running image with this SHA-256 (hex), if the device runs it. */
   current(sha256: string): RunningImage | null {
     const want = sha256.toLowerCase();
-    const t = this.engine.ps().find((x) => x.sha256 === want);
+    const t = this.engine.taskBySha256(want);
     return t ? runningOf(t) : null;
   }
 
@@ -204,8 +211,10 @@ export class DeviceIntake {
     const begun = this.engine.begin(opts);
     if (!begun.ok) return begun;
     const id = begun.value.sessionId;
-    this.receiving.set(id, { id, received: 0, seq: 0, hash: createHash('sha256'), sha256: sha });
-    this.planOf.set(id, this.planFor(a));
+    const plan = this.planFor(a);
+    const storeChecks = sha !== null && plan.persist && this.engine.hasImageStore;
+    this.receiving.set(id, { id, total: a.totalBytes, received: 0, seq: 0, hash: storeChecks ? null : createHash('sha256'), sha256: sha });
+    this.planOf.set(id, plan);
     return ok({ kind: 'receiving', id });
   }
 
@@ -229,7 +238,7 @@ export class DeviceIntake {
         if (w.error.code === 'ETIMEDOUT' || this.engine.sessions().every((s) => s.sessionId !== id)) this.receiving.delete(id);
         return w;
       }
-      r.hash.update(part);
+      r.hash?.update(part);
       r.received += part.length;
     }
     return ok({ bytesWritten: bytes.length, duplicate: false, totalBytesWritten: r.received });
@@ -239,21 +248,18 @@ export class DeviceIntake {
   async finish(id: number): Promise<Result<IntakeVerdict, EngineError>> {
     const r = this.receiving.get(id);
     if (!r) return err(engineError('ESRCH', 'end', 'unknown_session', `no intake session ${id}`, { sessionId: id }));
-    // The hash of every byte received, computed once here and handed to the engine (it would hash the image again).
-    const session = this.engine.sessions().find((s) => s.sessionId === id);
-    const complete = session !== undefined && session.totalBytes !== null && r.received >= session.totalBytes;
-    const actual = complete ? r.hash.copy().digest('hex') : undefined;
-    if (r.sha256 !== null) {
-      if (actual !== undefined) {
-        if (actual !== r.sha256) {
-          this.receiving.delete(id);
-          this.engine.abort(id, 'sha256_mismatch');
-          return err(engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${actual}, the announce said ${r.sha256}`,
-            { expected: r.sha256, actual }));
-        }
-      }
+    // The SHA-256 the engine records for the task: hashed here as the bytes arrived, or the announced
+    // one when the store will check it against the bytes before anything is written (see `hash`).
+    const complete = r.received >= r.total;
+    const actual = complete && r.hash ? r.hash.copy().digest('hex') : undefined;
+    if (r.sha256 !== null && actual !== undefined && actual !== r.sha256) {
+      this.receiving.delete(id);
+      this.engine.abort(id, 'sha256_mismatch');
+      return err(engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${actual}, the announce said ${r.sha256}`,
+        { expected: r.sha256, actual }));
     }
-    const staged = this.engine.endStaged(id, actual !== undefined ? { sha256: actual } : {});
+    const known = actual ?? (complete && r.hash === null ? r.sha256 ?? undefined : undefined);
+    const staged = this.engine.endStaged(id, known !== undefined ? { sha256: known } : {});
     if (!staged.ok) {
       // an incomplete stream stays open for the link to go on; any other refusal ends the session
       // here, engine side included (a FAILED session would otherwise linger until it expires)
@@ -297,7 +303,7 @@ export class DeviceIntake {
   async load(bytes: Uint8Array, a: Omit<IntakeAnnounce, 'totalBytes' | 'sha256' | 'crc32'>): Promise<Result<IntakeVerdict, EngineError>> {
     const sha = createHash('sha256').update(bytes).digest('hex');
     if (!a.force) {
-      const t = this.engine.ps().find((x) => x.sha256 === sha);
+      const t = this.engine.taskBySha256(sha);
       if (t) return ok({ outcome: 'current', task: t, from: null, slot: null, confirmPending: this.pending?.pid === t.pid });
     }
     const capacity = this.engine.slotCapacity();
@@ -336,6 +342,12 @@ export class DeviceIntake {
       const committed = await this.engine.commitStaged(staged, trial ? 'test' : 'permanent', meta);
       if (!committed.ok) {
         this.engine.discard(staged, `${committed.error.code} ${committed.error.reason}`);
+        const d = committed.error.detail;
+        if (committed.error.reason === 'sha256_mismatch' && typeof d?.['actual'] === 'string') {
+          // the store's check of the announced SHA-256 (see Receiving.hash): said as the intake says it
+          return err(engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${d['actual']}, the announce said ${String(d['expected'])}`,
+            { expected: d['expected'], actual: d['actual'] }));
+        }
         return committed;
       }
       slot = committed.value.slot;
@@ -374,7 +386,7 @@ export class DeviceIntake {
 
   /** Arms the confirm window of a test-committed update; keys no running task declares any more go once it is confirmed. */
   private armConfirm(task: TaskInfo, from: RunningImage | null, replacedKeys: number[], windowMs: number): void {
-    const declared = new Set(this.engine.ps().flatMap((t) => this.persistKeysOf(t.pid)));
+    const declared = new Set(this.engine.pids().flatMap((pid) => this.persistKeysOf(pid)));
     const orphanKeys = replacedKeys.filter((k) => !declared.has(k));
     const timer = this.clock.setTimeout(() => void this.settle(this.engine.task(task.pid) !== undefined), windowMs);
     this.pending = { pid: task.pid, from, orphanKeys, timer };

@@ -72,7 +72,11 @@ export type CommitMode = 'test' | 'permanent';
 
 /** The device's non-volatile image store (A/B slots with power-fail-safe commit). */
 export interface ImageStore {
-  /** Write into the inactive slot, verify from the device, then switch atomically. */
+  /**
+   * Write into the inactive slot, verify from the device, then switch atomically. A `meta.sha256`
+   * that the image does not hash to is refused (`EBADMSG sha256_mismatch`, detail `expected`,
+   * `actual`) before anything is written: the intake relies on this to check an announced SHA-256.
+   */
   commit(image: Uint8Array, meta: ImageMeta, mode: CommitMode): Promise<{ slot: 'A' | 'B'; seq: number }>;
   /** Mark a tested image permanent. */
   confirm(): Promise<void>;

@@ -3,14 +3,16 @@
  * other helpers' tests. They keep the ports' semantics (A/B slots, test/permanent commits,
  * forward-only security counter; values by persist key with schema checks) without any I/O.
  */
+import { createHash } from 'node:crypto';
 import type { CommitMode, ImageMeta, ImageStore, ValueReadResult, ValueStore } from './ports.js';
 
 /** A store failure the engine maps to an `EngineError` (code and reason are kept). */
 export class StoreError extends Error {
   constructor(
-    readonly code: 'ESRCH' | 'EBUSY' | 'ENOSPC' | 'EPERM',
+    readonly code: 'ESRCH' | 'EBUSY' | 'ENOSPC' | 'EPERM' | 'EBADMSG',
     readonly reason: string,
     message: string,
+    readonly detail: Record<string, unknown> = {},
   ) {
     super(message);
     this.name = 'StoreError';
@@ -37,6 +39,11 @@ export class InMemoryImageStore implements ImageStore {
       const e = this.failNextCommit;
       this.failNextCommit = null;
       throw e;
+    }
+    const digest = createHash('sha256').update(image).digest('hex');
+    if (meta.sha256 && meta.sha256.toLowerCase() !== digest) {
+      throw new StoreError('EBADMSG', 'sha256_mismatch', `commit: meta.sha256 ${meta.sha256} does not match the image (${digest})`,
+        { expected: meta.sha256.toLowerCase(), actual: digest });
     }
     const slot: Slot = this.activeSlot === 'A' ? 'B' : 'A';
     this.slots[slot] = { image: image.slice(), meta: { ...meta }, confirmed: mode === 'permanent' };

@@ -29,30 +29,44 @@ function gf2Square(out: Uint32Array, mat: Uint32Array): void {
 }
 
 /**
+ * The operator "feed 2^k zero bytes through the CRC register" for k = 0..31, each a 32×32 matrix
+ * over GF(2): built once by repeated squaring of the one-zero-bit operator, then shared.
+ */
+let zeroByteOperators: Uint32Array[] | null = null;
+
+function operators(): Uint32Array[] {
+  if (zeroByteOperators) return zeroByteOperators;
+  let bit = new Uint32Array(32);
+  bit[0] = 0xedb88320; // the reflected polynomial: the operator for one zero bit
+  for (let n = 1; n < 32; n++) bit[n] = 1 << (n - 1);
+  for (let i = 0; i < 3; i++) {
+    const sq = new Uint32Array(32);
+    gf2Square(sq, bit);
+    bit = sq; // 2, 4, then 8 zero bits: one byte
+  }
+  const ops = [bit];
+  for (let k = 1; k < 32; k++) {
+    const sq = new Uint32Array(32);
+    gf2Square(sq, ops[k - 1]!);
+    ops.push(sq);
+  }
+  zeroByteOperators = ops;
+  return ops;
+}
+
+/**
  * CRC-32 of A followed by B, from crc(A), crc(B) and B's length, without reading either again.
- * Feeding n zero bytes through the CRC register is a linear map; it is built by repeated squaring
- * (log2 n steps of 32×32 bit operations) and applied to crc(A), and crc(B) is xored in. Lets one
- * pass over the body serve both the HXE CRC and the whole-stream CRC.
+ * Feeding n zero bytes through the CRC register is a linear map: the product of the cached
+ * operators for the bits set in n (they are powers of one matrix, so their order does not matter),
+ * applied to crc(A); crc(B) is xored in. Lets one pass over the body serve both the HXE CRC and
+ * the whole-stream CRC.
  */
 export function crc32Combine(crcA: number, crcB: number, lengthB: number): number {
   if (lengthB <= 0) return crcA >>> 0;
-  const odd = new Uint32Array(32);
-  const even = new Uint32Array(32);
-  odd[0] = 0xedb88320; // the reflected polynomial: the operator for one zero bit
-  for (let n = 1; n < 32; n++) odd[n] = 1 << (n - 1);
-  gf2Square(even, odd); // two zero bits
-  gf2Square(odd, even); // four zero bits
+  const ops = operators();
   let crc = crcA >>> 0;
-  let n = lengthB;
-  for (;;) {
-    gf2Square(even, odd); // the first time round: eight zero bits, one byte
-    if (n % 2 === 1) crc = gf2Times(even, crc);
-    n = Math.floor(n / 2);
-    if (n === 0) break;
-    gf2Square(odd, even);
-    if (n % 2 === 1) crc = gf2Times(odd, crc);
-    n = Math.floor(n / 2);
-    if (n === 0) break;
+  for (let k = 0, n = lengthB; n > 0; k++, n = Math.floor(n / 2)) {
+    if (n % 2 === 1) crc = gf2Times(ops[k]!, crc);
   }
   return (crc ^ crcB) >>> 0;
 }

@@ -51,6 +51,7 @@ export interface SlotInfo {
 }
 
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+const utf8Decoder = new TextDecoder();
 
 export class SlotImageStore implements ImageStore {
   readonly layout: FlashLayout;
@@ -170,7 +171,8 @@ export class SlotImageStore implements ImageStore {
     checkMeta(meta);
     const digest = sha256(image);
     if (meta.sha256 && meta.sha256.toLowerCase() !== digest) {
-      throw new PersistError('EBADMSG', 'commit', 'sha256_mismatch', `commit: meta.sha256 ${meta.sha256} does not match the image (${digest})`);
+      throw new PersistError('EBADMSG', 'commit', 'sha256_mismatch', `commit: meta.sha256 ${meta.sha256} does not match the image (${digest})`,
+        { expected: meta.sha256.toLowerCase(), actual: digest });
     }
     if (meta.securityCounter < this.st.securityCounter) {
       throw new PersistError('EPERM', 'commit', 'security_counter_downgrade',
@@ -223,7 +225,7 @@ export class SlotImageStore implements ImageStore {
       state: mode === 'test' ? 'test' : 'good',
       imageLen: image.length,
       commitSeq: switchSeq,
-      meta: { ...meta, sha256: digest, source: new TextDecoder().decode(utf8Truncate(meta.source, FIELD_LIMITS.source)) },
+      meta: { ...meta, sha256: digest, source: utf8Decoder.decode(utf8Truncate(meta.source, FIELD_LIMITS.source)) },
     };
     const r = await this.writeStatus({
       ...this.st,

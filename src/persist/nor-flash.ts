@@ -56,6 +56,8 @@ export class NorFlash extends DeviceModel implements BlockDevice {
   onWearWarning: ((w: WearWarning) => void) | null = null;
 
   private readonly counters: DataView;
+  /** The data area as 32-bit words (null when the mapping is not word-aligned): the erased-check reads it a word at a time. */
+  private readonly words: Uint32Array | null;
 
   private constructor(backing: Backing, g: NorGeometry, dataOffset: number) {
     super(backing, dataOffset, g.sectorSize * g.sectorCount, 'flash');
@@ -65,6 +67,8 @@ export class NorFlash extends DeviceModel implements BlockDevice {
     this.endurance = g.endurance;
     const b = backing.bytes;
     this.counters = new DataView(b.buffer, b.byteOffset + DEVICE_FILE_HEADER_SIZE, 4 * g.sectorCount);
+    const d = this.data;
+    this.words = d.byteOffset % 4 === 0 ? new Uint32Array(d.buffer, d.byteOffset, d.length >>> 2) : null;
   }
 
   /** Write a fresh device into `backing` (which must be exactly `norFileSize(g)` bytes): erased, counters zero. */
@@ -103,7 +107,7 @@ export class NorFlash extends DeviceModel implements BlockDevice {
     }
     const d = this.data;
     // The usual case, programming freshly erased pages, is one scan of the target and one copy.
-    if (isErased(d, offset, bytes.length)) {
+    if (isErased(d, this.words, offset, bytes.length)) {
       d.set(bytes, offset);
       return;
     }
@@ -166,13 +170,13 @@ export class NorFlash extends DeviceModel implements BlockDevice {
 }
 
 /** Whether `length` bytes of `d` from `offset` are all 0xFF (erased), a word at a time where aligned. */
-function isErased(d: Uint8Array, offset: number, length: number): boolean {
+function isErased(d: Uint8Array, words: Uint32Array | null, offset: number, length: number): boolean {
   let i = 0;
-  const start = d.byteOffset + offset;
-  if (start % 4 === 0 && length >= 4) {
-    const words = new Uint32Array(d.buffer, start, length >>> 2);
-    for (let w = 0; w < words.length; w++) if (words[w] !== 0xffffffff) return false;
-    i = words.length * 4;
+  if (words !== null && offset % 4 === 0) {
+    const first = offset >>> 2;
+    const end = first + (length >>> 2);
+    for (let w = first; w < end; w++) if (words[w] !== 0xffffffff) return false;
+    i = (end - first) * 4;
   }
   for (; i < length; i++) if (d[offset + i] !== 0xff) return false;
   return true;

@@ -56,6 +56,7 @@ export function emptyStatus(): StatusRecord {
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
+const MAGIC_BYTES = enc.encode(STATUS_MAGIC);
 
 /** UTF-8 bytes of `s`, cut at a character boundary to at most `max` bytes. */
 export function utf8Truncate(s: string, max: number): Uint8Array {
@@ -139,7 +140,7 @@ export function encodeStatus(r: StatusRecord, recordSize: number): Uint8Array {
   const b = new Uint8Array(recordSize).fill(0xff);
   b.fill(0, 0, STATUS_PAYLOAD);
   const dv = new DataView(b.buffer);
-  b.set(enc.encode(STATUS_MAGIC), 0);
+  b.set(MAGIC_BYTES, 0);
   dv.setUint32(4, r.seq, true);
   dv.setUint8(8, slotCode(r.active));
   dv.setUint8(9, slotCode(r.previous));
