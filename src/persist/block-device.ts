@@ -25,6 +25,12 @@ export interface BlockDevice {
   /** A view of the bytes without copying; valid until the next write or close. */
   view(offset: number, length: number): Uint8Array;
   program(offset: number, data: Uint8Array): void;
+  /**
+   * Many whole pages in one call, the same as `program` page by page (a part programs them in
+   * order). Optional: a device that counts operations (the fault injector) leaves it out, so every
+   * page stays one operation there; callers fall back to `program` per page.
+   */
+  programPages?(offset: number, data: Uint8Array): void;
   erase(offset: number, length: number): void;
   eraseCount(sector: number): number;
   /** Make everything up to the end of this range durable, device metadata (erase counters) included. */

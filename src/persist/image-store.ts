@@ -201,7 +201,8 @@ export class SlotImageStore implements ImageStore {
     for (let i = 0; i < sectors; i++) this.dev.erase(base + i * sectorSize, sectorSize);
     const page = this.dev.programSize;
     const full = Math.floor(image.length / page) * page;
-    for (let o = 0; o < full; o += page) this.dev.program(base + o, image.subarray(o, o + page));
+    if (this.dev.programPages && full > 0) this.dev.programPages(base, image.subarray(0, full));
+    else for (let o = 0; o < full; o += page) this.dev.program(base + o, image.subarray(o, o + page));
     if (full < image.length) {
       const last = new Uint8Array(page).fill(0xff);
       last.set(image.subarray(full));

@@ -123,6 +123,11 @@ export class NorFlash extends DeviceModel implements BlockDevice {
     for (let i = 0; i < bytes.length; i++) d[offset + i] = d[offset + i]! & bytes[i]!;
   }
 
+  /** Pages in order, one range check and one erased-scan for all of them (see BlockDevice.programPages). */
+  programPages(offset: number, bytes: Uint8Array): void {
+    this.program(offset, bytes);
+  }
+
   erase(offset: number, length: number): void {
     this.access('erase', offset, length);
     if (offset % this.eraseSize !== 0 || length % this.eraseSize !== 0) {
