@@ -7,7 +7,7 @@ import { commandRoles, ControlServer } from '../src/gateway/control/server.js';
 import { parseTokenEnv, roleAllows, sha256Hex, TokenStore, isLoopbackHost, ROLES, type Role } from '../src/gateway/control/auth.js';
 import { EventBus } from '../src/gateway/events/index.js';
 import { FakeClock } from '../src/engine/index.js';
-import { fixture, fixturePath, makeEngine, startHarness } from './control-harness.js';
+import { fixture, makeEngine, startHarness } from './control-harness.js';
 
 const TOKENS: Record<Role, string> = { viewer: 'view-token-1', operator: 'oper-token-2', admin: 'admin-token-3' };
 const tokenEntries = ROLES.map((role) => ({ name: `${role}-bot`, role, sha256: sha256Hex(TOKENS[role]) }));
@@ -17,7 +17,7 @@ function requestFor(cmd: string, sessionId: string): Record<string, unknown> {
   const base: Record<string, unknown> = { cmd };
   if (cmd.startsWith('events.') || cmd === 'session.keepalive' || cmd === 'session.close') base['session'] = sessionId;
   if (cmd === 'events.ack') base['seq'] = 0;
-  if (cmd === 'load' || cmd === 'exec' || cmd === 'provision.load') base['path'] = fixturePath('t01_minimal.hxe');
+  if (cmd === 'load' || cmd === 'exec' || cmd === 'provision.load') base['path'] = 't01_minimal.hxe';
   if (cmd === 'provision.write') Object.assign(base, { session_id: 99, seq: 0, data: 'AAAA' });
   if (cmd === 'provision.end' || cmd === 'provision.abort') base['session_id'] = 99;
   if (['provision.status', 'provision.persist', 'provision.activate', 'provision.unload', 'info'].includes(cmd)) base['pid'] = 1;
@@ -76,7 +76,7 @@ test('a refused request changes nothing and leaves an audit line (who, what, whe
   t.deepEqual(r1, { version: 1, status: 'error', error: 'EPERM:operator_required' });
   const r2 = await c.request({ cmd: 'provision.begin', token: TOKENS.viewer, total_bytes: 100 });
   t.is(r2['error'], 'EPERM:operator_required');
-  const loaded = await c.request({ cmd: 'provision.load', token: TOKENS.operator, path: fixturePath('t01_minimal.hxe') });
+  const loaded = await c.request({ cmd: 'provision.load', token: TOKENS.operator, path: 't01_minimal.hxe' });
   t.is(loaded['status'], 'ok');
   const pid = (loaded['task'] as Record<string, unknown>)['pid'];
   const r3 = await c.request({ cmd: 'provision.unload', token: TOKENS.operator, pid });

@@ -11,7 +11,7 @@ import { renderPs } from '../src/cli/commands/ps.js';
 import { renderStatus } from '../src/cli/commands/status.js';
 import { renderPersist } from '../src/cli/commands/persist.js';
 import { renderRollback } from '../src/cli/commands/rollback.js';
-import { fixturePath, startHarness } from './control-harness.js';
+import { startHarness } from './control-harness.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -33,7 +33,7 @@ test('ps, status, persist, rollback against a running server', async (t) => {
   const h = await startHarness({ tokens });
   t.teardown(() => h.close());
   const c = await h.client();
-  const loaded = await c.request({ cmd: 'provision.load', token: 'operator-secret', path: fixturePath('t04b_value_cmd_help.hxe') });
+  const loaded = await c.request({ cmd: 'provision.load', token: 'operator-secret', path: 't04b_value_cmd_help.hxe' });
   const pid = (loaded['task'] as Record<string, unknown>)['pid'] as number;
   const at = `127.0.0.1:${h.port}`;
 

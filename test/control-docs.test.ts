@@ -111,7 +111,7 @@ test('every documented exchange happens exactly so', async (t) => {
   t.timeout(30_000);
   const all = blocks();
   t.true(all.length >= 10, 'the doc has its examples');
-  const h = await startHarness({ loadRoot: fixturesDir });
+  const h = await startHarness({ imagesDir: fixturesDir });
   t.teardown(() => h.close());
   const n = await runBlocks(h, all.filter((b) => !b.tokens), t);
   t.log(`${n} documented replies checked`);
@@ -127,7 +127,7 @@ test('the access-control examples, on a server with the documented tokens', asyn
     { name: 'ci', role: 'operator' as const, sha256: sha256Hex('operator-secret-2') },
     { name: 'ops', role: 'admin' as const, sha256: sha256Hex('admin-secret-3') },
   ];
-  const h = await startHarness({ tokens, loadRoot: fixturesDir });
+  const h = await startHarness({ tokens, imagesDir: fixturesDir });
   t.teardown(() => h.close());
   const n = await runBlocks(h, blocks().filter((b) => b.tokens), t);
   t.true(n >= 5);

@@ -13,6 +13,8 @@ import { LineReader } from '../src/gateway/control/line-reader.js';
 
 export const fixture = (name: string): Uint8Array => new Uint8Array(readFileSync(new URL(`./fixtures/${name}`, import.meta.url)));
 export const fixturePath = (name: string): string => new URL(`./fixtures/${name}`, import.meta.url).pathname;
+/** The harness's default images directory: requests name fixtures by their bare file name. */
+export const fixturesDir = new URL('./fixtures/', import.meta.url).pathname;
 
 export interface Harness {
   server: ControlServer;
@@ -43,6 +45,7 @@ export async function startHarness(
     port: 0,
     logger,
     clock,
+    imagesDir: fixturesDir,
     ...opts,
     bus,
   });

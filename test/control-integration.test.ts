@@ -6,7 +6,7 @@
 import test from 'ava';
 import { systemClock } from '../src/engine/index.js';
 import { EventBus } from '../src/gateway/events/index.js';
-import { fixture, fixturePath, makeEngine, startHarness, type LineClient } from './control-harness.js';
+import { fixture, makeEngine, startHarness, type LineClient } from './control-harness.js';
 
 type Json = Record<string, unknown>;
 
@@ -51,7 +51,7 @@ test('full load, streaming load, abort and an ACK-paced event subscription over 
   t.is((subscribed['events'] as Json)['ack_window'], 4);
 
   // 1. full loads: from a path, and as base64 bytes
-  const byPath = await a.request({ cmd: 'provision.load', path: fixturePath('t01_minimal.hxe') });
+  const byPath = await a.request({ cmd: 'provision.load', path: 't01_minimal.hxe' });
   t.is(byPath['status'], 'ok', JSON.stringify(byPath));
   const pidPath = (byPath['task'] as Json)['pid'] as number;
   const byData = await a.request({ cmd: 'provision.load', data: Buffer.from(fixture('t05_mailbox_json.hxe')).toString('base64'), source: 'itest:t05' });
@@ -152,7 +152,7 @@ test('several devices behind one server: requests name a device, default the fir
   const h = await startHarness({ engines: new Map([['bench-a', devA], ['bench-b', devB]]), bus });
   t.teardown(() => h.close());
   const c = await h.client();
-  t.is((await c.request({ cmd: 'provision.load', device: 'bench-b', path: fixturePath('t01_minimal.hxe') }))['device'], 'bench-b');
+  t.is((await c.request({ cmd: 'provision.load', device: 'bench-b', path: 't01_minimal.hxe' }))['device'], 'bench-b');
   t.is(devB.ps().length, 1);
   t.is(devA.ps().length, 0);
   t.is((await c.request({ cmd: 'ps' }))['device'], 'bench-a');

@@ -48,7 +48,7 @@ test('fixed replies match the reference byte for byte', async (t) => {
 });
 
 test('the recorded session replays with the reference shapes and error strings', async (t) => {
-  const h = await startHarness({ loadRoot: loadRoot(), onShutdown: () => {} });
+  const h = await startHarness({ imagesDir: loadRoot(), onShutdown: () => {} });
   t.teardown(() => h.close());
   const a = await h.client();
   const s = await h.client();

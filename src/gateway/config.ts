@@ -25,6 +25,13 @@ const controlSchema = z.strictObject({
   listen: hostPort.default('127.0.0.1:9998'),
   tokens: z.array(tokenSchema).default([]),
   max_line_bytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
+  /**
+   * The only directory `load`/`exec`/`provision.load` may name a file in (paths are relative to
+   * it); relative to the config file. Default: `images` next to the config file.
+   */
+  images_dir: z.string().min(1).default('images'),
+  /** At most this many bytes are read from such a file (the engine's own maxImageBytes also applies). */
+  max_image_bytes: z.number().int().min(1).max(0x7fff_ffff).default(1024 * 1024),
 });
 
 const mqttSchema = z
@@ -167,6 +174,7 @@ export function validateConfig(raw: unknown, file = '<inline>', baseDir = proces
   if (problems.length) {
     return { ok: false, error: { code: 'ECONFIG', file, problems, message: `${file}: invalid configuration:\n  ${problems.join('\n  ')}` } };
   }
+  cfg.control.images_dir = resolvePath(baseDir, cfg.control.images_dir);
   if (cfg.boot.preload_dir) cfg.boot.preload_dir = resolvePath(baseDir, cfg.boot.preload_dir);
   if (cfg.boot.sd_manifest) cfg.boot.sd_manifest = resolvePath(baseDir, cfg.boot.sd_manifest);
   if (cfg.policy.keys_dir) cfg.policy.keys_dir = resolvePath(baseDir, cfg.policy.keys_dir);

@@ -15,6 +15,7 @@ import { preloadDirSource, sdManifestSource, type ImageSourceTransport } from '.
 import { bootDevice, type BootReport } from './boot.js';
 import type { DeviceConfig, GatewayConfig } from './config.js';
 import { ControlServer } from './control/server.js';
+import { DEFAULT_MAX_IMAGE_BYTES } from './control/image-files.js';
 import type { ControlEngine } from './control/engine-port.js';
 import { EventBus, type BusEvent } from './events/index.js';
 import type { Logger } from './logger.js';
@@ -371,6 +372,9 @@ export class Gateway {
       port,
       tokens: this.config.control.tokens,
       maxLineBytes: this.config.control.max_line_bytes,
+      imagesDir: this.config.control.images_dir,
+      // no point reading more of a file than the engine would accept
+      maxImageBytes: Math.min(this.config.control.max_image_bytes, this.engineConfig.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES),
       logger: this.log.child({ component: 'control' }),
       info: { gateway: this.config.gateway.id, devices: [...this.devices.keys()] },
     });

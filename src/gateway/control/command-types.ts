@@ -4,9 +4,12 @@
  */
 import type { Clock } from '../../engine/ports.js';
 import type { EventBus, Subscription, BusEvent, CloseReason } from '../events/index.js';
-import type { Identity, Role } from './auth.js';
+import type { Identity } from './auth.js';
 import type { ControlEngine, WireError } from './engine-port.js';
-import { RequestError, type SessionRegistry } from './sessions.js';
+import { MAX_TEXT_BYTES } from './roles.js';
+import { RequestError, toInt, type SessionRegistry } from './sessions.js';
+
+export { toInt };
 
 export type CommandResult =
   | { kind: 'ok'; body: Record<string, unknown> }
@@ -44,7 +47,7 @@ export interface ServerCore {
   /** The engine a request names with `device` (default: the first). */
   device(name: unknown): DeviceRef | WireError;
   deviceNames(): string[];
-  /** Reads an image file for `load`/`provision.load` (size-checked before reading). */
+  /** Reads the file a request names for `load`/`exec`/`provision.load`: inside the images directory only, size-bounded (image-files.ts). */
   readImage(path: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }>;
   /** Session id → its event subscription token. */
   readonly streams: Map<string, string>;
@@ -59,14 +62,27 @@ export interface CommandContext {
   identity: Identity | null;
   conn: ConnectionApi;
   core: ServerCore;
+  /**
+   * The request's `pid`, parsed once by dispatch (`toInt`: a number, or a decimal/hex string) for
+   * the pid-lock check and for the handler alike; undefined when the request has none. Handlers
+   * read the pid from here, never from `req`, so the pid checked is the pid acted on.
+   */
+  pid?: number;
 }
 
+/** A command's handler. The role it needs is not here: it is in the one table, roles.ts. */
 export interface CommandSpec {
-  /** Role needed; null = anyone (only `auth`). */
-  role: Role | null;
-  /** Changes a device or the gateway: audited even when it succeeds. */
+  /** Changes a device or the gateway: audited even when it succeeds, and a `pid` it names is lock-checked. */
   mutates: boolean;
+  /** Reads `pid` (dispatch parses it into `ctx.pid`); every mutating command does too. */
+  takesPid?: boolean;
   run(ctx: CommandContext): CommandResult | Promise<CommandResult>;
+}
+
+/** The pid dispatch parsed, or the reference-style error naming the field. */
+export function pidOf(ctx: CommandContext): number {
+  if (ctx.pid === undefined) throw new RequestError(`${ctx.cmd} requires 'pid'`);
+  return ctx.pid;
 }
 
 /** An integer field, or the reference-style error naming it. */
@@ -82,30 +98,35 @@ export function optIntField(req: Record<string, unknown>, field: string, cmd: st
   return toInt(v, `${cmd} ${field} must be an integer`);
 }
 
-export function toInt(v: unknown, message: string): number {
-  if (typeof v === 'number' && Number.isSafeInteger(v)) return v;
-  if (typeof v === 'string' && /^\s*-?(0x[0-9a-f]+|\d+)\s*$/i.test(v)) {
-    const n = Number(v.trim());
-    if (Number.isSafeInteger(n)) return n;
-  }
-  throw new RequestError(message);
-}
-
 export function strField(req: Record<string, unknown>, field: string, cmd: string): string {
   const v = req[field];
   if (typeof v !== 'string' || v.length === 0) throw new RequestError(`${cmd} requires '${field}'`);
   return v;
 }
 
-/** An optional non-empty string field, else `fallback` (a client's `source`, an abort `reason`). */
-export function optText(req: Record<string, unknown>, field: string, fallback: string): string {
+/**
+ * An optional free-text field (a client's `source`, an abort `reason`): a string of at most
+ * MAX_TEXT_BYTES UTF-8 bytes, else a named error; absent, null or empty gives `fallback`.
+ */
+export function optText(req: Record<string, unknown>, field: string, fallback: string, cmd: string): string {
   const v = req[field];
-  return typeof v === 'string' && v.length > 0 ? v : fallback;
+  if (v === undefined || v === null || v === '') return fallback;
+  return boundedText(v, field, cmd);
+}
+
+/** A free-text value checked for type and size: `<cmd> <field> must be a string`, `EINVAL:<field>_too_long`. */
+export function boundedText(v: unknown, field: string, cmd: string, limit = MAX_TEXT_BYTES): string {
+  if (typeof v !== 'string') throw new RequestError(`${cmd} ${field} must be a string`);
+  // UTF-8 takes at least one byte per UTF-16 unit, so a longer string is refused without measuring it
+  if (v.length > limit || Buffer.byteLength(v, 'utf8') > limit) throw new RequestError(`EINVAL:${field}_too_long`, { field, limit });
+  return v;
 }
 
 /** The device a request names (`device`), or the default one; an unknown name is the request's error. */
 export function deviceOf(ctx: CommandContext): DeviceRef {
-  const dev = ctx.core.device(ctx.req['device']);
+  const name = ctx.req['device'];
+  if (name !== undefined && name !== null) boundedText(name, 'device', ctx.cmd);
+  const dev = ctx.core.device(name);
   if ('error' in dev) throw new RequestError(dev.error, dev.detail);
   return dev;
 }
@@ -115,9 +136,9 @@ export function deviceOf(ctx: CommandContext): DeviceRef {
  * same way for every such command.
  */
 export function deviceCommand(
-  role: Role,
   mutates: boolean,
   run: (ctx: CommandContext, dev: DeviceRef) => CommandResult | Promise<CommandResult>,
+  opts: { takesPid?: boolean } = {},
 ): CommandSpec {
-  return { role, mutates, run: (ctx) => run(ctx, deviceOf(ctx)) };
+  return { mutates, ...opts, run: (ctx) => run(ctx, deviceOf(ctx)) };
 }

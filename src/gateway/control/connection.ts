@@ -14,11 +14,13 @@
  * held events for up to tens of ms on a busy host: bench/events.ts `gateway_handoff_p99_ms`.)
  * Replies first send the batch ahead of them.
  */
+import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { eventJson, type BusEvent, type CloseReason, type Subscription } from '../events/index.js';
 import { roleAllows, type Identity } from './auth.js';
-import type { CommandContext, CommandResult, CommandSpec, ConnectionApi, ServerCore } from './command-types.js';
+import { optIntField, type CommandContext, type CommandResult, type CommandSpec, type ConnectionApi, type ServerCore } from './command-types.js';
 import { LineFramer, type Frame } from './framing.js';
+import { clip, MAX_REQUEST_DEPTH, nestsDeeperThan, requiredRole } from './roles.js';
 import { RequestError } from './sessions.js';
 import type { AuditLog, Verdict } from './audit.js';
 import type { TokenStore } from './auth.js';
@@ -37,11 +39,12 @@ export interface ConnectionLimits {
 
 export interface ConnectionDeps {
   core: ServerCore;
-  commands: Readonly<Record<string, CommandSpec>>;
+  /** Handlers by name (the roles they need are in roles.ts). */
+  commands: ReadonlyMap<string, CommandSpec>;
   tokens: TokenStore | null;
   audit: AuditLog;
   limits: ConnectionLimits;
-  log?: (level: 'info' | 'warn' | 'debug', obj: Record<string, unknown>, msg: string) => void;
+  log?: (level: 'info' | 'warn' | 'debug' | 'error', obj: Record<string, unknown>, msg: string) => void;
   onAbortSession: (device: string, sessionId: number) => void;
 }
 
@@ -78,7 +81,14 @@ export class Connection implements ConnectionApi {
     this.identity = deps.tokens ? null : { name: 'local', role: 'admin' };
     this.framer = new LineFramer(deps.limits.maxLineBytes, (f) => this.onFrame(f));
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.framer.push(chunk));
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        this.framer.push(chunk);
+      } catch (e) {
+        // framing is ours, not the client's, but even so: one connection's bug is not the process's
+        this.enqueueReply(this.internalError(e, 'framing', null));
+      }
+    });
     socket.on('drain', () => this.onDrain());
     socket.on('error', () => {
       /* reported through 'close' */
@@ -168,25 +178,10 @@ export class Connection implements ConnectionApi {
       while (this.pendingLines.length && !this.closed && !this.stream) {
         const item = this.pendingLines.shift() as { line: string } | { reply: Reply };
         if ('reply' in item) {
-          this.writeLine(JSON.stringify(item.reply));
+          this.writeLine(serialize(item.reply) ?? INTERNAL_ERROR_LINE);
           continue;
         }
-        const result = await this.handle(item.line);
-        if (this.closed) break;
-        if (result.kind === 'stream') {
-          this.writeLine(JSON.stringify({ version: 1, status: 'ok', ...result.body }));
-          this.stream = result.subscription;
-          this.pendingLines.length = 0;
-          result.subscription.start();
-          break;
-        }
-        this.writeLine(JSON.stringify(
-          result.kind === 'ok'
-            ? { version: 1, status: 'ok', ...result.body }
-            : result.detail === undefined
-              ? { version: 1, status: 'error', error: result.error }
-              : { version: 1, status: 'error', error: result.error, detail: result.detail },
-        ));
+        await this.serveLine(item.line);
       }
     } finally {
       this.busy = false;
@@ -194,7 +189,71 @@ export class Connection implements ConnectionApi {
     if (this.pendingLines.length < this.deps.limits.maxPipelined / 2) this.resumeReading();
   }
 
-  private async handle(line: string): Promise<CommandResult> {
+  /**
+   * The error boundary: one request, from parsing to the written reply. Whatever throws in
+   * between (parsing, dispatch, a handler, serialising the reply, the audit log) is answered with
+   * `internal_error` and logged; it never reaches the event loop, so it can neither end the
+   * process nor this connection.
+   */
+  private async serveLine(line: string): Promise<void> {
+    let stage = 'dispatch';
+    let cmd: string | null = null;
+    try {
+      const result = await this.handle(line, (c) => (cmd = c));
+      if (this.closed) return;
+      stage = 'reply';
+      if (result.kind === 'stream') {
+        const text = serialize({ version: 1, status: 'ok', ...result.body });
+        if (text === null) {
+          this.deps.core.bus.unsubscribe(result.subscription.token);
+          throw new Error('stream reply is not serialisable');
+        }
+        this.writeLine(text);
+        this.stream = result.subscription;
+        this.pendingLines.length = 0;
+        stage = 'stream_start';
+        result.subscription.start();
+        return;
+      }
+      const reply = result.kind === 'ok'
+        ? { version: 1, status: 'ok', ...result.body }
+        : result.detail === undefined
+          ? { version: 1, status: 'error', error: result.error }
+          : { version: 1, status: 'error', error: result.error, detail: result.detail };
+      const text = serialize(reply);
+      if (text === null) throw new Error(`reply to ${cmd ?? '?'} is not serialisable`);
+      this.writeLine(text);
+    } catch (e) {
+      if (this.closed) return;
+      const reply = this.internalError(e, stage, cmd); // logged in any case
+      if (this.stream) {
+        // the stream was answered but failed to start: end it (and with it this connection, as any
+        // ended stream does) rather than leave a client waiting for events that never come
+        this.deps.core.bus.unsubscribe(this.stream.token);
+        return;
+      }
+      this.writeLine(serialize(reply) ?? INTERNAL_ERROR_LINE);
+    }
+  }
+
+  /**
+   * An unexpected exception as a reply: `internal_error` with an incident id that is also in the
+   * error log line (with the stack), so an operator can find what happened without the client
+   * seeing our internals.
+   */
+  private internalError(e: unknown, stage: string, cmd: string | null): Reply {
+    const incident = randomUUID();
+    try {
+      // an Error goes to pino's err serializer (type, message, stack); anything else as text
+      const err = e instanceof Error ? e : { message: safeString(e) };
+      this.deps.log?.('error', { incident, peer: this.peer, cmd, stage, err }, 'control: internal error answering a request');
+    } catch {
+      /* the log itself failed: the reply still goes out */
+    }
+    return { version: 1, status: 'error', error: 'internal_error', detail: { incident } };
+  }
+
+  private async handle(line: string, named: (cmd: string) => void): Promise<CommandResult> {
     let req: unknown;
     try {
       req = JSON.parse(line);
@@ -202,26 +261,37 @@ export class Connection implements ConnectionApi {
       return { kind: 'error', error: 'invalid_json' };
     }
     if (req === null || typeof req !== 'object' || Array.isArray(req)) return { kind: 'error', error: 'invalid_json' };
+    // Before anything walks or prints the request: a 5,000-deep value overflows the stack of
+    // String()/JSON.stringify. The check itself uses no recursion.
+    if (nestsDeeperThan(req, MAX_REQUEST_DEPTH)) return { kind: 'error', error: 'EINVAL:request_too_deep', detail: { limit: MAX_REQUEST_DEPTH } };
     const r = req as Record<string, unknown>;
-    const version = r['version'] ?? 1;
-    if (version !== 1) return { kind: 'error', error: `unsupported_version:${typeof version === 'string' ? version : JSON.stringify(version)}` };
-    const cmd = String(r['cmd'] ?? '').toLowerCase();
-    const spec = this.deps.commands[cmd];
-    if (!spec) return { kind: 'error', error: `unknown_cmd:${cmd}` };
+    const version = own(r, 'version') ?? 1;
+    if (version !== 1) return { kind: 'error', error: `unsupported_version:${typeof version === 'string' ? clip(version) : clip(JSON.stringify(version))}` };
+    const cmdRaw = own(r, 'cmd');
+    const cmd = typeof cmdRaw === 'string' ? cmdRaw.toLowerCase()
+      : typeof cmdRaw === 'number' || typeof cmdRaw === 'boolean' ? String(cmdRaw)
+        : cmdRaw === undefined || cmdRaw === null ? ''
+          : clip(JSON.stringify(cmdRaw));
+    // One table (roles.ts), two Maps: a name that is not a command is unknown, whatever it is.
+    const spec = typeof cmdRaw === 'string' ? this.deps.commands.get(cmd) : undefined;
+    const need = spec ? requiredRole(cmd, r) : undefined;
+    if (!spec || need === undefined) return { kind: 'error', error: `unknown_cmd:${clip(cmd)}` };
+    named(cmd);
 
     const core = this.deps.core;
-    const sessionRaw = r['session'];
+    const sessionRaw = own(r, 'session');
     const sessionId = typeof sessionRaw === 'string' && sessionRaw.trim() ? sessionRaw.trim() : null;
 
     // Who is asking: a token on the request, else the connection's (auth command), else nobody.
     let identity = this.identity;
-    if (typeof r['token'] === 'string' && this.deps.tokens) {
-      identity = this.deps.tokens.verify(r['token']);
+    const token = own(r, 'token');
+    if (typeof token === 'string' && this.deps.tokens) {
+      identity = this.deps.tokens.verify(token);
       if (!identity) return this.deny(cmd, r, null, 'EPERM:invalid_token');
     }
     if (cmd === 'auth') return this.authenticate(r);
-    if (spec.role !== null && !roleAllows(identity?.role ?? null, spec.role)) {
-      return this.deny(cmd, r, identity, `EPERM:${spec.role}_required`);
+    if (need !== null && !roleAllows(identity?.role ?? null, need)) {
+      return this.deny(cmd, r, identity, `EPERM:${need}_required`);
     }
 
     const ctx: CommandContext = { cmd, req: r, sessionId, identity, conn: this, core };
@@ -229,16 +299,28 @@ export class Connection implements ConnectionApi {
     try {
       core.sessions.prune();
       if (sessionId !== null && !cmd.startsWith('session.')) core.sessions.touch(sessionId);
-      // A pid locked by a session may be changed only through that session (reference semantics).
-      if (typeof r['pid'] === 'number' && spec.mutates) core.sessions.ensurePidAccess(r['pid'], sessionId);
+      // The pid is parsed once, whatever its JSON type ("1", "0x1", 1 are one pid), and that
+      // value is both lock-checked and handed to the command. A pid locked by a session may be
+      // changed only through that session (reference semantics).
+      if (spec.mutates || spec.takesPid) {
+        const pid = optIntField(r, 'pid', cmd);
+        if (pid !== undefined) ctx.pid = pid;
+        if (pid !== undefined && spec.mutates) core.sessions.ensurePidAccess(pid, sessionId);
+      }
       result = await spec.run(ctx);
     } catch (e) {
-      if (e instanceof RequestError) {
-        result = e.detail === undefined ? { kind: 'error', error: e.wire } : { kind: 'error', error: e.wire, detail: e.detail };
-      } else {
-        this.deps.log?.('warn', { err: String(e), cmd }, 'control command failed unexpectedly');
-        result = { kind: 'error', error: `internal_error:${(e as Error)?.message ?? String(e)}` };
+      if (!(e instanceof RequestError)) {
+        // answered by the boundary in serveLine (internal_error); a changing command still gets its audit line
+        if (spec.mutates) {
+          try {
+            this.audit(cmd, r, identity, 'error', 'internal_error');
+          } catch {
+            /* the boundary logs the original error */
+          }
+        }
+        throw e;
       }
+      result = e.detail === undefined ? { kind: 'error', error: e.wire } : { kind: 'error', error: e.wire, detail: e.detail };
     }
     if (spec.mutates) {
       if (result.kind === 'error') this.audit(cmd, r, identity, 'error', result.error);
@@ -268,10 +350,10 @@ export class Connection implements ConnectionApi {
       role: identity?.role ?? null,
       peer: this.peer,
       cmd,
-      ...(typeof r['device'] === 'string' ? { device: r['device'] } : {}),
+      ...(typeof r['device'] === 'string' ? { device: clip(r['device'], 200) } : {}),
       target: targetOf(r),
       verdict,
-      ...(reason !== undefined ? { reason } : {}),
+      ...(reason !== undefined ? { reason: clip(reason, 300) } : {}),
     });
   }
 
@@ -352,9 +434,41 @@ export class Connection implements ConnectionApi {
       this.deps.core.bus.unsubscribe(sub.token);
     }
     for (const [device, ids] of this.owned) {
-      for (const sid of ids) this.deps.onAbortSession(device, sid);
+      for (const sid of ids) {
+        try {
+          this.deps.onAbortSession(device, sid);
+        } catch (e) {
+          this.deps.log?.('error', { peer: this.peer, device, session_id: sid, err: safeString(e) }, 'control: aborting a session of a closed connection failed');
+        }
+      }
     }
     this.owned.clear();
+  }
+}
+
+/** A request's own field (never one inherited from Object.prototype). */
+function own(r: Record<string, unknown>, key: string): unknown {
+  return Object.prototype.hasOwnProperty.call(r, key) ? r[key] : undefined;
+}
+
+/** JSON text of a reply, or null when it cannot be serialised (a BigInt, a cycle, too deep). */
+function serialize(reply: Reply): string | null {
+  try {
+    return JSON.stringify(reply);
+  } catch {
+    return null;
+  }
+}
+
+/** Sent when even the internal_error reply cannot be built. */
+const INTERNAL_ERROR_LINE = '{"version":1,"status":"error","error":"internal_error"}';
+
+/** A thrown value as text, without trusting it (String() of a parsed object can itself throw). */
+function safeString(e: unknown): string {
+  try {
+    return e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  } catch {
+    return Object.prototype.toString.call(e);
   }
 }
 
@@ -362,8 +476,8 @@ export class Connection implements ConnectionApi {
 function targetOf(r: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const k of ['pid', 'session_id', 'path', 'target', 'source', 'reason']) {
-    const v = r[k];
-    if (typeof v === 'string' || typeof v === 'number') out[k] = typeof v === 'string' && v.length > 200 ? `${v.slice(0, 200)}…` : v;
+    const v = own(r, k);
+    if (typeof v === 'string' || typeof v === 'number') out[k] = typeof v === 'string' ? clip(v, 200) : v;
   }
   return out;
 }

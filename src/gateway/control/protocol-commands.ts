@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { RequestError } from './sessions.js';
 import {
+  boundedText,
   deviceCommand,
   deviceOf,
   failWith,
@@ -30,7 +31,10 @@ function parseFilters(raw: unknown): { pids: number[] | null; categories: string
   let categories: string[] | null = null;
   if (f['categories'] !== undefined && f['categories'] !== null) {
     const list = Array.isArray(f['categories']) ? f['categories'] : [f['categories']];
-    categories = list.map((c) => String(c));
+    categories = list.map((c) => {
+      if (typeof c !== 'string') throw new RequestError('filters.categories must contain strings');
+      return c;
+    });
   }
   let sinceSeq: number | null = null;
   if (f['since_seq'] !== undefined && f['since_seq'] !== null) {
@@ -91,22 +95,20 @@ function subscribe(ctx: CommandContext): CommandResult {
 }
 
 export const protocolCommands: Record<string, CommandSpec> = {
-  ping: { role: 'viewer', mutates: false, run: () => okBody({ reply: 'pong' }) },
+  ping: { mutates: false, run: () => okBody({ reply: 'pong' }) },
 
   auth: {
-    role: null,
     mutates: false,
     // Handled by the connection (it needs the token store); listed so it is a known command.
     run: () => okBody(),
   },
 
   info: {
-    role: 'viewer',
     mutates: false,
+    takesPid: true,
     run(ctx) {
-      const pidRaw = ctx.req['pid'];
-      if (pidRaw === undefined || pidRaw === null) return okBody({ info: ctx.core.info() });
-      const pid = toInt(pidRaw, 'info pid must be an integer');
+      const pid = ctx.pid;
+      if (pid === undefined) return okBody({ info: ctx.core.info() });
       const dev = deviceOf(ctx);
       const task = dev.engine.ps().find((t) => t.pid === pid);
       if (!task) return failWith({ error: `ESRCH:unknown_pid`, detail: { pid } });
@@ -114,15 +116,16 @@ export const protocolCommands: Record<string, CommandSpec> = {
     },
   },
 
-  ps: deviceCommand('viewer', false, (_ctx, dev) =>
+  ps: deviceCommand(false, (_ctx, dev) =>
     okBody({ tasks: { tasks: dev.engine.ps().map(taskToPsRow), current_pid: null }, device: dev.name })),
 
   'session.open': {
-    role: 'viewer',
     mutates: false,
     run(ctx) {
+      const client = ctx.req['client'];
       const rec = ctx.core.sessions.open({
-        client: ctx.req['client'],
+        // the reference takes any scalar (str()); objects are refused, strings bounded
+        client: typeof client === 'number' || typeof client === 'boolean' || client === undefined || client === null ? client : boundedText(client, 'client', ctx.cmd),
         capabilities: ctx.req['capabilities'],
         pid_lock: ctx.req['pid_lock'],
         heartbeat_s: ctx.req['heartbeat_s'],
@@ -132,7 +135,6 @@ export const protocolCommands: Record<string, CommandSpec> = {
   },
 
   'session.keepalive': {
-    role: 'viewer',
     mutates: false,
     run(ctx) {
       ctx.core.sessions.touch(ctx.sessionId);
@@ -141,7 +143,6 @@ export const protocolCommands: Record<string, CommandSpec> = {
   },
 
   'session.close': {
-    role: 'viewer',
     mutates: false,
     run(ctx) {
       ctx.core.sessions.close(ctx.sessionId);
@@ -149,10 +150,9 @@ export const protocolCommands: Record<string, CommandSpec> = {
     },
   },
 
-  'events.subscribe': { role: 'viewer', mutates: false, run: subscribe },
+  'events.subscribe': { mutates: false, run: subscribe },
 
   'events.ack': {
-    role: 'viewer',
     mutates: false,
     run(ctx) {
       const sub = subscriptionOf(ctx);
@@ -167,7 +167,6 @@ export const protocolCommands: Record<string, CommandSpec> = {
   },
 
   'events.unsubscribe': {
-    role: 'viewer',
     mutates: false,
     run(ctx) {
       ctx.core.sessions.get(ctx.sessionId);
@@ -178,7 +177,6 @@ export const protocolCommands: Record<string, CommandSpec> = {
   },
 
   shutdown: {
-    role: 'admin',
     mutates: true,
     run(ctx) {
       ctx.core.requestShutdown();

@@ -12,6 +12,7 @@ import {
   okBody,
   optIntField,
   optText,
+  pidOf,
   type CommandContext,
   type CommandResult,
   type CommandSpec,
@@ -41,7 +42,7 @@ function unknownPid(dev: DeviceRef, pid: number): CommandResult {
 }
 
 /** Where an image sent over this connection came from, unless the client names it. */
-const sourceOf = (ctx: CommandContext, fallback = `control:${ctx.conn.peer}`) => optText(ctx.req, 'source', fallback);
+const sourceOf = (ctx: CommandContext, fallback = `control:${ctx.conn.peer}`) => optText(ctx.req, 'source', fallback, ctx.cmd);
 
 /** The reference's `exec` of a single-instance app that is already loaded says `app_exists:<name>`. */
 function compatLoadError(e: EngineError, dev: DeviceRef): CommandResult {
@@ -79,7 +80,7 @@ function outcomeFields(v: { outcome: string; from: object | null }): Record<stri
 }
 
 function loadCommand(compat: boolean): CommandSpec {
-  return deviceCommand('operator', true, async (ctx, dev) => {
+  return deviceCommand(true, async (ctx, dev) => {
     const replace = replaceOf(ctx);
     const input = await bytesOf(ctx, !compat);
     if ('kind' in input) return input;
@@ -115,7 +116,7 @@ export const provisionCommands: Record<string, CommandSpec> = {
   exec: loadCommand(true),
   'provision.load': loadCommand(false),
 
-  'provision.begin': deviceCommand('operator', true, (ctx, dev) => {
+  'provision.begin': deviceCommand(true, (ctx, dev) => {
     const { req, cmd } = ctx;
     const totalBytes = optIntField(req, 'total_bytes', cmd);
     const expectedCrc = optIntField(req, 'crc32', cmd);
@@ -129,7 +130,7 @@ export const provisionCommands: Record<string, CommandSpec> = {
     return okBody({ device: dev.name, session_id: r.value.sessionId });
   }),
 
-  'provision.write': deviceCommand('operator', true, (ctx, dev) => {
+  'provision.write': deviceCommand(true, (ctx, dev) => {
     const { req, cmd } = ctx;
     const sid = intField(req, 'session_id', cmd);
     const seq = intField(req, 'seq', cmd);
@@ -141,7 +142,7 @@ export const provisionCommands: Record<string, CommandSpec> = {
     return okBody({ session_id: sid, seq, ...(toWire(r.value) as Record<string, unknown>) });
   }),
 
-  'provision.end': deviceCommand('operator', true, async (ctx, dev) => {
+  'provision.end': deviceCommand(true, async (ctx, dev) => {
     const sid = intField(ctx.req, 'session_id', ctx.cmd);
     const intake = dev.engine.intake;
     if (intake) {
@@ -156,40 +157,40 @@ export const provisionCommands: Record<string, CommandSpec> = {
     return okBody({ device: dev.name, session_id: sid, task: taskToWire(r.value) });
   }),
 
-  'provision.abort': deviceCommand('operator', true, (ctx, dev) => {
+  'provision.abort': deviceCommand(true, (ctx, dev) => {
     const sid = intField(ctx.req, 'session_id', ctx.cmd);
-    const r = dev.engine.abort(sid, optText(ctx.req, 'reason', 'client_abort'));
+    const r = dev.engine.abort(sid, optText(ctx.req, 'reason', 'client_abort', ctx.cmd));
     if (!r.ok) return engineFail(r.error, dev);
     ctx.conn.disownSession(dev.name, sid);
     return okBody({ device: dev.name, session_id: sid, aborted: true });
   }),
 
-  'provision.status': deviceCommand('viewer', false, (ctx, dev) => {
-    const pid = optIntField(ctx.req, 'pid', ctx.cmd);
+  'provision.status': deviceCommand(false, (ctx, dev) => {
+    const pid = ctx.pid;
     const tasks = dev.engine.ps();
     if (pid === undefined) return okBody({ device: dev.name, tasks: tasks.map(taskToWire) });
     const task = tasks.find((t) => t.pid === pid);
     if (!task) return unknownPid(dev, pid);
     return okBody({ device: dev.name, task: taskToWire(task) });
-  }),
+  }, { takesPid: true }),
 
-  'provision.persist': deviceCommand('operator', true, (ctx, dev) => {
-    const pid = intField(ctx.req, 'pid', ctx.cmd);
+  'provision.persist': deviceCommand(true, (ctx, dev) => {
+    const pid = pidOf(ctx);
     const target = ctx.req['target'] ?? 'test';
     if (target !== 'test' && target !== 'permanent') throw new RequestError(`${ctx.cmd} target must be 'test' or 'permanent'`);
     const e = dev.engine;
     return settle(dev, e.persist ? () => e.persist!(pid, target) : null, 'persisted');
   }),
 
-  'provision.activate': deviceCommand('operator', true, (ctx, dev) => {
-    const pid = optIntField(ctx.req, 'pid', ctx.cmd);
+  'provision.activate': deviceCommand(true, (ctx, dev) => {
+    const pid = ctx.pid;
     const e = dev.engine;
     if (pid !== undefined && !e.ps().some((t) => t.pid === pid)) return unknownPid(dev, pid);
     return settle(dev, e.confirm ? () => e.confirm!() : null, 'activated');
   }),
 
-  'provision.rollback': deviceCommand('admin', true, async (ctx, dev) => {
-    const reason = optText(ctx.req, 'reason', 'operator_rollback');
+  'provision.rollback': deviceCommand(true, async (ctx, dev) => {
+    const reason = optText(ctx.req, 'reason', 'operator_rollback', ctx.cmd);
     const e = dev.engine;
     const intake = e.intake;
     if (intake) {
@@ -201,8 +202,8 @@ export const provisionCommands: Record<string, CommandSpec> = {
     return settle(dev, e.rollback ? () => e.rollback!(reason) : null, 'rollback');
   }),
 
-  'provision.unload': deviceCommand('admin', true, (ctx, dev) => {
-    const pid = intField(ctx.req, 'pid', ctx.cmd);
+  'provision.unload': deviceCommand(true, (ctx, dev) => {
+    const pid = pidOf(ctx);
     const r = dev.engine.unload(pid);
     if (!r.ok) return engineFail(r.error, dev);
     return okBody({ device: dev.name, pid, unloaded: true });

@@ -6,8 +6,7 @@
  * here, in the gateway layer, because the engine does no I/O.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { readFile, stat } from 'node:fs/promises';
-import { isAbsolute, relative, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { systemClock } from '../../engine/clock.js';
 import type { Clock, TimerHandle } from '../../engine/ports.js';
@@ -18,8 +17,10 @@ import { isLoopbackHost, parseTokenEnv, TokenStore, type TokenEntry } from './au
 import type { CommandSpec, DeviceRef, ServerCore } from './command-types.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ControlEngine, WireError } from './engine-port.js';
+import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
 import { protocolCommands } from './protocol-commands.js';
 import { provisionCommands } from './provision-commands.js';
+import { COMMAND_ROLES } from './roles.js';
 import { DEFAULT_SESSION_LIMITS, SessionRegistry, type SessionLimits } from './sessions.js';
 
 export const TOKENS_ENV = 'HSX_GATEWAY_TOKENS';
@@ -45,10 +46,12 @@ export interface ControlServerOptions {
   stalledDropMs?: number;
   maxConnections?: number;
   logger?: Logger;
-  /** Relative `load` paths resolve here (default: the working directory). */
-  loadRoot?: string;
-  /** Refuse `load` paths outside loadRoot. */
-  confineLoads?: boolean;
+  /**
+   * The only directory a request's `path` (`load`, `exec`, `provision.load`) may name a file in;
+   * paths are relative to it (`[control] images_dir`). Without it, no request may name a file.
+   */
+  imagesDir?: string;
+  /** At most this many bytes are read from a file a request names (default 1 MiB; docs/security.md). */
   maxImageBytes?: number;
   sessionLimits?: Partial<SessionLimits>;
   /** Called after an admin's `shutdown` was answered (default: close this server). */
@@ -62,26 +65,35 @@ export interface ControlServerError {
   message: string;
 }
 
-const COMMANDS: Readonly<Record<string, CommandSpec>> = { ...protocolCommands, ...provisionCommands };
+/** Command name → handler, a `Map` (never a plain object: `__proto__` is not a command). Roles: roles.ts. */
+const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map([...Object.entries(protocolCommands), ...Object.entries(provisionCommands)]);
+// The role table and the handlers must name the same commands: one without the other is a bug.
+for (const name of new Set([...COMMANDS.keys(), ...COMMAND_ROLES.keys()])) {
+  if (!COMMANDS.has(name) || !COMMAND_ROLES.has(name)) throw new Error(`control: command ${name} needs both a handler and a role (roles.ts)`);
+}
 
 /** The `[control]` table of the gateway config (src/gateway/config.ts) as server options. */
 export function controlOptionsFromConfig(control: {
   listen: string;
   tokens: readonly TokenEntry[];
   max_line_bytes: number;
-}): Pick<ControlServerOptions, 'host' | 'port' | 'tokens' | 'maxLineBytes'> {
+  images_dir?: string;
+  max_image_bytes?: number;
+}): Pick<ControlServerOptions, 'host' | 'port' | 'tokens' | 'maxLineBytes' | 'imagesDir' | 'maxImageBytes'> {
   const at = control.listen.lastIndexOf(':');
   return {
     host: control.listen.slice(0, at).replace(/^\[|\]$/g, ''),
     port: Number(control.listen.slice(at + 1)),
     tokens: control.tokens,
     maxLineBytes: control.max_line_bytes,
+    ...(control.images_dir !== undefined ? { imagesDir: control.images_dir } : {}),
+    ...(control.max_image_bytes !== undefined ? { maxImageBytes: control.max_image_bytes } : {}),
   };
 }
 
-/** Every command and the role it needs (for docs, tests and `info`). */
+/** Every command and the role it needs (for docs, tests and `info`); null = anyone. A copy of roles.ts's table. */
 export function commandRoles(): Record<string, string | null> {
-  return Object.fromEntries(Object.entries(COMMANDS).map(([k, v]) => [k, v.role]));
+  return Object.fromEntries(COMMAND_ROLES);
 }
 
 export class ControlServer {
@@ -261,24 +273,9 @@ export class ControlServer {
     return { name: name as string, engine };
   }
 
-  private async readImage(path: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }> {
-    const root = resolve(this.opts.loadRoot ?? process.cwd());
-    const full = isAbsolute(path) ? path : resolve(root, path);
-    if (this.opts.confineLoads) {
-      const rel = relative(root, full);
-      if (rel.startsWith('..') || isAbsolute(rel)) return { ok: false, error: { error: 'EPERM:path_outside_root', detail: { path } } };
-    }
-    const max = this.opts.maxImageBytes ?? 16 * 1024 * 1024;
-    try {
-      const st = await stat(full);
-      if (!st.isFile()) return { ok: false, error: { error: 'EISDIR:not_a_file', detail: { path } } };
-      // Checked before reading: an untrusted size never decides an allocation.
-      if (st.size > max) return { ok: false, error: { error: 'ENOSPC:image_too_large', detail: { path, size: st.size, max } } };
-      const buf = await readFile(full);
-      return { ok: true, bytes: new Uint8Array(buf.buffer, buf.byteOffset, buf.length), source: path };
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
-      return { ok: false, error: { error: `${code}:${path}`, detail: { path, message: (e as Error).message } } };
-    }
+  /** A file a request names: inside the images directory only, at most maxImageBytes read (image-files.ts). */
+  private readImage(path: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }> {
+    const imagesDir = this.opts.imagesDir === undefined ? undefined : resolve(this.opts.imagesDir);
+    return readImageInside(path, { imagesDir, maxBytes: this.opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES, field: 'path' });
   }
 }

@@ -5,6 +5,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Clock } from '../../engine/ports.js';
+import { clip, MAX_PID_LOCKS } from './roles.js';
+
+/** Most entries in `capabilities.features`. */
+const MAX_FEATURES = 64;
 
 export interface SessionRecord {
   id: string;
@@ -43,11 +47,24 @@ export class RequestError extends Error {
   }
 }
 
-function intOf(v: unknown, what: string): number {
-  if (typeof v === 'number' && Number.isInteger(v)) return v;
-  if (typeof v === 'string' && /^-?\d+$/.test(v.trim())) return Number.parseInt(v, 10);
-  throw new RequestError(what);
+/**
+ * The one integer parse of the control protocol (pids, sequence numbers, limits): a safe-integer
+ * number, or a string of one (decimal or `0x` hex, surrounding blanks allowed); else `message`.
+ * The pid-lock table and the handlers both parse pids with it, so `1`, `"1"`, `" 1"` and `"0x1"`
+ * are the same pid everywhere.
+ */
+export function toInt(v: unknown, message: string): number {
+  if (typeof v === 'number' && Number.isSafeInteger(v)) return v;
+  if (typeof v === 'string' && v.length <= 64 && /^\s*-?(0x[0-9a-f]+|\d+)\s*$/i.test(v)) {
+    const t = v.trim();
+    const neg = t.startsWith('-');
+    const n = Number(neg ? t.slice(1) : t);
+    if (Number.isSafeInteger(n)) return neg ? -n : n;
+  }
+  throw new RequestError(message);
 }
+
+const intOf = toInt;
 
 export class SessionRegistry {
   private readonly sessions = new Map<string, SessionRecord>();
@@ -72,12 +89,14 @@ export class SessionRegistry {
     if (typeof caps !== 'object' || caps === null || Array.isArray(caps)) throw new RequestError('capabilities must be an object when provided');
     const requested = caps['features'] ?? [];
     if (!Array.isArray(requested)) throw new RequestError('capabilities.features must be a list when provided');
+    if (requested.length > MAX_FEATURES) throw new RequestError('EINVAL:too_many_features', { limit: MAX_FEATURES });
     const features: string[] = [];
     const warnings: string[] = [];
     for (const f of requested) {
-      const name = String(f);
+      // never String() an object: a parsed `{"toString":1}` makes that throw
+      const name = typeof f === 'string' ? f : f !== null && typeof f === 'object' ? (Array.isArray(f) ? '<array>' : '<object>') : String(f);
       if (this.limits.features.includes(name)) features.push(name);
-      else warnings.push(`unsupported_feature:${name}`);
+      else warnings.push(`unsupported_feature:${clip(name)}`);
     }
     let maxEvents = this.limits.eventsDefault;
     if (caps['max_events'] !== undefined && caps['max_events'] !== null) {
@@ -108,7 +127,7 @@ export class SessionRegistry {
     const now = this.nowS();
     const rec: SessionRecord = {
       id: randomUUID(),
-      client: req.client === undefined || req.client === null ? '' : String(req.client),
+      client: req.client === undefined || req.client === null ? '' : typeof req.client === 'string' ? req.client : String(req.client),
       features,
       maxEvents,
       pidLocks: locks,
@@ -182,6 +201,7 @@ export class SessionRegistry {
   private normalisePids(v: unknown): number[] {
     if (v === undefined || v === null) return [];
     const list = Array.isArray(v) ? v : [v];
+    if (list.length > MAX_PID_LOCKS) throw new RequestError('EINVAL:too_many_pid_locks', { limit: MAX_PID_LOCKS });
     const pids = new Set<number>();
     for (const x of list) {
       if (x === null || x === undefined) continue;
