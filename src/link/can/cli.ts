@@ -8,6 +8,7 @@ import cliProgress from 'cli-progress';
 import { encodeF16 } from '../../hxe/f16.js';
 import { DeviceIntake, ProvisioningEngine, systemClock, type EngineEvent, type EventSink } from '../../engine/index.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../../persist/simulated-device.js';
+import { checkImageToSend } from '../image-check.js';
 import { createCanBus, parseCanAddress } from './address.js';
 import type { CanBus } from './bus.js';
 import { nodeProblem } from './ids.js';
@@ -108,6 +109,14 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   }
   if (image.length === 0) {
     stderr(`flash: ${imagePath} is empty`);
+    return 1;
+  }
+  // Nothing goes on the bus for an image no device could accept.
+  const checked = checkImageToSend(image, imagePath);
+  if (!checked.ok) {
+    const e = checked.error;
+    if (json) stdout(JSON.stringify({ type: 'error', ...e }));
+    else stderr(`flash: ${e.message}${e.detail.offset !== null ? ` (byte offset ${e.detail.offset})` : ''} [${e.code} ${e.reason}]`);
     return 1;
   }
   const bus = await openBus(o.can, !!o.fd, json);

@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
-import { parseImage } from '../../hxe/index.js';
+import { checkImageToSend } from '../image-check.js';
 import { UartPortTransport, UartLinkError } from './port-transport.js';
 import { sendImage, type FlashOutcome, type MasterProgress, type SessionRestart } from './master.js';
 import type { ImageInfo } from './messages.js';
@@ -29,7 +29,6 @@ export interface UartFlashOptions {
 }
 
 /** Verifies only what the sender can know: the format and CRC, with the VM budgets lifted. */
-const NO_BUDGET = { maxCode: 0x7fffffff, maxRodata: 0x7fffffff, maxBss: 0x7fffffff };
 
 export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   const out = o.out ?? ((line: string) => void process.stdout.write(`${line}\n`));
@@ -44,12 +43,9 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   } catch (e) {
     return fail({ code: 'ENOENT', where: 'image', reason: 'image_unreadable', message: `cannot read ${o.image}: ${(e as Error).message}` });
   }
-  const parsed = parseImage(bytes, NO_BUDGET);
-  if (!parsed.ok) {
-    const { code, reason, message, offset } = parsed.error;
-    return fail({ code, where: 'image', reason, message: `${o.image} is not a valid image: ${message}`, detail: { offset } });
-  }
-  const appName = parsed.value.header.appName;
+  const checked = checkImageToSend(bytes, o.image);
+  if (!checked.ok) return fail(checked.error);
+  const appName = checked.appName;
 
   const baud = o.baud ?? DEFAULT_BAUD;
   const chunk = o.chunk ?? DEFAULT_CHUNK;

@@ -195,7 +195,12 @@ export class UartListener extends EventEmitter {
       this.send(this.errorFrame(frame.tag, { code: 'EPROTO', where: 'session', reason: 'unsupported_version' }));
       return;
     }
-    if (open.totalBytes === 0 || open.totalBytes > this.maxImageBytes) {
+    if (open.totalBytes === 0) {
+      // an empty image is a malformed announce, not one too large to hold
+      this.send(this.errorFrame(frame.tag, { code: 'EBADMSG', where: 'begin', reason: 'total_invalid' }));
+      return;
+    }
+    if (open.totalBytes > this.maxImageBytes) {
       this.send(this.errorFrame(frame.tag, { code: 'ENOSPC', where: 'begin', reason: 'image_too_large' }));
       return;
     }
