@@ -80,7 +80,9 @@ async function bridgeSink(url: string): Promise<Sink> {
     emit(s, type, percent) {
       bridge.publishEvent({ seq: ++seq, ts: Date.now(), type, pid: s, phase: 'write', data: { percent, sentAt: performance.now() }, device: `d${s % 16}` });
     },
-    close: () => bridge.stop(),
+    close: async () => {
+      await bridge.stop();
+    },
   };
 }
 

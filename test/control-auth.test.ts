@@ -27,7 +27,8 @@ function requestFor(cmd: string, sessionId: string): Record<string, unknown> {
 
 test('every command × every role: EPERM:<role>_required exactly when the role is too low', async (t) => {
   t.timeout(60_000);
-  const h = await startHarness({ tokens: tokenEntries, onShutdown: () => {} });
+  // one session per pair, all opened by one connection
+  const h = await startHarness({ tokens: tokenEntries, onShutdown: () => {}, limits: { max_sessions_per_connection: 1000, max_sessions: 1000 } });
   t.teardown(() => h.close());
   const roles = commandRoles();
   t.true(Object.keys(roles).length >= 20, 'all commands listed');

@@ -60,12 +60,20 @@ test('serve: 5,000-deep cmd and version lines from an unauthenticated client are
   ];
   for (const line of probes) {
     t.true(line.length >= 10_000, 'a ~10 KB line');
+    // before it authenticates, a client's lines are at most pre_auth_line_bytes: refused by size, then closed
+    const u = await LineClient.connect(port);
+    u.sendRaw(`${line}\n`);
+    t.deepEqual(await u.nextJson(20_000), { version: 1, status: 'error', error: 'ELIMIT:pre_auth_line_bytes', detail: { limit: 4096 } });
+    t.true(await u.waitEnd(20_000), 'closed after the error line');
+    u.destroy();
+    // once it has authenticated, the deep line reaches the parser (role: none needed for the depth check)
     const c = await LineClient.connect(port);
+    t.is((await c.request({ cmd: 'auth', token: TOKENS.admin }, 20_000))['status'], 'ok');
     c.sendRaw(`${line}\n`);
     const reply = await c.nextJson(20_000);
     t.deepEqual(reply, { version: 1, status: 'error', error: 'EINVAL:request_too_deep', detail: { limit: MAX_REQUEST_DEPTH } }, line.slice(0, 30));
-    // the same connection still works (and says who may ping)
-    t.deepEqual(await c.request({ cmd: 'ping' }, 20_000), { version: 1, status: 'error', error: 'EPERM:viewer_required' });
+    // the same connection still works
+    t.deepEqual(await c.request({ cmd: 'ping' }, 20_000), { version: 1, status: 'ok', reply: 'pong' });
     c.destroy();
     // and a new one, with a token
     const d = await LineClient.connect(port);
@@ -296,7 +304,8 @@ test('the role table is the documented one, and decides every command × every r
   const proto = readFileSync(new URL('../docs/executive_protocol.md', import.meta.url), 'utf8');
   for (const cmd of table.keys()) t.true(proto.includes(`\`${cmd}\``), `${cmd} is in docs/executive_protocol.md`);
 
-  const h = await startHarness({ tokens: tokenEntries, onShutdown: () => {} });
+  // one session per pair, all opened by one connection
+  const h = await startHarness({ tokens: tokenEntries, onShutdown: () => {}, limits: { max_sessions_per_connection: 1000, max_sessions: 1000 } });
   t.teardown(() => h.close());
   const admin = await h.client();
   let checked = 0;

@@ -272,9 +272,12 @@ canTest('the issue: `device --state` + `flash` twice is CURRENT, a new build is 
   mkdirSync(files, { recursive: true });
   const v1 = sensorBuild(1);
   const v2 = sensorBuild(2);
-  const bad = sensorBuild(3).slice();
-  bad[bad.length - 8] = bad[bad.length - 8]! ^ 0x5a;
-  for (const [name, img] of [['v1', v1], ['v2', v2], ['bad', bad]] as const) writeFileSync(join(files, `${name}.hxe`), img);
+  // Damaged bytes never reach the bus (the master checks the image first); an image the device
+  // refuses for its own reasons: a multi-instance build whose values collide with the running app's.
+  const damaged = sensorBuild(3).slice();
+  damaged[damaged.length - 8] = damaged[damaged.length - 8]! ^ 0x5a;
+  const refusedByDevice = sensorBuild(4, 16, { allowMultipleInstances: true });
+  for (const [name, img] of [['v1', v1], ['v2', v2], ['damaged', damaged], ['bad', refusedByDevice]] as const) writeFileSync(join(files, `${name}.hxe`), img);
   const address = bus.processAddress();
   const startDevice = async (): Promise<CliChild> => {
     const d = spawnCli(['device', '--can', address, '--node', '7', '--state', dir, '--confirm-window-ms', String(CONFIRM_MS), '--json']);
@@ -316,9 +319,15 @@ canTest('the issue: `device --state` + `flash` twice is CURRENT, a new build is 
     t.like(await device.waitFor((l) => device!.lines.indexOf(l) >= mark && l['type'] === 'verdict'), { status: 'UPDATED', from: short(v1), to: short(v2) });
     await confirmed(device, mark);
 
+    const wireBeforeDamaged = bus.framesOnWire();
+    const damagedFlash = await flashCli('damaged', ['--json']);
+    t.is(damagedFlash.code, 1, damagedFlash.out);
+    t.like(damagedFlash.lines.find((l) => l['type'] === 'error'), { code: 'EBADMSG', reason: 'crc_mismatch', where: 'image' });
+    t.is(bus.framesOnWire(), wireBeforeDamaged, 'nothing of a damaged image goes on the bus');
+
     const refused = await flashCli('bad');
     t.is(refused.code, 1, refused.out);
-    t.regex(refused.out, /^\s+7\s+EBADMSG\s+\S+\s+image rejected/m, 'the reason column is filled');
+    t.regex(refused.out, /^\s+7\s+EEXIST\s+\S+\s+\S+/m, 'the reason column is filled');
     t.regex(refused.out, /1 nodes: 0 READY · 0 UPDATED · 0 CURRENT · 1 failed/);
 
     // Power-cycle the device: it boots v2 (confirmed), and v2 is CURRENT.

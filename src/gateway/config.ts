@@ -32,6 +32,32 @@ const controlSchema = z.strictObject({
   images_dir: z.string().min(1).default('images'),
   /** At most this many bytes are read from such a file (the engine's own maxImageBytes also applies). */
   max_image_bytes: z.number().int().min(1).max(0x7fff_ffff).default(1024 * 1024),
+  // The named limits (src/gateway/control/limits.ts, docs/security.md "Connection limits"):
+  // over one, the client gets `ELIMIT:<key>` with detail.limit (and, for the connection ones, is closed).
+  /** Connections held at once. */
+  max_connections: z.number().int().min(1).max(65_535).default(64),
+  /** Connections held at once from one remote address. */
+  max_connections_per_address: z.number().int().min(1).max(65_535).default(16),
+  /** Connections held at once that have not authenticated; the oldest is closed to make room. */
+  max_unauthenticated: z.number().int().min(1).max(65_535).default(8),
+  /** Longest line before a connection has authenticated (with tokens configured). */
+  pre_auth_line_bytes: z.number().int().min(256).max(64 * 1024 * 1024).default(4096),
+  /** A connection that has not authenticated (without tokens: sent a line) this long after it opened is closed. */
+  pre_auth_timeout_ms: z.number().int().min(100).max(3_600_000).default(10_000),
+  /** An authenticated connection that sends nothing this long is closed (not an event stream); 0 = never. */
+  idle_timeout_ms: z.number().int().min(0).max(86_400_000).default(600_000),
+  /** Protocol sessions in all. */
+  max_sessions: z.number().int().min(1).max(1_000_000).default(256),
+  /** Open protocol sessions one connection opened. */
+  max_sessions_per_connection: z.number().int().min(1).max(1_000_000).default(16),
+  /** The connection is closed after this many failed authentications. */
+  max_auth_failures: z.number().int().min(1).max(1000).default(5),
+  /** The reply to a failed authentication waits this long, doubled for each failure of the connection or its address... */
+  auth_failure_delay_ms: z.number().int().min(0).max(60_000).default(100),
+  /** ...up to this. */
+  auth_failure_delay_max_ms: z.number().int().min(0).max(600_000).default(5000),
+  /** Failures per address are counted, and their audit lines coalesced into one with a count, per window this long. */
+  auth_failure_window_ms: z.number().int().min(1000).max(86_400_000).default(60_000),
 });
 
 const mqttSchema = z

@@ -14,7 +14,7 @@ import { runUartDevice } from '../link/uart/device-command.js';
 import { preloadDirSource, sdManifestSource, type ImageSourceTransport } from '../link/sources/source-transport.js';
 import { bootDevice, type BootReport } from './boot.js';
 import type { DeviceConfig, GatewayConfig } from './config.js';
-import { ControlServer } from './control/server.js';
+import { ControlServer, controlLimitsFromConfig } from './control/server.js';
 import { DEFAULT_MAX_IMAGE_BYTES } from './control/image-files.js';
 import type { ControlEngine } from './control/engine-port.js';
 import { EventBus, type BusEvent } from './events/index.js';
@@ -39,8 +39,33 @@ export interface GatewayStartError {
 /** `virtual` CAN links are in-process buses by name, or cross-process ones when written HOST:PORT. */
 function canAddress(link: GatewayConfig['links']['can'][number]): string {
   if (link.backend === 'socketcan') return link.interface;
-  const timing = link.timing ? `?bitrate=${link.bitrate}` : '';
-  return `virtual:${link.interface}${timing}`;
+  const timing = link.timing ? `bitrate=${link.bitrate}` : '';
+  // The interface may carry options of its own (`127.0.0.1:47000?loss=0.01`, `10.0.0.5:47000?remote=1`).
+  const sep = link.interface.includes('?') ? '&' : '?';
+  return `virtual:${link.interface}${timing ? sep + timing : ''}`;
+}
+
+/** What `stop()` could not finish within its time: one line per item, for the log and `serve`'s output. */
+export interface StopReport {
+  /** Everything that was stopped and flushed in time. */
+  clean: boolean;
+  unflushed: Array<{ component: string; what: string }>;
+  elapsedMs: number;
+}
+
+/** Settles with the promise's outcome, or with 'timeout' after `ms` (never rejects). */
+async function within<T>(p: Promise<T>, ms: number): Promise<{ ok: true; value: T } | { ok: false; error: string }> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p.then((value) => ({ ok: true as const, value }), (e: Error) => ({ ok: false as const, error: e?.message ?? String(e) })),
+      new Promise<{ ok: false; error: string }>((resolve) => {
+        timer = setTimeout(() => resolve({ ok: false, error: `no answer within ${Math.max(0, Math.round(ms))} ms` }), Math.max(0, ms));
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 interface RunningDevice {
@@ -258,6 +283,9 @@ export class Gateway {
       },
     });
     listener.start();
+    // A hub this process hosts (the first process on a virtual:HOST:PORT address) cuts off flooders.
+    bus.on('hub-cutoff', (e: { peer: string; reason: string; detail: string; bytesIn: number; framesIn: number }) =>
+      this.log.warn({ link: link.interface, ...e }, 'virtual CAN hub: connection cut off'));
     running.bus = bus;
     running.listener = listener;
   }
@@ -304,19 +332,35 @@ export class Gateway {
   }
 
   /** Stops a device's listener, aborts its transfers and closes its files (what losing power does, minus the tearing). */
-  private async bringDown(name: string): Promise<void> {
+  private async bringDown(name: string, unflushed: StopReport['unflushed'] = [], deadline = Date.now() + 4_000): Promise<void> {
     const r = this.running.get(name);
     if (!r) return;
     this.running.delete(name);
+    const left = (): number => Math.max(0, deadline - Date.now());
+    const component = `devices.${name}`;
     r.report?.cancelConfirm();
+    const rx = r.listener?.current;
+    if (rx && !rx.verdict) unflushed.push({ component, what: `CAN transfer (session ${rx.session}) aborted at ${rx.held}/${rx.total} chunks` });
     r.listener?.stop();
-    await r.bus?.close().catch(() => undefined);
+    if (r.bus) {
+      const closed = await within(r.bus.close(), Math.min(left(), 1_500));
+      if (!closed.ok) unflushed.push({ component, what: `CAN bus ${r.bus.name} not closed cleanly: ${closed.error}` });
+    }
     for (const u of r.uarts) {
       u.stop.abort();
-      await u.done;
+      const done = await within(u.done, Math.min(left(), 1_000));
+      if (!done.ok) unflushed.push({ component, what: `UART listener not stopped: ${done.error}` });
     }
-    for (const s of r.dev.engine.sessions()) r.dev.engine.abort(s.sessionId, 'gateway_shutdown');
-    await r.dev.close().catch((e: Error) => this.log.error({ device: name, err: e.message }, 'closing device files failed'));
+    for (const s of r.dev.engine.sessions()) {
+      unflushed.push({ component, what: `provisioning session ${s.sessionId} (${s.source}) aborted at ${s.bytesWritten}${s.totalBytes !== null ? `/${s.totalBytes}` : ''} bytes` });
+      r.dev.engine.abort(s.sessionId, 'gateway_shutdown');
+    }
+    // The device files are what must survive: they get the rest of the time.
+    const closed = await within(r.dev.close(), Math.max(left(), 250));
+    if (!closed.ok) {
+      this.log.error({ device: name, err: closed.error }, 'closing device files failed');
+      unflushed.push({ component, what: `device files not closed: ${closed.error}` });
+    }
     this.devices.delete(name);
   }
 
@@ -372,6 +416,7 @@ export class Gateway {
       port,
       tokens: this.config.control.tokens,
       maxLineBytes: this.config.control.max_line_bytes,
+      limits: controlLimitsFromConfig(this.config.control),
       imagesDir: this.config.control.images_dir,
       // no point reading more of a file than the engine would accept
       maxImageBytes: Math.min(this.config.control.max_image_bytes, this.engineConfig.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES),
@@ -388,17 +433,60 @@ export class Gateway {
     return this.control?.address() ?? null;
   }
 
-  /** Stops in reverse order: no new requests, no new frames, flush MQTT, close the device files. */
-  async stop(): Promise<void> {
-    await this.control?.close().catch(() => undefined);
+  /** The step `stop()` is in (for a caller whose own deadline runs out first). */
+  stopping: string | null = null;
+
+  /**
+   * Stops in reverse order: no new requests, no new frames, flush MQTT, close the device files.
+   * Every step is bounded so that the whole takes at most `timeoutMs` (default 4 s) whatever the
+   * broker, the links or the clients do; what could not be flushed or closed in time is returned
+   * (and logged), never waited for.
+   */
+  async stop(opts: { timeoutMs?: number } = {}): Promise<StopReport> {
+    const t0 = Date.now();
+    const deadline = t0 + (opts.timeoutMs ?? 4_000);
+    const left = (): number => Math.max(0, deadline - Date.now());
+    const unflushed: StopReport['unflushed'] = [];
+    if (this.control) {
+      this.stopping = 'closing the control server';
+      const info = this.control.connectionsInfo().filter((c) => c.unreadBytes > 0);
+      if (info.length > 0) {
+        const bytes = info.reduce((n, c) => n + c.unreadBytes, 0);
+        unflushed.push({ component: 'control', what: `${bytes} bytes of replies/events not read by ${info.length} client(s) (${info.map((c) => c.peer).join(', ')})` });
+      }
+      const closed = await within(this.control.close(), Math.min(left(), 1_000));
+      if (!closed.ok) unflushed.push({ component: 'control', what: `control server not closed: ${closed.error}` });
+    }
     this.control = null;
-    for (const name of [...this.running.keys()]) await this.bringDown(name);
+    // Device files get most of the budget; MQTT keeps a share for its goodbye.
+    const devicesDeadline = Date.now() + Math.max(250, left() - 1_500);
+    for (const name of [...this.running.keys()]) {
+      this.stopping = `stopping device ${name}`;
+      await this.bringDown(name, unflushed, devicesDeadline);
+    }
     this.unsubscribeBridge?.();
-    await this.bridge?.stop().catch(() => undefined);
+    this.unsubscribeBridge = null;
+    if (this.bridge) {
+      this.stopping = 'flushing MQTT';
+      const url = this.bridge.url;
+      const r = await within(this.bridge.stop(Math.max(100, left() - 300)), Math.max(200, left()));
+      if (!r.ok) unflushed.push({ component: 'mqtt', what: `MQTT bridge to ${url} not stopped: ${r.error}` });
+      else if (r.value.unsent > 0) {
+        unflushed.push({ component: 'mqtt', what: `${r.value.unsent} message(s) not delivered to ${url}${r.value.connected ? '' : ' (broker not connected)'}` });
+      }
+    }
     this.bridge = null;
-    await this.embeddedBroker?.close().catch(() => undefined);
+    if (this.embeddedBroker) {
+      this.stopping = 'closing the embedded MQTT broker';
+      const r = await within(this.embeddedBroker.close(), Math.max(100, left()));
+      if (!r.ok) unflushed.push({ component: 'mqtt', what: `embedded broker not closed: ${r.error}` });
+    }
     this.embeddedBroker = null;
     this.bus.close();
+    this.stopping = null;
+    const report: StopReport = { clean: unflushed.length === 0, unflushed, elapsedMs: Date.now() - t0 };
+    for (const u of unflushed) this.log.warn({ component: u.component, elapsed_ms: report.elapsedMs }, `shutdown: ${u.what}`);
+    return report;
   }
 }
 

@@ -4,9 +4,13 @@ import { Gateway } from '../../gateway/gateway.js';
 import { createLogger } from '../../gateway/logger.js';
 import { allTopics } from '../../gateway/mqtt/topics.js';
 
+/** `serve` is gone within this long of the first SIGINT/SIGTERM, whatever the broker, links or clients do. */
+export const STOP_DEADLINE_MS = 5_000;
+
 /**
  * `hsx-gateway serve`: the daemon. The first SIGINT/SIGTERM stops cleanly (aborts in-flight
- * transfers, flushes MQTT, closes device files); a second one exits at once.
+ * transfers, flushes MQTT, closes device files) within STOP_DEADLINE_MS, and says what it could
+ * not flush; a second one exits at once (code 130 for SIGINT, 143 for SIGTERM).
  */
 export function registerServe(program: Command): void {
   program
@@ -46,29 +50,56 @@ export function registerServe(program: Command): void {
       const gw = started.value;
       const addr = gw.controlAddress();
       const topics = allTopics({ prefix: cfg.value.mqtt?.topic_prefix ?? 'hsx', gatewayId: cfg.value.gateway.id });
-      out(
-        { type: 'serving', gateway: cfg.value.gateway.id, control: addr, mqtt: gw.bridge ? topics : null, devices: [...gw.devices.keys()], pid: process.pid },
-        `gateway ${cfg.value.gateway.id} serving: control ${addr?.host}:${addr?.port}, devices ${[...gw.devices.keys()].join(', ') || '(none)'}` +
-          (gw.bridge ? `, MQTT topics ${topics}` : ''),
-      );
-      await new Promise<void>((resolve) => {
+      let t0 = 0;
+      const code = await new Promise<number>((resolve) => {
         let stopping = false;
         const onSignal = (sig: NodeJS.Signals) => {
           if (stopping) {
-            process.stderr.write(`serve: second ${sig}; exiting now\n`);
-            process.exit(130);
+            const code = sig === 'SIGINT' ? 130 : 143;
+            out(
+              { type: 'exit', reason: 'second_signal', signal: sig, code, stopping: gw.stopping, elapsed_ms: Date.now() - t0 },
+              `serve: second ${sig}; exiting now without finishing the stop (${gw.stopping ?? 'nearly done'}), exit code ${code}`,
+            );
+            process.exit(code);
           }
           stopping = true;
-          out({ type: 'stopping', signal: sig }, `serve: ${sig}: stopping (again to exit at once)`);
-          void gw.stop().then(resolve, (e: Error) => {
-            process.stderr.write(`serve: stop failed: ${e.message}\n`);
-            process.exitCode = 1;
-            resolve();
-          });
+          t0 = Date.now();
+          out({ type: 'stopping', signal: sig, deadline_ms: STOP_DEADLINE_MS }, `serve: ${sig}: stopping within ${STOP_DEADLINE_MS / 1000} s (again to exit at once)`);
+          // The backstop: every step of stop() is bounded, but nothing may keep us past the deadline.
+          const backstop = setTimeout(() => {
+            out(
+              { type: 'exit', reason: 'stop_deadline', stopping: gw.stopping, code: 1, elapsed_ms: Date.now() - t0 },
+              `serve: not stopped within ${STOP_DEADLINE_MS / 1000} s (still ${gw.stopping ?? 'finishing'}); exiting, exit code 1`,
+            );
+            process.exit(1);
+          }, STOP_DEADLINE_MS - 250);
+          void gw.stop({ timeoutMs: STOP_DEADLINE_MS - 1_000 }).then(
+            (report) => {
+              clearTimeout(backstop);
+              for (const u of report.unflushed) out({ type: 'unflushed', component: u.component, what: u.what }, `serve: not flushed: ${u.component}: ${u.what}`);
+              out(
+                { type: 'stopped', clean: report.clean, unflushed: report.unflushed, elapsed_ms: report.elapsedMs },
+                `serve: stopped in ${report.elapsedMs} ms` + (report.clean ? '' : ` (${report.unflushed.length} item(s) not flushed, see above)`),
+              );
+              resolve(0);
+            },
+            (e: Error) => {
+              clearTimeout(backstop);
+              out({ type: 'stopped', clean: false, error: e.message, elapsed_ms: Date.now() - t0 }, `serve: stop failed: ${e.message}`);
+              resolve(1);
+            },
+          );
         };
         process.on('SIGINT', onSignal);
         process.on('SIGTERM', onSignal);
+        // Only now: whoever reacts to this line with a signal must find the handlers in place.
+        out(
+          { type: 'serving', gateway: cfg.value.gateway.id, control: addr, mqtt: gw.bridge ? topics : null, devices: [...gw.devices.keys()], pid: process.pid },
+          `gateway ${cfg.value.gateway.id} serving: control ${addr?.host}:${addr?.port}, devices ${[...gw.devices.keys()].join(', ') || '(none)'}` +
+            (gw.bridge ? `, MQTT topics ${topics}` : ''),
+        );
       });
-      out({ type: 'stopped' }, 'serve: stopped');
+      // Whatever still holds the event loop (a broker socket, a reconnect timer) must not keep us.
+      process.exit(code);
     });
 }

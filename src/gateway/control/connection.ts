@@ -24,6 +24,7 @@ import { clip, MAX_REQUEST_DEPTH, nestsDeeperThan, requiredRole } from './roles.
 import { RequestError } from './sessions.js';
 import type { AuditLog, Verdict } from './audit.js';
 import type { TokenStore } from './auth.js';
+import { addressKey, limitLine, type AuthThrottle, type ControlLimits } from './limits.js';
 
 export interface ConnectionLimits {
   maxLineBytes: number;
@@ -37,6 +38,9 @@ export interface ConnectionLimits {
   stalledDropMs: number;
 }
 
+/** How long a connection closed over a limit still has its input read (and dropped) so the client gets the error line. */
+const LINGER_MS = 1000;
+
 export interface ConnectionDeps {
   core: ServerCore;
   /** Handlers by name (the roles they need are in roles.ts). */
@@ -44,6 +48,15 @@ export interface ConnectionDeps {
   tokens: TokenStore | null;
   audit: AuditLog;
   limits: ConnectionLimits;
+  /** The named limits (limits.ts); the connection-count ones are the server's. */
+  control: ControlLimits;
+  /** Failed authentications per address: reply delays and coalesced audit lines. */
+  throttle: AuthThrottle;
+  /**
+   * Connections closed over a limit that are still lingering (shared by the server's connections):
+   * past `max` a connection is destroyed at once, so lingering cannot hold sockets without bound.
+   */
+  lingering?: { count: number; max: number };
   log?: (level: 'info' | 'warn' | 'debug' | 'error', obj: Record<string, unknown>, msg: string) => void;
   onAbortSession: (device: string, sessionId: number) => void;
 }
@@ -67,6 +80,25 @@ export class Connection implements ConnectionApi {
   private readPaused = false;
   private stallTimer: NodeJS.Timeout | null = null;
   private readonly owned = new Map<string, Set<number>>();
+  /** The remote address (without port), the key of the per-address limits. */
+  readonly address: string;
+  /** When it was accepted (ms since the epoch). */
+  readonly openedAt = Date.now();
+  /** Bytes received so far. */
+  bytesIn = 0;
+  /**
+   * Authenticated: it presented a valid token (`auth`, or a request carrying one); without a
+   * token store, it sent its first line. Until then the pre-auth limits apply to it and the
+   * server may close it to make room (server.ts).
+   */
+  private isEstablished = false;
+  private authFailures = 0;
+  private lastInput = Date.now();
+  private preAuthTimer: NodeJS.Timeout | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private lingerTimer: NodeJS.Timeout | null = null;
+  /** Set by a request that is to be the last: after its reply the connection is closed over this limit. */
+  private closeAfterReply: { name: keyof ControlLimits; limit: number } | null = null;
   /** Event lines not yet handed to the socket. */
   private batch = '';
   private batchScheduled = false;
@@ -77,11 +109,22 @@ export class Connection implements ConnectionApi {
     private readonly deps: ConnectionDeps,
   ) {
     this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
+    this.address = addressKey(socket.remoteAddress);
     // Without a token store every (necessarily local) client is trusted fully.
     this.identity = deps.tokens ? null : { name: 'local', role: 'admin' };
-    this.framer = new LineFramer(deps.limits.maxLineBytes, (f) => this.onFrame(f));
+    // Before a token: short lines only (without a token store there is nothing to wait for).
+    const firstLimit = deps.tokens ? Math.min(deps.control.pre_auth_line_bytes, deps.limits.maxLineBytes) : deps.limits.maxLineBytes;
+    this.framer = new LineFramer(firstLimit, (f) => this.onFrame(f));
+    this.preAuthTimer = setTimeout(() => {
+      this.preAuthTimer = null;
+      if (!this.isEstablished) this.closeOverLimit('pre_auth_timeout_ms', deps.control.pre_auth_timeout_ms);
+    }, deps.control.pre_auth_timeout_ms);
+    this.preAuthTimer.unref();
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
+      if (this.closed || this.ending) return; // closing: what still arrives is dropped unread
+      this.bytesIn += chunk.length;
+      this.lastInput = Date.now();
       try {
         this.framer.push(chunk);
       } catch (e) {
@@ -94,6 +137,7 @@ export class Connection implements ConnectionApi {
       /* reported through 'close' */
     });
     socket.on('close', () => this.onClose());
+    socket.resume(); // the server accepts paused (server.ts): reading starts here
   }
 
   // ---- ConnectionApi -------------------------------------------------------------------------
@@ -110,6 +154,85 @@ export class Connection implements ConnectionApi {
 
   setIdentity(identity: Identity): void {
     this.identity = identity;
+    this.establish();
+  }
+
+  /** Authenticated (see isEstablished); the server's unauthenticated count is of those that are not. */
+  get established(): boolean {
+    return this.isEstablished;
+  }
+
+  /** Open and not closing: counts toward the connection limits. */
+  get active(): boolean {
+    return !this.closed && !this.ending;
+  }
+
+  /**
+   * Sends the error line naming a limit, `ELIMIT:<name>` with `detail.limit`, and closes: no more
+   * requests are handled, nothing more is read, and the socket is destroyed once the client
+   * closes or after a short linger (so the client can read the line before a reset).
+   */
+  closeOverLimit(name: keyof ControlLimits, limit: number): void {
+    if (this.closed || this.ending) return;
+    this.deps.log?.('info', { peer: this.peer, limit: name, value: limit, established: this.isEstablished }, `control: connection closed over limit ${name}`);
+    this.flushBatch();
+    this.ending = true;
+    this.pendingLines.length = 0;
+    this.framer.reset();
+    this.clearTimers();
+    if (this.stream) {
+      const sub = this.stream;
+      this.stream = null;
+      this.deps.core.bus.unsubscribe(sub.token);
+    }
+    // Nothing more is read: what the client still sends waits in the kernel's buffer, not ours,
+    // until the client closes (it got our FIN) or the linger ends and the socket is destroyed.
+    this.socket.pause();
+    stopReading(this.socket);
+    this.readPaused = true;
+    this.socket.end(limitLine(name, limit));
+    const lingering = this.deps.lingering;
+    if (lingering && lingering.count >= lingering.max) {
+      this.socket.once('finish', () => this.socket.destroy()); // too many already: the line is written, then we close
+      return;
+    }
+    if (lingering) {
+      lingering.count++;
+      this.socket.once('close', () => lingering.count--);
+    }
+    this.lingerTimer = setTimeout(() => this.socket.destroy(), LINGER_MS);
+    this.lingerTimer.unref();
+  }
+
+  /** From now on: the full line limit, no pre-auth deadline, the idle timeout. */
+  private establish(): void {
+    if (this.isEstablished) return;
+    this.isEstablished = true;
+    if (this.preAuthTimer) clearTimeout(this.preAuthTimer);
+    this.preAuthTimer = null;
+    this.framer.setLimit(this.deps.limits.maxLineBytes);
+    this.armIdle(this.deps.control.idle_timeout_ms);
+  }
+
+  private armIdle(ms: number): void {
+    if (this.deps.control.idle_timeout_ms <= 0 || this.closed || this.ending) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      if (this.closed || this.ending) return;
+      const idle = this.deps.control.idle_timeout_ms;
+      // a stream is read-only by protocol (its liveness is the stalled-output rule); a request
+      // being handled, or waiting, is not idleness
+      if (this.stream || this.busy || this.pendingLines.length) return this.armIdle(idle);
+      const quiet = Date.now() - this.lastInput;
+      if (quiet >= idle) this.closeOverLimit('idle_timeout_ms', idle);
+      else this.armIdle(idle - quiet);
+    }, ms);
+    this.idleTimer.unref();
+  }
+
+  private clearTimers(): void {
+    for (const t of [this.preAuthTimer, this.idleTimer, this.stallTimer]) if (t) clearTimeout(t);
+    this.preAuthTimer = this.idleTimer = this.stallTimer = null;
   }
 
   deliverEvent(ev: BusEvent): boolean {
@@ -152,6 +275,11 @@ export class Connection implements ConnectionApi {
   private onFrame(f: Frame): void {
     if (this.closed || this.ending) return;
     if (this.stream) return; // a stream connection carries events only; its input is ignored (as the reference does)
+    if (f.kind === 'too_long' && !this.isEstablished && this.deps.tokens) {
+      this.closeOverLimit('pre_auth_line_bytes', f.limit);
+      return;
+    }
+    if (f.kind === 'line' && !this.deps.tokens) this.establish(); // no token store: a first line is all it takes
     if (f.kind === 'too_long') {
       this.enqueueReply({ version: 1, status: 'error', error: `line_too_long:${f.limit}` });
       return;
@@ -182,6 +310,11 @@ export class Connection implements ConnectionApi {
           continue;
         }
         await this.serveLine(item.line);
+        if (this.closeAfterReply) {
+          const { name, limit } = this.closeAfterReply;
+          this.closeAfterReply = null;
+          this.closeOverLimit(name, limit);
+        }
       }
     } finally {
       this.busy = false;
@@ -287,7 +420,8 @@ export class Connection implements ConnectionApi {
     const token = own(r, 'token');
     if (typeof token === 'string' && this.deps.tokens) {
       identity = this.deps.tokens.verify(token);
-      if (!identity) return this.deny(cmd, r, null, 'EPERM:invalid_token');
+      if (!identity) return this.authFailed(cmd, r);
+      this.establish(); // it holds a token: the pre-auth limits are over
     }
     if (cmd === 'auth') return this.authenticate(r);
     if (need !== null && !roleAllows(identity?.role ?? null, need)) {
@@ -329,13 +463,43 @@ export class Connection implements ConnectionApi {
     return result;
   }
 
-  private authenticate(r: Record<string, unknown>): CommandResult {
+  private authenticate(r: Record<string, unknown>): CommandResult | Promise<CommandResult> {
     if (!this.deps.tokens) return { kind: 'ok', body: { auth: { name: 'local', role: 'admin', tokens: false } } };
     const token = r['token'];
     const id = typeof token === 'string' ? this.deps.tokens.verify(token) : null;
-    if (!id) return this.deny('auth', r, null, 'EPERM:invalid_token');
+    if (!id) return this.authFailed('auth', r);
     this.identity = id;
+    this.establish();
     return { kind: 'ok', body: { auth: { name: id.name, role: id.role } } };
+  }
+
+  /**
+   * A wrong token (`auth`, or a request carrying one): the reply waits, longer with each failure
+   * of this connection and of its address (limits.ts AuthThrottle); the audit line of an address's
+   * repeated failures is coalesced; after `max_auth_failures` the connection is closed.
+   */
+  private async authFailed(cmd: string, r: Record<string, unknown>): Promise<CommandResult> {
+    this.authFailures++;
+    const { delayMs, auditThis } = this.deps.throttle.fail(this.address, this.authFailures);
+    const error = 'EPERM:invalid_token';
+    if (auditThis) this.audit(cmd, r, null, 'denied', error);
+    if (delayMs > 0) {
+      await new Promise<void>((done) => {
+        // a connection that goes away is not waited for
+        const onClose = () => {
+          clearTimeout(timer);
+          done();
+        };
+        const timer = setTimeout(() => {
+          this.socket.off('close', onClose);
+          done();
+        }, delayMs);
+        this.socket.once('close', onClose);
+      });
+    }
+    const max = this.deps.control.max_auth_failures;
+    if (this.authFailures >= max) this.closeAfterReply = { name: 'max_auth_failures', limit: max };
+    return { kind: 'error', error };
   }
 
   private deny(cmd: string, r: Record<string, unknown>, identity: Identity | null, error: string): CommandResult {
@@ -416,6 +580,7 @@ export class Connection implements ConnectionApi {
   }
 
   private resumeReading(): void {
+    if (this.closed || this.ending) return; // closing over a limit: nothing more is read
     if (this.readPaused && this.socket.writableLength < this.deps.limits.streamHighWater) {
       this.readPaused = false;
       this.socket.resume();
@@ -427,7 +592,9 @@ export class Connection implements ConnectionApi {
     this.closed = true;
     this.pendingLines.length = 0;
     this.batch = '';
-    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.framer.reset();
+    this.clearTimers();
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
     if (this.stream) {
       const sub = this.stream;
       this.stream = null;
@@ -443,6 +610,23 @@ export class Connection implements ConnectionApi {
       }
     }
     this.owned.clear();
+  }
+}
+
+/**
+ * Stops the socket's reads at once. `pause()` alone keeps reading into the stream's buffer (up to
+ * its high-water mark, 64 KiB per read): a flooding client closed over a limit would still cost a
+ * read buffer or two while it lingers. Uses the handle's readStop when there is one.
+ */
+function stopReading(socket: Socket): void {
+  try {
+    const handle = (socket as unknown as { _handle?: { reading?: boolean; readStop?: () => number } })._handle;
+    if (handle && typeof handle.readStop === 'function') {
+      handle.reading = false;
+      handle.readStop();
+    }
+  } catch {
+    /* pause() already holds further data back */
   }
 }
 

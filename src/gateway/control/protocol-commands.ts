@@ -129,7 +129,7 @@ export const protocolCommands: Record<string, CommandSpec> = {
         capabilities: ctx.req['capabilities'],
         pid_lock: ctx.req['pid_lock'],
         heartbeat_s: ctx.req['heartbeat_s'],
-      });
+      }, ctx.conn.id);
       return okBody({ session: ctx.core.sessions.payload(rec) });
     },
   },

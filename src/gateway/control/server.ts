@@ -18,6 +18,7 @@ import type { CommandSpec, DeviceRef, ServerCore } from './command-types.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
+import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, type ControlLimits } from './limits.js';
 import { protocolCommands } from './protocol-commands.js';
 import { provisionCommands } from './provision-commands.js';
 import { COMMAND_ROLES } from './roles.js';
@@ -44,7 +45,10 @@ export interface ControlServerOptions {
   streamHighWater?: number;
   maxPipelined?: number;
   stalledDropMs?: number;
+  /** Same as `limits.max_connections`. */
   maxConnections?: number;
+  /** The named limits (limits.ts; `[control]` keys of the gateway config); unset ones take their defaults. */
+  limits?: Partial<ControlLimits>;
   logger?: Logger;
   /**
    * The only directory a request's `path` (`load`, `exec`, `provision.load`) may name a file in;
@@ -79,16 +83,27 @@ export function controlOptionsFromConfig(control: {
   max_line_bytes: number;
   images_dir?: string;
   max_image_bytes?: number;
-}): Pick<ControlServerOptions, 'host' | 'port' | 'tokens' | 'maxLineBytes' | 'imagesDir' | 'maxImageBytes'> {
+} & Partial<ControlLimits>): Pick<ControlServerOptions, 'host' | 'port' | 'tokens' | 'maxLineBytes' | 'imagesDir' | 'maxImageBytes' | 'limits'> {
   const at = control.listen.lastIndexOf(':');
   return {
     host: control.listen.slice(0, at).replace(/^\[|\]$/g, ''),
     port: Number(control.listen.slice(at + 1)),
     tokens: control.tokens,
     maxLineBytes: control.max_line_bytes,
+    limits: controlLimitsFromConfig(control),
     ...(control.images_dir !== undefined ? { imagesDir: control.images_dir } : {}),
     ...(control.max_image_bytes !== undefined ? { maxImageBytes: control.max_image_bytes } : {}),
   };
+}
+
+/** The named limits found in a `[control]` table (the others keep their defaults). */
+export function controlLimitsFromConfig(control: Partial<ControlLimits>): Partial<ControlLimits> {
+  const out: Partial<ControlLimits> = {};
+  for (const k of Object.keys(DEFAULT_CONTROL_LIMITS) as (keyof ControlLimits)[]) {
+    const v = control[k];
+    if (typeof v === 'number') out[k] = v;
+  }
+  return out;
 }
 
 /** Every command and the role it needs (for docs, tests and `info`); null = anyone. A copy of roles.ts's table. */
@@ -106,6 +121,11 @@ export class ControlServer {
   private readonly clock: Clock;
   private readonly core: ServerCore;
   private readonly limits: ConnectionLimits;
+  /** The named limits in force (defaults + options). */
+  readonly controlLimits: Readonly<ControlLimits>;
+  private readonly throttle: AuthThrottle;
+  /** Connections closed over a limit that still linger so their client can read the error line. */
+  private readonly lingering = { count: 0, max: 32 };
   private readonly host: string;
   private readonly port: number;
   private nextConnId = 1;
@@ -126,11 +146,24 @@ export class ControlServer {
       maxPipelined: opts.maxPipelined ?? 64,
       stalledDropMs: opts.stalledDropMs ?? 30_000,
     };
-    const sessions = new SessionRegistry(this.clock, { ...DEFAULT_SESSION_LIMITS, ...opts.sessionLimits }, (id) => {
+    this.controlLimits = Object.freeze({
+      ...DEFAULT_CONTROL_LIMITS,
+      ...opts.limits,
+      ...(opts.maxConnections !== undefined ? { max_connections: opts.maxConnections } : {}),
+    });
+    const sessionLimits: SessionLimits = {
+      ...DEFAULT_SESSION_LIMITS,
+      maxSessions: this.controlLimits.max_sessions,
+      maxSessionsPerOwner: this.controlLimits.max_sessions_per_connection,
+      ...opts.sessionLimits,
+    };
+    const sessions = new SessionRegistry(this.clock, sessionLimits, (id) => {
       const token = this.core.streams.get(id);
       if (token !== undefined) opts.bus.unsubscribe(token);
     });
-    const audit = new AuditLog(this.logger.child({ component: 'audit' }), () => Date.now());
+    const auditLogger = this.logger.child({ component: 'audit' });
+    const audit = new AuditLog(auditLogger, () => Date.now());
+    this.throttle = new AuthThrottle(this.controlLimits, auditLogger);
     const names = [...devices.keys()];
     this.core = {
       bus: opts.bus,
@@ -156,8 +189,10 @@ export class ControlServer {
         ...opts.info,
       }),
     };
-    this.server = createServer((socket) => this.accept(socket, audit));
-    this.server.maxConnections = opts.maxConnections ?? 1024;
+    // the connection limits are ours (accept below): Node's maxConnections would drop the excess
+    // without a word, and could not make room by closing an unauthenticated connection
+    // (paused: a refused connection is never read; an admitted one is resumed by its Connection)
+    this.server = createServer({ pauseOnConnect: true }, (socket) => this.accept(socket, audit));
   }
 
   /** Validates the options (devices, tokens) without touching the network. */
@@ -226,6 +261,7 @@ export class ControlServer {
     if (this.pruneTimer !== null) this.clock.clearTimeout(this.pruneTimer);
     this.pruneTimer = null;
     for (const c of this.connections) c.close();
+    this.throttle.close();
     this.core.sessions.closeAll('server_shutdown');
     if (!this.listening) return Promise.resolve();
     this.listening = false;
@@ -244,13 +280,66 @@ export class ControlServer {
     }, 5000);
   }
 
+  /**
+   * The connection limits, before a byte is read: over `max_connections` or
+   * `max_connections_per_address`, room is made by closing an unauthenticated connection (the
+   * oldest of the address that holds the most of them; for the per-address limit, the oldest of
+   * this address); when there is none, the new connection gets the error line and is closed. Over
+   * `max_unauthenticated` (the new one counts as unauthenticated), the oldest unauthenticated
+   * connection is closed. So idle connections that never authenticate can neither hold more than
+   * `max_unauthenticated` places nor keep an authenticated client (or a fresh one) out.
+   */
+  private admit(socket: Socket): boolean {
+    const L = this.controlLimits;
+    const address = addressKey(socket.remoteAddress);
+    const refuse = (name: keyof ControlLimits, limit: number): false => {
+      this.logger.info({ peer: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`, limit: name, value: limit }, `control: connection refused over limit ${name}`);
+      socket.on('error', () => {});
+      socket.pause();
+      socket.end(limitLine(name, limit));
+      socket.once('finish', () => socket.destroy());
+      setTimeout(() => socket.destroy(), 1000).unref();
+      return false;
+    };
+    let total = 0;
+    let fromAddress = 0;
+    const unauth: Connection[] = [];
+    for (const c of this.connections) {
+      if (!c.active) continue;
+      total++;
+      if (c.address === address) fromAddress++;
+      if (!c.established) unauth.push(c); // oldest first: the set keeps insertion order
+    }
+    const evict = (victim: Connection | undefined, name: keyof ControlLimits, limit: number): boolean => {
+      if (!victim) return false;
+      victim.closeOverLimit(name, limit);
+      unauth.splice(unauth.indexOf(victim), 1);
+      total--;
+      if (victim.address === address) fromAddress--;
+      return true;
+    };
+    if (total >= L.max_connections && !evict(mostCrowded(unauth), 'max_connections', L.max_connections)) {
+      return refuse('max_connections', L.max_connections);
+    }
+    if (fromAddress >= L.max_connections_per_address &&
+      !evict(unauth.find((c) => c.address === address), 'max_connections_per_address', L.max_connections_per_address)) {
+      return refuse('max_connections_per_address', L.max_connections_per_address);
+    }
+    while (unauth.length >= L.max_unauthenticated && evict(mostCrowded(unauth), 'max_unauthenticated', L.max_unauthenticated));
+    return true;
+  }
+
   private accept(socket: Socket, audit: AuditLog): void {
+    if (!this.admit(socket)) return;
     const conn = new Connection(this.nextConnId++, socket, {
       core: this.core,
       commands: COMMANDS,
       tokens: this.tokens,
       audit,
       limits: this.limits,
+      control: this.controlLimits,
+      throttle: this.throttle,
+      lingering: this.lingering,
       log: (level, obj, msg) => this.logger[level](obj, msg),
       onAbortSession: (device, sid) => {
         const engine = this.devices.get(device);
@@ -278,4 +367,17 @@ export class ControlServer {
     const imagesDir = this.opts.imagesDir === undefined ? undefined : resolve(this.opts.imagesDir);
     return readImageInside(path, { imagesDir, maxBytes: this.opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES, field: 'path' });
   }
+}
+
+/** The oldest unauthenticated connection of the address that holds the most of them. */
+function mostCrowded(unauth: readonly Connection[]): Connection | undefined {
+  if (unauth.length === 0) return undefined;
+  const count = new Map<string, number>();
+  let top: string | undefined;
+  for (const c of unauth) {
+    const n = (count.get(c.address) ?? 0) + 1;
+    count.set(c.address, n);
+    if (top === undefined || n > (count.get(top) ?? 0)) top = c.address;
+  }
+  return unauth.find((c) => c.address === top);
 }

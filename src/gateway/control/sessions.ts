@@ -20,6 +20,8 @@ export interface SessionRecord {
   warnings: string[];
   createdAt: number;
   lastSeen: number;
+  /** The connection that opened it (its `max_sessions_per_connection` count), if any. */
+  owner?: number;
 }
 
 export interface SessionLimits {
@@ -29,6 +31,10 @@ export interface SessionLimits {
   eventsDefault: number;
   eventsMax: number;
   features: readonly string[];
+  /** Sessions in all (`[control] max_sessions`): `ELIMIT:max_sessions` past it. */
+  maxSessions: number;
+  /** Open sessions one connection opened (`[control] max_sessions_per_connection`): `ELIMIT:max_sessions_per_connection`. */
+  maxSessionsPerOwner: number;
 }
 
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
@@ -38,6 +44,8 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   eventsDefault: 256,
   eventsMax: 2048,
   features: ['events', 'provisioning', 'values'],
+  maxSessions: 256,
+  maxSessionsPerOwner: 16,
 };
 
 /** A request-level failure with the exact wire string (e.g. `session_required`). */
@@ -69,6 +77,8 @@ const intOf = toInt;
 export class SessionRegistry {
   private readonly sessions = new Map<string, SessionRecord>();
   private readonly pidLocks = new Map<number, string>();
+  /** Owner (connection id) → its open sessions. */
+  private readonly perOwner = new Map<number, number>();
 
   constructor(
     private readonly clock: Clock,
@@ -84,7 +94,18 @@ export class SessionRegistry {
     return this.clock.now() / 1000;
   }
 
-  open(req: { client?: unknown; capabilities?: unknown; pid_lock?: unknown; heartbeat_s?: unknown }): SessionRecord {
+  /** Open sessions `owner` opened. */
+  ownedBy(owner: number): number {
+    return this.perOwner.get(owner) ?? 0;
+  }
+
+  open(req: { client?: unknown; capabilities?: unknown; pid_lock?: unknown; heartbeat_s?: unknown }, owner?: number): SessionRecord {
+    // the limits first: a refused open costs nothing (lapsed sessions do not count)
+    if (this.sessions.size >= this.limits.maxSessions) this.prune();
+    if (this.sessions.size >= this.limits.maxSessions) throw new RequestError('ELIMIT:max_sessions', { limit: this.limits.maxSessions });
+    if (owner !== undefined && this.ownedBy(owner) >= this.limits.maxSessionsPerOwner) {
+      throw new RequestError('ELIMIT:max_sessions_per_connection', { limit: this.limits.maxSessionsPerOwner });
+    }
     const caps = (req.capabilities ?? {}) as Record<string, unknown>;
     if (typeof caps !== 'object' || caps === null || Array.isArray(caps)) throw new RequestError('capabilities must be an object when provided');
     const requested = caps['features'] ?? [];
@@ -135,8 +156,10 @@ export class SessionRegistry {
       warnings,
       createdAt: now,
       lastSeen: now,
+      ...(owner !== undefined ? { owner } : {}),
     };
     this.sessions.set(rec.id, rec);
+    if (owner !== undefined) this.perOwner.set(owner, this.ownedBy(owner) + 1);
     for (const pid of locks) this.pidLocks.set(pid, rec.id);
     return rec;
   }
@@ -194,6 +217,11 @@ export class SessionRegistry {
 
   private drop(rec: SessionRecord, reason: string): void {
     if (!this.sessions.delete(rec.id)) return;
+    if (rec.owner !== undefined) {
+      const n = this.ownedBy(rec.owner) - 1;
+      if (n > 0) this.perOwner.set(rec.owner, n);
+      else this.perOwner.delete(rec.owner);
+    }
     for (const pid of rec.pidLocks) if (this.pidLocks.get(pid) === rec.id) this.pidLocks.delete(pid);
     this.onClosed(rec.id, reason);
   }

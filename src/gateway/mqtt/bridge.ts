@@ -57,6 +57,9 @@ export class MqttBridge {
   private reconnects = 0;
   private connectedOnce = false;
   private stopping = false;
+  /** QoS 1/2 messages handed to the client and not acknowledged yet. */
+  private inflight = 0;
+  private inflightDrained: Array<() => void> = [];
 
   constructor(private readonly opts: BridgeOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -153,7 +156,10 @@ export class MqttBridge {
       this.published++;
       return;
     }
+    this.inflight++;
     this.client.publish(m.topic, m.payload, { qos: m.qos, retain: m.retain }, (err) => {
+      this.inflight--;
+      if (this.inflight === 0) for (const f of this.inflightDrained.splice(0)) f();
       if (!err) {
         this.published++;
         return;
@@ -174,14 +180,38 @@ export class MqttBridge {
     return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.client.connected, reconnects: this.reconnects };
   }
 
-  /** Clean shutdown: flush, say `offline` ourselves (the will is only for deaths), disconnect. */
-  async stop(): Promise<void> {
+  get url(): string {
+    return this.opts.url;
+  }
+
+  /**
+   * Clean shutdown within `timeoutMs` (default 2 s): wait for the messages in flight to be
+   * acknowledged, say `offline` ourselves (the will is only for deaths), disconnect. A broker that
+   * does not answer in time is dropped; `unsent` counts what it never acknowledged (buffered
+   * during an outage, or in flight), so the caller can say what was lost.
+   */
+  async stop(timeoutMs = 2_000): Promise<{ unsent: number; connected: boolean }> {
     this.stopping = true;
-    if (this.client.connected) {
-      await new Promise<void>((resolve) => {
-        this.client.publish(statusTopic(this.opts.topics), JSON.stringify({ state: 'offline', reason: 'shutdown', ts: Date.now() }), { qos: 1, retain: true }, () => resolve());
-      });
+    const deadline = Date.now() + timeoutMs;
+    const left = (): number => Math.max(0, deadline - Date.now());
+    const bounded = (p: Promise<unknown>, ms: number): Promise<unknown> => {
+      let timer: NodeJS.Timeout | undefined;
+      return Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]).finally(() => clearTimeout(timer));
+    };
+    const connected = this.client.connected;
+    if (connected) {
+      if (this.inflight > 0) await bounded(new Promise<void>((r) => this.inflightDrained.push(r)), left() / 2);
+      await bounded(
+        new Promise<void>((resolve) => {
+          this.client.publish(statusTopic(this.opts.topics), JSON.stringify({ state: 'offline', reason: 'shutdown', ts: Date.now() }), { qos: 1, retain: true }, () => resolve());
+        }),
+        left(),
+      );
     }
-    await this.client.endAsync();
+    const unsent = this.buffer.size + this.inflight;
+    // A clean end waits for the broker; a broker that said nothing in time gets a forced one.
+    if (this.client.connected && this.inflight === 0) await bounded(this.client.endAsync(), Math.max(50, left()));
+    if (!this.client.disconnected) await bounded(this.client.endAsync(true), 250);
+    return { unsent, connected };
   }
 }

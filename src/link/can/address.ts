@@ -2,18 +2,20 @@
  * `--can` addresses: a SocketCAN interface name (`can0`, `vcan0`), an in-process virtual bus
  * (`virtual:NAME`) or a cross-process virtual bus on loopback (`virtual:HOST:PORT`), each optionally
  * followed by `?key=value&…` options: `loss`, `dup`, `reorder`, `seed` (receive-side fault
- * injection, any backend) and `bitrate`, `dbitrate` (timing model, virtual buses only).
+ * injection, any backend), `bitrate`, `dbitrate` (timing model, virtual buses only) and `remote=1`
+ * (let a `virtual:HOST:PORT` hub listen on, or be joined at, a non-loopback HOST: the hub has no
+ * authentication, so that is an explicit opt-in).
  */
 import type { CanBus } from './bus.js';
 import { FaultyBus, hasFaults, type FaultOptions } from './faults.js';
 import { SocketCanBus } from './socketcan-bus.js';
 import { namedVirtualBus, type VirtualBusOptions } from './virtual-bus.js';
-import { NetVirtualBus } from './virtual-net.js';
+import { isLoopbackHost, NetVirtualBus } from './virtual-net.js';
 
 export type CanAddress =
   | { kind: 'socketcan'; iface: string; faults: FaultOptions }
   | { kind: 'virtual'; name: string; timing: VirtualBusOptions; faults: FaultOptions }
-  | { kind: 'virtual-net'; host: string; port: number; timing: VirtualBusOptions; faults: FaultOptions };
+  | { kind: 'virtual-net'; host: string; port: number; timing: VirtualBusOptions; faults: FaultOptions; remote?: boolean };
 
 export type AddressResult = { ok: true; address: CanAddress } | { ok: false; message: string };
 
@@ -23,6 +25,7 @@ export function parseCanAddress(spec: string): AddressResult {
   const [base = '', query = ''] = spec.split('?', 2);
   const faults: FaultOptions = {};
   const timing: VirtualBusOptions = {};
+  let remote = false;
   for (const pair of query ? query.split('&') : []) {
     const [key = '', raw = ''] = pair.split('=', 2);
     const value = Number(raw);
@@ -43,8 +46,12 @@ export function parseCanAddress(spec: string): AddressResult {
       case 'dbitrate':
         timing.dataBitrate = value;
         break;
+      case 'remote':
+        if (value !== 0 && value !== 1) return { ok: false, message: `--can ${spec}: remote is 0 or 1` };
+        remote = value === 1;
+        break;
       default:
-        return { ok: false, message: `--can ${spec}: unknown option "${key}" (loss, dup, reorder, seed, bitrate, dbitrate)` };
+        return { ok: false, message: `--can ${spec}: unknown option "${key}" (loss, dup, reorder, seed, bitrate, dbitrate, remote)` };
     }
   }
   if (base.startsWith('virtual:')) {
@@ -53,11 +60,25 @@ export function parseCanAddress(spec: string): AddressResult {
     if (m) {
       const port = Number(m[2]);
       if (port < 1 || port > 65535) return { ok: false, message: `--can ${spec}: port must be 1..65535` };
-      return { ok: true, address: { kind: 'virtual-net', host: m[1]!, port, timing, faults } };
+      const host = m[1]!;
+      if (!remote && !isLoopbackHost(host)) {
+        return {
+          ok: false,
+          message:
+            `--can ${spec}: ${host} is not a loopback address. The virtual bus is a test bus without authentication: ` +
+            'whoever reaches its port can read and send every frame, and the first process on the address hosts the hub there. ' +
+            'Use 127.0.0.1, or add ?remote=1 to open it to the network on purpose.',
+        };
+      }
+      const address: CanAddress = { kind: 'virtual-net', host, port, timing, faults };
+      if (remote) address.remote = true;
+      return { ok: true, address };
     }
+    if (remote) return { ok: false, message: `--can ${spec}: remote applies to virtual:HOST:PORT only` };
     if (!/^[\w.-]+$/.test(rest)) return { ok: false, message: `--can ${spec}: expected virtual:NAME or virtual:HOST:PORT` };
     return { ok: true, address: { kind: 'virtual', name: rest, timing, faults } };
   }
+  if (remote) return { ok: false, message: `--can ${spec}: remote applies to virtual:HOST:PORT only` };
   if (!IFACE.test(base)) return { ok: false, message: `--can ${spec}: not a SocketCAN interface name (or virtual:NAME, virtual:HOST:PORT)` };
   if (timing.bitrate !== undefined || timing.dataBitrate !== undefined) {
     return { ok: false, message: `--can ${spec}: bitrate/dbitrate apply to virtual buses only (a real bus has its own)` };
@@ -77,7 +98,7 @@ export function createCanBus(address: CanAddress, options: { fd?: boolean } = {}
       bus = namedVirtualBus(address.name, address.timing).attach(`virtual:${address.name}`);
       break;
     case 'virtual-net':
-      bus = new NetVirtualBus(address.host, address.port, address.timing, fd);
+      bus = new NetVirtualBus(address.host, address.port, { ...address.timing, allowRemote: address.remote === true }, fd);
       break;
   }
   return hasFaults(address.faults) ? new FaultyBus(bus, address.faults) : bus;

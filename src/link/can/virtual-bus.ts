@@ -73,6 +73,14 @@ export class VirtualBus {
   leave(ep: VirtualEndpoint): void {
     this.endpoints.delete(ep);
     this.queues.delete(ep);
+    ep.queued = 0;
+  }
+
+  /** Drops every frame `ep` posted that has not gone out yet (a hub cutting off a flooder). */
+  purge(ep: VirtualEndpoint): void {
+    this.batch = this.batch.filter((p) => p.from !== ep);
+    this.queues.delete(ep);
+    ep.queued = 0;
   }
 
   resetStats(): void {
@@ -85,6 +93,7 @@ export class VirtualBus {
     const copy: CanFrame = { id: frame.id, data: frame.data.slice() };
     if (frame.fd) copy.fd = true;
     if (frame.ext) copy.ext = true;
+    from.queued++;
     if (!this.timed) {
       this.account(copy, 0);
       this.batch.push({ from, frame: copy });
@@ -113,6 +122,7 @@ export class VirtualBus {
     // so a chatty pair of endpoints cannot starve the event loop.
     const batch = this.batch;
     this.batch = [];
+    for (const p of batch) p.from.queued = 0;
     for (const { from, frame } of batch) this.broadcast(from, frame);
   }
 
@@ -133,6 +143,7 @@ export class VirtualBus {
     }
     if (!winner || !frame) return;
     this.queues.get(winner)!.shift();
+    winner.queued = Math.max(0, winner.queued - 1);
     const bits = frameBits(frame);
     const micros = (bits.nominal * 1e6) / this.bitrate + (bits.data * 1e6) / (frame.fd ? this.dataBitrate : this.bitrate);
     this.current = { from: winner, frame, end: t + micros };
@@ -171,6 +182,13 @@ export class VirtualBus {
 }
 
 export class VirtualEndpoint extends CanBusBase {
+  /**
+   * Frames this endpoint posted that the bus has not put on the wire yet (timed: its queue;
+   * untimed: this turn's batch). A sender far ahead of the bus is flooding it (the loopback hub
+   * cuts such a connection off).
+   */
+  queued = 0;
+
   constructor(
     private readonly bus: VirtualBus,
     name: string,

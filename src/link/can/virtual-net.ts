@@ -46,23 +46,118 @@ export class RecordReader {
   }
 }
 
+/** Why the hub cut a connection off. */
+export type HubCutOffReason = 'flood' | 'malformed' | 'slow_reader';
+
+export interface HubLimits {
+  /**
+   * Frames one connection may have waiting for the bus (default 4096). A provisioning master keeps
+   * at most a few hundred unacknowledged frames in flight; a connection this far ahead of the bus
+   * is flooding it and is cut off.
+   */
+  maxQueuedFrames?: number;
+  /** Bytes one connection may send per second, sustained (default 32 MiB/s), … */
+  maxBytesPerSecond?: number;
+  /** … and in one burst (default 8 MiB). More is a flood: the connection is cut off. */
+  burstBytes?: number;
+  /** Bytes waiting to be written to one connection (default 4 MiB); a member that does not read is cut off. */
+  maxOutputBytes?: number;
+}
+
+export interface HubOptions extends VirtualBusOptions, HubLimits {
+  /** Listen on a non-loopback address (the hub has no authentication; default false). */
+  allowRemote?: boolean;
+  /** Told about each connection the hub cuts off (it is also counted in `stats`). */
+  onCutOff?: (event: HubCutOffEvent) => void;
+}
+
+export interface HubCutOffEvent {
+  peer: string;
+  reason: HubCutOffReason;
+  detail: string;
+  bytesIn: number;
+  framesIn: number;
+}
+
+export interface VirtualHubStats {
+  /** Connections open now, and accepted since the start. */
+  connections: number;
+  accepted: number;
+  framesIn: number;
+  bytesIn: number;
+  /** Connections cut off, in all and by reason. */
+  cutOff: number;
+  cutOffBy: Record<HubCutOffReason, number>;
+}
+
 export interface VirtualHub {
   readonly bus: VirtualBus;
   readonly port: number;
+  readonly stats: VirtualHubStats;
   close(): Promise<void>;
 }
 
-/** Listen on host:port (port 0 = any free one) and relay frames between all connections. */
-export async function startVirtualHub(host: string, port: number, options: VirtualBusOptions = {}): Promise<VirtualHub> {
+/** 127.0.0.0/8, ::1 and `localhost`: the only hosts a hub listens on unless told otherwise. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  if (net.isIPv4(h)) return h.startsWith('127.');
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(h);
+  return mapped !== null && mapped[1]!.startsWith('127.');
+}
+
+/**
+ * Listen on host:port (port 0 = any free one) and relay frames between all connections. A test
+ * bus without authentication: loopback only unless `allowRemote`. Each connection is bounded:
+ * a malformed record, more than `maxQueuedFrames` waiting for the bus, more bytes than the rate
+ * allows, or more than `maxOutputBytes` it does not read cuts it off (counted in `stats`), so one
+ * member cannot stall the others or the hosting process.
+ */
+export async function startVirtualHub(host: string, port: number, options: HubOptions = {}): Promise<VirtualHub> {
+  if (!options.allowRemote && !isLoopbackHost(host)) {
+    throw new Error(`virtual CAN hub: ${host} is not a loopback address; the hub has no authentication, so it listens on loopback only unless remote access is asked for explicitly (?remote=1)`);
+  }
+  const maxQueuedFrames = options.maxQueuedFrames ?? 4096;
+  const rate = options.maxBytesPerSecond ?? 32 * 1024 * 1024;
+  const burst = options.burstBytes ?? 8 * 1024 * 1024;
+  const maxOutputBytes = options.maxOutputBytes ?? 4 * 1024 * 1024;
   const bus = new VirtualBus(options);
+  const stats: VirtualHubStats = { connections: 0, accepted: 0, framesIn: 0, bytesIn: 0, cutOff: 0, cutOffBy: { flood: 0, malformed: 0, slow_reader: 0 } };
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     socket.setNoDelay(true);
     sockets.add(socket);
+    stats.accepted++;
+    stats.connections++;
+    const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     const ep = bus.attach(`hub:${socket.remotePort}`);
     void ep.open();
+    let cut = false;
+    let bytesIn = 0;
+    let framesIn = 0;
+    let tokens = burst;
+    let last = performance.now();
+    const cutOff = (reason: HubCutOffReason, detail: string): void => {
+      if (cut) return;
+      cut = true;
+      stats.cutOff++;
+      stats.cutOffBy[reason]++;
+      bus.purge(ep);
+      void ep.close();
+      socket.destroy();
+      try {
+        options.onCutOff?.({ peer, reason, detail, bytesIn, framesIn });
+      } catch {
+        // a observer's bug is not the hub's
+      }
+    };
     let corked = false;
     ep.receive((frame) => {
+      if (cut) return;
+      if (socket.writableLength > maxOutputBytes) {
+        cutOff('slow_reader', `${socket.writableLength} bytes unread (limit ${maxOutputBytes})`);
+        return;
+      }
       if (!corked) {
         corked = true;
         socket.cork();
@@ -74,11 +169,32 @@ export async function startVirtualHub(host: string, port: number, options: Virtu
       socket.write(encodeRecord(frame));
     });
     const reader = new RecordReader();
+    const onFrame = (f: CanFrame): void => {
+      if (cut) return;
+      framesIn++;
+      stats.framesIn++;
+      if (ep.queued >= maxQueuedFrames) {
+        cutOff('flood', `${ep.queued} frames waiting for the bus (limit ${maxQueuedFrames})`);
+        return;
+      }
+      ep.post(f);
+    };
     socket.on('data', (chunk: Buffer) => {
-      if (!reader.push(chunk, (f) => ep.post(f))) socket.destroy();
+      if (cut) return;
+      bytesIn += chunk.length;
+      stats.bytesIn += chunk.length;
+      const now = performance.now();
+      tokens = Math.min(burst, tokens + ((now - last) * rate) / 1000) - chunk.length;
+      last = now;
+      if (tokens < 0) {
+        cutOff('flood', `more than ${burst} bytes at once or ${rate} bytes/s sustained`);
+        return;
+      }
+      if (!reader.push(chunk, onFrame)) cutOff('malformed', 'malformed record');
     });
     const done = (): void => {
       sockets.delete(socket);
+      stats.connections--;
       void ep.close();
     };
     socket.on('close', done);
@@ -95,6 +211,7 @@ export async function startVirtualHub(host: string, port: number, options: Virtu
   return {
     bus,
     port: addr.port,
+    stats,
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -113,7 +230,7 @@ export class NetVirtualBus extends CanBusBase {
   constructor(
     private readonly host: string,
     private readonly port: number,
-    private readonly hubOptions: VirtualBusOptions = {},
+    private readonly hubOptions: HubOptions = {},
     fd = true,
   ) {
     super(`virtual:${host}:${port}`, fd);
@@ -185,7 +302,13 @@ export class NetVirtualBus extends CanBusBase {
         if (code !== 'ECONNREFUSED' || attempt >= 5) throw new Error(`${this.name}: ${(e as Error).message}`);
       }
       try {
-        this.hosted = await startVirtualHub(this.host, this.port, this.hubOptions);
+        this.hosted = await startVirtualHub(this.host, this.port, {
+          ...this.hubOptions,
+          onCutOff: (e) => {
+            this.hubOptions.onCutOff?.(e);
+            this.emit('hub-cutoff', e);
+          },
+        });
       } catch (e) {
         // Another process won the race to host: connect to it on the next attempt.
         if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
