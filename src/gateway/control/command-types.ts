@@ -51,9 +51,17 @@ export interface ServerCore {
   readImage(path: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }>;
   /** Session id → its event subscription token. */
   readonly streams: Map<string, string>;
+  /**
+   * Streaming uploads (`provision.begin`) by `uploadKey(device, session_id)` → the id of the
+   * connection that opened it: only that connection (or an admin) may write, end or abort it.
+   */
+  readonly uploads: Map<string, number>;
   requestShutdown(): void;
   info(): Record<string, unknown>;
 }
+
+/** The key of a streaming upload in `ServerCore.uploads`. */
+export const uploadKey = (device: string, sessionId: number): string => `${device}\u0000${sessionId}`;
 
 export interface CommandContext {
   cmd: string;

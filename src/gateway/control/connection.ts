@@ -18,7 +18,7 @@ import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { eventJson, type BusEvent, type CloseReason, type Subscription } from '../events/index.js';
 import { roleAllows, type Identity } from './auth.js';
-import { optIntField, type CommandContext, type CommandResult, type CommandSpec, type ConnectionApi, type ServerCore } from './command-types.js';
+import { optIntField, uploadKey, type CommandContext, type CommandResult, type CommandSpec, type ConnectionApi, type ServerCore } from './command-types.js';
 import { LineFramer, type Frame } from './framing.js';
 import { clip, MAX_REQUEST_DEPTH, nestsDeeperThan, requiredRole } from './roles.js';
 import { RequestError } from './sessions.js';
@@ -146,10 +146,13 @@ export class Connection implements ConnectionApi {
     let set = this.owned.get(device);
     if (!set) this.owned.set(device, (set = new Set()));
     set.add(sessionId);
+    this.deps.core.uploads.set(uploadKey(device, sessionId), this.id);
   }
 
   disownSession(device: string, sessionId: number): void {
     this.owned.get(device)?.delete(sessionId);
+    const key = uploadKey(device, sessionId);
+    if (this.deps.core.uploads.get(key) === this.id) this.deps.core.uploads.delete(key);
   }
 
   setIdentity(identity: Identity): void {
@@ -602,6 +605,8 @@ export class Connection implements ConnectionApi {
     }
     for (const [device, ids] of this.owned) {
       for (const sid of ids) {
+        const key = uploadKey(device, sid);
+        if (this.deps.core.uploads.get(key) === this.id) this.deps.core.uploads.delete(key);
         try {
           this.deps.onAbortSession(device, sid);
         } catch (e) {

@@ -13,6 +13,7 @@ import {
   optIntField,
   optText,
   pidOf,
+  uploadKey,
   type CommandContext,
   type CommandResult,
   type CommandSpec,
@@ -35,6 +36,16 @@ export function decodeBase64(text: unknown, what: string): Uint8Array {
 function engineFail(e: EngineError, dev: DeviceRef): CommandResult {
   const w = engineErrorToWire(e);
   return failWith({ error: w.error, detail: { device: dev.name, ...w.detail } });
+}
+
+/**
+ * A streaming upload belongs to the connection that began it: another connection may not write,
+ * end or abort it (an admin may, to clear a stuck upload). Null when the caller may go on.
+ */
+function notOwner(ctx: CommandContext, dev: DeviceRef, sid: number): CommandResult | null {
+  const owner = ctx.core.uploads.get(uploadKey(dev.name, sid));
+  if (owner === undefined || owner === ctx.conn.id || ctx.identity?.role === 'admin') return null;
+  return failWith({ error: 'EPERM:not_owner', detail: { device: dev.name, session_id: sid, message: `session ${sid} was begun by another connection` } });
 }
 
 function unknownPid(dev: DeviceRef, pid: number): CommandResult {
@@ -133,6 +144,8 @@ export const provisionCommands: Record<string, CommandSpec> = {
   'provision.write': deviceCommand(true, (ctx, dev) => {
     const { req, cmd } = ctx;
     const sid = intField(req, 'session_id', cmd);
+    const refused = notOwner(ctx, dev, sid);
+    if (refused) return refused;
     const seq = intField(req, 'seq', cmd);
     if (req['data'] === undefined) throw new RequestError(`${cmd} requires 'data'`);
     const chunk = decodeBase64(req['data'], `${cmd} data`);
@@ -144,6 +157,8 @@ export const provisionCommands: Record<string, CommandSpec> = {
 
   'provision.end': deviceCommand(true, async (ctx, dev) => {
     const sid = intField(ctx.req, 'session_id', ctx.cmd);
+    const refused = notOwner(ctx, dev, sid);
+    if (refused) return refused;
     const intake = dev.engine.intake;
     if (intake) {
       const r = await intake.finishSession(sid, { persist: false });
@@ -159,6 +174,8 @@ export const provisionCommands: Record<string, CommandSpec> = {
 
   'provision.abort': deviceCommand(true, (ctx, dev) => {
     const sid = intField(ctx.req, 'session_id', ctx.cmd);
+    const refused = notOwner(ctx, dev, sid);
+    if (refused) return refused;
     const r = dev.engine.abort(sid, optText(ctx.req, 'reason', 'client_abort', ctx.cmd));
     if (!r.ok) return engineFail(r.error, dev);
     ctx.conn.disownSession(dev.name, sid);

@@ -171,6 +171,7 @@ export class ControlServer {
       clock: this.clock,
       tokensConfigured: tokens !== null,
       streams: new Map(),
+      uploads: new Map(),
       device: (name) => this.deviceRef(name),
       deviceNames: () => names,
       readImage: (path) => this.readImage(path),
