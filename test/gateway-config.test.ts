@@ -67,3 +67,17 @@ test('relative paths resolve against the config file directory', (t) => {
   t.is(r.value.control.max_line_bytes, 1024 * 1024);
   t.is(r.value.boot.max_failed_boots, 3);
 });
+
+test('CAN node ids: the identifier range (1..63), and one device per node id on a bus', (t) => {
+  const devices = (nodes: Array<[string, number, string?]>) => nodes.map(([name, node_id, can]) => ({ name, state_dir: `s/${name}`, node_id, ...(can ? { can } : {}) }));
+  const links = { can: [{ interface: 'vcan0', backend: 'virtual', role: 'listener' }, { interface: 'vcan1', backend: 'virtual', role: 'listener' }] };
+  const gateway = { id: 'g' };
+  const over = validateConfig({ gateway, devices: devices([['a', 64]]) });
+  t.false(over.ok);
+  if (!over.ok) t.regex(over.error.message, /devices\[0\]\.node_id: .*63/);
+  const twice = validateConfig({ gateway, links, devices: devices([['a', 7], ['b', 8], ['c', 7]]) });
+  t.false(twice.ok);
+  if (!twice.ok) t.deepEqual(twice.error.problems, ['devices[2].node_id: node 7 on CAN link "vcan0" is already devices[0] ("a"); each device on a bus needs its own node id']);
+  // the same node id on two buses is two devices
+  t.true(validateConfig({ gateway, links, devices: devices([['a', 7, 'vcan0'], ['b', 7, 'vcan1']]) }).ok);
+});

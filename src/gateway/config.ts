@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
+import { MAX_NODE } from '../link/can/ids.js';
 
 const hostPort = z
   .string()
@@ -97,14 +98,15 @@ const canLinkSchema = z.strictObject({
   /** Model bus timing on the virtual backend (frames take the time a real bus gives them). */
   timing: z.boolean().default(true),
   fd: z.boolean().default(false),
-  node_id: z.number().int().min(0).max(127).optional(),
+  node_id: z.number().int().min(0).max(MAX_NODE).optional(),
   role: linkRole,
 });
 
 const deviceSchema = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_.-]{1,32}$/, 'expected 1-32 characters of [A-Za-z0-9_.-]'),
   state_dir: z.string().min(1),
-  node_id: z.number().int().min(1).max(127).optional(),
+  /** The CAN node id (1..63: six bits of the identifier plan, docs/can_protocol.md). */
+  node_id: z.number().int().min(1).max(MAX_NODE).optional(),
   flash: z
     .strictObject({
       size: z.number().int().min(64 * 1024).max(256 * 1024 * 1024).optional(),
@@ -196,6 +198,16 @@ export function validateConfig(raw: unknown, file = '<inline>', baseDir = proces
   });
   cfg.links.uart.forEach((u, i) => {
     if (u.device !== undefined && !names.has(u.device)) problems.push(`links.uart[${i}].device: no device named "${u.device}"`);
+  });
+  // Two devices answering as one node on one bus would both take every image meant for either.
+  const nodes = new Map<string, { index: number; name: string }>();
+  cfg.devices.forEach((d, i) => {
+    if (d.node_id === undefined) return;
+    const bus = d.can ?? cfg.links.can[0]?.interface ?? '(no CAN link)';
+    const key = `${bus}\u0000${d.node_id}`;
+    const first = nodes.get(key);
+    if (first) problems.push(`devices[${i}].node_id: node ${d.node_id} on CAN link "${bus}" is already devices[${first.index}] ("${first.name}"); each device on a bus needs its own node id`);
+    else nodes.set(key, { index: i, name: d.name });
   });
   if (problems.length) {
     return { ok: false, error: { code: 'ECONFIG', file, problems, message: `${file}: invalid configuration:\n  ${problems.join('\n  ')}` } };
