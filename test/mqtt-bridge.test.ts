@@ -147,10 +147,12 @@ test('an ACL that denies the gateway a topic: a clear error in the log, no crash
 });
 
 test('embedded aedes broker speaks MQTT 3.1.1 to the bridge', async (t) => {
-  const broker = await startEmbeddedBroker(0);
+  // Access rules and bounds of the embedded broker: test/mqtt-broker-access.test.ts.
+  const broker = await startEmbeddedBroker({ port: 0, topics, anonymousRead: true });
   t.teardown(() => broker.close());
   const sub = await subscriber(broker.url, 'hsxtest/#', { protocolVersion: 4 });
-  const bridge = new MqttBridge({ url: broker.url, topics, protocolVersion: 4 });
+  const { username, password, clientId } = broker.internal;
+  const bridge = new MqttBridge({ url: broker.url, topics, protocolVersion: 4, username, password, clientId });
   await bridge.waitConnected();
   bridge.publishEvent(ev('provisioning.error', 3, { code: 'EBADMSG' }));
   await until(() => sub.got.some((m) => m.topic.endsWith('/provisioning/error')), 'error event');

@@ -78,6 +78,18 @@ const mqttSchema = z
     qos_terminal: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(1),
     qos_progress: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(0),
     buffer_limit: z.number().int().min(16).max(1_000_000).default(10_000),
+    // The embedded broker's access and bounds (docs/mqtt.md "Access to the embedded broker"); an
+    // external broker has its own.
+    /** Clients without a username may subscribe (never publish); otherwise a `[control] tokens` entry is needed. */
+    anonymous_read: z.boolean().default(false),
+    /** Longest packet a client may send the embedded broker; longer: the client is disconnected, nothing stored. */
+    max_message_bytes: z.number().int().min(1024).max(256 * 1024 * 1024).default(256 * 1024),
+    /** Retained messages the embedded broker holds; beyond, a retained message is delivered but not stored. */
+    max_retained: z.number().int().min(1).max(1_000_000).default(1000),
+    /** Bytes (topic + payload) of retained messages the embedded broker holds. */
+    max_retained_bytes: z.number().int().min(1024).max(1024 * 1024 * 1024).default(16 * 1024 * 1024),
+    /** Clients (other than the gateway's own) connected to the embedded broker at once. */
+    max_connections: z.number().int().min(1).max(65_535).default(64),
   })
   .refine((m) => !(m.embedded && m.url), { message: 'give either embedded = true or url, not both', path: ['url'] });
 

@@ -14,12 +14,13 @@ import { runUartDevice } from '../link/uart/device-command.js';
 import { preloadDirSource, sdManifestSource, type ImageSourceTransport } from '../link/sources/source-transport.js';
 import { bootDevice, type BootReport } from './boot.js';
 import type { DeviceConfig, GatewayConfig } from './config.js';
-import { ControlServer, controlLimitsFromConfig } from './control/server.js';
+import { ControlServer, controlLimitsFromConfig, TOKENS_ENV } from './control/server.js';
 import { DEFAULT_MAX_IMAGE_BYTES } from './control/image-files.js';
 import type { ControlEngine } from './control/engine-port.js';
 import { EventBus, type BusEvent } from './events/index.js';
 import type { Logger } from './logger.js';
-import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
+import { startEmbeddedBroker, type EmbeddedBroker, type EmbeddedBrokerOptions } from './mqtt/embedded-broker.js';
+import { parseTokenEnv } from './control/auth.js';
 import { MqttBridge } from './mqtt/bridge.js';
 import { allTopics } from './mqtt/topics.js';
 import { engineSetup } from './profiles.js';
@@ -126,8 +127,28 @@ export class Gateway {
     let url = urlOverride ?? m?.url;
     let protocolVersion: 4 | 5 = m?.protocol_version ?? 5;
     if (!urlOverride && m?.embedded) {
+      // Monitors log in with the control port's tokens (config entries and HSX_GATEWAY_TOKENS).
+      const tokens: Array<{ name: string; role: string; sha256: string }> = [...this.config.control.tokens];
+      const env = process.env[TOKENS_ENV];
+      if (env !== undefined && env.trim() !== '') {
+        const parsed = parseTokenEnv(env, TOKENS_ENV);
+        if (!parsed.ok) this.fail('mqtt', parsed.error.message);
+        tokens.push(...parsed.value);
+      }
       try {
-        this.embeddedBroker = await startEmbeddedBroker(m.embedded_port);
+        const brokerOpts: EmbeddedBrokerOptions = {
+          port: m.embedded_port,
+          topics: { prefix: m.topic_prefix, gatewayId: this.config.gateway.id },
+          tokens,
+          anonymousRead: m.anonymous_read,
+          maxMessageBytes: m.max_message_bytes,
+          maxRetained: m.max_retained,
+          maxRetainedBytes: m.max_retained_bytes,
+          maxConnections: m.max_connections,
+          logger: this.log.child({ component: 'mqtt-broker' }),
+        };
+        if (m.client_id) brokerOpts.clientId = m.client_id;
+        this.embeddedBroker = await startEmbeddedBroker(brokerOpts);
       } catch (e) {
         this.fail('mqtt', `embedded MQTT broker cannot listen on 127.0.0.1:${m.embedded_port}: ${(e as Error).message}`);
       }
@@ -148,6 +169,12 @@ export class Gateway {
     if (m?.client_id) opts.clientId = m.client_id;
     if (m?.username !== undefined) opts.username = m.username;
     if (m?.password !== undefined) opts.password = m.password;
+    if (this.embeddedBroker) {
+      // The internal credential: random per start, held only here and in the broker, never logged.
+      opts.clientId = this.embeddedBroker.internal.clientId;
+      opts.username = this.embeddedBroker.internal.username;
+      opts.password = this.embeddedBroker.internal.password;
+    }
     if (m?.ca_file) opts.caFile = m.ca_file;
     if (m?.cert_file) opts.certFile = m.cert_file;
     if (m?.key_file) opts.keyFile = m.key_file;

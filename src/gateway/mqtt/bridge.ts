@@ -3,12 +3,21 @@
  * the event producer: while the broker is away messages wait in a bounded OutageBuffer and are
  * flushed in order on reconnect. Availability is a retained `online` status with a Last Will
  * `offline`, so a subscriber sees a gateway that died without saying goodbye.
+ *
+ * Re-assert: the bridge subscribes to its own retained topics (`status`, `device/+/state`). A message
+ * there that it did not publish (another client overwrote it; an external broker has no ACL of
+ * ours) gets a warning naming the topic and the bridge's own last payload published again, at most
+ * once per `reassertIntervalMs` per topic (later ones wait for the interval; the last word is ours).
+ * On every (re)connect the bridge publishes all its retained topics again.
  */
 import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import type { EventEnvelope } from '../../engine/ports.js';
 import { OutageBuffer, type BufferedMessage, type OutageCounters } from './outage-buffer.js';
 import { deviceStateTopic, eventTopic, statusTopic, type TopicRoot } from './topics.js';
+
+/** Echoes of our own publishes still expected, per topic; older ones are forgotten beyond this. */
+const MAX_PENDING_ECHOES = 16;
 
 export interface BridgeLogger {
   info(obj: object, msg?: string): void;
@@ -31,6 +40,10 @@ export interface BridgeOptions {
   qosProgress?: 0 | 1 | 2;
   bufferLimit?: number;
   reconnectPeriodMs?: number;
+  /** Watch the retained topics and publish ours again when someone else overwrites them (default true). */
+  reassert?: boolean;
+  /** At most one re-assert per topic per this many ms (default 1000). */
+  reassertIntervalMs?: number;
   logger?: BridgeLogger;
 }
 
@@ -44,6 +57,8 @@ export interface BridgeStats extends OutageCounters {
   refused: number;
   connected: boolean;
   reconnects: number;
+  /** Retained messages of ours that someone else overwrote and that were published again. */
+  reasserted: number;
 }
 
 const silentLogger: BridgeLogger = { info() {}, warn() {}, error() {} };
@@ -60,6 +75,13 @@ export class MqttBridge {
   /** QoS 1/2 messages handed to the client and not acknowledged yet. */
   private inflight = 0;
   private inflightDrained: Array<() => void> = [];
+  /** Our retained topics → the last payload we published there (what we re-assert). */
+  private readonly owned = new Map<string, { payload: string; qos: 0 | 1 | 2 }>();
+  /** Per retained topic, payloads we published whose echo has not come back yet. */
+  private readonly pendingEchoes = new Map<string, string[]>();
+  private readonly lastReassert = new Map<string, number>();
+  private readonly reassertTimers = new Map<string, NodeJS.Timeout>();
+  private reasserted = 0;
 
   constructor(private readonly opts: BridgeOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -80,6 +102,7 @@ export class MqttBridge {
     if (opts.keyFile) clientOpts.key = readFileSync(opts.keyFile);
     this.client = mqtt.connect(opts.url, clientOpts);
     this.client.on('connect', () => this.onConnect());
+    this.client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet.retain));
     this.client.on('close', () => {
       if (!this.stopping && this.connectedOnce) this.log.warn({ url: opts.url, buffered: this.buffer.size }, 'mqtt broker connection lost; buffering events');
     });
@@ -105,7 +128,20 @@ export class MqttBridge {
   private onConnect(): void {
     if (this.connectedOnce) this.reconnects++;
     this.connectedOnce = true;
-    this.send({ topic: statusTopic(this.opts.topics), payload: JSON.stringify({ state: 'online', ts: Date.now(), pid: process.pid }), qos: 1, retain: true, terminal: true });
+    const status = statusTopic(this.opts.topics);
+    if (this.opts.reassert ?? true) {
+      // Our own retained topics, to notice when someone else overwrites them. (The retained
+      // snapshot the broker sends with the SUBACK predates what we publish below: ignored.)
+      this.client.subscribe([status, deviceStateTopic(this.opts.topics, '+')], { qos: 0 }, (err, granted) => {
+        const denied = (granted ?? []).filter((g) => g.qos >= 0x80).map((g) => g.topic);
+        if (err || denied.length) this.log.warn({ err: err?.message, denied }, 'mqtt: cannot watch our retained topics; overwrites by other clients will not be re-asserted');
+      });
+    }
+    this.send({ topic: status, payload: JSON.stringify({ state: 'online', ts: Date.now(), pid: process.pid }), qos: 1, retain: true, terminal: true });
+    // Our retained device states again: the broker may have lost them, or someone replaced them while we were away.
+    for (const [topic, m] of this.owned) {
+      if (topic !== status && !this.buffer.hasRetained(topic)) this.send({ topic, payload: m.payload, qos: m.qos, retain: true, terminal: true });
+    }
     const backlog = this.buffer.drain();
     const lost = this.buffer.takeCounters();
     for (const m of backlog) this.send(m);
@@ -150,6 +186,7 @@ export class MqttBridge {
   }
 
   private send(m: BufferedMessage): void {
+    if (m.retain) this.remember(m.topic, m.payload, m.qos);
     if (m.qos === 0) {
       // QoS 0 has no acknowledgement to wait for; a callback would only cost time per message.
       this.client.publish(m.topic, m.payload, { qos: 0, retain: m.retain });
@@ -176,8 +213,51 @@ export class MqttBridge {
     });
   }
 
+  /** A retained message of ours on its way: what we re-assert, and an echo to expect. */
+  private remember(topic: string, payload: string, qos: 0 | 1 | 2): void {
+    this.owned.set(topic, { payload, qos });
+    const pending = this.pendingEchoes.get(topic) ?? [];
+    pending.push(payload);
+    if (pending.length > MAX_PENDING_ECHOES) pending.shift();
+    this.pendingEchoes.set(topic, pending);
+  }
+
+  private onMessage(topic: string, payload: Buffer, retain: boolean): void {
+    if (this.stopping) return;
+    const mine = this.owned.get(topic);
+    // A retained message is the snapshot sent on subscribing: older than what we publish on connect.
+    if (!mine || retain) return;
+    const text = payload.toString();
+    const pending = this.pendingEchoes.get(topic);
+    const at = pending ? pending.indexOf(text) : -1;
+    if (pending && at >= 0) {
+      // Our own message coming back (and any older echoes before it will not come any more).
+      pending.splice(0, at + 1);
+      return;
+    }
+    if (text === mine.payload) return;
+    this.log.warn({ topic, by: 'another client' }, `mqtt: retained ${topic} overwritten by another client; re-asserting the gateway's own`);
+    this.scheduleReassert(topic);
+  }
+
+  private scheduleReassert(topic: string): void {
+    if (this.reassertTimers.has(topic)) return;
+    const interval = this.opts.reassertIntervalMs ?? 1_000;
+    const wait = Math.max(0, (this.lastReassert.get(topic) ?? -Infinity) + interval - Date.now());
+    const run = (): void => {
+      this.reassertTimers.delete(topic);
+      const mine = this.owned.get(topic);
+      if (!mine || this.stopping) return;
+      this.lastReassert.set(topic, Date.now());
+      this.reasserted++;
+      this.enqueue({ topic, payload: mine.payload, qos: mine.qos, retain: true, terminal: true });
+    };
+    if (wait === 0) run();
+    else this.reassertTimers.set(topic, setTimeout(run, wait));
+  }
+
   stats(): BridgeStats {
-    return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.client.connected, reconnects: this.reconnects };
+    return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.client.connected, reconnects: this.reconnects, reasserted: this.reasserted };
   }
 
   get url(): string {
@@ -192,6 +272,8 @@ export class MqttBridge {
    */
   async stop(timeoutMs = 2_000): Promise<{ unsent: number; connected: boolean }> {
     this.stopping = true;
+    for (const timer of this.reassertTimers.values()) clearTimeout(timer);
+    this.reassertTimers.clear();
     const deadline = Date.now() + timeoutMs;
     const left = (): number => Math.max(0, deadline - Date.now());
     const bounded = (p: Promise<unknown>, ms: number): Promise<unknown> => {

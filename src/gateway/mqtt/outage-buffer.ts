@@ -56,6 +56,11 @@ export class OutageBuffer {
     return out;
   }
 
+  /** A retained message for this topic is waiting. */
+  hasRetained(topic: string): boolean {
+    return this.queue.some((m) => m.retain && m.topic === topic);
+  }
+
   get size(): number {
     return this.queue.length;
   }
