@@ -6,12 +6,14 @@ import test from 'ava';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { sha256Hex } from '../src/gateway/control/auth.js';
-import { runClientCommand } from '../src/gateway/control/client.js';
-import { renderPs } from '../src/cli/commands/ps.js';
+import { runClientCommand, runClientSession } from '../src/gateway/control/client.js';
+import { psOfDevices, renderPs } from '../src/cli/commands/ps.js';
 import { renderStatus } from '../src/cli/commands/status.js';
 import { renderPersist } from '../src/cli/commands/persist.js';
 import { renderRollback } from '../src/cli/commands/rollback.js';
-import { startHarness } from './control-harness.js';
+import { makeEngine, startHarness } from './control-harness.js';
+import { EventBus } from '../src/gateway/events/index.js';
+import { systemClock } from '../src/engine/index.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -46,7 +48,7 @@ test('ps, status, persist, rollback against a running server', async (t) => {
   t.is(ps.code, 0, ps.stderr);
   const psJson = JSON.parse(ps.stdout) as Record<string, unknown>;
   t.true(psJson['ok'] as boolean);
-  t.is(((psJson['tasks'] as Record<string, unknown>)['tasks'] as unknown[]).length, 1);
+  t.deepEqual((psJson['devices'] as Array<{ device: string; tasks: unknown[] }>).map((d) => [d.device, d.tasks.length]), [['default', 1]]);
   t.is(rollbackDenied.code, 1);
   t.is((JSON.parse(rollbackDenied.stdout) as Record<string, unknown>)['error'], 'EPERM:admin_required');
   t.is(badConnect.code, 2);
@@ -58,10 +60,16 @@ test('ps, status, persist, rollback against a running server', async (t) => {
     const code = await runClientCommand({ connect: at, ...opts }, cmd, fields, render, { out: (x) => void (out += x), err: (x) => void (errText += x) });
     return { code, out, err: errText };
   };
-  const psHuman = await run('ps', {}, renderPs, { token: 'operator-secret' });
+  const runPs = async (opts: Record<string, unknown>) => {
+    let out = '';
+    let errText = '';
+    const code = await runClientSession({ connect: at, ...opts }, 'ps', (client) => psOfDevices(client), renderPs, { out: (x) => void (out += x), err: (x) => void (errText += x) });
+    return { code, out, err: errText };
+  };
+  const psHuman = await runPs({ token: 'operator-secret' });
   t.is(psHuman.code, 0);
-  t.regex(psHuman.out, /^PID\s+STATE\s+APP\s+SOURCE\n/);
-  t.regex(psHuman.out, /sensor_app/);
+  t.regex(psHuman.out, /^DEVICE\s+PID\s+STATE\s+APP\s+SOURCE\n/);
+  t.regex(psHuman.out, /^default\s+\d+\s+ready\s+sensor_app/m);
   const status = await run('provision.status', { pid }, renderStatus, { token: 'operator-secret' });
   t.is(status.code, 0, status.err);
   t.regex(status.out, new RegExp(`^pid ${pid}  READY  sensor_app  329 bytes`));
@@ -73,9 +81,32 @@ test('ps, status, persist, rollback against a running server', async (t) => {
   t.regex(persist.out, /^persisted to slot [AB] \(seq \d+\) on default\n$/);
   const rollback = await run('provision.rollback', { reason: 'cli-test' }, renderRollback, { token: 'admin-secret' });
   t.true(rollback.code === 0 ? /^rolled back to slot/.test(rollback.out) : /server: E/.test(rollback.err), rollback.out + rollback.err);
-  const refused = await run('ps', {}, renderPs, { connect: '127.0.0.1:1', json: true });
+  const refused = await runPs({ connect: '127.0.0.1:1', json: true });
   t.is(refused.code, 1);
   t.is((JSON.parse(refused.out) as Record<string, unknown>)['kind'], 'connect');
   const audits = h.logs.filter((l) => l['audit'] === true && l['verdict'] === 'denied').map((l) => `${String(l['cmd'])}:${String(l['who'])}`);
   t.true(audits.includes('provision.rollback:op'));
+});
+
+test('ps lists every device of the gateway with a device column; --device narrows it', async (t) => {
+  const bus = new EventBus({ clock: systemClock });
+  const devA = makeEngine(systemClock, bus);
+  const devB = makeEngine(systemClock, bus);
+  const h = await startHarness({ engines: new Map([['bench-a', devA], ['bench-b', devB]]), bus });
+  t.teardown(() => h.close());
+  const c = await h.client();
+  t.like(await c.request({ cmd: 'provision.load', device: 'bench-b', path: 't01_minimal.hxe' }), { status: 'ok' });
+  const at = `127.0.0.1:${h.port}`;
+  const [all, json, one] = await Promise.all([
+    cli(['ps', '--connect', at]),
+    cli(['ps', '--connect', at, '--json']),
+    cli(['ps', '--connect', at, '--device', 'bench-b', '--json']),
+  ]);
+  t.is(all.code, 0, all.stderr);
+  t.regex(all.stdout, /^DEVICE\s+PID\s+STATE\s+APP\s+SOURCE\n/);
+  t.regex(all.stdout, /^bench-a\s+-\s+-\s+\(no tasks\)/m);
+  t.regex(all.stdout, /^bench-b\s+\d+\s+ready\s+t01_minimal/m);
+  const parsed = JSON.parse(json.stdout) as { ok: boolean; devices: Array<{ device: string; tasks: unknown[] }> };
+  t.deepEqual(parsed.devices.map((d) => [d.device, d.tasks.length]), [['bench-a', 0], ['bench-b', 1]]);
+  t.deepEqual((JSON.parse(one.stdout) as typeof parsed).devices.map((d) => d.device), ['bench-b']);
 });

@@ -102,6 +102,9 @@ export interface ClientCommandOptions {
   device?: string;
 }
 
+type ClientIo = { out: (s: string) => void; err: (s: string) => void };
+const processIo: ClientIo = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
+
 /**
  * The whole life of a thin CLI command: connect, one request, print (JSON or human), exit code
  * (0 ok, 1 the server or the connection said no, 2 usage).
@@ -111,19 +114,32 @@ export async function runClientCommand(
   cmd: string,
   fields: Record<string, unknown>,
   human: (reply: Reply) => string,
-  io: { out: (s: string) => void; err: (s: string) => void } = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) },
+  io: ClientIo = processIo,
+): Promise<number> {
+  return runClientSession(opts, cmd, (client) => client.request(cmd, opts.device === undefined ? fields : { ...fields, device: opts.device }), human, io);
+}
+
+/**
+ * The same life for a command that needs several requests on one connection (`ps` of every
+ * device): `body` makes them and returns the reply to print, or the first error.
+ */
+export async function runClientSession(
+  opts: ClientCommandOptions,
+  name: string,
+  body: (client: ControlClient) => Promise<Result<Reply, ClientError>>,
+  human: (reply: Reply) => string,
+  io: ClientIo = processIo,
 ): Promise<number> {
   const token = opts.token ?? process.env[CLIENT_TOKEN_ENV];
   const c = await ControlClient.connect(opts.connect ?? DEFAULT_CONNECT, token === undefined ? {} : { token });
   const fail = (e: ClientError): number => {
     if (opts.json) io.out(`${JSON.stringify({ ok: false, kind: e.kind, error: e.error ?? e.message, ...(e.detail ? { detail: e.detail } : {}) })}\n`);
-    else io.err(`${cmd}: ${e.message}${e.detail?.['message'] ? ` (${String(e.detail['message'])})` : ''}\n`);
+    else io.err(`${name}: ${e.message}${e.detail?.['message'] ? ` (${String(e.detail['message'])})` : ''}\n`);
     return e.kind === 'usage' ? 2 : 1;
   };
   if (!c.ok) return fail(c.error);
   try {
-    const withDevice = opts.device === undefined ? fields : { ...fields, device: opts.device };
-    const r = await c.value.request(cmd, withDevice);
+    const r = await body(c.value);
     if (!r.ok) return fail(r.error);
     if (opts.json) io.out(`${JSON.stringify({ ok: true, ...r.value })}\n`);
     else io.out(human(r.value));
