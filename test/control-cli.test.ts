@@ -110,3 +110,25 @@ test('ps lists every device of the gateway with a device column; --device narrow
   t.deepEqual(parsed.devices.map((d) => [d.device, d.tasks.length]), [['bench-a', 0], ['bench-b', 1]]);
   t.deepEqual((JSON.parse(one.stdout) as typeof parsed).devices.map((d) => d.device), ['bench-b']);
 });
+
+test('a refusal says what to do: EPERM names --token and the variable, an unknown device lists the devices', async (t) => {
+  const tokens = [{ name: 'op', role: 'operator' as const, sha256: sha256Hex('operator-secret') }];
+  const h = await startHarness({ tokens });
+  t.teardown(() => h.close());
+  const at = `127.0.0.1:${h.port}`;
+  const capture = async (opts: Record<string, unknown>, cmd: string, fields: Record<string, unknown> = {}) => {
+    let out = '';
+    let errText = '';
+    const code = await runClientCommand({ connect: at, ...opts }, cmd, fields, () => '', { out: (x) => void (out += x), err: (x) => void (errText += x) });
+    return { code, out, err: errText };
+  };
+  const denied = await capture({}, 'provision.status');
+  t.is(denied.code, 1);
+  t.regex(denied.err, /EPERM:viewer_required.*--token TOKEN or \$HSX_GATEWAY_TOKEN/);
+  const unknown = await capture({ token: 'operator-secret', device: 'nope' }, 'provision.status');
+  t.is(unknown.code, 1);
+  t.regex(unknown.err, /ENODEV:unknown_device.*the gateway's devices: default/);
+  // --json keeps the server's own shape and detail
+  const json = await capture({ token: 'operator-secret', device: 'nope', json: true }, 'provision.status');
+  t.like(JSON.parse(json.out), { ok: false, kind: 'remote', error: 'ENODEV:unknown_device', detail: { devices: ['default'] } });
+});

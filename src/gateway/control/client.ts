@@ -103,6 +103,17 @@ export interface ClientCommandOptions {
 }
 
 type ClientIo = { out: (s: string) => void; err: (s: string) => void };
+
+/** What to do about a refusal, said to a person (JSON output carries the server's detail instead). */
+function hintFor(e: ClientError): string {
+  const error = e.error ?? '';
+  if (error.startsWith('EPERM:') && error.endsWith('_required')) {
+    return `; give a token with that role: --token TOKEN or $${CLIENT_TOKEN_ENV}`;
+  }
+  const devices = e.detail?.['devices'];
+  if (error === 'ENODEV:unknown_device' && Array.isArray(devices)) return `; the gateway's devices: ${devices.map(String).join(', ') || '(none)'}`;
+  return '';
+}
 const processIo: ClientIo = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
 
 /**
@@ -134,7 +145,7 @@ export async function runClientSession(
   const c = await ControlClient.connect(opts.connect ?? DEFAULT_CONNECT, token === undefined ? {} : { token });
   const fail = (e: ClientError): number => {
     if (opts.json) io.out(`${JSON.stringify({ ok: false, kind: e.kind, error: e.error ?? e.message, ...(e.detail ? { detail: e.detail } : {}) })}\n`);
-    else io.err(`${name}: ${e.message}${e.detail?.['message'] ? ` (${String(e.detail['message'])})` : ''}\n`);
+    else io.err(`${name}: ${e.message}${e.detail?.['message'] ? ` (${String(e.detail['message'])})` : ''}${hintFor(e)}\n`);
     return e.kind === 'usage' ? 2 : 1;
   };
   if (!c.ok) return fail(c.error);
