@@ -165,7 +165,6 @@ interface Staged extends StagedLoad {
   mode: 'monolithic' | 'stream';
   stackBytes: number;
   name: InstanceName;
-  values: ValuePlan;
   /** Buffer capacity still counted against `maxBufferedBytes` (a stream's image). */
   held: number;
   done: boolean;
@@ -250,7 +249,7 @@ export class ProvisioningEngine {
 
   /**
    * `loadImage` up to the switch: verified, gated, name and registrations checked (against what
-   * will be there once the task it replaces is gone), values planned; nothing registered and
+   * will be there once the task it replaces is gone), nothing registered and
    * nothing running changed. Finish with `activate` or `discard`.
    */
   stageImage(bytes: Uint8Array, options: LoadOptions): Result<StagedLoad, EngineError> {
@@ -319,7 +318,7 @@ export class ProvisioningEngine {
   /**
    * Everything that can refuse a load, with nothing changed: gates (against the arenas as they will
    * be once a replaced task is gone), the PID (monolithic), the instance name or the task this
-   * image updates, the registrations, and the plan for persisted values.
+   * image updates, and the registrations (persisted values are planned at the switch).
    */
   private prepare(sm: LoadStateMachine, image: HxeImage, bytes: Uint8Array, options: LoadOptions, mode: 'monolithic' | 'stream'): Result<Staged, EngineError> {
     const source = options.source;
@@ -360,7 +359,7 @@ export class ProvisioningEngine {
     const staged: Staged = {
       pid, appName: name.appName, appVersion: image.trailer ? formatVersion(image.trailer.version) : options.appVersion ?? '0.0.0+0',
       sha256, crc32: h.crc32, size: bytes.length, source, replaces: replaces ? structuredClone(replaces.info) : null,
-      sm, image, bytes, mode, stackBytes, name, values: this.planValues(image, replaces), held: 0, done: false,
+      sm, image, bytes, mode, stackBytes, name, held: 0, done: false,
     };
     return ok(staged);
   }
@@ -403,8 +402,7 @@ export class ProvisioningEngine {
    * key is read back from the store as at boot.
    */
   private planValues(image: HxeImage, replaces: TaskRecord | null): ValuePlan {
-    const restored = this.restoreValues(image, replaces ? this.registry.valuesOf(replaces.info.pid) : []);
-    return restored;
+    return this.restoreValues(image, replaces ? this.registry.valuesOf(replaces.info.pid) : []);
   }
 
   /**
@@ -421,9 +419,9 @@ export class ProvisioningEngine {
     // Checked again: another load may have registered something while the image was being committed.
     const checked = this.registry.checkReplacing(st.image, old?.info.pid ?? null);
     if (!checked.ok) return this.explainConflict(checked.error, st.image.header.allowMultipleInstances);
-    // Carried values are taken now, not when the image was staged: the old task kept running (and
-    // could be SET) while the image was committed.
-    if (old) st.values = this.planValues(st.image, old);
+    // Values are planned at the switch, not when the image was staged: the old task kept running
+    // (and could be SET) while the image was committed.
+    const values = this.planValues(st.image, old);
     if (old) {
       this.registry.release(old.info.pid);
       this.vm.release(old.info.pid);
@@ -432,7 +430,7 @@ export class ProvisioningEngine {
     }
     const pid = st.pid;
     const h = st.image.header;
-    const registered = this.registry.register(pid, st.image, st.values.overrides);
+    const registered = this.registry.register(pid, st.image, values.overrides);
     if (!registered.ok) return this.switchFailed(registered.error, old);
     const loaded = this.vm.load(pid, strip(st.image), st.stackBytes);
     if (!loaded.ok) {
@@ -450,14 +448,14 @@ export class ProvisioningEngine {
     // in the table before READY is announced, so a state listener already finds the task
     this.taskTable.set(pid, { info, bytes: st.bytes, image: st.image, sm: st.sm });
     st.sm.transition('READY', 'loaded');
-    for (const w of st.values.rewrites) {
+    for (const w of values.rewrites) {
       try {
         this.valueStore?.write(w.key, w.raw, w.schema);
       } catch (e) {
         this.emit('warning', pid, 'register', { reason: 'value_write_failed', key: w.key, message: String((e as Error).message ?? e) });
       }
     }
-    for (const e of st.values.events) this.emit(e.type, pid, 'register', e.data);
+    for (const e of values.events) this.emit(e.type, pid, 'register', e.data);
     if (old) {
       this.emit('provisioning.unloaded', old.info.pid, 'end', { app_name: old.info.appName, source: old.info.source, replaced_by: pid });
     }

@@ -4,9 +4,10 @@
  * Links only move bytes and report loss; the rules that must hold the same on every link live here
  * (docs/provisioning.md, "Updates"):
  *
- *   announce → already current? (answer CURRENT, no data moves) → bytes by offset → SHA-256 of
- *   what arrived against the announce → verify and admit (engine) → stage in the inactive slot
- *   (the running app keeps running) → switch → verdict: INSTALLED, UPDATED or CURRENT
+ *   announce → already current? (answer CURRENT, no data moves) → bytes by offset → verify and
+ *   admit (engine) → stage in the inactive slot (the running app keeps running; the bytes are
+ *   checked against the announced SHA-256 before anything is erased) → switch → verdict:
+ *   INSTALLED, UPDATED or CURRENT
  *
  * An update is committed in test mode with the replaced image as the rollback target and
  * confirmed once the new task has stayed up for the confirm window; a failure before the switch
@@ -39,6 +40,7 @@ export interface IntakeAnnounce {
   crc32?: number;
   /** SHA-256 of the whole image (hex or 32 bytes): what "already current" compares and the bytes must match. */
   sha256?: string | Uint8Array;
+  /** The name the sender gave (for its own messages): the task's name comes from the image header. */
   appName?: string;
   /** The version to record when the image carries no signature trailer. */
   version?: string;
@@ -101,6 +103,8 @@ interface Receiving {
    */
   hash: Hash | null;
   sha256: string | null;
+  /** How the image is installed once it is complete (from the announce). */
+  plan: InstallPlan;
 }
 
 /** How one image is installed once staged. */
@@ -123,6 +127,11 @@ const SHA_HEX = /^[0-9a-f]{64}$/;
 
 export function runningOf(t: TaskInfo): RunningImage {
   return { pid: t.pid, appName: t.appName, appVersion: t.appVersion, sha256: t.sha256, crc32: t.crc32 };
+}
+
+/** The announce and the bytes disagree: said the same whether the intake or the store found it. */
+function shaMismatch(expected: string, actual: string): EngineError {
+  return engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${actual}, the announce said ${expected}`, { expected, actual });
 }
 
 function shaHex(v: string | Uint8Array | undefined): string | null | EngineError {
@@ -151,11 +160,6 @@ export class DeviceIntake {
     this.events = options.events;
     this.policy = options.update ?? 'replace';
     this.confirmWindowMs = options.confirmWindowMs ?? 10_000;
-  }
-
-  /** Every running image. */
-  running(): RunningImage[] {
-    return this.engine.ps().map(runningOf);
   }
 
   /** The running image with this SHA-256 (hex), if the device runs it. */
@@ -213,8 +217,7 @@ export class DeviceIntake {
     const id = begun.value.sessionId;
     const plan = this.planFor(a);
     const storeChecks = sha !== null && plan.persist && this.engine.hasImageStore;
-    this.receiving.set(id, { id, total: a.totalBytes, received: 0, seq: 0, hash: storeChecks ? null : createHash('sha256'), sha256: sha });
-    this.planOf.set(id, plan);
+    this.receiving.set(id, { id, total: a.totalBytes, received: 0, seq: 0, hash: storeChecks ? null : createHash('sha256'), sha256: sha, plan });
     return ok({ kind: 'receiving', id });
   }
 
@@ -255,8 +258,7 @@ export class DeviceIntake {
     if (r.sha256 !== null && actual !== undefined && actual !== r.sha256) {
       this.receiving.delete(id);
       this.engine.abort(id, 'sha256_mismatch');
-      return err(engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${actual}, the announce said ${r.sha256}`,
-        { expected: r.sha256, actual }));
+      return err(shaMismatch(r.sha256, actual));
     }
     const known = actual ?? (complete && r.hash === null ? r.sha256 ?? undefined : undefined);
     const staged = this.engine.endStaged(id, known !== undefined ? { sha256: known } : {});
@@ -267,13 +269,8 @@ export class DeviceIntake {
       return staged;
     }
     this.receiving.delete(id);
-    const plan = this.planOf.get(id) ?? this.planFor({});
-    this.planOf.delete(id);
-    return this.serial(() => this.install(staged.value, plan));
+    return this.serial(() => this.install(staged.value, r.plan));
   }
-
-  /** How each open session's image is installed (from its announce). */
-  private readonly planOf = new Map<number, InstallPlan>();
 
   private planFor(a: Pick<IntakeAnnounce, 'persist' | 'trial' | 'confirmWindowMs' | 'bootPriority'>): InstallPlan {
     const plan: InstallPlan = { persist: a.persist ?? true, trial: a.trial ?? false, confirmWindowMs: a.confirmWindowMs ?? this.confirmWindowMs };
@@ -292,7 +289,6 @@ export class DeviceIntake {
   }
 
   abort(id: number, reason: string): void {
-    this.planOf.delete(id);
     this.receiving.delete(id);
     if (this.engine.sessions().some((s) => s.sessionId === id)) this.engine.abort(id, reason);
   }
@@ -344,9 +340,8 @@ export class DeviceIntake {
         this.engine.discard(staged, `${committed.error.code} ${committed.error.reason}`);
         const d = committed.error.detail;
         if (committed.error.reason === 'sha256_mismatch' && typeof d?.['actual'] === 'string') {
-          // the store's check of the announced SHA-256 (see Receiving.hash): said as the intake says it
-          return err(engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${d['actual']}, the announce said ${String(d['expected'])}`,
-            { expected: d['expected'], actual: d['actual'] }));
+          // the store's check of the announced SHA-256 (see Receiving.hash)
+          return err(shaMismatch(String(d['expected']), d['actual']));
         }
         return committed;
       }
