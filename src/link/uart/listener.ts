@@ -322,8 +322,8 @@ export class UartListener extends EventEmitter {
   }
 
   /**
-   * In-order bytes at `offset` into the intake (which splits them into engine writes and hashes
-   * them for the SHA-256 check); false when it refused them (the session is over).
+   * In-order bytes at `offset` into the intake (which splits them into engine writes and has them
+   * checked against the announced SHA-256); false when it refused them (the session is over).
    */
   private feed(s: Session, offset: number, bytes: Uint8Array): boolean {
     const written = this.intake.write(s.intakeId!, offset, bytes);
