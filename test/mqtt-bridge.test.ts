@@ -90,6 +90,9 @@ test('broker stopped and restarted mid-stream: every terminal event arrives, in 
   t.teardown(() => broker.stop());
   const sub = await subscriber(broker.url, 'hsxtest/gw1/device/+/events/provisioning/complete', { clean: false, clientId: 'outage-sub', protocolVersion: 4 });
   const bridge = new MqttBridge({ url: broker.url, topics, reconnectPeriodMs: 100 });
+  // Stopped however the test ends: a bridge left reconnecting keeps the test process alive.
+  t.teardown(() => bridge.stop().then(() => undefined));
+  t.teardown(() => sub.client.endAsync());
   await bridge.waitConnected();
   const sent: number[] = [];
   for (let i = 0; i < 20; i++) {
@@ -119,8 +122,6 @@ test('broker stopped and restarted mid-stream: every terminal event arrives, in 
   const afterOutage = seqs.filter((s) => s > sent[19]!);
   t.deepEqual(afterOutage, [...afterOutage].sort((a, b) => a - b), 'flushed in order');
   t.is(bridge.stats().droppedTerminal, 0);
-  await bridge.stop();
-  await sub.client.endAsync();
 });
 
 test('an ACL that denies the gateway a topic: a clear error in the log, no crash, other topics flow', async (t) => {
