@@ -1072,7 +1072,7 @@ export class ProvisioningEngine {
 
   /** SHA-256 (hex) of the store's active image, or null. */
   storedSha256(): string | null {
-    return this.imageStore?.active()?.meta.sha256 ?? null;
+    return this.imageStore?.activeMeta()?.meta.sha256 ?? null;
   }
 
   /** Forgets persisted values for good (see ValueStore.drop). */
@@ -1090,7 +1090,7 @@ export class ProvisioningEngine {
     if (!this.imageStore) return this.fail(this.noStore(), null, true);
     try {
       await this.imageStore.confirm();
-      const active = this.imageStore.active();
+      const active = this.imageStore.activeMeta();
       this.emit('provisioning.persisted', null, 'persist', { confirmed: true, app_name: active?.meta.appName ?? null });
       return ok(undefined);
     } catch (e) {

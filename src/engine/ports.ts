@@ -84,6 +84,8 @@ export interface ImageStore {
   rollback(reason: string): Promise<{ slot: 'A' | 'B'; meta: ImageMeta | null }>;
   /** The active image and its metadata, or null when the device holds none. */
   active(): { image: Uint8Array; meta: ImageMeta; confirmed: boolean } | null;
+  /** The active image's metadata without reading the image (an update's CURRENT check runs on every announce). */
+  activeMeta(): { meta: ImageMeta; confirmed: boolean } | null;
   /** Highest security counter ever committed; only moves forward (anti-downgrade). */
   securityCounter(): number;
   /** Bytes one slot holds: an announced image larger than this is refused before anything is erased. */

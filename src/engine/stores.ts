@@ -72,6 +72,11 @@ export class InMemoryImageStore implements ImageStore {
     return s ? { image: s.image, meta: { ...s.meta }, confirmed: s.confirmed } : null;
   }
 
+  activeMeta(): { meta: ImageMeta; confirmed: boolean } | null {
+    const s = this.activeSlot ? this.slots[this.activeSlot] : null;
+    return s ? { meta: { ...s.meta }, confirmed: s.confirmed } : null;
+  }
+
   securityCounter(): number {
     return this.counter;
   }

@@ -310,6 +310,12 @@ export class SlotImageStore implements ImageStore {
     return { image: this.dev.read(this.slotOffset(a), e.imageLen), meta: { ...e.meta }, confirmed: e.state === 'good' };
   }
 
+  activeMeta(): { meta: ImageMeta; confirmed: boolean } | null {
+    const a = this.st.active;
+    const e = a === null ? null : this.st.slots[a];
+    return a === null || !e ? null : { meta: { ...e.meta }, confirmed: e.state === 'good' };
+  }
+
   securityCounter(): number {
     return this.st.securityCounter;
   }

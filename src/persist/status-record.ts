@@ -83,23 +83,36 @@ export function checkMeta(meta: ImageMeta): void {
   }
 }
 
+/**
+ * A slot entry's 224 bytes, encoded once per entry object: entries are never changed in place (a
+ * new state is a new entry), and every record repeats both slots, so each commit, confirm and
+ * rollback would otherwise re-encode the same strings.
+ */
+const encodedSlots = new WeakMap<SlotEntry, Uint8Array>();
+
 function encodeSlot(b: Uint8Array, o: number, e: SlotEntry | null): void {
   if (!e) return; // all zero = empty
-  const dv = new DataView(b.buffer, b.byteOffset + o, SLOT_ENTRY_SIZE);
-  dv.setUint8(0, STATE_CODE[e.state]);
-  dv.setUint32(4, e.imageLen, true);
-  dv.setUint32(8, e.meta.securityCounter, true);
-  dv.setUint32(12, e.meta.reqCaps, true);
-  dv.setUint32(16, e.meta.codeLen, true);
-  dv.setUint32(20, e.meta.roLen, true);
-  dv.setUint32(24, e.meta.bssSize, true);
-  dv.setUint32(28, e.meta.crc32 >>> 0, true);
-  dv.setUint32(32, e.meta.bootPriority, true);
-  dv.setUint32(36, e.commitSeq, true);
-  b.set(Buffer.from(e.meta.sha256, 'hex').subarray(0, 32), o + 40);
-  b.set(utf8Truncate(e.meta.appName, FIELD_LIMITS.appName), o + 72);
-  b.set(utf8Truncate(e.meta.version, FIELD_LIMITS.version), o + 104);
-  b.set(utf8Truncate(e.meta.source, FIELD_LIMITS.source), o + 128);
+  let bytes = encodedSlots.get(e);
+  if (!bytes) {
+    bytes = new Uint8Array(SLOT_ENTRY_SIZE);
+    const dv = new DataView(bytes.buffer);
+    dv.setUint8(0, STATE_CODE[e.state]);
+    dv.setUint32(4, e.imageLen, true);
+    dv.setUint32(8, e.meta.securityCounter, true);
+    dv.setUint32(12, e.meta.reqCaps, true);
+    dv.setUint32(16, e.meta.codeLen, true);
+    dv.setUint32(20, e.meta.roLen, true);
+    dv.setUint32(24, e.meta.bssSize, true);
+    dv.setUint32(28, e.meta.crc32 >>> 0, true);
+    dv.setUint32(32, e.meta.bootPriority, true);
+    dv.setUint32(36, e.commitSeq, true);
+    bytes.set(Buffer.from(e.meta.sha256, 'hex').subarray(0, 32), 40);
+    bytes.set(utf8Truncate(e.meta.appName, FIELD_LIMITS.appName), 72);
+    bytes.set(utf8Truncate(e.meta.version, FIELD_LIMITS.version), 104);
+    bytes.set(utf8Truncate(e.meta.source, FIELD_LIMITS.source), 128);
+    encodedSlots.set(e, bytes);
+  }
+  b.set(bytes, o);
 }
 
 function str(b: Uint8Array): string {
