@@ -79,6 +79,19 @@ export type IntakeOpen =
 
 export type IntakeOutcome = 'installed' | 'updated' | 'current';
 
+/** What a device tells a scan (`hsx-gateway scan`, the daemon's inventory): the shape of link/flasher.ts `InventoryEntry` without its target. */
+export interface DeviceInventory {
+  /** The app it runs (`primary()`), or null when it runs none. */
+  app_name: string | null;
+  version: string | null;
+  /** SHA-256 (hex) of the image it runs. */
+  sha256: string | null;
+  /** Flash slots A and B (empty for a device without an image store, or one that does not say). */
+  slots: Array<{ slot: 'A' | 'B'; state: 'empty' | 'test' | 'good'; active: boolean; sha256: string | null; version: string | null }>;
+  /** Bytes one flash slot holds, or null without an image store. */
+  slot_bytes: number | null;
+}
+
 export interface IntakeVerdict {
   outcome: IntakeOutcome;
   task: TaskInfo;
@@ -175,6 +188,24 @@ export class DeviceIntake {
     const stored = this.engine.storedSha256();
     const t = tasks.find((x) => x.sha256 === stored) ?? tasks[0];
     return t ? runningOf(t) : null;
+  }
+
+  /** What the device runs and what its flash slots hold, for a scan (CAN INFO, UART INFO). */
+  inventory(): DeviceInventory {
+    const p = this.primary();
+    // The engine keeps its store private; the port's optional `slotStates` is read through it here only.
+    const slots = this.engine['imageStore']?.slotStates?.() ?? [];
+    return {
+      app_name: p?.appName ?? null,
+      version: p ? p.appVersion : null,
+      sha256: p?.sha256 ?? null,
+      slots: slots.map((s) => ({
+        slot: s.slot, state: s.entry?.state ?? 'empty', active: s.active,
+        sha256: s.entry && s.entry.state !== 'empty' ? s.entry.meta.sha256 : null,
+        version: s.entry && s.entry.state !== 'empty' ? s.entry.meta.version : null,
+      })),
+      slot_bytes: this.engine.slotCapacity(),
+    };
   }
 
   /** Value access for links that carry it (CAN GET/SET): the device's registry, persisted values written through. */

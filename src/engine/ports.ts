@@ -70,6 +70,15 @@ export interface ImageMeta {
 
 export type CommitMode = 'test' | 'permanent';
 
+/** What one flash slot holds (a device's inventory: `scan`, the daemon). */
+export interface SlotSummary {
+  slot: 'A' | 'B';
+  /** The slot the device boots. */
+  active: boolean;
+  /** null: the slot holds no image. */
+  entry: { state: 'empty' | 'test' | 'good'; meta: Pick<ImageMeta, 'appName' | 'version' | 'sha256'> } | null;
+}
+
 /** The device's non-volatile image store (A/B slots with power-fail-safe commit). */
 export interface ImageStore {
   /**
@@ -90,6 +99,8 @@ export interface ImageStore {
   securityCounter(): number;
   /** Bytes one slot holds: an announced image larger than this is refused before anything is erased. */
   slotCapacity?(): number;
+  /** Both slots, A then B: what each holds and which one is active (inventory). */
+  slotStates?(): SlotSummary[];
 }
 
 export type ValueReadResult =

@@ -4,7 +4,7 @@
  * forward-only security counter; values by persist key with schema checks) without any I/O.
  */
 import { createHash } from 'node:crypto';
-import type { CommitMode, ImageMeta, ImageStore, ValueReadResult, ValueStore } from './ports.js';
+import type { CommitMode, ImageMeta, ImageStore, SlotSummary, ValueReadResult, ValueStore } from './ports.js';
 
 /** A store failure the engine maps to an `EngineError` (code and reason are kept). */
 export class StoreError extends Error {
@@ -86,6 +86,13 @@ export class InMemoryImageStore implements ImageStore {
 
   slotCapacity(): number {
     return this.capacity;
+  }
+
+  slotStates(): SlotSummary[] {
+    return (['A', 'B'] as const).map((slot) => {
+      const c = this.slots[slot];
+      return { slot, active: this.activeSlot === slot, entry: c ? { state: c.confirmed ? 'good' : 'test', meta: { ...c.meta } } : null };
+    });
   }
 }
 

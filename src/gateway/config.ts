@@ -90,12 +90,20 @@ const mqttSchema = z
     max_retained_bytes: z.number().int().min(1024).max(1024 * 1024 * 1024).default(16 * 1024 * 1024),
     /** Clients (other than the gateway's own) connected to the embedded broker at once. */
     max_connections: z.number().int().min(1).max(65_535).default(64),
+    /**
+     * The MQTT command plane for jobs (docs/mqtt.md "Jobs"): submit and cancel over MQTT, each request
+     * carrying a `[control] tokens` token (operator or admin). Off by default; refused at start-up
+     * when no token is configured.
+     */
+    commands: z.boolean().default(false),
   })
   .refine((m) => !(m.embedded && m.url), { message: 'give either embedded = true or url, not both', path: ['url'] });
 
 const linkRole = z.enum(['master', 'listener']);
 
 const uartLinkSchema = z.strictObject({
+  /** What jobs and `scan` call this link (default: its interface or port). Letters, digits, `_.-`. */
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'expected 1-64 characters of [A-Za-z0-9_.-]').optional(),
   port: z.string().min(1),
   baud: z.number().int().min(1200).max(16_000_000).default(921_600),
   role: linkRole,
@@ -104,6 +112,8 @@ const uartLinkSchema = z.strictObject({
 });
 
 const canLinkSchema = z.strictObject({
+  /** What jobs and `scan` call this link (default: its interface or port). Letters, digits, `_.-`. */
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'expected 1-64 characters of [A-Za-z0-9_.-]').optional(),
   interface: z.string().min(1),
   backend: z.enum(['socketcan', 'virtual']).default('socketcan'),
   bitrate: z.number().int().min(10_000).max(1_000_000).default(500_000),
@@ -143,6 +153,12 @@ const bootSchema = z.strictObject({
   confirm_window_ms: z.number().int().min(0).max(24 * 3600_000).default(10_000),
 });
 
+/** Jobs on the master links (docs/jobs.md): how many finished jobs the journal keeps, and for how long. */
+const jobsSchema = z.strictObject({
+  max_finished: z.number().int().min(1).max(100_000).default(1000),
+  max_age_s: z.number().int().min(60).max(10 * 365 * 86_400).default(7 * 86_400),
+});
+
 const policySchema = z.strictObject({
   profile: z.enum(['desktop', 'embedded']).default('desktop'),
   require_signature: z.boolean().default(false),
@@ -152,6 +168,8 @@ const policySchema = z.strictObject({
 
 const gatewaySchema = z.strictObject({
   id: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'expected 1-64 characters of [A-Za-z0-9_.-] (it is an MQTT topic level)'),
+  /** The gateway's own state (the job journal and its images); jobs are off without it (docs/jobs.md). */
+  state_dir: z.string().min(1).optional(),
   log_level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
 });
 
@@ -169,6 +187,7 @@ export const configSchema = z.strictObject({
   /** Engine budgets and timeouts, passed to the engine's own validator (which names bad keys). */
   engine: z.record(z.string(), z.unknown()).default({}),
   policy: policySchema.default(policySchema.parse({})),
+  jobs: jobsSchema.default(jobsSchema.parse({})),
   boot: bootSchema.default(bootSchema.parse({})),
 });
 
@@ -211,6 +230,17 @@ export function validateConfig(raw: unknown, file = '<inline>', baseDir = proces
   cfg.links.uart.forEach((u, i) => {
     if (u.device !== undefined && !names.has(u.device)) problems.push(`links.uart[${i}].device: no device named "${u.device}"`);
   });
+  // Jobs and scans name a link: two master links with one name would be one queue for two buses.
+  const linkNames = new Map<string, string>();
+  const masters = [
+    ...cfg.links.can.map((l, i) => ({ l, at: `links.can[${i}]`, name: l.name ?? l.interface })),
+    ...cfg.links.uart.map((l, i) => ({ l, at: `links.uart[${i}]`, name: l.name ?? l.port })),
+  ].filter((m) => m.l.role === 'master');
+  for (const m of masters) {
+    const first = linkNames.get(m.name);
+    if (first) problems.push(`${m.at}.name: master link "${m.name}" is already ${first}; give each master link its own name`);
+    else linkNames.set(m.name, m.at);
+  }
   // Two devices answering as one node on one bus would both take every image meant for either.
   const nodes = new Map<string, { index: number; name: string }>();
   cfg.devices.forEach((d, i) => {
@@ -225,6 +255,7 @@ export function validateConfig(raw: unknown, file = '<inline>', baseDir = proces
     return { ok: false, error: { code: 'ECONFIG', file, problems, message: `${file}: invalid configuration:\n  ${problems.join('\n  ')}` } };
   }
   cfg.control.images_dir = resolvePath(baseDir, cfg.control.images_dir);
+  if (cfg.gateway.state_dir) cfg.gateway.state_dir = resolvePath(baseDir, cfg.gateway.state_dir);
   if (cfg.boot.preload_dir) cfg.boot.preload_dir = resolvePath(baseDir, cfg.boot.preload_dir);
   if (cfg.boot.sd_manifest) cfg.boot.sd_manifest = resolvePath(baseDir, cfg.boot.sd_manifest);
   if (cfg.policy.keys_dir) cfg.policy.keys_dir = resolvePath(baseDir, cfg.policy.keys_dir);
@@ -256,4 +287,9 @@ export function loadConfig(file: string): { ok: true; value: GatewayConfig } | {
     return { ok: false, error: { code: 'ECONFIG', file, problems: [msg], message: `${file}: TOML syntax error: ${msg}` } };
   }
   return validateConfig(raw, file, dirname(resolve(file)));
+}
+
+/** The name jobs and `scan` use for a link: its `name`, else its CAN interface or serial port. */
+export function linkName(l: GatewayConfig['links']['can'][number] | GatewayConfig['links']['uart'][number]): string {
+  return l.name ?? ('interface' in l ? l.interface : l.port);
 }

@@ -24,6 +24,15 @@ import { parseTokenEnv } from './control/auth.js';
 import { MqttBridge } from './mqtt/bridge.js';
 import { allTopics } from './mqtt/topics.js';
 import { engineSetup } from './profiles.js';
+import { canAddress, openMasterLinks, MasterLinkError } from './masters.js';
+import { JobManager } from './jobs/manager.js';
+import { jobEventToBus } from './jobs/bus-events.js';
+import type { Flasher } from '../link/flasher.js';
+import { AuditLog } from './control/audit.js';
+import { TokenStore, type TokenEntry } from './control/auth.js';
+import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig } from './mqtt/job-commands.js';
+import { Inventory, type LinkInventory } from './inventory.js';
+import { deviceInventoryTopic, topicLevel } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
 
 export interface GatewayOverrides {
@@ -35,15 +44,6 @@ export interface GatewayStartError {
   code: 'ESTART';
   component: string;
   message: string;
-}
-
-/** `virtual` CAN links are in-process buses by name, or cross-process ones when written HOST:PORT. */
-function canAddress(link: GatewayConfig['links']['can'][number]): string {
-  if (link.backend === 'socketcan') return link.interface;
-  const timing = link.timing ? `bitrate=${link.bitrate}` : '';
-  // The interface may carry options of its own (`127.0.0.1:47000?loss=0.01`, `10.0.0.5:47000?remote=1`).
-  const sep = link.interface.includes('?') ? '&' : '?';
-  return `virtual:${link.interface}${timing ? sep + timing : ''}`;
 }
 
 /** What `stop()` could not finish within its time: one line per item, for the log and `serve`'s output. */
@@ -91,6 +91,14 @@ export class Gateway {
   private engineConfig: EngineConfigInput = {};
   private deviceEvents: EventSink;
   private unsubscribeBridge: (() => void) | null = null;
+  /** The master links (`role = "master"`), by link name: what jobs run on. */
+  readonly flashers = new Map<string, Flasher>();
+  /** The job service; null without `[gateway] state_dir` (jobs off). */
+  jobs: JobManager | null = null;
+  private mqttJobs: MqttJobCommands | null = null;
+  /** What each master link's last scan found (null until the master links are open). */
+  inventory: Inventory | null = null;
+  private unwatchJobs: (() => void) | null = null;
 
   private constructor(
     readonly config: GatewayConfig,
@@ -106,9 +114,14 @@ export class Gateway {
     Promise<{ ok: true; value: Gateway } | { ok: false; error: GatewayStartError }> {
     const gw = new Gateway(config, log, clock);
     try {
+      gw.checkMqttCommands();
       await gw.startMqtt(overrides.mqttUrl);
       await gw.startDevices();
+      await gw.startJobs();
       await gw.startControl(overrides.controlPort);
+      gw.startMqttJobs();
+      // The first inventory before `serving`: a job without targets goes to what this scan finds.
+      await gw.inventory?.refreshAll();
       return { ok: true, value: gw };
     } catch (e) {
       await gw.stop().catch(() => undefined);
@@ -121,6 +134,110 @@ export class Gateway {
     throw Object.assign(new Error(message), { component });
   }
 
+  /** The access tokens: `[[control.tokens]]` plus HSX_GATEWAY_TOKENS (the control port reads the same two). */
+  private tokenEntries(component: string): TokenEntry[] {
+    const tokens: TokenEntry[] = [...this.config.control.tokens];
+    const env = process.env[TOKENS_ENV];
+    if (env !== undefined && env.trim() !== '') {
+      const parsed = parseTokenEnv(env, TOKENS_ENV);
+      if (!parsed.ok) this.fail(component, parsed.error.message);
+      tokens.push(...parsed.value);
+    }
+    return tokens;
+  }
+
+  /** `mqtt.commands = true` without a token could never be used: refused before anything starts. */
+  private checkMqttCommands(): void {
+    const m = this.config.mqtt;
+    if (!m?.commands) return;
+    const entries = this.tokenEntries('mqtt');
+    const problem = checkCommandsConfig(true, entries.length ? new TokenStore(entries) : null);
+    if (problem) this.fail('mqtt.commands', problem);
+  }
+
+  /**
+   * The master links and, with `[gateway] state_dir`, the job service on them. Every job event goes
+   * on the event bus (so `job.watch` and MQTT see the same events); a job that was running when the
+   * gateway last stopped is reported here, as the journal's recovery found it.
+   */
+  private async startJobs(): Promise<void> {
+    try {
+      for (const [name, f] of await openMasterLinks(this.config)) this.flashers.set(name, f);
+    } catch (e) {
+      if (e instanceof MasterLinkError) this.fail(e.component, e.message);
+      throw e;
+    }
+    const names = deviceNamesFromConfig(this.config);
+    this.inventory = new Inventory({
+      flashers: this.flashers,
+      now: () => this.clock.now(),
+      onScan: (inv) => this.publishInventory(inv, names),
+      onError: (link, message) => this.log.warn({ link, err: message }, 'scan failed'),
+    });
+    const dir = this.config.gateway.state_dir;
+    if (!dir) {
+      if (this.flashers.size > 0) this.log.info({ links: [...this.flashers.keys()] }, 'jobs are off: set [gateway] state_dir to run jobs on the master links');
+      return;
+    }
+    const jlog = this.log.child({ component: 'jobs' });
+    let manager: JobManager;
+    try {
+      manager = await JobManager.open({
+        dir,
+        flashers: this.flashers,
+        clock: { now: () => this.clock.now() },
+        maxFinished: this.config.jobs.max_finished,
+        maxAgeS: this.config.jobs.max_age_s,
+        maxImageBytes: Math.min(this.config.control.max_image_bytes, this.engineConfig.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES),
+        lastScan: (link) => this.inventory?.targets(link) ?? null,
+        log: (level, msg, data) => jlog[level](data ?? {}, msg),
+      });
+    } catch (e) {
+      this.fail('jobs', `job journal in ${dir}: ${(e as Error).message}`);
+    }
+    this.jobs = manager;
+    const r = manager.recovery;
+    if (r.interrupted.length || r.requeued.length || r.journal.torn || r.journal.damaged.length || r.write_error) {
+      jlog.warn({ interrupted: r.interrupted, requeued: r.requeued, torn: r.journal.torn, damaged: r.journal.damaged, write_error: r.write_error }, 'job journal recovered');
+    }
+    this.unwatchJobs = manager.watch((e) => {
+      this.bus.publish(jobEventToBus(e));
+      // What the targets run changed: the inventory is refreshed once the link is free again.
+      if (e.type === 'job.finished' || e.type === 'job.canceled') void this.inventory?.refresh(e.job.link);
+    });
+  }
+
+  /** One retained document per target at `<prefix>/<gw>/device/<device>/inventory`. */
+  private publishInventory(inv: LinkInventory, deviceOf: (link: string, target: string) => string | undefined): void {
+    this.bus.publish({ type: 'inventory.scanned', pid: null, phase: null, data: { link: inv.link, targets: inv.entries.map((e) => e.target), error: inv.error } });
+    if (!this.bridge) return;
+    const topics = { prefix: this.config.mqtt?.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id };
+    for (const e of inv.entries) {
+      const device = topicLevel(deviceOf(inv.link, e.target) ?? `${inv.link}-${e.target}`);
+      this.bridge.publishRetained(deviceInventoryTopic(topics, device), JSON.stringify({ link: inv.link, ...e, scanned_ts: inv.scanned_ts }));
+    }
+  }
+
+  /** Retained job documents (always, with MQTT) and the command topics (with `mqtt.commands`). */
+  private startMqttJobs(): void {
+    const m = this.config.mqtt;
+    if (!this.bridge || !this.jobs) return;
+    const entries = this.tokenEntries('mqtt');
+    this.mqttJobs = new MqttJobCommands({
+      bridge: this.bridge,
+      topics: { prefix: m?.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id },
+      jobs: this.jobs,
+      commands: m?.commands ?? false,
+      tokens: entries.length ? new TokenStore(entries) : null,
+      audit: new AuditLog(this.log.child({ component: 'audit' }), () => Date.now()),
+      imagesDir: this.config.control.images_dir,
+      maxImageBytes: this.config.control.max_image_bytes,
+      deviceName: deviceNamesFromConfig(this.config),
+      logger: this.log.child({ component: 'mqtt-jobs' }),
+    });
+    this.mqttJobs.start();
+  }
+
   private async startMqtt(urlOverride?: string): Promise<void> {
     const m = this.config.mqtt;
     if (!m && !urlOverride) return;
@@ -128,13 +245,7 @@ export class Gateway {
     let protocolVersion: 4 | 5 = m?.protocol_version ?? 5;
     if (!urlOverride && m?.embedded) {
       // Monitors log in with the control port's tokens (config entries and HSX_GATEWAY_TOKENS).
-      const tokens: Array<{ name: string; role: string; sha256: string }> = [...this.config.control.tokens];
-      const env = process.env[TOKENS_ENV];
-      if (env !== undefined && env.trim() !== '') {
-        const parsed = parseTokenEnv(env, TOKENS_ENV);
-        if (!parsed.ok) this.fail('mqtt', parsed.error.message);
-        tokens.push(...parsed.value);
-      }
+      const tokens = this.tokenEntries('mqtt');
       try {
         const brokerOpts: EmbeddedBrokerOptions = {
           port: m.embedded_port,
@@ -145,6 +256,7 @@ export class Gateway {
           maxRetained: m.max_retained,
           maxRetainedBytes: m.max_retained_bytes,
           maxConnections: m.max_connections,
+          commands: m.commands,
           logger: this.log.child({ component: 'mqtt-broker' }),
         };
         if (m.client_id) brokerOpts.clientId = m.client_id;
@@ -448,7 +560,8 @@ export class Gateway {
       // no point reading more of a file than the engine would accept
       maxImageBytes: Math.min(this.config.control.max_image_bytes, this.engineConfig.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES),
       logger: this.log.child({ component: 'control' }),
-      info: { gateway: this.config.gateway.id, devices: [...this.devices.keys()] },
+      info: { gateway: this.config.gateway.id, devices: [...this.devices.keys()], links: [...this.flashers.keys()] },
+      ...(this.jobs ? { jobs: this.jobs } : {}),
     });
     if (!created.ok) this.fail('control', created.error.message);
     const listening = await created.value.listen();
@@ -485,6 +598,28 @@ export class Gateway {
       if (!closed.ok) unflushed.push({ component: 'control', what: `control server not closed: ${closed.error}` });
     }
     this.control = null;
+    // Jobs next: a running transfer is aborted (the journal keeps it IN_PROGRESS, so the next start
+    // reports it interrupted, as after a crash), then the master links are closed.
+    if (this.mqttJobs) {
+      this.stopping = 'stopping MQTT job commands';
+      await within(Promise.resolve(this.mqttJobs.stop()), Math.min(left(), 500));
+      this.mqttJobs = null;
+    }
+    this.unwatchJobs?.();
+    this.unwatchJobs = null;
+    await within(this.inventory?.close() ?? Promise.resolve(), Math.min(left(), 1_500));
+    this.inventory = null;
+    if (this.jobs) {
+      this.stopping = 'closing the job journal';
+      const closed = await within(this.jobs.close(), Math.min(left(), 1_000));
+      if (!closed.ok) unflushed.push({ component: 'jobs', what: `job service not closed: ${closed.error}` });
+      this.jobs = null;
+    }
+    for (const [name, f] of this.flashers) {
+      const closed = await within(f.close(), Math.min(left(), 500));
+      if (!closed.ok) unflushed.push({ component: `links.${name}`, what: `master link not closed: ${closed.error}` });
+    }
+    this.flashers.clear();
     // Device files get most of the budget; MQTT keeps a share for its goodbye.
     const devicesDeadline = Date.now() + Math.max(250, left() - 1_500);
     for (const name of [...this.running.keys()]) {
@@ -520,7 +655,8 @@ export class Gateway {
 /** Bus events carry the device in `data.device` (see simulated-device.ts); MQTT topics want it apart. */
 export function toBridgeEvent(ev: BusEvent): Parameters<MqttBridge['publishEvent']>[0] {
   const device = typeof ev.data['device'] === 'string' ? (ev.data['device'] as string) : undefined;
-  const out = { ...ev, phase: ev.phase ?? 'boot' } as Parameters<MqttBridge['publishEvent']>[0];
+  // Job and inventory events concern no task and no boot step: their phase stays null (docs/mqtt.md).
+  const out = { ...ev, phase: ev.phase ?? (ev.type.startsWith('job.') || ev.type.startsWith('inventory.') ? null : 'boot') } as Parameters<MqttBridge['publishEvent']>[0];
   if (device !== undefined) out.device = device;
   return out;
 }

@@ -127,3 +127,18 @@ export interface Flasher {
 export function isCancelled(v: TargetVerdict): boolean {
   return !v.ok && v.code === 'ECANCELED';
 }
+
+/**
+ * One use of a link at a time: a scan and a transfer (or two transfers) on one bus or cable would
+ * interleave their frames. Each flasher runs `flash` and `scan` through its own lock, so callers
+ * (a job, the daemon's inventory refresh, the CLI) need not coordinate.
+ */
+export class LinkLock {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.catch(() => undefined);
+    return next;
+  }
+}

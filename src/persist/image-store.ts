@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { CommitMode, EventSink, ImageMeta, ImageStore } from '../engine/ports.js';
+import type { CommitMode, EventSink, ImageMeta, ImageStore, SlotSummary } from '../engine/ports.js';
 import type { BlockDevice } from './block-device.js';
 import { PersistError } from './errors.js';
 import { partitionBytes, partitionOffset, planLayout, readLayout, writeLayout, type FlashLayout } from './layout.js';
@@ -339,6 +339,17 @@ export class SlotImageStore implements ImageStore {
       active: this.st.active === s,
       rollbackTarget: this.st.previous === s,
     }));
+  }
+
+  /** The port's view of `slots()`: what each slot holds and which one is active (inventory). */
+  slotStates(): SlotSummary[] {
+    return ([0, 1] as const).map((s) => {
+      const e = this.st.slots[s];
+      return {
+        slot: slotName(s)!, active: this.st.active === s,
+        entry: e ? { state: e.state, meta: { appName: e.meta.appName, version: e.meta.version, sha256: e.meta.sha256 } } : null,
+      };
+    });
   }
 
   statusHistory(): StatusRecord[] {

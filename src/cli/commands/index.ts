@@ -14,6 +14,8 @@ import { registerPersist } from './persist.js';
 import { registerRollback } from './rollback.js';
 import { registerServe } from './serve.js';
 import { registerDemo } from './demo.js';
+import { registerScan } from './scan.js';
+import { registerJob } from './job.js';
 
 /**
  * Every subcommand lives in its own module and registers itself here, one line each,
@@ -38,6 +40,8 @@ const registrations: Register[] = [
   registerRollback,
   registerServe,
   registerDemo,
+  registerScan,
+  registerJob,
 ];
 
 export function registerAll(program: Command): void {

@@ -94,8 +94,16 @@ export function registerServe(program: Command): void {
         process.on('SIGTERM', onSignal);
         // Only now: whoever reacts to this line with a signal must find the handlers in place.
         out(
-          { type: 'serving', gateway: cfg.value.gateway.id, control: addr, mqtt: gw.bridge ? topics : null, devices: [...gw.devices.keys()], pid: process.pid },
+          {
+            type: 'serving', gateway: cfg.value.gateway.id, control: addr, mqtt: gw.bridge ? topics : null, devices: [...gw.devices.keys()],
+            links: [...gw.flashers.keys()], jobs: gw.jobs ? 'enabled' : 'disabled',
+            inventory: Object.fromEntries((gw.inventory?.all() ?? []).map((i) => [i.link, i.entries.map((e) => e.target)])),
+            recovered: gw.jobs ? { interrupted: gw.jobs.recovery.interrupted, requeued: gw.jobs.recovery.requeued } : null,
+            pid: process.pid,
+          },
           `gateway ${cfg.value.gateway.id} serving: control ${addr?.host}:${addr?.port}, devices ${[...gw.devices.keys()].join(', ') || '(none)'}` +
+            (gw.flashers.size ? `, master links ${[...gw.flashers.keys()].join(', ')} (jobs ${gw.jobs ? 'on' : 'off: no [gateway] state_dir'})` : '') +
+            (gw.jobs?.recovery.interrupted.length ? `, ${gw.jobs.recovery.interrupted.length} job(s) interrupted by the last stop: ${gw.jobs.recovery.interrupted.join(', ')}` : '') +
             (gw.bridge ? `, MQTT topics ${topics}` : ''),
         );
       });

@@ -6,6 +6,8 @@ import type { Clock } from '../../engine/ports.js';
 import type { EventBus, Subscription, BusEvent, CloseReason } from '../events/index.js';
 import type { Identity } from './auth.js';
 import type { ControlEngine, WireError } from './engine-port.js';
+import type { JobService } from '../jobs/types.js';
+import type { JobUploads } from './job-commands.js';
 import { MAX_TEXT_BYTES } from './roles.js';
 import { RequestError, toInt, type SessionRegistry } from './sessions.js';
 
@@ -47,8 +49,18 @@ export interface ServerCore {
   /** The engine a request names with `device` (default: the first). */
   device(name: unknown): DeviceRef | WireError;
   deviceNames(): string[];
-  /** Reads the file a request names for `load`/`exec`/`provision.load`: inside the images directory only, size-bounded (image-files.ts). */
-  readImage(path: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }>;
+  /**
+   * Reads the file a request names for `load`/`exec`/`provision.load` (and `job.submit`'s `image`):
+   * inside the images directory only, size-bounded (image-files.ts). `field` is the request field
+   * an error names (default `path`).
+   */
+  readImage(path: string, field?: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }>;
+  /** The most bytes an image may have, whether read from the images directory or uploaded (`job.upload.begin`). */
+  readonly maxImageBytes: number;
+  /** The daemon's job service (`job.*` commands), or null when jobs are off (`ENOTSUP:jobs_disabled`). */
+  readonly jobs: JobService | null;
+  /** Image uploads for `job.submit` (`job.upload.begin/write`), each owned by the connection that began it. */
+  readonly jobUploads: JobUploads;
   /** Session id → its event subscription token. */
   readonly streams: Map<string, string>;
   /**

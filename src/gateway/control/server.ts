@@ -19,6 +19,8 @@ import { Connection, type ConnectionLimits } from './connection.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
 import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, type ControlLimits } from './limits.js';
+import { JOB_UPLOAD_OWNER, jobCommands, JobUploads } from './job-commands.js';
+import type { JobService } from '../jobs/types.js';
 import { protocolCommands } from './protocol-commands.js';
 import { provisionCommands } from './provision-commands.js';
 import { COMMAND_ROLES } from './roles.js';
@@ -62,6 +64,12 @@ export interface ControlServerOptions {
   onShutdown?: () => void;
   /** Extra fields for `info`. */
   info?: Record<string, unknown>;
+  /**
+   * The daemon's job service: the `job.*` commands drive it (docs/executive_protocol.md, "Jobs").
+   * Without it they answer `ENOTSUP:jobs_disabled`. The gateway also publishes every job event on
+   * `bus` (`jobEventToBus`, src/gateway/jobs/bus-events.ts), which is what `job.watch` streams.
+   */
+  jobs?: JobService;
 }
 
 export interface ControlServerError {
@@ -70,7 +78,11 @@ export interface ControlServerError {
 }
 
 /** Command name → handler, a `Map` (never a plain object: `__proto__` is not a command). Roles: roles.ts. */
-const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map([...Object.entries(protocolCommands), ...Object.entries(provisionCommands)]);
+const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map([
+  ...Object.entries(protocolCommands),
+  ...Object.entries(provisionCommands),
+  ...Object.entries(jobCommands),
+]);
 // The role table and the handlers must name the same commands: one without the other is a bug.
 for (const name of new Set([...COMMANDS.keys(), ...COMMAND_ROLES.keys()])) {
   if (!COMMANDS.has(name) || !COMMAND_ROLES.has(name)) throw new Error(`control: command ${name} needs both a handler and a role (roles.ts)`);
@@ -165,6 +177,7 @@ export class ControlServer {
     const audit = new AuditLog(auditLogger, () => Date.now());
     this.throttle = new AuthThrottle(this.controlLimits, auditLogger);
     const names = [...devices.keys()];
+    const jobUploads = new JobUploads();
     this.core = {
       bus: opts.bus,
       sessions,
@@ -174,7 +187,10 @@ export class ControlServer {
       uploads: new Map(),
       device: (name) => this.deviceRef(name),
       deviceNames: () => names,
-      readImage: (path) => this.readImage(path),
+      readImage: (path, field) => this.readImage(path, field),
+      maxImageBytes: opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES,
+      jobs: opts.jobs ?? null,
+      jobUploads,
       requestShutdown: () => {
         setImmediate(() => (opts.onShutdown ? opts.onShutdown() : void this.close()));
       },
@@ -187,6 +203,7 @@ export class ControlServer {
         sessions: sessions.size,
         connections: this.connections.size,
         auth: tokens ? 'tokens' : 'loopback',
+        jobs: opts.jobs ? 'enabled' : 'disabled',
         ...opts.info,
       }),
     };
@@ -205,7 +222,8 @@ export class ControlServer {
     } else if (opts.engine) {
       devices.set('default', opts.engine);
     }
-    if (devices.size === 0) return err({ code: 'ENODEV', message: 'control server: give an engine or a map of devices' });
+    // A gateway that only masters links (jobs, no simulated device) still serves jobs, ps and info.
+    if (devices.size === 0 && !opts.jobs) return err({ code: 'ENODEV', message: 'control server: give an engine or a map of devices' });
     const entries: TokenEntry[] = [...(opts.tokens ?? [])];
     const envValue = (opts.env ?? process.env)[TOKENS_ENV];
     if (envValue !== undefined && envValue.trim() !== '') {
@@ -264,6 +282,7 @@ export class ControlServer {
     for (const c of this.connections) c.close();
     this.throttle.close();
     this.core.sessions.closeAll('server_shutdown');
+    this.core.jobUploads.clear();
     if (!this.listening) return Promise.resolve();
     this.listening = false;
     return new Promise((done) => this.server.close(() => done()));
@@ -343,6 +362,12 @@ export class ControlServer {
       lingering: this.lingering,
       log: (level, obj, msg) => this.logger[level](obj, msg),
       onAbortSession: (device, sid) => {
+        if (device === JOB_UPLOAD_OWNER) {
+          // a job upload (job.upload.begin) of a connection that closed: its buffer goes
+          const freed = this.core.jobUploads.free(sid);
+          this.logger.info({ upload: sid, freed }, 'control client left mid-upload; job upload discarded');
+          return;
+        }
         const engine = this.devices.get(device);
         const r = engine?.abort(sid, 'client_disconnected');
         this.logger.info({ device, session_id: sid, aborted: r?.ok ?? false }, 'control client left mid-stream; session aborted');
@@ -364,9 +389,9 @@ export class ControlServer {
   }
 
   /** A file a request names: inside the images directory only, at most maxImageBytes read (image-files.ts). */
-  private readImage(path: string): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }> {
+  private readImage(path: string, field = 'path'): Promise<{ ok: true; bytes: Uint8Array; source: string } | { ok: false; error: WireError }> {
     const imagesDir = this.opts.imagesDir === undefined ? undefined : resolve(this.opts.imagesDir);
-    return readImageInside(path, { imagesDir, maxBytes: this.opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES, field: 'path' });
+    return readImageInside(path, { imagesDir, maxBytes: this.opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES, field });
   }
 }
 

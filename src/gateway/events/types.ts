@@ -94,6 +94,12 @@ const ESSENTIAL_TYPES: ReadonlySet<string> = new Set([
   'boot.failed',
   'boot.alert',
   'warning',
+  // a job's state changes: a watcher that fell behind still learns how each target and the job ended
+  'job.submitted',
+  'job.started',
+  'job.target',
+  'job.finished',
+  'job.canceled',
 ]);
 
 export function isTerminal(type: string): boolean {

@@ -5,7 +5,22 @@
  * it, MQTT publishes it retained at `<prefix>/<gw>/jobs/<id>`. Keys are snake_case like the rest of
  * the executive protocol; times are seconds (float) like the event envelope's `ts`.
  */
-import type { FlashOptions, TargetOutcome } from '../../link/flasher.js';
+import type { TargetOutcome } from '../../link/flasher.js';
+
+/**
+ * A job's link options as requests carry them and records show them (snake_case, like every wire
+ * key); `flashOptionsOf` (manager.ts) turns them into the Flasher's options. Checked in one place,
+ * `checkOptions` (manager.ts), whichever plane the request came in on.
+ */
+export interface JobOptions {
+  force?: boolean;
+  fd?: boolean;
+  chunk?: number;
+  window?: number;
+  timeout_ms?: number;
+  retries?: number;
+  session?: number;
+}
 
 export type TargetState = 'QUEUED' | 'IN_PROGRESS' | 'SUCCEEDED' | 'SKIPPED' | 'FAILED' | 'CANCELED' | 'TIMED_OUT';
 export type JobState = TargetState;
@@ -47,7 +62,7 @@ export interface JobRecord {
   id: string;
   link: string;
   image: JobImage;
-  options: FlashOptions;
+  options: JobOptions;
   /** The job's state, derived from its targets (see `deriveJobState`). */
   state: JobState;
   targets: JobTarget[];
@@ -69,7 +84,7 @@ export interface JobSubmit {
   /** Absent or empty: every node the link's last scan found. */
   targets?: readonly string[];
   image: { bytes: Uint8Array; name: string };
-  options?: FlashOptions;
+  options?: JobOptions;
   client_token?: string | null;
   by: JobSubmitter;
 }

@@ -9,10 +9,15 @@
  * ours) gets a warning naming the topic and the bridge's own last payload published again, at most
  * once per `reassertIntervalMs` per topic (later ones wait for the interval; the last word is ours).
  * On every (re)connect the bridge publishes all its retained topics again.
+ *
+ * For the job command plane (job-commands.ts) it also subscribes to command topics (`onCommands`,
+ * again on every connect; retained snapshots are never taken for a request), publishes answers
+ * (`publishAnswer`, MQTT 5 correlation data kept) and retained documents it may later clear
+ * (`publishRetained`, `clearRetained`), all through the same outage buffer.
  */
 import { readFileSync } from 'node:fs';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import type { EventEnvelope } from '../../engine/ports.js';
+import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
+import type { EventEnvelope, EventPhase } from '../../engine/ports.js';
 import { OutageBuffer, type BufferedMessage, type OutageCounters } from './outage-buffer.js';
 import { deviceStateTopic, eventTopic, statusTopic, type TopicRoot } from './topics.js';
 
@@ -47,10 +52,40 @@ export interface BridgeOptions {
   logger?: BridgeLogger;
 }
 
-/** An event as the bridge sees it: the engine envelope plus the device it happened on. */
-export type BridgeEvent = EventEnvelope & { device?: string };
+/**
+ * An event as the bridge sees it: the engine envelope plus the device it happened on. Gateway-made
+ * events (`job.*`, `warning`) have a type of their own and may have no phase.
+ */
+export type BridgeEvent = Omit<EventEnvelope, 'type' | 'phase'> & { type: string; phase: EventPhase | null; device?: string };
 
-const DROPPABLE = new Set(['provisioning.progress']);
+const DROPPABLE = new Set(['provisioning.progress', 'job.progress']);
+
+/** A request on a command topic (`onCommands`), with the MQTT 5 request/response properties when present. */
+export interface CommandMessage {
+  topic: string;
+  payload: Buffer;
+  /** MQTT 5: where the requester wants the answer too. */
+  responseTopic?: string;
+  /** MQTT 5: opaque bytes to copy into the answer. */
+  correlationData?: Buffer;
+}
+
+/** A buffered message that may carry MQTT 5 properties (kept on the same object through the outage buffer). */
+interface OutMessage extends BufferedMessage {
+  properties?: IClientPublishOptions['properties'];
+}
+
+/** MQTT topic filter match (`+` one level, `#` the rest). */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return true;
+    if (i >= t.length) return false;
+    if (f[i] !== '+' && f[i] !== t[i]) return false;
+  }
+  return f.length === t.length;
+}
 
 export interface BridgeStats extends OutageCounters {
   published: number;
@@ -82,6 +117,10 @@ export class MqttBridge {
   private readonly lastReassert = new Map<string, number>();
   private readonly reassertTimers = new Map<string, NodeJS.Timeout>();
   private reasserted = 0;
+  /** Command topic filters → handlers (`onCommands`); subscribed on every connect. */
+  private readonly commandHandlers = new Map<string, (m: CommandMessage) => void>();
+  /** Finds the device of an event that names none (job progress names a job and a target). */
+  private deviceResolver: ((e: BridgeEvent) => string | undefined) | null = null;
 
   constructor(private readonly opts: BridgeOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -102,7 +141,10 @@ export class MqttBridge {
     if (opts.keyFile) clientOpts.key = readFileSync(opts.keyFile);
     this.client = mqtt.connect(opts.url, clientOpts);
     this.client.on('connect', () => this.onConnect());
-    this.client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet.retain));
+    this.client.on('message', (topic, payload, packet) => {
+      if (this.onCommand(topic, payload, packet)) return;
+      this.onMessage(topic, payload, packet.retain);
+    });
     this.client.on('close', () => {
       if (!this.stopping && this.connectedOnce) this.log.warn({ url: opts.url, buffered: this.buffer.size }, 'mqtt broker connection lost; buffering events');
     });
@@ -137,6 +179,7 @@ export class MqttBridge {
         if (err || denied.length) this.log.warn({ err: err?.message, denied }, 'mqtt: cannot watch our retained topics; overwrites by other clients will not be re-asserted');
       });
     }
+    this.subscribeCommands([...this.commandHandlers.keys()]);
     this.send({ topic: status, payload: JSON.stringify({ state: 'online', ts: Date.now(), pid: process.pid }), qos: 1, retain: true, terminal: true });
     // Our retained device states again: the broker may have lost them, or someone replaced them while we were away.
     for (const [topic, m] of this.owned) {
@@ -161,6 +204,10 @@ export class MqttBridge {
 
   /** Publishes one event (and the retained device state when an image reached READY). */
   publishEvent(e: BridgeEvent): void {
+    if (e.device === undefined && this.deviceResolver) {
+      const device = this.deviceResolver(e);
+      if (device !== undefined) e = { ...e, device };
+    }
     const droppable = DROPPABLE.has(e.type);
     const qos = droppable ? (this.opts.qosProgress ?? 0) : (this.opts.qosTerminal ?? 1);
     this.enqueue({ topic: eventTopic(this.opts.topics, e.type, e.device), payload: JSON.stringify(e), qos, retain: false, terminal: !droppable });
@@ -180,21 +227,86 @@ export class MqttBridge {
     }
   }
 
-  private enqueue(m: BufferedMessage): void {
-    if (this.client.connected) this.send(m);
-    else this.buffer.push(m);
+  /**
+   * Events that name no device get one from `fn` when it returns one (the job command plane maps a
+   * job's progress to the target's device); one resolver, the last set wins; null removes it.
+   */
+  setDeviceResolver(fn: ((e: BridgeEvent) => string | undefined) | null): void {
+    this.deviceResolver = fn;
   }
 
-  private send(m: BufferedMessage): void {
+  /**
+   * Subscribes (QoS 1) to command topic filters, now if connected and again on every connect, and
+   * hands each live message to `handler`. A retained message (the broker's stored copy, sent on
+   * subscribing) is never a request and is ignored. Returns the unsubscribe.
+   */
+  onCommands(filters: readonly string[], handler: (m: CommandMessage) => void): () => void {
+    for (const f of filters) this.commandHandlers.set(f, handler);
+    if (this.client.connected) this.subscribeCommands(filters);
+    return () => {
+      const mine = filters.filter((f) => this.commandHandlers.get(f) === handler);
+      for (const f of mine) this.commandHandlers.delete(f);
+      if (mine.length && this.client.connected && !this.stopping) this.client.unsubscribe(mine);
+    };
+  }
+
+  /** The command topic filters subscribed (or to subscribe on connect). */
+  commandFilters(): string[] {
+    return [...this.commandHandlers.keys()];
+  }
+
+  private subscribeCommands(filters: readonly string[]): void {
+    if (filters.length === 0) return;
+    this.client.subscribe([...filters], { qos: 1 }, (err, granted) => {
+      const denied = (granted ?? []).filter((g) => g.qos >= 0x80).map((g) => g.topic);
+      if (err || denied.length) this.log.error({ err: err?.message, denied, filters }, 'mqtt: cannot subscribe to the command topics; MQTT commands will not be received');
+    });
+  }
+
+  /**
+   * An answer to a request: not retained, QoS `qosTerminal`, kept through an outage like a terminal
+   * event. `correlationData` (MQTT 5) is copied into the message's properties.
+   */
+  publishAnswer(topic: string, payload: string, opts: { correlationData?: Buffer } = {}): void {
+    const m: OutMessage = { topic, payload, qos: this.opts.qosTerminal ?? 1, retain: false, terminal: true };
+    if (opts.correlationData !== undefined && (this.opts.protocolVersion ?? 5) === 5) m.properties = { correlationData: opts.correlationData };
+    this.enqueue(m);
+  }
+
+  /**
+   * A retained document of ours (QoS `qos`, default `qosTerminal`): the newest per topic wins through
+   * an outage, and it is published again on every reconnect until `clearRetained`.
+   */
+  publishRetained(topic: string, payload: string, qos: 0 | 1 | 2 = this.opts.qosTerminal ?? 1): void {
+    this.enqueue({ topic, payload, qos, retain: true, terminal: true });
+  }
+
+  /** Clears a retained topic (an empty retained message) and stops re-publishing it. */
+  clearRetained(topic: string, qos: 0 | 1 | 2 = this.opts.qosTerminal ?? 1): void {
+    this.enqueue({ topic, payload: '', qos, retain: true, terminal: true });
+  }
+
+  private enqueue(m: BufferedMessage): void {
+    if (this.client.connected) this.send(m);
+    else {
+      // Known at once as our newest retained word for the topic (sent when the buffer flushes).
+      if (m.retain) this.remember(m.topic, m.payload, m.qos, false);
+      this.buffer.push(m);
+    }
+  }
+
+  private send(m: OutMessage): void {
     if (m.retain) this.remember(m.topic, m.payload, m.qos);
+    const publishOpts: IClientPublishOptions = { qos: m.qos, retain: m.retain };
+    if (m.properties) publishOpts.properties = m.properties;
     if (m.qos === 0) {
       // QoS 0 has no acknowledgement to wait for; a callback would only cost time per message.
-      this.client.publish(m.topic, m.payload, { qos: 0, retain: m.retain });
+      this.client.publish(m.topic, m.payload, publishOpts);
       this.published++;
       return;
     }
     this.inflight++;
-    this.client.publish(m.topic, m.payload, { qos: m.qos, retain: m.retain }, (err) => {
+    this.client.publish(m.topic, m.payload, publishOpts, (err) => {
       this.inflight--;
       if (this.inflight === 0) for (const f of this.inflightDrained.splice(0)) f();
       if (!err) {
@@ -208,18 +320,57 @@ export class MqttBridge {
         this.log.error({ topic: m.topic, reasonCode: code, err: err.message }, `mqtt publish to ${m.topic} refused by the broker`);
         return;
       }
-      // Lost with the connection: keep it for the next connect.
+      // Lost with the connection: keep it for the next connect, unless a newer retained payload for
+      // its topic has been published or buffered since (the last retained word must win).
+      if (m.retain && (this.owned.get(m.topic)?.payload ?? '') !== m.payload) return;
       this.buffer.push(m);
     });
   }
 
-  /** A retained message of ours on its way: what we re-assert, and an echo to expect. */
-  private remember(topic: string, payload: string, qos: 0 | 1 | 2): void {
+  /** Retained topics we watch for overwrites (and so expect echoes on). */
+  private watched(topic: string): boolean {
+    return topic === statusTopic(this.opts.topics) || topicMatches(deviceStateTopic(this.opts.topics, '+'), topic);
+  }
+
+  /**
+   * A retained message of ours on its way: what we re-publish on reconnect (and re-assert, on the
+   * watched topics), and an echo to expect. An empty payload clears the topic: nothing to re-publish.
+   */
+  private remember(topic: string, payload: string, qos: 0 | 1 | 2, expectEcho = true): void {
+    if (payload === '') {
+      this.owned.delete(topic);
+      this.pendingEchoes.delete(topic);
+      this.lastReassert.delete(topic);
+      return;
+    }
     this.owned.set(topic, { payload, qos });
+    if (!expectEcho || !this.watched(topic)) return;
     const pending = this.pendingEchoes.get(topic) ?? [];
     pending.push(payload);
     if (pending.length > MAX_PENDING_ECHOES) pending.shift();
     this.pendingEchoes.set(topic, pending);
+  }
+
+  /** A message on a command topic goes to its handler (true), whatever else it is. */
+  private onCommand(topic: string, payload: Buffer, packet: { retain: boolean; properties?: { responseTopic?: string; correlationData?: Buffer } }): boolean {
+    let handler: ((m: CommandMessage) => void) | undefined;
+    for (const [f, h] of this.commandHandlers) if (topicMatches(f, topic)) handler = h;
+    if (!handler) return false;
+    if (this.stopping) return true;
+    if (packet.retain) {
+      this.log.warn({ topic }, `mqtt: a retained message on command topic ${topic} ignored (a request is never taken from the broker's store); clear it`);
+      return true;
+    }
+    const m: CommandMessage = { topic, payload };
+    const props = packet.properties;
+    if (typeof props?.responseTopic === 'string') m.responseTopic = props.responseTopic;
+    if (props?.correlationData !== undefined) m.correlationData = Buffer.from(props.correlationData);
+    try {
+      handler(m);
+    } catch (e) {
+      this.log.error({ topic, err: (e as Error).message }, 'mqtt: command handler failed');
+    }
+    return true;
   }
 
   private onMessage(topic: string, payload: Buffer, retain: boolean): void {

@@ -8,7 +8,11 @@
  *   `<prefix>/<gateway-id>/`;
  * - monitors connect with a `[control] tokens` entry (username = token name, password = the token;
  *   any role) and may only subscribe; with `anonymousRead`, clients without a username may too;
- * - anything else is refused at CONNECT (return code 4 bad username or password, 5 not authorized).
+ * - anything else is refused at CONNECT (return code 4 bad username or password, 5 not authorized);
+ * - with `commands` (mqtt.commands = true), a monitor whose token has the operator or admin role may
+ *   also publish, not retained, to exactly the two job command topics (`<prefix>/<gw>/jobs/submit`
+ *   and `<prefix>/<gw>/jobs/<id>/cancel`); the command plane checks the token in the payload again.
+ *   Messages on those topics are forwarded to the gateway's own client only: they carry tokens.
  *
  * Bounds: every packet a client sends is at most `maxMessageBytes` long (remaining length), checked
  * on the fixed header before aedes buffers the body (aedes' parser, mqtt-packet, has no size limit
@@ -20,7 +24,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { Duplex } from 'node:stream';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
 import type { BridgeLogger } from './bridge.js';
-import type { TopicRoot } from './topics.js';
+import { isJobCommandTopic, type TopicRoot } from './topics.js';
 
 /** The entries of `[control] tokens` (and HSX_GATEWAY_TOKENS): only the name and the hash are used. */
 export interface BrokerTokenEntry {
@@ -47,6 +51,11 @@ export interface EmbeddedBrokerOptions {
   maxRetainedBytes?: number;
   /** Monitor connections held at once (one more socket is kept for the gateway's own client). Default 64. */
   maxConnections?: number;
+  /**
+   * The job command plane is on (mqtt.commands): operator/admin monitors may publish to the two
+   * command topics. Default false: only the gateway publishes.
+   */
+  commands?: boolean;
   /** The client id the gateway's bridge uses; no other client may take it. Default: random. */
   clientId?: string;
   logger?: BridgeLogger;
@@ -94,7 +103,10 @@ export const EMBEDDED_DEFAULTS = {
 
 type Kind = 'gateway' | 'monitor' | 'anonymous';
 /** Who a connected client is; kept beside aedes' Client object. */
-const identities = new WeakMap<Client, { kind: Kind; name: string }>();
+const identities = new WeakMap<Client, { kind: Kind; name: string; role: string | null }>();
+
+/** Roles whose token may publish a job command (operator and above, as on the control port). */
+const COMMAND_ROLES: ReadonlySet<string> = new Set(['operator', 'admin']);
 
 const silentLogger: BridgeLogger = { info() {}, warn() {}, error() {} };
 
@@ -213,6 +225,7 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
   const maxRetainedBytes = opts.maxRetainedBytes ?? EMBEDDED_DEFAULTS.maxRetainedBytes;
   const maxConnections = opts.maxConnections ?? EMBEDDED_DEFAULTS.maxConnections;
   const anonymousRead = opts.anonymousRead ?? false;
+  const commands = opts.commands ?? false;
   const ownRoot = `${opts.topics.prefix}/${opts.topics.gatewayId}/`;
   const internal: InternalCredential = {
     username: `hsx-gateway-${opts.topics.gatewayId}`,
@@ -249,7 +262,7 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
       const pass = password ?? Buffer.alloc(0);
       if (username === internal.username && digestEqual(createHash('sha256').update(pass).digest(), internalDigest)) {
         if (client.id !== internal.clientId) return done(refuse(client, 'the gateway credential with another client id', 2), false);
-        identities.set(client, { kind: 'gateway', name: internal.username });
+        identities.set(client, { kind: 'gateway', name: internal.username, role: null });
         return done(null, true);
       }
       if (client.id === internal.clientId) return done(refuse(client, "client id reserved for the gateway's own client", 2), false);
@@ -257,6 +270,7 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
       if (connectedMonitors() >= maxConnections) return done(refuse(client, `too many clients (max_connections ${maxConnections})`, 3), false);
       let kind: Kind | null = null;
       let name = '';
+      let role: string | null = null;
       if (username === undefined || username === '') {
         if (password !== undefined && password.length > 0) return done(refuse(client, 'password without a username', 4), false);
         if (!anonymousRead) return done(refuse(client, 'anonymous clients are not allowed (mqtt.anonymous_read = false)', 5), false);
@@ -265,17 +279,36 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
       } else {
         const digest = createHash('sha256').update(pass).digest();
         let ok = false;
-        for (const t of tokens) if (t.name === username && digestEqual(t.digest, digest)) ok = true;
+        for (const t of tokens) {
+          if (t.name === username && digestEqual(t.digest, digest) && !ok) {
+            ok = true;
+            role = t.role;
+          }
+        }
         if (!ok) return done(refuse(client, 'bad username or password', 4), false);
         kind = 'monitor';
         name = username;
       }
-      identities.set(client, { kind, name });
+      identities.set(client, { kind, name, role });
       return done(null, true);
     },
     authorizePublish(client, packet, done) {
       const who = client ? identities.get(client) : undefined;
       const size = packet.payload?.length ?? 0;
+      if (who && who.kind === 'monitor' && commands && who.role !== null && COMMAND_ROLES.has(who.role) && isJobCommandTopic(opts.topics, packet.topic)) {
+        // A job command from an operator: never stored (a retained request would be replayed to
+        // every new subscriber), bounded like everything else.
+        if (packet.retain) {
+          stats.refusedPublishes++;
+          log.warn({ clientId: client?.id, user: who.name, topic: packet.topic }, `mqtt: retained publish to command topic ${packet.topic} refused`);
+          return done(new Error('not authorized to publish'));
+        }
+        if (size > maxMessageBytes) {
+          stats.refusedPublishes++;
+          return done(new Error(`message of ${size} bytes over max_message_bytes ${maxMessageBytes}`));
+        }
+        return done(null);
+      }
       if (!who || who.kind !== 'gateway') {
         stats.refusedPublishes++;
         log.warn({ clientId: client?.id, user: who?.name, topic: packet.topic }, `mqtt: publish to ${packet.topic} refused: only the gateway publishes`);
@@ -313,6 +346,12 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
     authorizeSubscribe(client, sub, done) {
       if (!identities.has(client)) return done(new Error('not authenticated'));
       return done(null, sub);
+    },
+    // Job commands carry a token in their payload: only the gateway's own client receives them,
+    // whatever another client subscribed to (`#` included).
+    authorizeForward(client, packet) {
+      if (isJobCommandTopic(opts.topics, packet.topic) && identities.get(client)?.kind !== 'gateway') return null;
+      return packet;
     },
   });
   const aedes = broker;

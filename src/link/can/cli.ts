@@ -13,7 +13,8 @@ import { createCanBus, parseCanAddress } from './address.js';
 import type { CanBus } from './bus.js';
 import { nodeProblem } from './ids.js';
 import { CanListener, type ListenerEvent, type ListenerOptions } from './listener.js';
-import { CanMaster, OK_STATUSES, parseNodeList, type MasterProgress, type MasterResult, type NodeVerdict } from './master.js';
+import { CanFlasher, verdictReason, type CanFlashResult } from './flasher.js';
+import { OK_STATUSES, parseNodeList, type MasterProgress, type NodeVerdict } from './master.js';
 import { parseOid, requestValue } from './value-client.js';
 
 type Out = (line: string) => void;
@@ -66,19 +67,8 @@ export function verdictText(v: NodeVerdict): string {
   return v.status;
 }
 
-const STATUS_MEANING: Record<string, string> = {
-  EBADMSG: 'image rejected', ENOSPC: 'image does not fit', ESRCH: 'unknown session', EBUSY: 'device busy',
-  EEXIST: 'conflicts with a running app', EPERM: 'refused by policy', ETIMEDOUT: 'no answer', ECANCELED: 'cancelled',
-  EINVAL: 'not supported by the node',
-};
-
-/** The reason column: the master's own reason, else what the node's status and stage mean. */
-export function verdictReason(v: NodeVerdict): string {
-  if (OK_STATUSES.has(v.status)) return v.reason ?? '';
-  if (v.reason) return v.reason;
-  const meaning = STATUS_MEANING[v.status] ?? 'failed';
-  return v.where && v.where !== 'none' ? `${meaning} (at ${v.where})` : meaning;
-}
+/** The reason column: the master's own reason, else what the node's status and stage mean (flasher.ts). */
+export { verdictReason };
 
 export function verdictCounts(verdicts: NodeVerdict[]): { ready: number; updated: number; current: number; failed: number } {
   const n = (st: string): number => verdicts.filter((v) => v.status === st).length;
@@ -123,50 +113,60 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   if (typeof bus === 'number') return bus;
 
   const display = json ? jsonProgress(nodes) : barProgress(nodes, process.stderr.isTTY === true);
-  let result: MasterResult;
+  // The bus is ours (opened above, closed below): the flasher only uses it.
+  const flasher = new CanFlasher({ name: o.can, bus });
+  // Ctrl-C: tell the nodes to abort, then report what was reached (exit 1).
+  const cancel = new AbortController();
+  const interrupt = (): void => cancel.abort('interrupted');
+  let result: CanFlashResult;
   try {
-    const master = new CanMaster({
-      bus, image, nodes, fd: !!o.fd, force: !!o.force,
-      ...(session !== undefined ? { session: session as number } : {}),
-      ...(timeoutMs !== undefined ? { timeoutMs: timeoutMs as number } : {}),
-      ...(retries !== undefined ? { retries: retries as number } : {}),
-      onProgress: display.update,
-    });
-    if (json) stdout(JSON.stringify({ type: 'start', session: master.session, nodes, bytes: image.length, fd: !!o.fd, force: !!o.force, bus: o.can }));
-    // Ctrl-C: tell the nodes to abort, then report what was reached (exit 1).
-    const interrupt = (): void => master.abort('interrupted');
     process.once('SIGINT', interrupt);
     process.once('SIGTERM', interrupt);
     try {
-      result = await master.run();
+      result = await flasher.flash({
+        image, targets: nodes.map(String), signal: cancel.signal,
+        options: {
+          fd: !!o.fd, force: !!o.force,
+          ...(session !== undefined ? { session: session as number } : {}),
+          ...(timeoutMs !== undefined ? { timeoutMs: timeoutMs as number } : {}),
+          ...(retries !== undefined ? { retries: retries as number } : {}),
+        },
+        onMasterProgress: display.update,
+        onStart: (started) => {
+          if (json) stdout(JSON.stringify({ type: 'start', session: started.session, nodes, bytes: image.length, fd: !!o.fd, force: !!o.force, bus: o.can }));
+        },
+      });
     } finally {
       process.off('SIGINT', interrupt);
       process.off('SIGTERM', interrupt);
     }
   } catch (e) {
     display.stop();
+    await flasher.close();
     await bus.close();
     return usage((e as Error).message);
   }
   display.stop();
+  await flasher.close();
   await bus.close();
   const s = result.stats;
   const frames = s.frameBytes / s.chunkSize;
   const efficiency = s.frameBytes > 0 ? s.payloadBytes / s.frameBytes : 0;
-  const counts = verdictCounts(result.verdicts);
+  const verdicts = result.nodeVerdicts;
+  const counts = verdictCounts(verdicts);
   if (json) {
-    for (const v of result.verdicts) {
+    for (const v of verdicts) {
       const reason = verdictReason(v);
       stdout(JSON.stringify({ type: 'verdict', ...v, ...(reason ? { reason } : {}) }));
     }
-    stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: result.verdicts.length, ...counts, ...s, frames, efficiency }));
+    stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: verdicts.length, ...counts, ...s, frames, efficiency }));
   } else {
     stdout(`\n node  verdict                     where      reason`);
-    for (const v of result.verdicts) {
+    for (const v of verdicts) {
       stdout(` ${String(v.node).padStart(4)}  ${verdictText(v).padEnd(26)}  ${v.where.padEnd(9)}  ${verdictReason(v)}`);
     }
     stdout(
-      `\n${result.verdicts.length} nodes: ${counts.ready} READY · ${counts.updated} UPDATED · ${counts.current} CURRENT · ${counts.failed} failed · ` +
+      `\n${verdicts.length} nodes: ${counts.ready} READY · ${counts.updated} UPDATED · ${counts.current} CURRENT · ${counts.failed} failed · ` +
         `session ${s.session} · ${image.length} bytes in ${(s.ms / 1000).toFixed(2)} s · ` +
         `${frames} frames (${s.sent.data} data, ${s.rounds} report rounds, ${s.repairedChunks} chunks repaired) · payload efficiency ${(efficiency * 100).toFixed(1)}%`,
     );

@@ -1,8 +1,9 @@
 /**
  * The 11-bit identifier plan. Three ranges share one bus:
  *
- *   valueBase | node<<3 | op   HSX value/command binding (GET 0, SET 1, PUB 2, CALL 3, RET 4)
- *   provBase  | node<<3 | op   provisioning control (master ops 0..3, listener ops 4..7)
+ *   valueBase | node<<3 | op   HSX value/command binding (GET 0, SET 1, PUB 2, CALL 3, RET 4),
+ *                              and a node's INFO answer to a scan (5)
+ *   provBase  | node<<3 | op   provisioning control (master ops 0..3 — INFO_REQ is 3 —, listener ops 4..7)
  *   dataBase  | seq & 0x3FF    image data: the chunk sequence rides in the identifier, so every
  *                              data byte is payload (8 of 8 classic, 64 of 64 FD)
  *
@@ -23,8 +24,10 @@ export const BROADCAST = 0;
 export const SEQ_BITS = 10;
 export const SEQ_MASK = (1 << SEQ_BITS) - 1;
 
-export const ValueOp = { GET: 0, SET: 1, PUB: 2, CALL: 3, RET: 4 } as const;
-export const ProvOp = { ANNOUNCE: 0, SYNC: 1, CTRL: 2, JOIN: 4, ACK: 5, MISSING: 6, VERDICT: 7 } as const;
+/** INFO (5): a node's segmented answer to INFO_REQ (node = the sender), docs/can_protocol.md "Scan". */
+export const ValueOp = { GET: 0, SET: 1, PUB: 2, CALL: 3, RET: 4, INFO: 5 } as const;
+/** INFO_REQ (3): the master asks every node (node 0) or one node what it runs (answered by value op INFO). */
+export const ProvOp = { ANNOUNCE: 0, SYNC: 1, CTRL: 2, INFO_REQ: 3, JOIN: 4, ACK: 5, MISSING: 6, VERDICT: 7 } as const;
 export type ProvOpCode = (typeof ProvOp)[keyof typeof ProvOp];
 
 /** Returns the problem with a plan, or null: the three ranges must be aligned and disjoint. */

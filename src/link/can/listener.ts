@@ -24,9 +24,12 @@ import {
   BLOCK_CHUNKS,
   CtrlKind,
   decodeCtrl,
+  decodeInfoRequest,
   decodeSync,
   decodeValue,
   encodeAck,
+  encodeInfoBody,
+  encodeInfoParts,
   encodeJoin,
   encodeRet,
   encodeVerdict,
@@ -36,10 +39,12 @@ import {
   VerdictFlag,
   whereCode,
   type Announce,
+  type InfoBody,
 } from './messages.js';
 
-/** The part of the device's intake a listener drives. */
-export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort' | 'primary' | 'current' | 'getValue' | 'setValue'>;
+/** The part of the device's intake a listener drives (`inventory` answers a scan; without it, INFO says only what runs). */
+export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort' | 'primary' | 'current' | 'getValue' | 'setValue'>
+  & Partial<Pick<DeviceIntake, 'inventory'>>;
 
 export interface ListenerOptions {
   bus: CanBus;
@@ -71,7 +76,8 @@ export type ListenerEvent =
   | { type: 'progress'; session: number; held: number; total: number }
   | { type: 'verdict'; session: number; status: string; where: string; reason: string; pid?: number; appName?: string; from?: string; to?: string }
   | { type: 'conflict'; session: number; what: string }
-  | { type: 'value'; op: 'get' | 'set'; oid: number; raw: number; status: string };
+  | { type: 'value'; op: 'get' | 'set'; oid: number; raw: number; status: string }
+  | { type: 'info'; req: number; parts: number };
 
 export interface LocalVerdict {
   /** The wire status: OK (READY), CURRENT, or the error code. */
@@ -132,11 +138,13 @@ export class CanListener {
   private unsubscribe: (() => void) | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   private lastNeedAnnounce = -Infinity;
+  /** The INFO answer waiting for this node's turn (a newer request replaces it). */
+  private infoTimer: NodeJS.Timeout | null = null;
   /** The last finished session and its verdict, so a late REPORT still gets an answer. */
   private finished: { session: number; verdict: LocalVerdict; announce?: Announce } | null = null;
   readonly counters = {
     frames: 0, data: 0, duplicates: 0, conflicts: 0, outOfRange: 0, malformed: 0, foreign: 0,
-    blockCrcFailures: 0, shaFailures: 0, sessions: 0, dropped: 0, engineRenewals: 0, valueRequests: 0,
+    blockCrcFailures: 0, shaFailures: 0, sessions: 0, dropped: 0, engineRenewals: 0, valueRequests: 0, infoRequests: 0,
   };
   readonly verdicts: Array<LocalVerdict & { session: number }> = [];
 
@@ -168,6 +176,8 @@ export class CanListener {
     this.unsubscribe = null;
     if (this.idleTimer) clearInterval(this.idleTimer);
     this.idleTimer = null;
+    if (this.infoTimer) clearTimeout(this.infoTimer);
+    this.infoTimer = null;
     if (this.rx && !this.rx.verdict) this.abandon('ECANCELED', 'listener_stopped', 'listener stopped');
   }
 
@@ -214,7 +224,48 @@ export class CanListener {
         return this.onSync(f.data);
       case ProvOp.CTRL:
         return this.onCtrl(f.data, c.node === this.node);
+      case ProvOp.INFO_REQ:
+        return this.onInfoRequest(f.data);
     }
+  }
+
+  /**
+   * A scan: answer with what the device runs and what its slots hold, (node − 1) × spacing ms after
+   * the request, so a bus of nodes answers one after another instead of all at once.
+   */
+  private onInfoRequest(data: Uint8Array): void {
+    const req = decodeInfoRequest(data);
+    if (!req) {
+      this.counters.malformed++;
+      return;
+    }
+    this.counters.infoRequests++;
+    if (this.infoTimer) clearTimeout(this.infoTimer);
+    this.infoTimer = null;
+    const answer = (): void => {
+      this.infoTimer = null;
+      if (!this.unsubscribe) return;
+      let body: Uint8Array;
+      try {
+        body = encodeInfoBody(this.inventory());
+      } catch {
+        this.counters.malformed++; // the device holds something the body cannot say (a malformed SHA-256): stay silent
+        return;
+      }
+      const parts = encodeInfoParts(req.req, body);
+      for (const p of parts) this.send(valueId(this.plan, this.node, ValueOp.INFO), p);
+      this.emit({ type: 'info', req: req.req, parts: parts.length });
+    };
+    const delay = (this.node - 1) * req.spacingMs;
+    if (delay === 0) return answer();
+    this.infoTimer = setTimeout(answer, delay);
+    this.infoTimer.unref();
+  }
+
+  private inventory(): InfoBody {
+    if (this.intake.inventory) return this.intake.inventory();
+    const p = this.intake.primary();
+    return { app_name: p?.appName ?? null, version: p ? p.appVersion : null, sha256: p?.sha256 ?? null, slots: [], slot_bytes: null };
   }
 
   private onAnnouncePart(data: Uint8Array): void {

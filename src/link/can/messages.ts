@@ -3,6 +3,7 @@
  * frame is the session id). Decoders never throw: a frame of the wrong length or with impossible
  * fields decodes to null and is counted by the caller. Byte tables: docs/can_protocol.md.
  */
+import { crc32 } from 'node:zlib';
 
 export const ANNOUNCE_VERSION = 1;
 export const ANNOUNCE_BODY_BYTES = 52;
@@ -334,4 +335,286 @@ export function decodeValue(b: Uint8Array, op: 'get' | 'set' | 'ret'): ValueFram
     raw: op === 'get' ? 0 : (b[2]! << 8) | b[3]!,
     status: op === 'ret' ? b[4]! : 0,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scan: INFO_REQ [req, version, spacing ms] from the master (provBase | node<<3 | 3, node 0 = all);
+// each node answers with INFO parts [req, part, 6 body bytes] on valueBase | node<<3 | 5. The INFO
+// body says what the node runs and what its flash slots hold, and ends with a CRC-32 of itself.
+
+export const INFO_VERSION = 1;
+/** Body bytes per INFO frame (classic 8-byte frames, also on an FD bus). */
+export const INFO_PART_BYTES = 6;
+/** Header (version, flags, length) and CRC-32. */
+export const INFO_MIN_BODY = 8;
+/** Largest body a decoder accepts (the largest the encoder makes is 218 bytes). */
+export const INFO_MAX_BODY = 384;
+/** Default per-node answer spacing: node N answers (N − 1) × spacing ms after the request. */
+export const INFO_DEFAULT_SPACING_MS = 2;
+/** INFO body byte 1. */
+export const InfoFlag = { RUNNING: 1, CAPACITY: 2, SLOTS: 4 } as const;
+/** Slot byte: state in bits 0..1, ACTIVE in bit 7. */
+export const INFO_SLOT_ACTIVE = 0x80;
+export const INFO_SLOT_STATES = ['empty', 'test', 'good'] as const;
+export type InfoSlotState = (typeof INFO_SLOT_STATES)[number];
+/** Field limits (those of the flash manifest: docs/persistence.md). */
+export const INFO_MAX_NAME = 32;
+export const INFO_MAX_VERSION = 24;
+
+export interface InfoRequest {
+  /** Request id 1..255: answers carry it, so answers to an earlier scan are never taken for this one. */
+  req: number;
+  /** Node N waits (N − 1) × spacing ms before it answers (0..255). */
+  spacingMs: number;
+}
+
+export const encodeInfoRequest = (r: InfoRequest): Uint8Array => Uint8Array.of(r.req & 0xff, INFO_VERSION, Math.max(0, Math.min(255, r.spacingMs)));
+
+/** Null for a short request or one of another version (a listener ignores it). */
+export function decodeInfoRequest(b: Uint8Array): InfoRequest | null {
+  if (b.length < 3 || b[1] !== INFO_VERSION || b[0] === 0) return null;
+  return { req: b[0]!, spacingMs: b[2]! };
+}
+
+/** What a node answers (the shape of link/flasher.ts `InventoryEntry` without its target). */
+export interface InfoSlot {
+  slot: 'A' | 'B';
+  state: InfoSlotState;
+  active: boolean;
+  sha256: string | null;
+  version: string | null;
+}
+
+export interface InfoBody {
+  app_name: string | null;
+  version: string | null;
+  sha256: string | null;
+  slots: InfoSlot[];
+  slot_bytes: number | null;
+}
+
+/** Why an INFO body (or one of its frames) was refused: `offset` is the byte offset in the body. */
+export interface InfoProblem {
+  reason: string;
+  offset: number;
+  message: string;
+}
+
+const utf8 = new TextEncoder();
+const utf8Strict = new TextDecoder('utf-8', { fatal: true });
+
+function utf8Cut(s: string, max: number): Uint8Array {
+  const b = utf8.encode(s);
+  if (b.length <= max) return b;
+  let end = max;
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
+  return b.subarray(0, end);
+}
+
+const SHA_HEX = /^[0-9a-f]{64}$/;
+
+function shaBytes(hex: string | null, what: string): Uint8Array {
+  if (hex === null || !SHA_HEX.test(hex.toLowerCase())) throw new RangeError(`INFO: ${what} must be 64 hex digits, got ${String(hex)}`);
+  return Buffer.from(hex, 'hex');
+}
+
+/**
+ * The INFO body (docs/can_protocol.md, "INFO body"): version, flags, length, then the running image
+ * (RUNNING), the slot size (CAPACITY), slots A and B (SLOTS), and a CRC-32 of everything before it.
+ */
+export function encodeInfoBody(info: InfoBody): Uint8Array {
+  const out: number[] = [INFO_VERSION, 0, 0, 0];
+  const str = (s: string | null, max: number): void => {
+    const b = utf8Cut(s ?? '', max);
+    out.push(b.length, ...b);
+  };
+  let flags = 0;
+  if (info.sha256 !== null) {
+    flags |= InfoFlag.RUNNING;
+    out.push(...shaBytes(info.sha256, 'sha256'));
+    str(info.app_name, INFO_MAX_NAME);
+    str(info.version, INFO_MAX_VERSION);
+  }
+  if (info.slot_bytes !== null) {
+    flags |= InfoFlag.CAPACITY;
+    const v = info.slot_bytes >>> 0;
+    out.push((v >>> 24) & 0xff, (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff);
+  }
+  if (info.slots.length > 0) {
+    flags |= InfoFlag.SLOTS;
+    for (const name of ['A', 'B'] as const) {
+      const s = info.slots.find((x) => x.slot === name);
+      const state = s && s.sha256 !== null ? s.state : 'empty';
+      out.push(INFO_SLOT_STATES.indexOf(state) | (s?.active ? INFO_SLOT_ACTIVE : 0));
+      if (state !== 'empty') {
+        out.push(...shaBytes(s!.sha256, `slot ${name} sha256`));
+        str(s!.version, INFO_MAX_VERSION);
+      }
+    }
+  }
+  const b = new Uint8Array(out.length + 4);
+  b.set(out);
+  b[1] = flags;
+  b[2] = (b.length >>> 8) & 0xff;
+  b[3] = b.length & 0xff;
+  put32(b, b.length - 4, crc32(b.subarray(0, b.length - 4)));
+  return b;
+}
+
+/** Decodes a whole INFO body; a refusal names the reason and the body offset where it was found. */
+export function decodeInfoBody(b: Uint8Array): { ok: true; value: InfoBody } | { ok: false; error: InfoProblem } {
+  const fail = (reason: string, offset: number, message: string): { ok: false; error: InfoProblem } => ({ ok: false, error: { reason, offset, message } });
+  if (b.length < INFO_MIN_BODY) return fail('bad_length', b.length, `INFO body of ${b.length} bytes is shorter than ${INFO_MIN_BODY}`);
+  if (b[0] !== INFO_VERSION) return fail('bad_version', 0, `INFO version ${b[0]} is not ${INFO_VERSION}`);
+  const len = (b[2]! << 8) | b[3]!;
+  if (len < INFO_MIN_BODY || len > INFO_MAX_BODY || len > b.length) return fail('bad_length', 2, `INFO length ${len} is outside ${INFO_MIN_BODY}..${Math.min(INFO_MAX_BODY, b.length)}`);
+  const want = u32(b, len - 4);
+  const got = crc32(b.subarray(0, len - 4));
+  if (want !== got) return fail('crc_mismatch', len - 4, `INFO CRC-32 0x${want.toString(16).padStart(8, '0')} does not match the body (0x${got.toString(16).padStart(8, '0')})`);
+  const flags = b[1]!;
+  if (flags & ~(InfoFlag.RUNNING | InfoFlag.CAPACITY | InfoFlag.SLOTS)) return fail('bad_flags', 1, `INFO flags 0x${flags.toString(16)} has unknown bits`);
+  const end = len - 4;
+  let at = 4;
+  const need = (n: number, what: string): InfoProblem | null =>
+    at + n > end ? { reason: 'field_overrun', offset: at, message: `INFO ${what} (${n} bytes at ${at}) runs past the body's end (${end})` } : null;
+  const sha = (what: string): string | InfoProblem => {
+    const p = need(32, what);
+    if (p) return p;
+    const v = Buffer.from(b.subarray(at, at + 32)).toString('hex');
+    at += 32;
+    return v;
+  };
+  const str = (what: string, max: number): string | InfoProblem => {
+    const p = need(1, `${what} length`);
+    if (p) return p;
+    const n = b[at]!;
+    if (n > max) return { reason: 'bad_field', offset: at, message: `INFO ${what} of ${n} bytes exceeds ${max}` };
+    const q = need(1 + n, what);
+    if (q) return q;
+    let v: string;
+    try {
+      v = utf8Strict.decode(b.subarray(at + 1, at + 1 + n));
+    } catch {
+      return { reason: 'bad_field', offset: at + 1, message: `INFO ${what} is not UTF-8` };
+    }
+    at += 1 + n;
+    return v;
+  };
+  const info: InfoBody = { app_name: null, version: null, sha256: null, slots: [], slot_bytes: null };
+  if (flags & InfoFlag.RUNNING) {
+    const s = sha('running sha256');
+    if (typeof s !== 'string') return { ok: false, error: s };
+    const name = str('app name', INFO_MAX_NAME);
+    if (typeof name !== 'string') return { ok: false, error: name };
+    const version = str('version', INFO_MAX_VERSION);
+    if (typeof version !== 'string') return { ok: false, error: version };
+    info.sha256 = s;
+    info.app_name = name;
+    info.version = version;
+  }
+  if (flags & InfoFlag.CAPACITY) {
+    const p = need(4, 'slot size');
+    if (p) return { ok: false, error: p };
+    info.slot_bytes = u32(b, at);
+    at += 4;
+  }
+  if (flags & InfoFlag.SLOTS) {
+    for (const slot of ['A', 'B'] as const) {
+      const p = need(1, `slot ${slot}`);
+      if (p) return { ok: false, error: p };
+      const code = b[at]!;
+      const state = INFO_SLOT_STATES[code & 0x03];
+      if (!state || (code & 0x7c) !== 0) return fail('bad_slot_state', at, `INFO slot ${slot} byte 0x${code.toString(16)} is not a state (0 empty, 1 test, 2 good; bit 7 active)`);
+      at++;
+      const entry: InfoSlot = { slot, state, active: (code & INFO_SLOT_ACTIVE) !== 0, sha256: null, version: null };
+      if (state !== 'empty') {
+        const s = sha(`slot ${slot} sha256`);
+        if (typeof s !== 'string') return { ok: false, error: s };
+        const v = str(`slot ${slot} version`, INFO_MAX_VERSION);
+        if (typeof v !== 'string') return { ok: false, error: v };
+        entry.sha256 = s;
+        entry.version = v;
+      }
+      info.slots.push(entry);
+    }
+  }
+  if (at !== end) return fail('trailing_bytes', at, `INFO body has ${end - at} bytes after its last field`);
+  return { ok: true, value: info };
+}
+
+/** The body cut into INFO frames: [req, part, 6 bytes], the last zero-padded; always 8 bytes. */
+export function encodeInfoParts(req: number, body: Uint8Array): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  for (let p = 0; p * INFO_PART_BYTES < body.length; p++) {
+    const f = new Uint8Array(2 + INFO_PART_BYTES);
+    f[0] = req;
+    f[1] = p;
+    f.set(body.subarray(p * INFO_PART_BYTES, (p + 1) * INFO_PART_BYTES), 2);
+    parts.push(f);
+  }
+  return parts;
+}
+
+export type InfoPush =
+  | { kind: 'pending' }
+  | { kind: 'done'; info: InfoBody }
+  | { kind: 'problem'; problem: InfoProblem };
+
+/**
+ * Collects one node's INFO frames of one request, in any order. The part count is known from
+ * part 0 (the body length); a repeated part must repeat its bytes (else `part_conflict`: two nodes
+ * with one id, or a confused one). Once done or refused, it takes nothing more.
+ */
+export class InfoAssembler {
+  private readonly parts = new Map<number, Uint8Array>();
+  private needed: number | null = null;
+  private ended = false;
+
+  push(data: Uint8Array): InfoPush {
+    if (this.ended) return { kind: 'pending' };
+    const part = data[1] ?? 0;
+    const offset = part * INFO_PART_BYTES;
+    const problem = (reason: string, at: number, message: string): InfoPush => {
+      this.ended = true;
+      return { kind: 'problem', problem: { reason, offset: at, message } };
+    };
+    if (data.length < 2 + INFO_PART_BYTES) return problem('short_frame', offset, `INFO frame of ${data.length} bytes (part ${part}); every part has 8`);
+    const maxParts = this.needed ?? Math.ceil(INFO_MAX_BODY / INFO_PART_BYTES);
+    if (part >= maxParts) return problem('part_out_of_range', offset, `INFO part ${part} is beyond the body's ${maxParts} parts`);
+    const bytes = data.slice(2, 2 + INFO_PART_BYTES);
+    const held = this.parts.get(part);
+    if (held) {
+      if (Buffer.compare(held, bytes) !== 0) return problem('part_conflict', offset, `INFO part ${part} arrived twice with different bytes (two nodes with one id?)`);
+      return { kind: 'pending' };
+    }
+    this.parts.set(part, bytes);
+    if (part === 0) {
+      if (bytes[0] !== INFO_VERSION) return problem('bad_version', 0, `INFO version ${bytes[0]} is not ${INFO_VERSION}`);
+      const len = (bytes[2]! << 8) | bytes[3]!;
+      if (len < INFO_MIN_BODY || len > INFO_MAX_BODY) return problem('bad_length', 2, `INFO length ${len} is outside ${INFO_MIN_BODY}..${INFO_MAX_BODY}`);
+      this.needed = Math.ceil(len / INFO_PART_BYTES);
+      for (const p of this.parts.keys()) if (p >= this.needed) return problem('part_out_of_range', p * INFO_PART_BYTES, `INFO part ${p} is beyond the body's ${this.needed} parts`);
+    }
+    if (this.needed === null || this.parts.size < this.needed) return { kind: 'pending' };
+    this.ended = true;
+    const body = new Uint8Array(this.needed * INFO_PART_BYTES);
+    for (const [p, b] of this.parts) body.set(b, p * INFO_PART_BYTES);
+    const decoded = decodeInfoBody(body);
+    return decoded.ok ? { kind: 'done', info: decoded.value } : { kind: 'problem', problem: decoded.error };
+  }
+
+  /** Whether any frame arrived and no verdict was reached. */
+  get incomplete(): boolean {
+    return !this.ended && this.parts.size > 0;
+  }
+
+  /** Body offset of the first part still missing. */
+  firstMissing(): number {
+    for (let p = 0; ; p++) if (!this.parts.has(p)) return p * INFO_PART_BYTES;
+  }
+
+  /** Parts expected (null until part 0 arrived). */
+  get partsNeeded(): number | null {
+    return this.needed;
+  }
 }

@@ -8,10 +8,11 @@
 import { readFile } from 'node:fs/promises';
 import cliProgress from 'cli-progress';
 import { checkImageToSend } from '../image-check.js';
-import { UartPortTransport, UartLinkError } from './port-transport.js';
-import { sendImage, type FlashOutcome, type MasterProgress, type SessionRestart } from './master.js';
+import { UartLinkError } from './port-transport.js';
+import { UART_TARGET, UartFlasher } from './flasher.js';
+import type { FlashOutcome, MasterProgress, SessionRestart } from './master.js';
 import type { ImageInfo } from './messages.js';
-import { DEFAULT_BAUD, DEFAULT_CHUNK, DEFAULT_MASTER_TIMING, DEFAULT_WINDOW, rtoForLine } from './settings.js';
+import { DEFAULT_BAUD, DEFAULT_CHUNK, DEFAULT_WINDOW } from './settings.js';
 import type { UartError } from './errors.js';
 
 export interface UartFlashOptions {
@@ -50,9 +51,9 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   const baud = o.baud ?? DEFAULT_BAUD;
   const chunk = o.chunk ?? DEFAULT_CHUNK;
   const window = o.window ?? DEFAULT_WINDOW;
-  const transport = new UartPortTransport({ path: o.port, baudRate: baud });
+  let flasher: UartFlasher;
   try {
-    await transport.open();
+    flasher = await UartFlasher.open(o.port, { path: o.port, baudRate: baud });
   } catch (e) {
     return fail(e instanceof UartLinkError ? e.info : { code: 'EIO', where: 'open', reason: 'open_failed', message: String(e) });
   }
@@ -89,7 +90,6 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
       resumeOffset: p.resumeOffset, bytesPerSecond: Math.round(rate(p)), retransmits: p.retransmits }));
   };
 
-  const timing = { rtoMs: rtoForLine(baud, chunk, window, DEFAULT_MASTER_TIMING.rtoMs) };
   const onRestart = (c: SessionRestart): void => {
     const line = o.json
       ? JSON.stringify({ event: 'restart', ...c })
@@ -104,11 +104,16 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
       barStarted = false; // restarted at the next progress report
     }
   };
-  const result = await sendImage(transport, bytes, { appName, chunkSize: chunk, window, timing, onProgress, onRestart, force: o.force === true });
+  // The retransmission timeout defaults to one sized for the line (rtoForLine), as before.
+  const result = await flasher.flash({
+    image: bytes, appName, targets: [UART_TARGET], options: { chunk, window, force: o.force === true },
+    onLinkProgress: onProgress, onRestart,
+  });
   bar?.stop();
-  await transport.close();
-  if (!result.ok) return fail(result.error);
-  const r = result.value;
+  await flasher.close();
+  if (!result.outcome) return fail(result.error!);
+  const r = result.outcome;
+  const transport = flasher.transport;
   const verdict = VERDICT[r.outcome];
   out(o.json
     ? JSON.stringify({ event: verdict.toLowerCase(), verdict, ...r, to: r.image, counters: transport.status().counters })

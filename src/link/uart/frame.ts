@@ -25,6 +25,9 @@ export const FrameType = {
   ERROR: 0x08,
   ABORT: 0x09,
   CURRENT: 0x0a,
+  /** Version 2: what does the device run? (docs/uart_protocol.md, "INFO") */
+  INFO_REQ: 0x0b,
+  INFO: 0x0c,
 } as const;
 export type FrameTypeValue = (typeof FrameType)[keyof typeof FrameType];
 

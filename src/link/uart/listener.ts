@@ -16,7 +16,7 @@ import type { Transport, TransportStatus } from '../transport.js';
 import type { DeviceIntake, EngineError, IntakeVerdict, RunningImage } from '../../engine/index.js';
 import { FrameType, type Frame } from './frame.js';
 import {
-  SUPPORTED_VERSIONS, decodeAbort, decodeOpen, encodeAccept, encodeCurrent, encodeError, encodeMissing, encodeResult, encodeResultV1,
+  SUPPORTED_VERSIONS, decodeAbort, decodeInfoRequest, decodeOpen, encodeAccept, encodeCurrent, encodeError, encodeInfo, encodeMissing, encodeResult, encodeResultV1,
   type ErrorMessage, type ImageInfo, type OpenMessage,
 } from './messages.js';
 import type { PartialStore, PartialWriter, PartialKey } from './partial-store.js';
@@ -24,8 +24,8 @@ import {
   DEFAULT_LISTENER_TIMING, LISTENER_MAX_CHUNK, LISTENER_MAX_WINDOW, MIN_CHUNK, type ListenerTiming,
 } from './settings.js';
 
-/** The part of the intake the listener drives. */
-export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort'>;
+/** The part of the intake the listener drives (`inventory` answers INFO; without it INFO is refused). */
+export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort'> & Partial<Pick<DeviceIntake, 'inventory'>>;
 
 export interface ListenerOptions {
   /** The source label for tasks loaded here, e.g. `uart:/dev/ttyUSB1`. */
@@ -152,6 +152,10 @@ export class UartListener extends EventEmitter {
   private onFrame(frame: Frame): void {
     if (frame.type === FrameType.OPEN) {
       this.onOpen(frame);
+      return;
+    }
+    if (frame.type === FrameType.INFO_REQ) {
+      this.onInfoRequest(frame);
       return;
     }
     const s = this.session;
@@ -465,6 +469,25 @@ export class UartListener extends EventEmitter {
   }
 
   // ---- endings ------------------------------------------------------------------------------
+
+  // ---- INFO ---------------------------------------------------------------------------------
+
+  /** What the device runs and what its slots hold (version 2); any session goes on undisturbed. */
+  private onInfoRequest(frame: Frame): void {
+    const req = decodeInfoRequest(frame.payload);
+    if (!req.ok) return this.send(this.errorFrame(frame.tag, { code: 'EPROTO', where: 'session', reason: 'bad_info_request' }));
+    if (req.value.version < 2 || !SUPPORTED_VERSIONS.includes(req.value.version)) {
+      return this.send(this.errorFrame(frame.tag, { code: 'EPROTO', where: 'session', reason: 'unsupported_version' }));
+    }
+    let payload: Buffer;
+    try {
+      if (!this.intake.inventory) throw new Error('no inventory');
+      payload = encodeInfo(this.intake.inventory());
+    } catch {
+      return this.send(this.errorFrame(frame.tag, { code: 'ENOTSUP', where: 'session', reason: 'info_unavailable' }));
+    }
+    this.send({ type: FrameType.INFO, tag: frame.tag, seq: frame.seq, payload });
+  }
 
   private errorFrame(tag: number, e: ErrorMessage): Frame {
     return { type: FrameType.ERROR, tag, seq: 0, payload: encodeError({ code: e.code, where: e.where, reason: e.reason }) };

@@ -287,3 +287,140 @@ export function encodeAbort(reason: string): Buffer {
 export function decodeAbort(p: Uint8Array): string {
   return asBuffer(p).toString('utf8');
 }
+
+// ---------------------------------------------------------------------------------------------
+// INFO (version 2): the master asks what the device runs (INFO_REQ, payload: the version), the
+// device answers INFO: what it runs and what its flash slots hold (docs/uart_protocol.md, "INFO").
+
+/** INFO `flags` bits. */
+export const InfoFlag = { RUNNING: 0x01, CAPACITY: 0x02, SLOTS: 0x04 } as const;
+const INFO_FIXED = 5;
+const INFO_SLOT_STATES = ['empty', 'test', 'good'] as const;
+const INFO_SLOT_ACTIVE = 0x01;
+const MAX_VERSION_TEXT = 24;
+
+export interface InfoSlot {
+  slot: 'A' | 'B';
+  state: 'empty' | 'test' | 'good';
+  active: boolean;
+  sha256: string | null;
+  version: string | null;
+}
+
+/** INFO: the shape of link/flasher.ts `InventoryEntry` without its target. */
+export interface InfoMessage {
+  app_name: string | null;
+  version: string | null;
+  sha256: string | null;
+  slots: InfoSlot[];
+  slot_bytes: number | null;
+}
+
+/** INFO_REQ payload: the protocol version the master speaks (2). */
+export const encodeInfoRequest = (version = PROTOCOL_VERSION): Buffer => Buffer.from([version]);
+
+export function decodeInfoRequest(p: Uint8Array): Result<{ version: number }, MessageError> {
+  if (p.length !== 1) return err({ message: `INFO_REQ payload is ${p.length} bytes, expected 1`, offset: 0 });
+  return ok({ version: p[0]! });
+}
+
+function utf8Cut(value: string, max: number): Buffer {
+  const b = Buffer.from(value, 'utf8');
+  if (b.length <= max) return b;
+  let end = max;
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
+  return b.subarray(0, end);
+}
+
+const cutString = (value: string | null, max: number): Buffer => {
+  const b = utf8Cut(value ?? '', max);
+  return Buffer.concat([Buffer.from([b.length]), b]);
+};
+
+function shaOf(hex: string | null, what: string): Buffer {
+  const b = Buffer.from(hex ?? '', 'hex');
+  if (b.length !== 32 || !/^[0-9a-f]{64}$/i.test(hex ?? '')) throw new RangeError(`INFO ${what} must be 64 hex digits, got ${String(hex)}`);
+  return b;
+}
+
+/** INFO payload: flags, slot size, the running image (sha256, name, version), slots A and B. */
+export function encodeInfo(m: InfoMessage): Buffer {
+  const head = Buffer.alloc(INFO_FIXED);
+  const parts: Buffer[] = [head];
+  let flags = 0;
+  if (m.sha256 !== null) {
+    flags |= InfoFlag.RUNNING;
+    parts.push(shaOf(m.sha256, 'sha256'), cutString(m.app_name, MAX_NAME), cutString(m.version, MAX_VERSION_TEXT));
+  }
+  if (m.slot_bytes !== null) {
+    flags |= InfoFlag.CAPACITY;
+    head.writeUInt32BE(m.slot_bytes >>> 0, 1);
+  }
+  if (m.slots.length > 0) {
+    flags |= InfoFlag.SLOTS;
+    for (const name of ['A', 'B'] as const) {
+      const s = m.slots.find((x) => x.slot === name);
+      const state = s && s.sha256 !== null ? s.state : 'empty';
+      parts.push(Buffer.from([SLOT_CODE[name], INFO_SLOT_STATES.indexOf(state), s?.active ? INFO_SLOT_ACTIVE : 0]));
+      if (state !== 'empty') parts.push(shaOf(s!.sha256, `slot ${name} sha256`), cutString(s!.version, MAX_VERSION_TEXT));
+    }
+  }
+  head[0] = flags;
+  return Buffer.concat(parts);
+}
+
+export function decodeInfo(p: Uint8Array): Result<InfoMessage, MessageError> {
+  const buf = asBuffer(p);
+  if (buf.length < INFO_FIXED) return err({ message: `INFO payload of ${buf.length} bytes is shorter than ${INFO_FIXED}`, offset: buf.length });
+  const flags = buf[0]!;
+  if (flags & ~(InfoFlag.RUNNING | InfoFlag.CAPACITY | InfoFlag.SLOTS)) return err({ message: `INFO flags 0x${flags.toString(16)} has unknown bits`, offset: 0 });
+  const m: InfoMessage = { app_name: null, version: null, sha256: null, slots: [], slot_bytes: null };
+  if (flags & InfoFlag.CAPACITY) m.slot_bytes = buf.readUInt32BE(1);
+  let at = INFO_FIXED;
+  const sha = (what: string): Result<string, MessageError> => {
+    if (at + 32 > buf.length) return err({ message: `INFO ${what} runs past the payload end`, offset: at });
+    const v = buf.toString('hex', at, at + 32);
+    at += 32;
+    return ok(v);
+  };
+  const text = (what: string, max: number): Result<string, MessageError> => {
+    const s = shortString(buf, at, `INFO ${what}`);
+    if (!s.ok) return s;
+    if (buf[at]! > max) return err({ message: `INFO ${what} of ${buf[at]} bytes exceeds ${max}`, offset: at });
+    at = s.value.next;
+    return ok(s.value.value);
+  };
+  if (flags & InfoFlag.RUNNING) {
+    const s = sha('sha256');
+    if (!s.ok) return s;
+    const name = text('app name', MAX_NAME);
+    if (!name.ok) return name;
+    const version = text('version', MAX_VERSION_TEXT);
+    if (!version.ok) return version;
+    m.sha256 = s.value;
+    m.app_name = name.value;
+    m.version = version.value;
+  }
+  if (flags & InfoFlag.SLOTS) {
+    for (const name of ['A', 'B'] as const) {
+      if (at + 3 > buf.length) return err({ message: `INFO slot ${name} runs past the payload end`, offset: at });
+      if (buf[at] !== SLOT_CODE[name]) return err({ message: `INFO slot byte 0x${buf[at]!.toString(16)} is not '${name}'`, offset: at });
+      const state = INFO_SLOT_STATES[buf[at + 1]!];
+      if (!state) return err({ message: `INFO slot ${name} state ${buf[at + 1]} is not 0 (empty), 1 (test) or 2 (good)`, offset: at + 1 });
+      if (buf[at + 2]! & ~INFO_SLOT_ACTIVE) return err({ message: `INFO slot ${name} flags 0x${buf[at + 2]!.toString(16)} has unknown bits`, offset: at + 2 });
+      const slot: InfoSlot = { slot: name, state, active: (buf[at + 2]! & INFO_SLOT_ACTIVE) !== 0, sha256: null, version: null };
+      at += 3;
+      if (state !== 'empty') {
+        const s = sha(`slot ${name} sha256`);
+        if (!s.ok) return s;
+        const v = text(`slot ${name} version`, MAX_VERSION_TEXT);
+        if (!v.ok) return v;
+        slot.sha256 = s.value;
+        slot.version = v.value;
+      }
+      m.slots.push(slot);
+    }
+  }
+  if (at !== buf.length) return err({ message: 'INFO payload has trailing bytes', offset: at });
+  return ok(m);
+}
