@@ -16,6 +16,7 @@ import { ROOT } from './support/cli-argv.js';
 import { openTestBus, spawnCli, type CliChild, type TestBus } from './support/can-bus.js';
 import { startMosquitto, type Mosquitto } from './support/mosquitto.js';
 import { startVirtualHub } from '../src/link/can/virtual-net.js';
+import { startPtyPair } from '../src/link/uart/pty-pair.js';
 import { startServe, type ServeChild } from './support/serve-child.js';
 import { sensorOfSize, sha256Hex } from './update-images.js';
 
@@ -35,7 +36,7 @@ interface Rig {
 }
 
 /** Hubs, one device process per node, an images dir and a gateway config naming them; torn down by the test. */
-async function rig(t: ExecutionContext, links: Array<{ name: string; nodes: number; bitrate?: number }>, withMqtt: boolean): Promise<Rig> {
+async function rig(t: ExecutionContext, links: Array<{ name: string; nodes: number; bitrate?: number }>, withMqtt: boolean | 'persistent'): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'gw-jobs-'));
   const images = join(dir, 'images');
   mkdirSync(images);
@@ -64,7 +65,7 @@ async function rig(t: ExecutionContext, links: Array<{ name: string; nodes: numb
       'timing = false\n');
   }
   await Promise.all(r.devices.map((d) => d.waitFor((l) => l['type'] === 'ready')));
-  if (withMqtt) r.broker = await startMosquitto();
+  if (withMqtt) r.broker = await startMosquitto({ persistence: withMqtt === 'persistent' });
   writeFileSync(r.config, [
     `[gateway]\nid = "jobs-test"\nlog_level = "warn"\nstate_dir = "${join(dir, 'gateway')}"\n`,
     `[control]\nlisten = "127.0.0.1:9998"\nimages_dir = "${images}"\n`,
@@ -121,8 +122,9 @@ async function cliSubmit(s: ServeChild, args: string[]): Promise<{ code: number;
 const states = (j: JobRecord): string[] => j.targets.map((x) => `${x.target}:${x.state}${x.outcome ? `/${x.outcome}` : ''}`);
 
 /** Subscribes and collects; `next` resolves with the first message (already arrived or to come) that matches. */
-async function watcher(t: ExecutionContext, url: string, filters: string[]): Promise<{ client: MqttClient; next(pred: (topic: string, body: any) => boolean, what: string): Promise<{ topic: string; body: any }> }> {
-  const client = await mqtt.connectAsync(url, { protocolVersion: 5, reconnectPeriod: 200 });
+async function watcher(t: ExecutionContext, url: string, filters: string[], session?: string): Promise<{ client: MqttClient; next(pred: (topic: string, body: any) => boolean, what: string): Promise<{ topic: string; body: any }> }> {
+  // With `session`: a persistent session (QoS 1), so what is published while it is cut off is kept for it.
+  const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 200, ...(session ? { clientId: session, clean: false } : {}) });
   t.teardown(() => client.endAsync(true));
   const seen: Array<{ topic: string; body: any }> = [];
   const waiters = new Set<() => void>();
@@ -229,9 +231,9 @@ test.serial('jobs over the control port and MQTT to 8 CAN nodes: installed, then
   t.true(ja.started_ts! < jb.finished_ts! && jb.started_ts! < ja.finished_ts!, `the two jobs overlapped: a ${ja.started_ts}..${ja.finished_ts}, b ${jb.started_ts}..${jb.finished_ts}`);
 });
 
-test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, nothing is lost, devices run old or new; a cancel mid-transfer leaves the old image', async (t) => {
+test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, nothing is lost, devices run old or new; a cancel mid-transfer leaves the old image; a broker outage mid-job loses no state', async (t) => {
   // 125 kbit/s with bus timing: a 48 KiB image takes seconds, long enough to kill and to cancel mid-way.
-  const r = await rig(t, [{ name: 'slow', nodes: 3, bitrate: 125_000 }], false);
+  const r = await rig(t, [{ name: 'slow', nodes: 3, bitrate: 125_000 }], 'persistent');
   const big = sensorOfSize(7, 48 * 1024);
   writeFileSync(join(r.images, 'big.hxe'), big);
   let s = await serve(t, r.config);
@@ -292,4 +294,82 @@ test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, n
     const shas = scan.lines.filter((l) => l['type'] === 'entry').map((l) => l['sha256']);
     t.deepEqual(shas, [sha256Hex(V1), sha256Hex(V1), sha256Hex(V1)], `round ${round}`);
   }
+
+  // A broker outage mid-job (twice): the job runs on; its final document and terminal event arrive after the reconnect.
+  for (const round of [1, 2]) {
+    const w = await watcher(t, r.broker!.url, ['hsx/jobs-test/jobs/+', 'hsx/jobs-test/events/job/finished'], `outage-watcher-${round}`);
+    const sub = await c.request('job.submit', { link: 'slow', image: round === 1 ? 'big.hxe' : 'sensor.hxe', nodes: '1-3', options: { force: true } });
+    const id = (sub as { ok: true; value: { job: JobRecord } }).value.job.id;
+    const watch = spawnCli(['job', 'watch', id, '--connect', s.control, '--token', OPERATOR, '--json']);
+    await watch.waitFor((l) => l['type'] === 'event' && l['event'] === 'job.progress');
+    await r.broker!.stop();
+    t.is(await watch.exited, 0, `round ${round}: the job ran on through the outage`);
+    await r.broker!.restart();
+    const doc = await w.next((topic, b) => topic === `hsx/jobs-test/jobs/${id}` && b?.state === 'SUCCEEDED', `round ${round}: the final document after the reconnect`);
+    t.deepEqual(states(doc.body as JobRecord).map((x) => x.split('/')[0]), ['1:SUCCEEDED', '2:SUCCEEDED', '3:SUCCEEDED']);
+    const ev = await w.next((topic, b) => topic === 'hsx/jobs-test/events/job/finished' && b?.data?.job_id === id, `round ${round}: job.finished after the reconnect`);
+    t.is(ev.body.data.state, 'SUCCEEDED');
+    await w.client.endAsync(true);
+  }
+});
+
+test.serial('a job on a UART master link: a device process on the other end of a pty pair is installed, then SKIPPED, then updated; the inventory shows what it runs', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gw-jobs-uart-'));
+  const pair = await startPtyPair();
+  t.teardown(async () => {
+    await pair.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  // The device opens its end first (opening a port flushes it), then the gateway its master end.
+  const device = spawnCli(['device', '--uart', pair.b, '--state', join(dir, 'device'), '--json']);
+  t.teardown(async () => {
+    device.child.kill('SIGTERM');
+    await device.exited;
+  });
+  await device.waitFor((l) => l['event'] === 'listening');
+  const config = join(dir, 'gateway.toml');
+  writeFileSync(config, [
+    `[gateway]\nid = "jobs-uart"\nlog_level = "warn"\nstate_dir = "${join(dir, 'gateway')}"\n`,
+    `[control]\nlisten = "127.0.0.1:9998"\nimages_dir = "${APPS}"\n`,
+    `[[links.uart]]\nname = "cable"\nport = "${pair.a}"\nbaud = 921600\nrole = "master"\n`,
+  ].join('\n'));
+  const s = await serve(t, config);
+  const serving = s.lines.find((l) => l['type'] === 'serving')!;
+  t.deepEqual(serving['links'], ['cable']);
+  // The start-up INFO scan found the one device, so a job without targets goes to it.
+  t.deepEqual((serving['inventory'] as Record<string, string[]>)['cable'], ['1']);
+  const submit = async (args: string[]): Promise<{ code: number; job: JobRecord }> => {
+    const p = spawnCli(['job', 'submit', '--connect', s.control, '--json', '--link', 'cable', ...args]);
+    const code = await p.exited;
+    const result = p.lines.find((l) => l['type'] === 'result');
+    if (!result) throw new Error(`no result (exit ${code}): ${JSON.stringify(p.lines.slice(-3))} ${p.stderr()}`);
+    return { code, job: result as unknown as JobRecord };
+  };
+  const first = await submit(['--image-name', 'sensor.hxe']);
+  t.is(first.code, 0, JSON.stringify(first.job));
+  t.deepEqual(states(first.job), ['1:SUCCEEDED/installed']);
+  t.is(first.job.targets[0]!.to, sha256Hex(V1));
+  const again = await submit(['--image-name', 'sensor.hxe']);
+  t.is(again.code, 0);
+  t.deepEqual(states(again.job), ['1:SKIPPED/current']);
+  // A local file this time (uploaded over the control port), an update of the running app.
+  const update = await submit([join(APPS, 'sensor-v2.hxe')]);
+  t.is(update.code, 0, JSON.stringify(update.job));
+  t.deepEqual(states(update.job), ['1:SUCCEEDED/updated']);
+  t.is(update.job.targets[0]!.from, sha256Hex(V1));
+  t.is(update.job.targets[0]!.to, sha256Hex(V2));
+  // The device itself says so, and so does the inventory (scanned again after the job).
+  await device.waitFor((l) => l['event'] === 'ready' && l['outcome'] === 'updated' && l['sha256'] === sha256Hex(V2));
+  const c = await control(t, s);
+  const inv = await c.request('inventory', { link: 'cable', refresh: true });
+  t.true(inv.ok, JSON.stringify(inv));
+  const links = (inv as { ok: true; value: { links: Array<{ link: string; entries: Array<Record<string, unknown>> }> } }).value.links;
+  t.is(links.length, 1);
+  t.like(links[0]!.entries[0], { target: '1', app_name: 'sensor_app', sha256: sha256Hex(V2) });
+  // A second look without a refresh gives the same scan; an unknown link is named.
+  const again2 = await c.request('inventory', {});
+  t.like((again2 as { ok: true; value: { links: Array<{ entries: Array<Record<string, unknown>> }> } }).value.links[0]!.entries[0], { sha256: sha256Hex(V2) });
+  const unknown = await c.request('inventory', { link: 'nope' });
+  t.false(unknown.ok);
+  if (!unknown.ok) t.is(unknown.error.error, 'ENOENT:no_such_link');
 });

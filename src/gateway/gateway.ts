@@ -210,7 +210,8 @@ export class Gateway {
   /** One retained document per target at `<prefix>/<gw>/device/<device>/inventory`. */
   private publishInventory(inv: LinkInventory, deviceOf: (link: string, target: string) => string | undefined): void {
     this.bus.publish({ type: 'inventory.scanned', pid: null, phase: null, data: { link: inv.link, targets: inv.entries.map((e) => e.target), error: inv.error } });
-    if (!this.bridge) return;
+    // A failed scan learned nothing new: the retained documents keep the last good scan (with its time).
+    if (!this.bridge || inv.error !== null) return;
     const topics = { prefix: this.config.mqtt?.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id };
     for (const e of inv.entries) {
       const device = topicLevel(deviceOf(inv.link, e.target) ?? `${inv.link}-${e.target}`);
@@ -562,6 +563,7 @@ export class Gateway {
       logger: this.log.child({ component: 'control' }),
       info: { gateway: this.config.gateway.id, devices: [...this.devices.keys()], links: [...this.flashers.keys()] },
       ...(this.jobs ? { jobs: this.jobs } : {}),
+      ...(this.inventory && this.flashers.size > 0 ? { inventory: this.inventory } : {}),
     });
     if (!created.ok) this.fail('control', created.error.message);
     const listening = await created.value.listen();

@@ -37,6 +37,11 @@ export class Inventory {
     return this.byLink.get(link);
   }
 
+  /** Every master link, scanned or not. */
+  links(): string[] {
+    return [...this.opts.flashers.keys()];
+  }
+
   all(): LinkInventory[] {
     return [...this.byLink.values()];
   }

@@ -5,6 +5,7 @@
 import type { Clock } from '../../engine/ports.js';
 import type { EventBus, Subscription, BusEvent, CloseReason } from '../events/index.js';
 import type { Identity } from './auth.js';
+import type { LinkInventory } from '../inventory.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import type { JobService } from '../jobs/types.js';
 import type { JobUploads } from './job-commands.js';
@@ -59,6 +60,8 @@ export interface ServerCore {
   readonly maxImageBytes: number;
   /** The daemon's job service (`job.*` commands), or null when jobs are off (`ENOTSUP:jobs_disabled`). */
   readonly jobs: JobService | null;
+  /** The master links' last scans (null: the gateway masters no link). */
+  readonly inventory: InventoryPort | null;
   /** Image uploads for `job.submit` (`job.upload.begin/write`), each owned by the connection that began it. */
   readonly jobUploads: JobUploads;
   /** Session id → its event subscription token. */
@@ -74,6 +77,13 @@ export interface ServerCore {
 
 /** The key of a streaming upload in `ServerCore.uploads`. */
 export const uploadKey = (device: string, sessionId: number): string => `${device}\u0000${sessionId}`;
+
+/** What `inventory` reads and refreshes (src/gateway/inventory.ts). */
+export interface InventoryPort {
+  links(): string[];
+  get(link: string): LinkInventory | undefined;
+  refresh(link: string): Promise<LinkInventory | null>;
+}
 
 export interface CommandContext {
   cmd: string;

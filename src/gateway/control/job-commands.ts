@@ -448,6 +448,28 @@ export const jobCommands: Record<string, CommandSpec> = {
     return job ? okBody({ job }) : unknownJob(id);
   }),
 
+  /**
+   * What the master links' last scans found (viewer); `refresh: true` (operator, roles.ts) scans
+   * `link` (or every link) again first, between transfers.
+   */
+  inventory: {
+    mutates: false,
+    async run(ctx) {
+      const inv = ctx.core.inventory;
+      if (!inv) throw new RequestError('ENOTSUP:no_master_links', { message: 'this gateway masters no link: add [[links.can]] or [[links.uart]] with role = "master"' });
+      onlyKeys(ctx, ['link', 'refresh']);
+      const { req } = ctx;
+      let links = inv.links();
+      if (has(req, 'link')) {
+        const link = textOf(req['link'], 'link', 'the name of a master link', MAX_NAME_BYTES);
+        if (!links.includes(link)) throw new RequestError('ENOENT:no_such_link', { field: 'link', message: `no master link "${link}" (links: ${links.join(', ') || 'none'})` });
+        links = [link];
+      }
+      if (has(req, 'refresh') && boolOf(req['refresh'], 'refresh')) await Promise.all(links.map((l) => inv.refresh(l)));
+      return okBody({ links: links.map((l) => inv.get(l) ?? { link: l, scanned_ts: null, entries: [], error: null }) });
+    },
+  },
+
   'job.list': jobCommand(false, ['state', 'link', 'limit'], (ctx, jobs) => {
     const { req } = ctx;
     const filter: JobListFilter = {};

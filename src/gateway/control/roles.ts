@@ -41,6 +41,7 @@ export const COMMAND_ROLES: ReadonlyMap<string, RequiredRole> = new Map<string, 
   ['job.cancel', 'operator'],
   ['provision.rollback', 'admin'],
   ['provision.unload', 'admin'],
+  ['inventory', 'viewer'], // with `refresh`: operator (FIELD_ROLES)
   ['shutdown', 'admin'],
 ]);
 
@@ -50,6 +51,7 @@ export const COMMAND_ROLES: ReadonlyMap<string, RequiredRole> = new Map<string, 
  */
 export const FIELD_ROLES: ReadonlyMap<string, readonly { field: string; role: Role }[]> = new Map([
   ['session.open', [{ field: 'pid_lock', role: 'operator' as Role }]],
+  ['inventory', [{ field: 'refresh', role: 'operator' as Role }]],
 ]);
 
 const RANK: Record<Role, number> = { viewer: 1, operator: 2, admin: 3 };

@@ -14,7 +14,7 @@ import { err, ok, type Result } from '../../hxe/result.js';
 import type { EventBus } from '../events/index.js';
 import { AuditLog } from './audit.js';
 import { isLoopbackHost, parseTokenEnv, TokenStore, type TokenEntry } from './auth.js';
-import type { CommandSpec, DeviceRef, ServerCore } from './command-types.js';
+import type { CommandSpec, DeviceRef, ServerCore, InventoryPort } from './command-types.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
@@ -70,6 +70,8 @@ export interface ControlServerOptions {
    * `bus` (`jobEventToBus`, src/gateway/jobs/bus-events.ts), which is what `job.watch` streams.
    */
   jobs?: JobService;
+  /** The master links' inventory (`inventory` command); absent when the gateway masters no link. */
+  inventory?: InventoryPort;
 }
 
 export interface ControlServerError {
@@ -190,6 +192,7 @@ export class ControlServer {
       readImage: (path, field) => this.readImage(path, field),
       maxImageBytes: opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES,
       jobs: opts.jobs ?? null,
+      inventory: opts.inventory ?? null,
       jobUploads,
       requestShutdown: () => {
         setImmediate(() => (opts.onShutdown ? opts.onShutdown() : void this.close()));
@@ -223,7 +226,7 @@ export class ControlServer {
       devices.set('default', opts.engine);
     }
     // A gateway that only masters links (jobs, no simulated device) still serves jobs, ps and info.
-    if (devices.size === 0 && !opts.jobs) return err({ code: 'ENODEV', message: 'control server: give an engine or a map of devices' });
+    if (devices.size === 0 && !opts.jobs && !opts.inventory) return err({ code: 'ENODEV', message: 'control server: give an engine or a map of devices' });
     const entries: TokenEntry[] = [...(opts.tokens ?? [])];
     const envValue = (opts.env ?? process.env)[TOKENS_ENV];
     if (envValue !== undefined && envValue.trim() !== '') {
