@@ -236,6 +236,7 @@ test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, n
   const r = await rig(t, [{ name: 'slow', nodes: 3, bitrate: 125_000 }], 'persistent');
   const big = sensorOfSize(7, 48 * 1024);
   writeFileSync(join(r.images, 'big.hxe'), big);
+  writeFileSync(join(r.images, 'big2.hxe'), sensorOfSize(8, 48 * 1024));
   let s = await serve(t, r.config);
   const setup = await cliSubmit(s, ['--link', 'slow', '--nodes', '1-3', '--image-name', 'sensor.hxe']);
   t.is(setup.job.state, 'SUCCEEDED');
@@ -297,11 +298,14 @@ test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, n
 
   // A broker outage mid-job (twice): the job runs on; its final document and terminal event arrive after the reconnect.
   for (const round of [1, 2]) {
-    const w = await watcher(t, r.broker!.url, ['hsx/jobs-test/jobs/+', 'hsx/jobs-test/events/job/finished'], `outage-watcher-${round}`);
-    const sub = await c.request('job.submit', { link: 'slow', image: round === 1 ? 'big.hxe' : 'sensor.hxe', nodes: '1-3', options: { force: true } });
+    const w = await watcher(t, r.broker!.url, ['hsx/jobs-test/jobs/+', 'hsx/jobs-test/events/job/finished', 'hsx/jobs-test/device/+/events/job/progress'], `outage-watcher-${round}`);
+    const sub = await c.request('job.submit', { link: 'slow', image: round === 1 ? 'big.hxe' : 'big2.hxe', nodes: '1-3', options: { force: true } });
     const id = (sub as { ok: true; value: { job: JobRecord } }).value.job.id;
     const watch = spawnCli(['job', 'watch', id, '--connect', s.control, '--token', OPERATOR, '--json']);
     await watch.waitFor((l) => l['type'] === 'event' && l['event'] === 'job.progress');
+    // Per-device progress on the device topics (no [[devices]] entry for these nodes: `<link>-<target>`).
+    const progress = await w.next((topic, b) => /^hsx\/jobs-test\/device\/slow-[123]\/events\/job\/progress$/.test(topic) && b?.data?.job_id === id, `round ${round}: progress on a device topic`);
+    t.like(progress.body, { type: 'job.progress', pid: null, phase: null });
     await r.broker!.stop();
     t.is(await watch.exited, 0, `round ${round}: the job ran on through the outage`);
     await r.broker!.restart();

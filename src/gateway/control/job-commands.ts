@@ -30,6 +30,7 @@ import { failWith, okBody, type CommandContext, type CommandResult, type Command
 import type { WireError } from './engine-port.js';
 import { clip, MAX_TEXT_BYTES } from './roles.js';
 import { RequestError, toInt } from './sessions.js';
+import { streamReplyEvents } from './protocol-commands.js';
 
 // ---- limits -----------------------------------------------------------------------------------
 
@@ -336,18 +337,7 @@ function watch(ctx: CommandContext, jobs: JobService): CommandResult {
     };
   }
   if (session) core.streams.set(session.id, sub.token);
-  const m = sub.metrics();
-  const events: Record<string, unknown> = {
-    token: sub.token,
-    max: sub.maxEvents,
-    cursor: core.bus.lastSeq,
-    retention_ms: core.bus.config.retentionMs,
-    pending: m.pending,
-    high_water: m.high_water,
-    drops: m.drop_count,
-  };
-  if (sinceSeq !== null) events['since_seq'] = sinceSeq;
-  if (ackWindow !== null) events['ack_window'] = ackWindow;
+  const events = streamReplyEvents(core, sub, sinceSeq, ackWindow);
   return { kind: 'stream', body: snapshot ? { events, job: snapshot } : { events }, subscription: sub };
 }
 

@@ -4,6 +4,7 @@
  * (test/fixtures/reference/protocol_transcript.json).
  */
 import { randomUUID } from 'node:crypto';
+import type { Subscription } from '../events/index.js';
 import { RequestError } from './sessions.js';
 import {
   boundedText,
@@ -79,6 +80,11 @@ function subscribe(ctx: CommandContext): CommandResult {
     },
   });
   core.streams.set(session.id, sub.token);
+  return { kind: 'stream', body: { events: streamReplyEvents(core, sub, sinceSeq, ackWindow) }, subscription: sub };
+}
+
+/** The `events` object of a stream reply (`events.subscribe`, `job.watch`): the subscription as it starts. */
+export function streamReplyEvents(core: CommandContext['core'], sub: Subscription, sinceSeq: number | null, ackWindow: number | null): Record<string, unknown> {
   const m = sub.metrics();
   const events: Record<string, unknown> = {
     token: sub.token,
@@ -91,7 +97,7 @@ function subscribe(ctx: CommandContext): CommandResult {
   };
   if (sinceSeq !== null) events['since_seq'] = sinceSeq;
   if (ackWindow !== null) events['ack_window'] = ackWindow;
-  return { kind: 'stream', body: { events }, subscription: sub };
+  return events;
 }
 
 export const protocolCommands: Record<string, CommandSpec> = {
