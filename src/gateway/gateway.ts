@@ -203,7 +203,11 @@ export class Gateway {
     this.unwatchJobs = manager.watch((e) => {
       this.bus.publish(jobEventToBus(e));
       // What the targets run changed: the inventory is refreshed once the link is free again.
-      if (e.type === 'job.finished' || e.type === 'job.canceled') void this.inventory?.refresh(e.job.link);
+      // Only the targets known on the link (the last scan's and the job's), so the link is free again at once.
+      if (e.type === 'job.finished' || e.type === 'job.canceled') {
+        const known = new Set([...(this.inventory?.targets(e.job.link) ?? []), ...e.job.targets.map((x) => x.target)]);
+        void this.inventory?.refresh(e.job.link, { targets: [...known] });
+      }
     });
   }
 

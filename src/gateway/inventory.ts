@@ -52,8 +52,12 @@ export class Inventory {
     return inv ? inv.entries.map((e) => e.target) : null;
   }
 
-  /** Scans the link (between its transfers: the flasher's lock orders them); null when it cannot scan. */
-  refresh(link: string): Promise<LinkInventory | null> {
+  /**
+   * Scans the link (between its transfers: the flasher's lock orders them); null when it cannot
+   * scan. With `targets`, only those (a CAN scan then ends once each answered: the rescan after a
+   * job holds the link for milliseconds, not the whole scan timeout); without, every target.
+   */
+  refresh(link: string, options: { targets?: readonly string[] } = {}): Promise<LinkInventory | null> {
     const f = this.opts.flashers.get(link);
     if (!f?.scan || this.closed) return Promise.resolve(null);
     const pending = this.running.get(link);
@@ -61,7 +65,10 @@ export class Inventory {
     const run = (async (): Promise<LinkInventory | null> => {
       let inv: LinkInventory;
       try {
-        const entries = await f.scan!(this.opts.timeoutMs !== undefined ? { timeoutMs: this.opts.timeoutMs } : {});
+        const entries = await f.scan!({
+          ...(this.opts.timeoutMs !== undefined ? { timeoutMs: this.opts.timeoutMs } : {}),
+          ...(options.targets?.length ? { targets: options.targets } : {}),
+        });
         inv = { link, scanned_ts: this.opts.now() / 1000, entries, error: null };
       } catch (e) {
         const message = (e as Error).message ?? String(e);

@@ -106,6 +106,16 @@ export interface InventoryEntry {
   slot_bytes: number | null;
 }
 
+export interface ScanOptions {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /**
+   * Only these targets (CAN: the scan ends as soon as each answered, instead of waiting out the
+   * timeout for nodes nobody knows of). Absent: every target that answers.
+   */
+  targets?: readonly string[];
+}
+
 export interface Flasher {
   /** The link's name (config `name`, else its interface or port). */
   readonly link: string;
@@ -119,7 +129,7 @@ export interface Flasher {
   /** A target name the link can address, or why not (for submit-time validation). */
   checkTarget(target: string): string | null;
   /** Which targets answer on the link and what each runs (CAN: every node id that answers; UART: the one device). */
-  scan?(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<InventoryEntry[]>;
+  scan?(options?: ScanOptions): Promise<InventoryEntry[]>;
   close(): Promise<void>;
 }
 

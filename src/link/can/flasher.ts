@@ -13,7 +13,7 @@
  * image they ran, and every node that had no verdict yet gets ECANCELED (a node that had already
  * failed keeps its own failure).
  */
-import { LinkLock, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type TargetProgress, type TargetVerdict } from '../flasher.js';
+import { LinkLock, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type ScanOptions, type TargetProgress, type TargetVerdict } from '../flasher.js';
 import { scanCan } from './scan.js';
 import { openCanBus } from './address.js';
 import type { CanBus } from './bus.js';
@@ -112,9 +112,16 @@ export class CanFlasher implements Flasher {
   }
 
   /** Which nodes answer and what each runs (src/link/can/scan.ts), between transfers. */
-  scan(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<InventoryEntry[]> {
+  scan(options: ScanOptions = {}): Promise<InventoryEntry[]> {
     if (this.closed) return Promise.reject(new Error(`${this.link}: the flasher is closed`));
-    return this.lock.run(() => scanCan(this.bus, options));
+    const { targets, ...rest } = options;
+    const nodes: number[] = [];
+    for (const t of targets ?? []) {
+      const n = parseTarget(t);
+      if (typeof n === 'string') return Promise.reject(new RangeError(`targets: ${n}`));
+      nodes.push(n);
+    }
+    return this.lock.run(() => scanCan(this.bus, nodes.length ? { ...rest, nodes } : rest));
   }
 
   private async transfer(req: CanFlashRequest): Promise<CanFlashResult> {

@@ -11,7 +11,7 @@
  * UartError's code, where, reason and message (a cancelled transfer: ECANCELED, the device told
  * ABORT, keeping the image it ran).
  */
-import { LinkLock, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type TargetProgress, type TargetVerdict } from '../flasher.js';
+import { LinkLock, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type ScanOptions, type TargetProgress, type TargetVerdict } from '../flasher.js';
 import { scanUart } from './scan.js';
 import type { Transport } from '../transport.js';
 import type { UartError } from './errors.js';
@@ -79,9 +79,10 @@ export class UartFlasher implements Flasher {
   }
 
   /** The device on the cable and what it runs (INFO, src/link/uart/scan.ts), between transfers. */
-  scan(options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<InventoryEntry[]> {
+  scan(options: ScanOptions = {}): Promise<InventoryEntry[]> {
     if (this.closed) return Promise.reject(new Error(`${this.link}: the flasher is closed`));
-    return this.lock.run(() => scanUart(this.transport, options));
+    const { targets: _one, ...rest } = options; // one device per cable: always the whole scan
+    return this.lock.run(() => scanUart(this.transport, rest));
   }
 
   private async transfer(req: UartFlashRequest): Promise<UartFlashResult> {
