@@ -160,7 +160,7 @@ async function watcher(t: ExecutionContext, url: string, filters: string[], sess
   };
 }
 
-test.serial('jobs over the control port and MQTT to 8 CAN nodes: installed, then SKIPPED, then an update from MQTT; two links in parallel; bad requests refused', async (t) => {
+test.serial('jobs over the control port and MQTT to 8 CAN nodes: installed, then SKIPPED, then an update from MQTT; two links in parallel; bad requests refused; a silent node TIMED_OUT', async (t) => {
   const r = await rig(t, [{ name: 'bus-a', nodes: 8 }, { name: 'bus-b', nodes: 2 }], true);
   const s = await serve(t, r.config);
   const serving = s.lines.find((l) => l['type'] === 'serving')!;
@@ -194,6 +194,8 @@ test.serial('jobs over the control port and MQTT to 8 CAN nodes: installed, then
   const inv = await w.next((topic, b) => topic.endsWith('/inventory') && b?.target === '5' && b?.sha256 === sha256Hex(V2), 'inventory of node 5 after the update');
   t.is(inv.body.link, 'bus-a');
   t.is(inv.body.app_name, 'sensor_app');
+  // The document's keys, as docs/mqtt.md and docs/jobs.md "Inventory" list them.
+  t.deepEqual(Object.keys(inv.body).sort(), ['app_name', 'link', 'scanned_ts', 'sha256', 'slot_bytes', 'slots', 'target', 'version']);
 
   // 3. Refusals over MQTT: no token, a viewer's token (EPERM, and nothing runs).
   await pub.publishAsync('hsx/jobs-test/jobs/submit', JSON.stringify({ clientToken: 'anon', link: 'bus-a', image: 'sensor.hxe' }), { qos: 1 });
@@ -229,6 +231,12 @@ test.serial('jobs over the control port and MQTT to 8 CAN nodes: installed, then
   t.is(jb.state, 'SUCCEEDED');
   t.deepEqual(states(jb), ['1:SUCCEEDED/installed', '2:SUCCEEDED/installed']);
   t.true(ja.started_ts! < jb.finished_ts! && jb.started_ts! < ja.finished_ts!, `the two jobs overlapped: a ${ja.started_ts}..${ja.finished_ts}, b ${jb.started_ts}..${jb.finished_ts}`);
+
+  // 6. A node nobody answers for: that target TIMED_OUT (named), the others done; the job is not a success.
+  const silent = await cliSubmit(s, ['--link', 'bus-b', '--targets', '1,9', '--image-name', 'sensor.hxe', '--timeout-ms', '50', '--retries', '1']);
+  t.is(silent.code, 1);
+  t.is(silent.job.state, 'TIMED_OUT');
+  t.deepEqual(silent.job.targets.map((x) => [x.target, x.state, x.error?.code ?? null]), [['1', 'SKIPPED', null], ['9', 'TIMED_OUT', 'ETIMEDOUT']]);
 });
 
 test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, nothing is lost, devices run old or new; a cancel mid-transfer leaves the old image; a broker outage mid-job loses no state', async (t) => {
