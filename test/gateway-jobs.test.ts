@@ -285,8 +285,8 @@ test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, n
   }
 
   // Cancel mid-transfer (twice): every target CANCELED, and the devices keep the image they ran.
-  const c = await control(t, s);
   await cliSubmit(s, ['--link', 'slow', '--nodes', '1-3', '--image-name', 'sensor.hxe', '--force']);
+  const c = await control(t, s);
   for (const round of [1, 2]) {
     const sub = await c.request('job.submit', { link: 'slow', image: 'big.hxe', nodes: '1-3', options: { force: true } });
     const id = (sub as { ok: true; value: { job: JobRecord } }).value.job.id;
