@@ -92,3 +92,16 @@ test('200 jobs queued on one real CAN link run in submit order, each once; none 
   t.is(calls.length, 200);
   await m.close();
 });
+
+test('one state dir, one gateway: a second job manager on a dir in use is refused, naming the dir; after the first closes it opens', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'jobs-lock-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const first = await JobManager.open({ dir, flashers: new Map() });
+  const second = await JobManager.open({ dir, flashers: new Map() }).then(() => null, (e: Error) => e);
+  t.truthy(second, 'the second open must fail');
+  t.regex(second!.message, new RegExp(`${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is in use: another gateway process holds jobs.lock`));
+  await first.close();
+  const third = await JobManager.open({ dir, flashers: new Map() });
+  t.deepEqual(third.list(), []);
+  await third.close();
+});

@@ -20,6 +20,10 @@
  *     those jobs stay IN_PROGRESS on disk and are `interrupted` at the next open, exactly as after a
  *     crash; queued jobs stay queued and run after the next open.
  */
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { mapFile, type MappedFile } from '../../persist/native.js';
+import type { PersistError } from '../../persist/errors.js';
 import { checkImageToSend } from '../../link/image-check.js';
 import type { FlashOptions, FlashProgress, FlashResult, Flasher, TargetVerdict } from '../../link/flasher.js';
 import { DEFAULT_MAX_IMAGE_BYTES, ImageCache, sha256Hex } from './image-cache.js';
@@ -190,7 +194,33 @@ export function stateOfVerdict(v: TargetVerdict): TargetState {
   return 'FAILED';
 }
 
+/** The lock file that keeps a second gateway process off a state dir whose journal this one writes. */
+export const LOCK_FILE = 'jobs.lock';
+
+/**
+ * An exclusive flock on `<dir>/jobs.lock`, held while the manager is open: two processes appending
+ * to one journal would interleave their lines and each would replay the other's jobs as its own.
+ */
+function lockStateDir(dir: string): MappedFile | null {
+  try {
+    mkdirSync(dir, { recursive: true });
+    const path = join(dir, LOCK_FILE);
+    // `create` makes a new file only (O_EXCL): a lock file left by an earlier run is opened as it is.
+    return mapFile(path, 4096, { create: !existsSync(path), lock: true });
+  } catch (e) {
+    const pe = e as PersistError;
+    if (pe.reason === 'ewouldblock') {
+      throw new Error(`${dir} is in use: another gateway process holds ${LOCK_FILE} (one state dir per gateway)`);
+    }
+    // A read-only state dir: nothing can be written, so nothing can be interleaved; the manager
+    // opens read-only (submits are refused with the reason, see recovery.write_error).
+    if (pe.reason === 'erofs' || pe.code === 'EACCES' || pe.code === 'EPERM') return null;
+    throw e;
+  }
+}
+
 export class JobManager implements JobService {
+  private lock: MappedFile | null = null;
   /** What open() found and did. */
   readonly recovery: RecoveryReport;
   readonly maxImageBytes: number;
@@ -241,15 +271,24 @@ export class JobManager implements JobService {
   static async open(opts: JobManagerOptions): Promise<JobManager> {
     const t0 = performance.now();
     const fsOpt = opts.fs ? { fs: opts.fs } : {};
-    const { journal, replay } = JobJournal.open(opts.dir, fsOpt);
+    const lock = lockStateDir(opts.dir);
+    let journal: JobJournal;
+    let replay: ReturnType<typeof JobJournal.open>['replay'];
     let cache: ImageCache;
     try {
-      cache = ImageCache.open(opts.dir, { maxImageBytes: opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES, ...fsOpt });
+      ({ journal, replay } = JobJournal.open(opts.dir, fsOpt));
+      try {
+        cache = ImageCache.open(opts.dir, { maxImageBytes: opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES, ...fsOpt });
+      } catch (e) {
+        journal.close();
+        throw e;
+      }
     } catch (e) {
-      journal.close();
+      lock?.unmap();
       throw e;
     }
     const m = new JobManager(journal, cache, opts.flashers, opts);
+    m.lock = lock;
     (m as { recovery: RecoveryReport }).recovery = m.recover(replay, t0);
     m.startTimer = setImmediate(() => {
       m.startTimer = null;
@@ -384,6 +423,8 @@ export class JobManager implements JobService {
     }
     this.watchers.clear();
     this.journal.close();
+    this.lock?.unmap();
+    this.lock = null;
   }
 
   // ---- submit --------------------------------------------------------------------------------
