@@ -4,7 +4,7 @@
  * CAN bus or the serial port is even opened (so the address given here does not have to exist).
  */
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -40,4 +40,34 @@ test('flash --uart refuses an invalid image before it opens the port', (t) => {
   const line = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { event: string; error: Record<string, unknown> };
   t.is(line.event, 'error');
   t.like(line.error, { code: 'EBADMSG', reason: 'crc_mismatch', where: 'image' });
+});
+
+test('flash --can to a node that never answers gives up after the 3 s join budget at default settings, naming the node and what to check; --can-retries lengthens it', async (t) => {
+  const { openTestBus } = await import('./support/can-bus.js');
+  const bus = await openTestBus();
+  t.teardown(() => bus.close());
+  const run = (extra: string[]) => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', 'flash', '--can', bus.processAddress(), '--nodes', '9', ...extra, 'configs/sd/apps/sensor.hxe'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+  const json = await run(['--json']);
+  t.is(json.status, 1, json.stderr);
+  const lines = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.like(lines.find((l) => l['type'] === 'verdict'), { node: 9, status: 'ETIMEDOUT', reason: 'no_join' });
+  const summary = lines.find((l) => l['type'] === 'summary')!;
+  t.deepEqual(summary['never_joined'], [9]);
+  t.regex(String(summary['hint']), /node 9 never answered on .*: check that the interface is up, that its bit rate matches the nodes', and the node id/);
+  // The announce's whole back-off at default settings: 200 + 400 + 800 + 1600 ms, where it was 12.6 s.
+  t.is(summary['joinWaitMs'], 3000);
+  t.log(`gave up after ${summary['ms']} ms`);
+  const text = await run([]);
+  t.regex(text.stdout, /node 9 never answered on virtual:127\.0\.0\.1:\d+: check that the interface is up/);
+  // An explicit setting decides the wait by its own back-off, past the default budget: 1300 × (1 + 2) = 3900 ms.
+  const longer = await run(['--json', '--can-timeout', '1300', '--can-retries', '1']);
+  const s2 = longer.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['type'] === 'summary')!;
+  t.is(s2['joinWaitMs'], 3900);
 });

@@ -13,7 +13,7 @@ import { createCanBus, parseCanAddress } from './address.js';
 import type { CanBus } from './bus.js';
 import { nodeProblem } from './ids.js';
 import { CanListener, type ListenerEvent, type ListenerOptions } from './listener.js';
-import { CanFlasher, verdictReason, type CanFlashResult } from './flasher.js';
+import { CanFlasher, NO_JOIN_HINT, verdictReason, type CanFlashResult } from './flasher.js';
 import { OK_STATUSES, parseNodeList, type MasterProgress, type NodeVerdict } from './master.js';
 import { parseOid, requestValue } from './value-client.js';
 
@@ -154,12 +154,15 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   const efficiency = s.frameBytes > 0 ? s.payloadBytes / s.frameBytes : 0;
   const verdicts = result.nodeVerdicts;
   const counts = verdictCounts(verdicts);
+  // Nodes that never joined: a wrong id, a dead bus or a bit-rate mismatch, never "the image".
+  const silent = verdicts.filter((v) => v.reason === 'no_join').map((v) => v.node);
+  const silentHint = silent.length ? `node${silent.length > 1 ? 's' : ''} ${silent.join(', ')} never answered on ${o.can}: ${NO_JOIN_HINT}` : null;
   if (json) {
     for (const v of verdicts) {
       const reason = verdictReason(v);
       stdout(JSON.stringify({ type: 'verdict', ...v, ...(reason ? { reason } : {}) }));
     }
-    stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: verdicts.length, ...counts, ...s, frames, efficiency }));
+    stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: verdicts.length, ...counts, ...s, frames, efficiency, ...(silentHint ? { never_joined: silent, hint: silentHint } : {}) }));
   } else {
     stdout(`\n node  verdict                     where      reason`);
     for (const v of verdicts) {
@@ -170,6 +173,7 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
         `session ${s.session} · ${image.length} bytes in ${(s.ms / 1000).toFixed(2)} s · ` +
         `${frames} frames (${s.sent.data} data, ${s.rounds} report rounds, ${s.repairedChunks} chunks repaired) · payload efficiency ${(efficiency * 100).toFixed(1)}%`,
     );
+    if (silentHint) stdout(silentHint);
   }
   return result.ok ? 0 : 1;
 }

@@ -27,6 +27,9 @@ export const STATUS_MEANING: Readonly<Record<string, string>> = {
   EINVAL: 'not supported by the node',
 };
 
+/** What to check when a node never joins (printed by the CLI and carried in a job's error message). */
+export const NO_JOIN_HINT = 'check that the interface is up, that its bit rate matches the nodes\', and the node id';
+
 /** The reason column: the master's own reason, else what the node's status and stage mean. */
 export function verdictReason(v: NodeVerdict): string {
   if (OK_STATUSES.has(v.status)) return v.reason ?? '';
@@ -47,7 +50,9 @@ export function targetVerdict(v: NodeVerdict): TargetVerdict {
   const at = v.where && v.where !== 'none' ? ` at ${v.where}` : '';
   return {
     target, ok: false, code: v.status, where: v.where, reason: verdictReason(v),
-    message: `node ${v.node}: ${meaning}${at} (${v.status}${v.reason ? `, ${v.reason}` : ''})`,
+    message: v.reason === 'no_join'
+      ? `node ${v.node} never answered the announce (ETIMEDOUT, no_join): ${NO_JOIN_HINT}`
+      : `node ${v.node}: ${meaning}${at} (${v.status}${v.reason ? `, ${v.reason}` : ''})`,
   };
 }
 

@@ -57,6 +57,13 @@ export interface MasterOptions {
   timeoutMs?: number;
   /** Retries before a node is dropped with ETIMEDOUT (default 5). */
   retries?: number;
+  /**
+   * How long the announce waits for nodes that never JOIN before they are given up (ETIMEDOUT
+   * `no_join`). Default: 3000 ms when neither `timeoutMs` nor `retries` is given, so a wrong node id
+   * or a dead bus says so within seconds; with either given, their back-off alone decides (a slow
+   * rig asks for longer on purpose).
+   */
+  joinBudgetMs?: number;
   /** Report rounds before the remaining nodes are given up (default 64). */
   maxRounds?: number;
   /** Send the image even to nodes that already run it (ANNOUNCE flag FORCE). */
@@ -110,6 +117,8 @@ export interface MasterStats {
   polls: number;
   repairedChunks: number;
   foreignFrames: number;
+  /** How long the announce was scheduled to wait for joins, in all (the back-off, capped by joinBudgetMs). */
+  joinWaitMs: number;
   ms: number;
 }
 
@@ -128,6 +137,9 @@ interface NodeState {
   answered: boolean;
   reportDone: boolean;
 }
+
+/** A node that has not joined after this long (at default timeouts) is given up: see MasterOptions.joinBudgetMs. */
+export const DEFAULT_JOIN_BUDGET_MS = 3000;
 
 const yieldTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
@@ -203,7 +215,7 @@ export class CanMaster {
       session, chunks: this.nChunks, chunkSize: this.chunkSize,
       sent: { announce: 0, sync: 0, data: 0, repair: 0, ctrl: 0 },
       heard: { join: 0, ack: 0, missing: 0, verdict: 0 },
-      payloadBytes: 0, frameBytes: 0, rounds: 0, polls: 0, repairedChunks: 0, foreignFrames: 0, ms: 0,
+      payloadBytes: 0, frameBytes: 0, rounds: 0, polls: 0, repairedChunks: 0, foreignFrames: 0, joinWaitMs: 0, ms: 0,
     };
   }
 
@@ -347,10 +359,16 @@ export class CanMaster {
 
   private async joinPhase(): Promise<void> {
     const allJoined = (): boolean => this.targets.every((n) => this.nodes.get(n)!.joined || this.nodes.get(n)!.verdict);
-    for (let attempt = 0; attempt <= this.retries && !allJoined(); attempt++) {
+    const o = this.options;
+    const budget = o.joinBudgetMs ?? (o.timeoutMs === undefined && o.retries === undefined ? DEFAULT_JOIN_BUDGET_MS : Infinity);
+    let waited = 0;
+    for (let attempt = 0; attempt <= this.retries && !allJoined() && waited < budget; attempt++) {
       this.sendAnnounce();
       this.progress();
-      await this.waitUntil(allJoined, this.timeoutMs * 2 ** attempt);
+      const wait = Math.min(this.timeoutMs * 2 ** attempt, budget - waited);
+      waited += wait;
+      this.stats.joinWaitMs = waited;
+      await this.waitUntil(allJoined, wait);
     }
     for (const n of this.targets) if (!this.nodes.get(n)!.joined) this.drop(n, 'no_join');
     this.progress();
