@@ -71,3 +71,30 @@ test('flash --can to a node that never answers gives up after the 3 s join budge
   const s2 = longer.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['type'] === 'summary')!;
   t.is(s2['joinWaitMs'], 3900);
 });
+
+test('flash --uart with nothing on the other end gives up after the 5 s open budget, saying what to check, and says it is trying', async (t) => {
+  const { startPtyPair } = await import('../src/link/uart/pty-pair.js');
+  const pair = await startPtyPair();
+  t.teardown(() => pair.stop());
+  const run = (extra: string[]) => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', 'flash', '--uart', pair.a, ...extra, 'configs/sd/apps/sensor.hxe'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+  const json = await run(['--json']);
+  t.is(json.status, 1, json.stderr);
+  const lines = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  // OPEN waits 250, 500, 1000, 2000 ms, then the last 1250 ms of the 5 s budget: five OPENs, each reported.
+  t.deepEqual(lines.filter((l) => l['event'] === 'progress').map((l) => l['openAttempts']), [1, 2, 3, 4, 5]);
+  const error = lines.at(-1)! as { event: string; error: Record<string, unknown> };
+  t.is(error.event, 'error');
+  t.like(error.error, { code: 'ETIMEDOUT', where: 'session', reason: 'no_listener' });
+  t.regex(String(error.error['message']), /nothing answered on .* at 921600 baud \(no device answered OPEN within 5 s \(5 attempts\)\): check the cable, the baud rate/);
+  const text = await run([]);
+  t.is(text.status, 1);
+  t.regex(text.stderr, /no answer yet on .* at 921600 baud \(OPEN sent 2 times\)/);
+  t.regex(text.stdout + text.stderr, /nothing answered on/);
+});

@@ -74,6 +74,10 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   };
   let barStarted = false;
   const onProgress = (p: MasterProgress): void => {
+    // Nothing answered the first OPEN yet: say so while it tries (a wrong port or baud rate shows at once).
+    if (p.phase === 'open' && p.openAttempts > 1 && !o.json) {
+      process.stderr.write(`flash: no answer yet on ${o.port} at ${baud} baud (OPEN sent ${p.openAttempts} times)\n`);
+    }
     if (bar) {
       if (!barStarted) {
         barStarted = true;
@@ -87,7 +91,7 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
     if (p.phase === 'data' && p.ackedBytes < p.totalBytes && now - lastLine < 200) return;
     lastLine = now;
     out(JSON.stringify({ event: 'progress', phase: p.phase, ackedBytes: p.ackedBytes, totalBytes: p.totalBytes,
-      resumeOffset: p.resumeOffset, bytesPerSecond: Math.round(rate(p)), retransmits: p.retransmits }));
+      resumeOffset: p.resumeOffset, bytesPerSecond: Math.round(rate(p)), retransmits: p.retransmits, openAttempts: p.openAttempts }));
   };
 
   const onRestart = (c: SessionRestart): void => {
@@ -111,7 +115,14 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   });
   bar?.stop();
   await flasher.close();
-  if (!result.outcome) return fail(result.error!);
+  if (!result.outcome) {
+    const e = result.error!;
+    // No device on the cable: what to check, not only what happened.
+    if (e.reason === 'no_listener') {
+      return fail({ ...e, message: `nothing answered on ${o.port} at ${baud} baud (${e.message}): check the cable, the baud rate, and that a device listens on the other end` });
+    }
+    return fail(e);
+  }
   const r = result.outcome;
   const transport = flasher.transport;
   const verdict = VERDICT[r.outcome];

@@ -73,6 +73,8 @@ export interface SessionRestart {
 
 export interface MasterProgress {
   phase: 'open' | 'data' | 'end';
+  /** OPENs sent so far (a retry per timeout while no device answers). */
+  openAttempts: number;
   totalBytes: number;
   /** Bytes the device has acknowledged (including a resumed prefix). */
   ackedBytes: number;
@@ -218,6 +220,9 @@ class MasterSession {
   private readonly heldBeyondAck = new Set<number>();
   private pumping = false;
   private rto: number;
+  /** Time spent waiting for ACCEPT so far (the waits of the OPENs already timed out). */
+  private openWaitedMs = 0;
+  private openAttempts = 1;
   private consecutiveTimeouts = 0;
   private timer: NodeJS.Timeout | null = null;
   private endDeadline = 0;
@@ -250,7 +255,8 @@ class MasterSession {
     private readonly grow: GrowPlan | null,
   ) {
     this.timing = { ...DEFAULT_MASTER_TIMING, ...options.timing };
-    this.rto = this.timing.rtoMs;
+    // Until ACCEPT, OPEN's own (short) timeout; progressed() sets the data RTO once the session is open.
+    this.rto = Math.min(this.timing.rtoMs, this.timing.openRtoMs);
     this.proposed = {
       chunk: Math.max(MIN_CHUNK, Math.min(options.chunkSize ?? DEFAULT_CHUNK, 0xffff)),
       window: Math.max(1, Math.min(options.window ?? DEFAULT_WINDOW, 0xffff)),
@@ -613,6 +619,10 @@ class MasterSession {
         this.fail(uartError('ETIMEDOUT', 'end', 'no_verdict', `the device gave no verdict within ${this.timing.endTimeoutMs} ms after END`), true);
         return;
       }
+    } else if (this.phase === 'opening' && this.openWaitedMs + this.rto >= this.timing.openBudgetMs) {
+      this.fail(uartError('ETIMEDOUT', 'session', 'no_listener',
+        `no device answered OPEN within ${Math.round((this.openWaitedMs + this.rto) / 100) / 10} s (${this.consecutiveTimeouts} attempts)`), true);
+      return;
     } else if (this.consecutiveTimeouts > this.timing.maxRetries) {
       const where = this.phaseName();
       const reason = this.phase === 'opening' ? 'no_listener' : 'retry_limit';
@@ -621,10 +631,19 @@ class MasterSession {
         : `no acknowledgement after ${this.timing.maxRetries} retransmission timeouts (at byte ${this.acked * this.chunk} of ${this.image.length})`), true);
       return;
     }
+    if (this.phase === 'opening') {
+      // OPEN backs off to maxRtoMs, and its last wait ends where the open budget does.
+      this.openWaitedMs += this.rto;
+      this.rto = Math.min(this.rto * 2, this.timing.maxRtoMs, this.timing.openBudgetMs - this.openWaitedMs);
+      this.openAttempts++;
+      this.progress();
+      void this.sendFrame(this.openFrame);
+      this.armTimer();
+      return;
+    }
     // Back-off never shrinks the timeout: a slow line's first RTO (rtoForLine) may exceed maxRtoMs.
     this.rto = Math.min(this.rto * 2, Math.max(this.timing.maxRtoMs, this.timing.rtoMs));
-    if (this.phase === 'opening') void this.sendFrame(this.openFrame);
-    else if (this.phase === 'ending') void this.sendFrame({ type: FrameType.END, tag: this.tag, seq: this.totalChunks, payload: new Uint8Array(0) });
+    if (this.phase === 'ending') void this.sendFrame({ type: FrameType.END, tag: this.tag, seq: this.totalChunks, payload: new Uint8Array(0) });
     else if (!this.retxQueue.includes(this.acked)) {
       this.retxQueue.unshift(this.acked);
       void this.pump();
@@ -635,6 +654,7 @@ class MasterSession {
   private progress(): void {
     this.options.onProgress?.({
       phase: this.phase === 'opening' ? 'open' : this.phase === 'data' ? 'data' : 'end',
+      openAttempts: this.openAttempts,
       totalBytes: this.image.length,
       ackedBytes: Math.min(this.acked * this.chunk, this.image.length),
       resumeOffset: this.resumeOffset,

@@ -40,6 +40,13 @@ export interface MasterTiming {
   maxFrameRetransmits: number;
   /** How long to wait for the listener's verdict after END (engine verification and commit). */
   endTimeoutMs: number;
+  /**
+   * OPEN's own timeout: the first wait for ACCEPT (at most `rtoMs`), doubled up to `maxRtoMs`. An
+   * ACCEPT is one small frame, so it does not wait a data window's RTO (rtoForLine).
+   */
+  openRtoMs: number;
+  /** A device that answers no OPEN within this long (all waits together) is given up: `no_listener`. */
+  openBudgetMs: number;
 }
 
 export const DEFAULT_MASTER_TIMING: MasterTiming = {
@@ -48,6 +55,8 @@ export const DEFAULT_MASTER_TIMING: MasterTiming = {
   maxRetries: 8,
   maxFrameRetransmits: 40,
   endTimeoutMs: 30000,
+  openRtoMs: 250,
+  openBudgetMs: 5000,
 };
 
 export interface ListenerTiming {
