@@ -4,7 +4,8 @@
  * CAN bus or the serial port is even opened (so the address given here does not have to exist).
  */
 import test from 'ava';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
+import { runCli } from './hxe-cli-run.js';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,14 +47,10 @@ test('flash --can to a node that never answers gives up after the 3 s join budge
   const { openTestBus } = await import('./support/can-bus.js');
   const bus = await openTestBus();
   t.teardown(() => bus.close());
-  const run = (extra: string[]) => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', 'flash', '--can', bus.processAddress(), '--nodes', '9', ...extra, 'configs/sd/apps/sensor.hxe'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
+  const run = async (extra: string[]) => {
+    const r = await runCli(['flash', '--can', bus.processAddress(), '--nodes', '9', ...extra, 'configs/sd/apps/sensor.hxe']);
+    return { status: r.code, stdout: r.stdout, stderr: r.stderr };
+  };
   const json = await run(['--json']);
   t.is(json.status, 1, json.stderr);
   const lines = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
@@ -76,14 +73,10 @@ test('flash --uart with nothing on the other end gives up after the 5 s open bud
   const { startPtyPair } = await import('../src/link/uart/pty-pair.js');
   const pair = await startPtyPair();
   t.teardown(() => pair.stop());
-  const run = (extra: string[]) => new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, ['--import=tsx', 'src/cli/main.ts', 'flash', '--uart', pair.a, ...extra, 'configs/sd/apps/sensor.hxe'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
+  const run = async (extra: string[]) => {
+    const r = await runCli(['flash', '--uart', pair.a, ...extra, 'configs/sd/apps/sensor.hxe']);
+    return { status: r.code, stdout: r.stdout, stderr: r.stderr };
+  };
   const json = await run(['--json']);
   t.is(json.status, 1, json.stderr);
   const lines = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);

@@ -5,13 +5,12 @@
  * on the bus through `jobEventToBus`, as the gateway does.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
+import { runCli, type CliRun } from './hxe-cli-run.js';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { sha256Hex } from '../src/gateway/control/auth.js';
 import { JOBS_DISABLED_MESSAGE, MAX_UPLOAD_CHUNK_BYTES } from '../src/gateway/control/job-commands.js';
 import { COMMAND_ROLES } from '../src/gateway/control/roles.js';
@@ -32,7 +31,6 @@ import type { EventBus } from '../src/gateway/events/index.js';
 import { fixture, fixturePath, fixturesDir, startHarness, type Harness, type LineClient } from './control-harness.js';
 
 type Json = Record<string, unknown>;
-const root = fileURLToPath(new URL('..', import.meta.url));
 
 // ---- a job service for the tests ---------------------------------------------------------------
 
@@ -833,14 +831,8 @@ test('docs: each answer, built by hand from the documented fields, has the keys 
 
 // ---- the CLI ----------------------------------------------------------------------------------
 
-function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    execFile(process.execPath, ['--import', 'tsx', 'test/support/job-cli-entry.ts', 'job', ...args], { cwd: root, env: { ...process.env, HSX_GATEWAY_TOKEN: '', ...env } }, (e, stdout, stderr) => {
-      const code = e ? (typeof (e as { code?: unknown }).code === 'number' ? (e as { code: number }).code : 1) : 0;
-      done({ code, stdout, stderr });
-    });
-  });
-}
+/** `hsx-gateway job …`, the real CLI, without a token from this process's environment. */
+const cli = (args: string[], env: Record<string, string> = {}): Promise<CliRun> => runCli(['job', ...args], { HSX_GATEWAY_TOKEN: '', ...env });
 
 const lines = (s: string): Json[] => s.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Json);
 

@@ -10,9 +10,10 @@ export interface CliRun {
   stderr: string;
 }
 
-export function runCli(args: string[]): Promise<CliRun> {
+/** `env` is added to this process's environment (e.g. `{ HSX_GATEWAY_TOKEN: '' }` to clear a variable). */
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [...CLI_ARGS, ...args], { cwd: ROOT, timeout: 60_000 }, (error, stdout, stderr) => {
+    execFile(process.execPath, [...CLI_ARGS, ...args], { cwd: ROOT, timeout: 60_000, env: { ...process.env, ...env } }, (error, stdout, stderr) => {
       const code = error ? (typeof (error as { code?: unknown }).code === 'number' ? (error as { code: number }).code : -1) : 0;
       resolve({ code, stdout, stderr });
     });

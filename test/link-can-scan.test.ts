@@ -4,10 +4,10 @@
  * with HSX_CAN_IFACE=vcan0 in the HIL lane — same assertions). Every scan runs twice in a row and must
  * say the same. A scan given a node list ends once those nodes answered; the scans without one wait
  * their timeout (nothing here asserts timing). Plus the documented frames built by hand, and the
- * `scan` command through test/support/scan-cli-entry.ts.
+ * `scan` command through the real CLI (test/hxe-cli-run.ts).
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
+import { runCli } from './hxe-cli-run.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +23,6 @@ import {
 import { scanCan, scanCanReport } from '../src/link/can/scan.js';
 import type { InventoryEntry } from '../src/link/flasher.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
-import { ROOT } from './support/cli-argv.js';
 import { CAN_SERIAL, openTestBus, type TestBus } from './support/can-bus.js';
 import { sensorBuild, sha256Hex } from './update-images.js';
 
@@ -342,16 +341,8 @@ test('INFO bodies that are refused name the reason and the body offset', (t) => 
 
 // ---- the command ------------------------------------------------------------------------------
 
-function runEntry(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/support/scan-cli-entry.ts'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
+/** `hsx-gateway scan …`, the real CLI. */
+const runEntry = runCli;
 
 canTest('`scan --can`: a table or JSON lines; exit 0 with answers, 3 on a silent bus, 1 when only garbage answered, 2 on usage errors', async (t) => {
   t.timeout(LONG);

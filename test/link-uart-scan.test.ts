@@ -4,10 +4,10 @@
  * after a flash and during and after an update — every scan twice; a device from before INFO
  * (protocol version 1) is reported as unsupported, a malformed INFO as EBADMSG with its offset, a
  * cable with nobody on it as an empty scan; the documented INFO frames built by hand; and the
- * `scan --uart` command through test/support/scan-cli-entry.ts. Waits are on answers, never sleeps.
+ * `scan --uart` command through the real CLI (test/hxe-cli-run.ts). Waits are on answers, never sleeps.
  */
 import test, { type ExecutionContext } from 'ava';
-import { spawn } from 'node:child_process';
+import { runCli } from './hxe-cli-run.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,7 +19,6 @@ import { decodeInfo, decodeInfoRequest, encodeError, encodeInfo, encodeInfoReque
 import { UartPortTransport } from '../src/link/uart/port-transport.js';
 import { scanUart, scanUartReport } from '../src/link/uart/scan.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
-import { ROOT } from './support/cli-argv.js';
 import { haveSocat, startPtyPair, type PtyPair } from './support/pty.js';
 import { sensorBuild, sha256Hex } from './update-images.js';
 
@@ -247,16 +246,8 @@ test('docs/uart_protocol.md INFO examples: hand-built frames match the doc, the 
 
 // ---- the command ------------------------------------------------------------------------------
 
-function runEntry(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'test/support/scan-cli-entry.ts'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
+/** `hsx-gateway scan …`, the real CLI. */
+const runEntry = runCli;
 
 test('`scan --uart`: JSON lines and a table (exit 0), nobody on the cable (exit 3), usage errors (exit 2)', async (t) => {
   t.timeout(VM ? 600_000 : 60_000);
