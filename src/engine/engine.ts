@@ -22,7 +22,7 @@ import { EngineConfigValidationError, validateEngineConfig, type EngineConfig, t
 import { engineError, fromHxeError, type EngineError, type EngineErrorWhere } from './errors.js';
 import { budgetGate, capabilityGate, checkBudgets, type GateContext, type PreRegistrationGate } from './gates.js';
 import { assignInstanceName, fallbackAppName, trimUtf8, type InstanceName } from './naming.js';
-import type { Clock, CommitMode, EventPhase, EventSink, ImageMeta, ImageStore, ProvisioningEventType, ValueStore } from './ports.js';
+import type { Clock, CommitMode, EventPhase, EventSink, ImageMeta, ImageStore, ProvisioningEventType, SlotSummary, ValueStore } from './ports.js';
 import { isPersistedValue, MetadataRegistry, oidOf, rangeCheck, valueSchemaOf, type RegisteredValue, type RegistryCounts } from './registry.js';
 import { INITIAL_BUFFER_BYTES, StreamSession } from './session.js';
 import { canTransition, LoadStateMachine, type LoadState, type StateChange, type StateListener } from './state.js';
@@ -1073,6 +1073,11 @@ export class ProvisioningEngine {
   /** SHA-256 (hex) of the store's active image, or null. */
   storedSha256(): string | null {
     return this.imageStore?.activeMeta()?.meta.sha256 ?? null;
+  }
+
+  /** What each flash slot holds (empty when the store cannot say, or there is none): for a scan's answer. */
+  slotStates(): SlotSummary[] {
+    return this.imageStore?.slotStates?.() ?? [];
   }
 
   /** Forgets persisted values for good (see ValueStore.drop). */

@@ -193,8 +193,7 @@ export class DeviceIntake {
   /** What the device runs and what its flash slots hold, for a scan (CAN INFO, UART INFO). */
   inventory(): DeviceInventory {
     const p = this.primary();
-    // The engine keeps its store private; the port's optional `slotStates` is read through it here only.
-    const slots = this.engine['imageStore']?.slotStates?.() ?? [];
+    const slots = this.engine.slotStates();
     return {
       app_name: p?.appName ?? null,
       version: p ? p.appVersion : null,
