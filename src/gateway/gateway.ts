@@ -30,9 +30,9 @@ import { jobEventToBus } from './jobs/bus-events.js';
 import type { Flasher } from '../link/flasher.js';
 import { AuditLog } from './control/audit.js';
 import { TokenStore, type TokenEntry } from './control/auth.js';
-import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig } from './mqtt/job-commands.js';
+import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopicLevel } from './mqtt/job-commands.js';
 import { Inventory, type LinkInventory } from './inventory.js';
-import { deviceInventoryTopic, topicLevel } from './mqtt/topics.js';
+import { deviceInventoryTopic } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
 
 export interface GatewayOverrides {
@@ -202,8 +202,8 @@ export class Gateway {
     }
     this.unwatchJobs = manager.watch((e) => {
       this.bus.publish(jobEventToBus(e));
-      // What the targets run changed: the inventory is refreshed once the link is free again.
-      // Only the targets known on the link (the last scan's and the job's), so the link is free again at once.
+      // What the targets run changed: rescan the link once it is free, asking only the targets known
+      // on it (the last scan's and the job's), so the scan ends as soon as they answered.
       if (e.type === 'job.finished' || e.type === 'job.canceled') {
         const known = new Set([...(this.inventory?.targets(e.job.link) ?? []), ...e.job.targets.map((x) => x.target)]);
         void this.inventory?.refresh(e.job.link, { targets: [...known] });
@@ -218,7 +218,7 @@ export class Gateway {
     if (!this.bridge || inv.error !== null) return;
     const topics = { prefix: this.config.mqtt?.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id };
     for (const e of inv.entries) {
-      const device = topicLevel(deviceOf(inv.link, e.target) ?? `${inv.link}-${e.target}`);
+      const device = targetTopicLevel(deviceOf, inv.link, e.target);
       this.bridge.publishRetained(deviceInventoryTopic(topics, device), JSON.stringify({ link: inv.link, ...e, scanned_ts: inv.scanned_ts }));
     }
   }

@@ -111,6 +111,14 @@ export function checkCommandsConfig(commands: boolean, tokens: TokenStore | null
  * The device name of a target from the config: a CAN master link's target is a node id, and the
  * device with that `node_id` on that CAN interface (`devices[].can`, default the first CAN link) is it.
  */
+/**
+ * The `<device>` topic level of a master link's target: the configured device on it, else
+ * `<link>-<target>`. Job progress and the inventory documents both use it.
+ */
+export function targetTopicLevel(deviceOf: DeviceNameOf, link: string, target: string): string {
+  return topicLevel(deviceOf(link, target) ?? `${link}-${target}`);
+}
+
 export function deviceNamesFromConfig(cfg: Pick<GatewayConfig, 'links' | 'devices'>): DeviceNameOf {
   const map = new Map<string, string>();
   const firstCan = cfg.links.can[0]?.interface;
@@ -293,7 +301,7 @@ export class MqttJobCommands {
 
   /** The configured device a target is, else `<link>-<target>`; always one topic level. */
   targetDevice(link: string, target: string): string {
-    return topicLevel(this.deviceName(link, target) ?? `${link}-${target}`);
+    return targetTopicLevel(this.deviceName, link, target);
   }
 
   // ---- commands ---------------------------------------------------------------------------------
