@@ -43,15 +43,18 @@ for (;;) {
 }
 `;
 
+/** The child runs persist (and the image format it reads when recovering slots) as plain JS, without tsx. */
 function transpilePersist(out: string): void {
-  mkdirSync(join(out, 'persist'), { recursive: true });
   writeFileSync(join(out, 'package.json'), '{"type":"module"}');
-  const srcDir = join(ROOT, 'src/persist');
-  for (const f of readdirSync(srcDir).filter((n) => n.endsWith('.ts'))) {
-    const js = ts.transpileModule(readFileSync(join(srcDir, f), 'utf8'), {
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-    }).outputText;
-    writeFileSync(join(out, 'persist', f.replace(/\.ts$/, '.js')), js);
+  for (const folder of ['persist', 'hxe', 'hxe/sections']) {
+    mkdirSync(join(out, folder), { recursive: true });
+    const srcDir = join(ROOT, 'src', folder);
+    for (const f of readdirSync(srcDir).filter((n) => n.endsWith('.ts'))) {
+      const js = ts.transpileModule(readFileSync(join(srcDir, f), 'utf8'), {
+        compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
+      }).outputText;
+      writeFileSync(join(out, folder, f.replace(/\.ts$/, '.js')), js);
+    }
   }
   writeFileSync(join(out, 'child.js'), CHILD);
 }

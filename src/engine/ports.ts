@@ -105,7 +105,13 @@ export interface ImageStore {
 
 export type ValueReadResult =
   | { ok: true; raw: number }
-  | { ok: false; reason: 'missing' | 'corrupt' | 'schema_changed' };
+  | { ok: false; reason: ValueDefaultReason };
+
+/**
+ * Why a persisted value falls back to its default: never stored, its record fails its check, its
+ * schema changed, or the whole FRAM was found damaged (set aside) or missing at boot.
+ */
+export type ValueDefaultReason = 'missing' | 'corrupt' | 'schema_changed' | 'fram_damaged' | 'fram_missing';
 
 /** Persisted values by persist key (f16 raw bits), backed by a power-safe journal. */
 export interface ValueStore {

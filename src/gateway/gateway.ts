@@ -402,6 +402,8 @@ export class Gateway {
     });
     running.report = report;
     this.bootReports.set(d.name, report);
+    // Damaged state the stores found when the device was opened (the same alerts went out as `boot.alert` events).
+    for (const a of dev.storage.alerts) this.log.error({ device: d.name, reason: a.reason, file: a.file, offset: a.offset, action: a.action }, `boot alert: ${a.message}`);
     this.log.info({ device: d.name, restored: report.restored?.appName ?? null, loaded: report.loaded.length, failed: report.failed, halted: report.halted }, 'device booted');
   }
 

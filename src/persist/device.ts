@@ -1,11 +1,11 @@
-import { closeSync, fstatSync, fsyncSync, linkSync, openSync, readSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, linkSync, openSync, readSync, renameSync, statSync, unlinkSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import type { EventSink } from '../engine/ports.js';
 import { mappedBacking, memoryBacking, type Backing, type BlockDevice } from './block-device.js';
 import { DEVICE_FILE_HEADER_SIZE, FLASH_MAGIC, FRAM_MAGIC, decodeDeviceFileHeader, deviceFileSize, type DeviceFileHeader } from './device-file.js';
 import { PersistError } from './errors.js';
 import { Fram, framFileSize } from './fram.js';
-import { SlotImageStore } from './image-store.js';
+import { SlotImageStore, type BootAlert } from './image-store.js';
 import { mapFile, type MappedFile } from './native.js';
 import { NorFlash, norFileSize, type NorGeometry } from './nor-flash.js';
 import { ValueJournal, type ValueJournalOptions } from './value-journal.js';
@@ -45,6 +45,8 @@ export interface Device {
   flash: BlockDevice;
   fram: BlockDevice;
   paths: { flash: string | null; fram: string | null };
+  /** Damaged or missing state found when the device was opened, and what was done (each also a `boot.alert` event). */
+  alerts: BootAlert[];
   close(): Promise<void>;
 }
 
@@ -65,13 +67,21 @@ export interface OpenOptions {
    * operations it drives. 'all': also those (for use without an engine).
    */
   emit?: 'own' | 'all';
+  /** The files behind the devices, named in alerts. */
+  paths?: { flash: string | null; fram: string | null };
+  /** The FRAM was re-created at this boot (see openFram): values read as defaulted for this reason. */
+  lostValues?: 'fram_damaged' | 'fram_missing';
 }
 
 export async function openStores(flash: BlockDevice, fram: BlockDevice, events?: EventSink, options: OpenOptions = {}):
 Promise<{ imageStore: SlotImageStore; valueStore: ValueJournal }> {
   const all = options.emit === 'all';
-  const valueStore = ValueJournal.open(fram, { ...(events ? { events } : {}), ...(options.clock ? { clock: options.clock } : {}), emitReadEvents: all });
-  const imageStore = await SlotImageStore.open(flash, { values: valueStore, ...(events ? { events } : {}), emitOperationEvents: all });
+  const valueStore = ValueJournal.open(fram, {
+    ...(events ? { events } : {}), ...(options.clock ? { clock: options.clock } : {}), emitReadEvents: all, ...(options.lostValues ? { lost: options.lostValues } : {}),
+  });
+  const imageStore = await SlotImageStore.open(flash, {
+    values: valueStore, ...(events ? { events } : {}), emitOperationEvents: all, ...(options.paths?.flash ? { path: options.paths.flash } : {}),
+  });
   return { imageStore, valueStore };
 }
 
@@ -240,22 +250,26 @@ export async function openDevice(stateDir: string, geometry: Partial<DeviceGeome
   if (!st.isDirectory()) throw new PersistError('EINVAL', 'open', 'state_dir_not_directory', `${stateDir}: not a directory`, { path: stateDir });
   const g = { ...DEFAULT_GEOMETRY, ...geometry };
   const paths = { flash: join(stateDir, FLASH_FILE), fram: join(stateDir, FRAM_FILE) };
+  const flashExisted = existsSync(paths.flash);
   const flash = openOrCreate(paths.flash, flashFile(g), geometry);
-  let fram: Fram;
+  let opened: { fram: Fram; alert: BootAlert | null; lost?: 'fram_damaged' | 'fram_missing' };
   try {
-    fram = openOrCreate(paths.fram, framFile(g), geometry);
+    opened = openFram(paths.fram, g, geometry, flashExisted);
   } catch (e) {
     flash.close();
     throw e;
   }
+  const { fram, alert } = opened;
+  if (alert) events?.emit({ type: 'boot.alert', pid: null, phase: 'boot', data: { ...alert } });
   if (events) {
     flash.onWearWarning = (w) => events.emit({ type: 'provisioning.wear_warning', pid: null, phase: 'persist', data: { ...w, path: paths.flash } });
   }
   try {
-    const { imageStore, valueStore } = await openStores(flash, fram, events, options);
+    const { imageStore, valueStore } = await openStores(flash, fram, events, { ...options, paths, ...(opened.lost ? { lostValues: opened.lost } : {}) });
     let closed = false;
     return {
       imageStore, valueStore, flash, fram, paths,
+      alerts: [...(alert ? [alert] : []), ...imageStore.recovery.alerts],
       async close() {
         if (closed) return;
         closed = true;
@@ -266,5 +280,48 @@ export async function openDevice(stateDir: string, geometry: Partial<DeviceGeome
     flash.close();
     fram.close();
     throw e;
+  }
+}
+
+/** A damaged FRAM file: its own header or the value journal's layout fails its check (not a geometry the caller disagrees with). */
+function isFramDamage(e: unknown): e is PersistError {
+  return e instanceof PersistError && e.code === 'EBADMSG';
+}
+
+/**
+ * Open fram.bin. Damaged values never stop a device whose flash is intact: a FRAM whose file header,
+ * layout header or journal banks fail their checks is kept beside as `fram.bin.damaged-<ms>` for
+ * inspection and a fresh one takes its place; values read as defaulted (`fram_damaged`). A FRAM
+ * missing beside an existing flash file is re-created the same way (`fram_missing`). Either is an alert.
+ */
+function openFram(path: string, g: DeviceGeometry, asked: Partial<DeviceGeometry>, flashExisted: boolean):
+{ fram: Fram; alert: BootAlert | null; lost?: 'fram_damaged' | 'fram_missing' } {
+  if (!existsSync(path)) {
+    const fram = openOrCreate(path, framFile(g), asked);
+    if (!flashExisted) return { fram, alert: null };
+    return {
+      fram, lost: 'fram_missing',
+      alert: { reason: 'fram_missing', file: path, offset: 0, action: 'created an empty FRAM; persisted values start from their defaults',
+        message: `${path}: missing although the device's flash exists; created an empty FRAM; persisted values start from their defaults` },
+    };
+  }
+  let fram: Fram | null = null;
+  try {
+    fram = openOrCreate(path, framFile(g), asked);
+    ValueJournal.open(fram); // throws when the layout header or both journal banks fail their checks
+    return { fram, alert: null };
+  } catch (e) {
+    fram?.close();
+    if (!isFramDamage(e)) throw e;
+    const aside = `${path}.damaged-${Date.now()}`;
+    renameSync(path, aside);
+    fsyncDir(dirname(path));
+    const fresh = openOrCreate(path, framFile(g), asked);
+    const offset = typeof e.detail?.['offset'] === 'number' ? e.detail['offset'] : 0;
+    const action = `kept it as ${aside} and created an empty FRAM; persisted values start from their defaults`;
+    return {
+      fram: fresh, lost: 'fram_damaged',
+      alert: { reason: 'fram_damaged', file: path, offset, action, message: `${path}: ${e.message}; ${action}` },
+    };
   }
 }

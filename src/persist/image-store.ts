@@ -4,6 +4,7 @@ import type { BlockDevice } from './block-device.js';
 import { PersistError } from './errors.js';
 import { partitionBytes, partitionOffset, planLayout, readLayout, writeLayout, type FlashLayout } from './layout.js';
 import { FIELD_LIMITS, checkMeta, emptyStatus, utf8Truncate, type SlotEntry, type SlotIndex, type StatusRecord } from './status-record.js';
+import { findSlotImage, type FoundImage } from './slot-scan.js';
 import { StatusRing } from './status-ring.js';
 import type { ValueJournal } from './value-journal.js';
 
@@ -31,6 +32,8 @@ export interface ImageStoreOptions {
    * boot, wear warnings, warnings).
    */
   emitOperationEvents?: boolean;
+  /** The flash file, for alerts (default "flash"). */
+  path?: string;
 }
 
 export interface RecoveryReport {
@@ -38,6 +41,17 @@ export interface RecoveryReport {
   tornRecords: number;
   seq: number;
   actions: string[];
+  /** Damage found and what was done about it (each also emitted as `boot.alert`). */
+  alerts: BootAlert[];
+}
+
+/** One piece of damaged state found at boot: which file, where, and what the device did instead. */
+export interface BootAlert {
+  reason: string;
+  file: string;
+  offset: number;
+  action: string;
+  message: string;
 }
 
 export interface SlotInfo {
@@ -58,7 +72,7 @@ export class SlotImageStore implements ImageStore {
   private readonly ring: StatusRing;
   private st: StatusRecord = emptyStatus();
   private chain: Promise<unknown> = Promise.resolve();
-  recovery: RecoveryReport = { statusRecords: 0, tornRecords: 0, seq: 0, actions: [] };
+  recovery: RecoveryReport = { statusRecords: 0, tornRecords: 0, seq: 0, actions: [], alerts: [] };
 
   private constructor(private readonly dev: BlockDevice, layout: FlashLayout, private readonly opts: ImageStoreOptions) {
     this.layout = layout;
@@ -82,19 +96,24 @@ export class SlotImageStore implements ImageStore {
   private async recover(): Promise<void> {
     const scan = this.ring.scan();
     this.st = scan.latest ?? emptyStatus();
-    this.recovery = { statusRecords: scan.intact, tornRecords: scan.torn, seq: this.st.seq, actions: [] };
+    this.recovery = { statusRecords: scan.intact, tornRecords: scan.torn, seq: this.st.seq, actions: [], alerts: [] };
     const values = this.opts.values;
     if (values && this.st.restoreSeq !== 0 && this.st.restoreSlot !== null && values.restoreSeq() !== this.st.restoreSeq) {
       const done = await values.restoreSnapshot(this.st.restoreSlot, this.st.restoreTag, this.st.restoreSeq);
       this.recovery.actions.push(done ? 'completed_value_restore' : 'value_restore_snapshot_missing');
     }
+    if (scan.damagedNewest !== null) await this.recoverDamagedStatus(scan.damagedNewest, scan.latest);
     const a = this.st.active;
     if (a === null) return;
     const entry = this.st.slots[a];
     if (!entry || !this.slotVerifies(a)) {
       this.recovery.actions.push('active_image_failed_verification');
-      if (this.canRollback()) await this.doRollback('verify_failed', true);
+      const fallback = this.canRollback();
+      const offset = this.slotOffset(a);
+      if (fallback) await this.doRollback('verify_failed', true);
       else await this.dropActive('verify_failed');
+      this.alert('image_damaged', offset, fallback ? `rolled back to slot ${slotName(this.st.active)}` : 'started with no image (no other slot verifies)',
+        `slot ${slotName(a)} does not match its SHA-256 ${entry?.meta.sha256 ?? ''}`.trim(), { slot: slotName(a), app_name: entry?.meta.appName ?? null });
       return;
     }
     if (entry.state === 'test') {
@@ -105,6 +124,48 @@ export class SlotImageStore implements ImageStore {
         this.recovery.actions.push('test_image_kept_no_fallback');
       }
     }
+  }
+
+  /**
+   * The record where the newest status should be fails its check. With an older intact record, that
+   * record's image runs (the old one, if the damaged record was a switch to a new one). With none, the
+   * slots are searched for images that verify by their own CRC (slot-scan.ts); the newest by the slots'
+   * erase counters runs, and a rebuilt status record makes that durable. Either way: a loud alert.
+   */
+  private async recoverDamagedStatus(offset: number, latest: StatusRecord | null): Promise<void> {
+    const detail = `status record at flash offset 0x${offset.toString(16)} fails its CRC check`;
+    if (latest && latest.active !== null) {
+      this.alert('status_record_damaged', offset, `booted the newest intact status record (seq ${latest.seq}, slot ${slotName(latest.active)})`, detail, {});
+      return;
+    }
+    const found = ([0, 1] as const)
+      .map((s) => ({ s, image: findSlotImage(this.dev.view(this.slotOffset(s), this.slotBytes()), this.dev.programSize, `recovered:slot ${slotName(s)}`) }))
+      .filter((f): f is { s: SlotIndex; image: FoundImage } => f.image !== null);
+    if (found.length === 0) {
+      this.alert('status_record_damaged', offset, 'started with no image (no slot holds an image that verifies)', detail, {});
+      return;
+    }
+    // Commits alternate A, B, A, ... (the first goes to A) and erase their target slot first: the slot
+    // erased more often holds the newer image, and on a tie it is B.
+    const erases = (s: SlotIndex): number => this.dev.eraseCount(this.layout.slots[s].firstSector);
+    found.sort((x, y) => (erases(y.s) - erases(x.s)) || (y.s - x.s));
+    const newest = found[0]!;
+    const slots: StatusRecord['slots'] = [null, null];
+    for (const f of found) slots[f.s] = { state: 'good', imageLen: f.image.imageLen, commitSeq: 0, meta: f.image.meta };
+    const other = found[1]?.s ?? null;
+    await this.writeStatus({ ...this.st, active: newest.s, previous: other, restoreSlot: null, restoreSeq: 0, restoreTag: 0, slots });
+    this.recovery.actions.push(`status_rebuilt_from_slots:${found.map((f) => slotName(f.s)).join('')}`);
+    this.alert('status_record_damaged', offset,
+      `rebuilt the status from the slots: running ${newest.image.meta.appName} from slot ${slotName(newest.s)}` + (other !== null ? `, slot ${slotName(other)} kept as the rollback target` : ''),
+      detail, { slot: slotName(newest.s), app_name: newest.image.meta.appName, sha256: newest.image.meta.sha256 });
+  }
+
+  /** Damage found at boot: an event the gateway logs at error level and publishes (`boot.alert`), and a recovery entry. */
+  private alert(reason: string, offset: number, action: string, detail: string, extra: Record<string, unknown>): void {
+    const file = this.opts.path ?? 'flash';
+    const a: BootAlert = { reason, file, offset, action, message: `${file}: ${detail}; ${action}` };
+    this.recovery.alerts.push(a);
+    this.opts.events?.emit({ type: 'boot.alert', pid: null, phase: 'boot', data: { ...a, ...extra } });
   }
 
   private serialize<T>(fn: () => Promise<T>): Promise<T> {

@@ -8,6 +8,7 @@ import { readLayout, partitionBytes, type Partition } from './layout.js';
 import { mapFile } from './native.js';
 import { NorFlash, WEAR_WARNING_FRACTION } from './nor-flash.js';
 import { StatusRing } from './status-ring.js';
+import { findSlotImage } from './slot-scan.js';
 import { ValueJournal } from './value-journal.js';
 import { createHash } from 'node:crypto';
 import { PersistError } from './errors.js';
@@ -28,6 +29,8 @@ export interface DeviceReport {
   }[];
   wear: { maxEraseCount: number; totalErases: number; warnAt: number; endurance: number; sectorsOverWarning: number[]; perPartition: Record<string, { max: number; total: number }> };
   values: { framPath: string; keys: number; generation: number; bank: number; usedBytes: number; bankSize: number; corruptKeys: number[]; entries: { key: number; raw: number }[] } | null;
+  /** What is damaged and what the device does about it at its next start (see image-store recover, device openFram). */
+  damage: string[];
 }
 
 /** `path` is a state directory or a flash file; the FRAM file is looked for next to it. */
@@ -66,6 +69,21 @@ export function inspectDevice(path: string): DeviceReport {
       const c = counts.slice(p.firstSector, p.firstSector + p.sectorCount);
       perPartition[p.name] = { max: Math.max(0, ...c), total: c.reduce((a, b) => a + b, 0) };
     }
+    const damage: string[] = [];
+    if (scan.damagedNewest !== null) {
+      const at = `status record at flash offset 0x${scan.damagedNewest.toString(16)} fails its CRC check`;
+      if (st && st.active !== null) damage.push(`${at}: the device boots the newest intact record (seq ${st.seq}, slot ${name(st.active)})`);
+      else {
+        const found = ([0, 1] as const).filter((s) => findSlotImage(flash.view(layout.slots[s].firstSector * layout.sectorSize, partitionBytes(layout, layout.slots[s])), flash.programSize, '') !== null);
+        damage.push(found.length
+          ? `${at}: no intact record describes the slots; the device rebuilds the status from slot(s) ${found.map((s) => name(s)).join(', ')}, whose image(s) verify`
+          : `${at}: no intact record and no slot holds an image that verifies; the device starts empty`);
+      }
+    }
+    for (const slot of slots) {
+      if (slot.active && slot.verified === false) damage.push(`slot ${slot.slot} (active) does not match its SHA-256: the device will not run it`);
+    }
+    const values = inspectValues(framPath, damage);
     return {
       flashPath,
       geometry: { sectorSize: flash.eraseSize, pageSize: flash.programSize, sectorCount: flash.sectorCount, flashSize: flash.size, endurance: flash.endurance },
@@ -79,29 +97,36 @@ export function inspectDevice(path: string): DeviceReport {
         maxEraseCount: Math.max(0, ...counts), totalErases: counts.reduce((a, b) => a + b, 0), warnAt, endurance: flash.endurance,
         sectorsOverWarning: counts.flatMap((c, i) => (c >= warnAt ? [i] : [])), perPartition,
       },
-      values: inspectValues(framPath),
+      values,
+      damage,
     };
   } finally {
     map.unmap();
   }
 }
 
-function inspectValues(framPath: string): DeviceReport['values'] {
+function inspectValues(framPath: string, damage: string[]): DeviceReport['values'] {
   try {
     statSync(framPath);
   } catch {
+    damage.push(`${framPath} is missing: the device re-creates it and persisted values start from their defaults`);
     return null;
   }
-  const { size } = probeDeviceFile(framPath, FRAM_MAGIC);
-  const map = mapFile(framPath, size, { readonly: true });
+  let map: ReturnType<typeof mapFile> | null = null;
   try {
+    const { size } = probeDeviceFile(framPath, FRAM_MAGIC);
+    map = mapFile(framPath, size, { readonly: true });
     const j = ValueJournal.open(Fram.attach(mappedBacking(map, true)));
     const info = j.bankInfo();
     return {
       framPath, keys: info.keys, generation: info.generation, bank: info.bank, usedBytes: info.usedBytes, bankSize: info.bankSize,
       corruptKeys: info.corruptKeys, entries: [...j.entries()].map(([key, v]) => ({ key, raw: v.raw })).sort((a, b) => a.key - b.key),
     };
+  } catch (e) {
+    if (!(e instanceof PersistError) || e.code !== 'EBADMSG') throw e;
+    damage.push(`${e.message}: the device keeps it as fram.bin.damaged-<ms> and starts with default values`);
+    return null;
   } finally {
-    map.unmap();
+    map?.unmap();
   }
 }

@@ -40,12 +40,19 @@ export class StatusRing {
     return true;
   }
 
-  /** Read every slot; return the newest intact record and position the ring after it. */
-  scan(): { latest: StatusRecord | null; intact: number; torn: number } {
+  /**
+   * Read every slot; return the newest intact record and position the ring after it.
+   * `damagedNewest` is the offset of a record slot that fails its check where the newest record
+   * would be: right after the newest intact one, or anywhere when none is intact. A damaged slot
+   * there means the last status write (or the record read at boot) is damaged; one older than the
+   * newest intact record is history the device no longer reads.
+   */
+  scan(): { latest: StatusRecord | null; intact: number; torn: number; damagedNewest: number | null } {
     let latest: StatusRecord | null = null;
     let at = { sector: 0, slot: -1 };
     let intact = 0;
     let torn = 0;
+    let firstTorn: number | null = null;
     for (let s = 0; s < this.sectors; s++) {
       for (let k = 0; k < this.perSector; k++) {
         const off = this.slotOffset(s, k);
@@ -59,11 +66,18 @@ export class StatusRing {
           }
         } else if (!this.isErased(off, this.recordSize)) {
           torn++;
+          firstTorn ??= off;
         }
       }
     }
     this.position(latest ? at : null);
-    return { latest, intact, torn };
+    let damagedNewest: number | null = latest ? null : firstTorn;
+    if (latest) {
+      const next = at.slot + 1 < this.perSector ? this.slotOffset(at.sector, at.slot + 1) : this.slotOffset((at.sector + 1) % this.sectors, 0);
+      const v = this.dev.view(next, this.recordSize);
+      if (!decodeStatus(v) && !this.isErased(next, this.recordSize)) damagedNewest = next;
+    }
+    return { latest, intact, torn, damagedNewest };
   }
 
   private position(after: { sector: number; slot: number } | null): void {

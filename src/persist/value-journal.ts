@@ -1,5 +1,5 @@
 import { crc32 } from 'node:zlib';
-import type { Clock, EventSink, TimerHandle, ValueReadResult, ValueStore } from '../engine/ports.js';
+import type { Clock, EventSink, TimerHandle, ValueDefaultReason, ValueReadResult, ValueStore } from '../engine/ports.js';
 import type { BlockDevice } from './block-device.js';
 import { PersistError } from './errors.js';
 import type { SlotIndex } from './status-record.js';
@@ -129,6 +129,11 @@ export interface ValueJournalOptions {
   /** Emit `value.defaulted` from `read` (off by default: the engine emits it with the value's oid and name). */
   emitReadEvents?: boolean;
   clock?: Pick<Clock, 'now' | 'setTimeout' | 'clearTimeout'>;
+  /**
+   * The FRAM was re-created at this boot because the old one was damaged or missing: a key never
+   * written since reads as defaulted for that reason instead of `missing`.
+   */
+  lost?: 'fram_damaged' | 'fram_missing';
 }
 
 const realClock = {
@@ -219,8 +224,8 @@ export class ValueJournal implements ValueStore {
   read(key: number, schema: { valueType: string }): ValueReadResult {
     checkKey(key, 'read');
     const v = this.current.get(key);
-    let reason: 'missing' | 'corrupt' | 'schema_changed' | null = null;
-    if (!v) reason = this.corrupt.has(key) ? 'corrupt' : 'missing';
+    let reason: ValueDefaultReason | null = null;
+    if (!v) reason = this.corrupt.has(key) ? 'corrupt' : this.opts.lost ?? 'missing';
     else if (v.tag !== schemaTag(schema)) reason = 'schema_changed';
     if (reason === null) return { ok: true, raw: v!.raw };
     if (this.opts.emitReadEvents) this.opts.events?.emit({ type: 'value.defaulted', pid: null, phase: 'restore', data: { key, reason, schema } });

@@ -4,7 +4,8 @@ import { inspectDevice, isPersistError, type DeviceReport } from '../../persist/
 /**
  * `hsx-gateway flash-info PATH`: print a device's flash layout, status, slots with their
  * manifest entries, wear, and persisted values. PATH is a device state directory or its
- * flash.bin. Read-only (works while the device runs). Exit 0 ok, 1 unreadable, 2 usage.
+ * flash.bin. Read-only (works while the device runs); damaged state is listed last (`DAMAGED: …`,
+ * `damage` in --json) with what the device does about it. Exit 0 ok, 1 unreadable, 2 usage.
  */
 function human(r: DeviceReport): string {
   const out: string[] = [];
@@ -36,8 +37,9 @@ function human(r: DeviceReport): string {
     out.push(`values ${v.framPath}: ${v.keys} key(s), bank ${v.bank} generation ${v.generation}, ${v.usedBytes}/${v.bankSize} bytes used${v.corruptKeys.length ? `, corrupt keys ${v.corruptKeys.join(',')}` : ''}`);
     for (const e of v.entries) out.push(`  key 0x${e.key.toString(16).padStart(4, '0')} = 0x${e.raw.toString(16).padStart(4, '0')}`);
   } else {
-    out.push('values: no fram.bin next to the flash file');
+    out.push('values: no readable fram.bin next to the flash file');
   }
+  for (const d of r.damage) out.push(`DAMAGED: ${d}`);
   return out.join('\n') + '\n';
 }
 

@@ -16,6 +16,7 @@ import { CanListener, type ListenerEvent, type ListenerOptions } from './listene
 import { CanFlasher, NO_JOIN_HINT, verdictReason, type CanFlashResult } from './flasher.js';
 import { OK_STATUSES, parseNodeList, type MasterProgress, type NodeVerdict } from './master.js';
 import { parseOid, requestValue } from './value-client.js';
+import { restoreAtBoot } from '../device-boot.js';
 
 type Out = (line: string) => void;
 const stdout: Out = (l) => process.stdout.write(l + '\n');
@@ -279,9 +280,11 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
   const intake = device?.intake ?? new DeviceIntake({ engine, clock: systemClock, events, confirmWindowMs: confirmWindowMs ?? 10_000 });
   if (device) {
     // Boot: the image the device holds runs again (every check repeated), with its persisted values.
-    const restored = engine.restore();
-    if (!restored.ok) print({ type: 'restore', ok: false, error: restored.error }, `restore failed: ${restored.error.code} ${restored.error.reason}`);
-    else if (restored.value) print({ type: 'restore', ok: true, pid: restored.value.pid, appName: restored.value.appName }, `restored ${restored.value.appName} (pid ${restored.value.pid})`);
+    for (const l of restoreAtBoot(engine, device.storage.alerts)) {
+      if (l.kind === 'alert') print({ type: 'boot_alert', ...l.alert }, l.text);
+      else if (l.kind === 'restored') print({ type: 'restore', ok: true, pid: l.pid, appName: l.appName, version: l.version, sha256: l.sha256 }, l.text);
+      else print({ type: 'restore', ok: false, error: l.error }, l.text);
+    }
   }
   const options: ListenerOptions = {
     bus, node, intake, source: `can:${o.can.split('?')[0]}`,

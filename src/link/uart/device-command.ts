@@ -13,6 +13,8 @@ import { UartListener, type ListenerEvent, type ListenerOptions } from './listen
 import { DirectoryPartialStore, MemoryPartialStore } from './partial-store.js';
 import { DEFAULT_BAUD } from './settings.js';
 import type { UartError } from './errors.js';
+import type { BootAlert } from '../../persist/image-store.js';
+import { restoreAtBoot } from '../device-boot.js';
 
 export interface UartDeviceOptions {
   port: string;
@@ -27,6 +29,8 @@ export interface UartDeviceOptions {
    * check repeated) and say so (`restored`). The CLI's device does; a gateway boots its devices itself.
    */
   restore?: boolean;
+  /** Damaged state the device's stores found when opened, said before the restore (`boot_alert`). */
+  alerts?: readonly BootAlert[];
   maxImageBytes?: number;
   /** Exit after the first transfer ends (0 READY, 1 otherwise). */
   once?: boolean;
@@ -68,14 +72,10 @@ export async function runUartDevice(o: UartDeviceOptions): Promise<number> {
     return 1;
   }
   if (o.restore) {
-    // Boot: the image the device holds runs again, with its persisted values (as the CAN device does).
-    const restored = o.intake.engine.restore();
-    if (!restored.ok) {
-      const { code, where, reason, message } = restored.error;
-      say('restore_failed', { error: { code, where, reason, message } }, `device: restore failed: ${code} ${reason} (${message})`);
-    } else if (restored.value) {
-      const t = restored.value;
-      say('restored', { pid: t.pid, appName: t.appName, version: t.appVersion, sha256: t.sha256 }, `restored ${t.appName} (pid ${t.pid})`);
+    for (const l of restoreAtBoot(o.intake.engine, o.alerts ?? [])) {
+      if (l.kind === 'alert') say('boot_alert', { ...l.alert }, l.text);
+      else if (l.kind === 'restored') say('restored', { pid: l.pid, appName: l.appName, version: l.version, sha256: l.sha256 }, l.text);
+      else say('restore_failed', { error: l.error }, `device: ${l.text}`);
     }
   }
   const partials = o.stateDir ? new DirectoryPartialStore(join(o.stateDir, 'uart-partial')) : new MemoryPartialStore();
@@ -146,7 +146,7 @@ export async function deviceCommand(o: { port: string; baud?: number; stateDir?:
   const onSignal = (): void => controller.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const options: UartDeviceOptions = { port: o.port, json: o.json, intake, restore: device !== null, signal: controller.signal, out };
+  const options: UartDeviceOptions = { port: o.port, json: o.json, intake, restore: device !== null, alerts: device?.storage.alerts ?? [], signal: controller.signal, out };
   if (o.baud !== undefined) options.baud = o.baud;
   if (o.stateDir !== undefined) options.stateDir = o.stateDir;
   try {
