@@ -81,6 +81,8 @@ interface Session {
   abandoning?: Promise<void>;
   /** The ACCEPT, RESULT or ERROR frame repeated when the master asks again. */
   reply: Frame | null;
+  /** Ended without a verdict (ABORT, idle, port lost, superseded): `reply` is `ECANCELED session session_aborted`. */
+  aborted?: boolean;
   /** Completion callbacks of the partial store's appends. */
   saveDone: () => void;
   saveFailed: () => void;
@@ -183,7 +185,9 @@ export class UartListener extends EventEmitter {
 
   private onOpen(frame: Frame): void {
     const current = this.session;
-    if (current && current.tag === frame.tag && current.nonce === frame.seq) {
+    // A repeated OPEN of a session that ended with a verdict gets that verdict again; one of an
+    // aborted session starts a new one, which resumes from what the device kept.
+    if (current && current.tag === frame.tag && current.nonce === frame.seq && !current.aborted) {
       // The master did not see our ACCEPT (or asks again): repeat it, nothing else changes.
       this.touch(current);
       if (current.reply) this.send(current.reply);
@@ -519,6 +523,12 @@ export class UartListener extends EventEmitter {
     // While ending, the intake already holds the whole image and installs it: that goes on.
     const installing = s.state === 'ending';
     s.state = 'done';
+    if (wasActive && !installing) {
+      // Frames of this session from now on are answered with this, never with its old ACCEPT: the
+      // master learns the session is gone and opens a new one, which resumes from the partial.
+      s.aborted = true;
+      s.reply = this.errorFrame(s.tag, { code: 'ECANCELED', where: 'session', reason: 'session_aborted' });
+    }
     this.clearTimers(s);
     s.buffered.clear();
     if (s.intakeId !== null && !installing) {

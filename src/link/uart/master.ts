@@ -536,7 +536,8 @@ class MasterSession {
     if (this.restart) return this.restart;
     // The engine's write timeout, reported by the device while data was flowing: not a verdict on
     // the image. The device keeps what it acknowledged (only EBADMSG discards it).
-    if (e.remote && e.code === 'ETIMEDOUT' && e.reason === 'write_timeout' && this.chunk > 0) {
+    // Likewise a session the device aborted (it heard nothing for its idle timeout): it kept the bytes.
+    if (e.remote && ((e.code === 'ETIMEDOUT' && e.reason === 'write_timeout') || (e.code === 'ECANCELED' && e.reason === 'session_aborted')) && this.chunk > 0) {
       return { reason: 'device_stalled', from: this.chunk, to: this.chunk, ackedBytes: this.ackedBytes(), retransmits: this.stats.retransmits, delivered: this.deliveredFrames() };
     }
     return null;
@@ -604,7 +605,10 @@ class MasterSession {
     this.timer = null;
     if (this.phase === 'done') return;
     if (this.phase === 'data' && this.acked === this.next) return; // nothing in flight
-    this.timer = setTimeout(() => this.onTimeout(), this.rto);
+    // After END the verdict deadline cuts the last wait short, so `no_verdict` fires at END +
+    // endTimeoutMs, not at the first backed-off timeout after it.
+    const wait = this.phase === 'ending' ? Math.max(0, Math.min(this.rto, this.endDeadline - Date.now())) : this.rto;
+    this.timer = setTimeout(() => this.onTimeout(), wait);
   }
 
   private onTimeout(): void {
@@ -615,7 +619,7 @@ class MasterSession {
     this.cleanRun = 0;
     this.growStopAt = null;
     if (this.phase === 'ending') {
-      if (Date.now() > this.endDeadline) {
+      if (Date.now() >= this.endDeadline - 1) { // a timer may fire up to 1 ms before its time
         this.fail(uartError('ETIMEDOUT', 'end', 'no_verdict', `the device gave no verdict within ${this.timing.endTimeoutMs} ms after END`), true);
         return;
       }
