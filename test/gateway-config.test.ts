@@ -1,5 +1,5 @@
 import test from 'ava';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig, validateConfig } from '../src/gateway/config.js';
@@ -29,8 +29,8 @@ test('bad values name the key and what was expected', (t) => {
   t.false(r.ok);
   if (r.ok) return;
   const text = r.error.problems.join('\n');
-  t.regex(text, /gateway\.id: expected 1-64 characters/);
-  t.regex(text, /control\.listen: expected "HOST:PORT"/);
+  t.regex(text, /gateway\.id = "has space": expected 1-64 characters/, 'the key path, the value and what is allowed');
+  t.regex(text, /control\.listen = "nope": expected "HOST:PORT"/);
   t.regex(text, /devices\[0\]\.node_id/);
 });
 
@@ -53,7 +53,14 @@ test('embedded and url together are refused; TOML syntax errors are reported wit
   writeFileSync(f, '[gateway\nid = 1\n');
   const r = loadConfig(f);
   t.false(r.ok);
-  if (!r.ok) t.regex(r.error.message, /bad\.toml: TOML syntax error/);
+  if (!r.ok) t.regex(r.error.message, /bad\.toml:1:\d+: TOML syntax error/, 'the file, line and column');
+  writeFileSync(f, '[gateway]\nid = "g"\nbad key = 1\n');
+  const r3 = loadConfig(f);
+  t.false(r3.ok);
+  if (!r3.ok) {
+    t.regex(r3.error.message, /bad\.toml:3:5: TOML syntax error: .*illegal character in key/);
+    t.regex(r3.error.message, /3: {2}bad key = 1\n {8}\^/, 'with the line and a caret under the column');
+  }
   const missing = loadConfig(join(dir, 'none.toml'));
   t.false(missing.ok);
 });
@@ -74,10 +81,26 @@ test('CAN node ids: the identifier range (1..63), and one device per node id on 
   const gateway = { id: 'g' };
   const over = validateConfig({ gateway, devices: devices([['a', 64]]) });
   t.false(over.ok);
-  if (!over.ok) t.regex(over.error.message, /devices\[0\]\.node_id: .*63/);
+  if (!over.ok) t.true(over.error.problems.includes('devices[0].node_id = 64: must be <= 63'), over.error.message);
+  const missing = validateConfig({ gateway: {}, devices: [{ name: 'a' }] });
+  if (!missing.ok) t.true(missing.error.problems.includes('devices[0].state_dir: required (a string)'), missing.error.message);
+  else t.fail('a device without state_dir is refused');
   const twice = validateConfig({ gateway, links, devices: devices([['a', 7], ['b', 8], ['c', 7]]) });
   t.false(twice.ok);
   if (!twice.ok) t.deepEqual(twice.error.problems, ['devices[2].node_id: node 7 on CAN link "vcan0" is already devices[0] ("a"); each device on a bus needs its own node id']);
   // the same node id on two buses is two devices
   t.true(validateConfig({ gateway, links, devices: devices([['a', 7, 'vcan0'], ['b', 7, 'vcan1']]) }).ok);
+});
+
+test('boot sources that point nowhere are config errors naming the key and the path', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'hsx-cfg-'));
+  const f = join(dir, 'gw.toml');
+  writeFileSync(f, '[gateway]\nid = "g"\n[boot]\npreload_dir = "images"\nsd_manifest = "sd/manifest.toml"\n');
+  const r = loadConfig(f);
+  t.false(r.ok);
+  if (!r.ok) t.deepEqual(r.error.problems, [`boot.preload_dir = "${join(dir, 'images')}": no such directory`, `boot.sd_manifest = "${join(dir, 'sd/manifest.toml')}": no such file`]);
+  mkdirSync(join(dir, 'images'));
+  mkdirSync(join(dir, 'sd'));
+  writeFileSync(join(dir, 'sd/manifest.toml'), '');
+  t.true(loadConfig(f).ok, 'both present: accepted');
 });

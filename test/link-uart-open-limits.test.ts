@@ -78,7 +78,7 @@ test('frames of an ABORTed session get ERROR ECANCELED session_aborted, never it
     type: FrameType.OPEN, tag: 9, seq: 1,
     payload: encodeOpen({ version: 2, chunkSize: 1024, window: 16, totalBytes: image.length, crc32: crc32(image), sha256: createHash('sha256').update(image).digest(), appName: 'sensor_app', force: false }),
   };
-  const next = (type: FrameType): Promise<Frame> => new Promise((resolve) => {
+  const next = (type: Frame['type']): Promise<Frame> => new Promise((resolve) => {
     const on = (f: Frame): void => { if (f.type === type) { wire.off('sent', on); resolve(f); } };
     wire.on('sent', on);
   });

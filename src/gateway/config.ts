@@ -3,7 +3,7 @@
  * and every error names the key path and what was expected, because a bench rig's config is
  * edited by hand and a silently ignored typo costs an afternoon.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
@@ -203,6 +203,16 @@ export interface ConfigError {
   message: string;
 }
 
+/** The raw value at a schema issue's path, for the message (undefined when absent). */
+function valueAt(raw: unknown, path: ReadonlyArray<PropertyKey>): unknown {
+  let v: unknown = raw;
+  for (const p of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[p];
+  }
+  return typeof v === 'object' && v !== null ? undefined : v;
+}
+
 function keyPath(path: ReadonlyArray<PropertyKey>): string {
   return path.reduce<string>((acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)), '');
 }
@@ -215,7 +225,18 @@ export function validateConfig(raw: unknown, file = '<inline>', baseDir = proces
     const problems = parsed.error.issues.map((i) => {
       const where = keyPath(i.path) || '(top level)';
       if (i.code === 'unrecognized_keys') return `${where ? where + ': ' : ''}unknown key(s) ${i.keys.map((k) => `"${k}"`).join(', ')}`;
-      return `${where}: ${i.message}`;
+      const value = valueAt(raw, i.path);
+      // Say what was there and what is allowed: `devices[0].node_id = 100: must be <= 63`.
+      const shown = value === undefined ? '' : ` = ${JSON.stringify(value)}`;
+      if (i.code === 'too_big' || i.code === 'too_small') {
+        const bound = i.code === 'too_big' ? `<= ${String(i.maximum)}` : `>= ${String(i.minimum)}`;
+        const what = i.origin === 'number' || i.origin === 'int' || i.origin === 'bigint' ? '' : ` (${i.origin} length)`;
+        return `${where}${shown}: must be ${bound}${what}`;
+      }
+      if (i.code === 'invalid_type' && value === undefined && valueAt(raw, i.path.slice(0, -1)) === undefined && i.path.length > 0) {
+        return `${where}: required (a ${i.expected})`;
+      }
+      return `${where}${shown}: ${i.message}`;
     });
     return { ok: false, error: { code: 'ECONFIG', file, problems, message: `${file}: invalid configuration:\n  ${problems.join('\n  ')}` } };
   }
@@ -283,10 +304,40 @@ export function loadConfig(file: string): { ok: true; value: GatewayConfig } | {
   try {
     raw = parseToml(text);
   } catch (e) {
-    const msg = (e as Error).message.split('\n')[0] ?? 'syntax error';
-    return { ok: false, error: { code: 'ECONFIG', file, problems: [msg], message: `${file}: TOML syntax error: ${msg}` } };
+    // smol-toml's errors carry the line and column (1-based) and a code frame; say where.
+    const te = e as Error & { line?: number; column?: number; codeblock?: string };
+    const msg = te.message.split('\n')[0] ?? 'syntax error';
+    const at = typeof te.line === 'number' ? `:${te.line}${typeof te.column === 'number' ? `:${te.column}` : ''}` : '';
+    const frame = te.codeblock ? `\n${te.codeblock.replace(/\n+$/, '')}` : '';
+    return { ok: false, error: { code: 'ECONFIG', file, problems: [`line ${te.line ?? '?'}, column ${te.column ?? '?'}: ${msg}`], message: `${file}${at}: TOML syntax error: ${msg}${frame}` } };
   }
-  return validateConfig(raw, file, dirname(resolve(file)));
+  const checked = validateConfig(raw, file, dirname(resolve(file)));
+  if (!checked.ok) return checked;
+  const problems = missingBootPaths(checked.value);
+  if (problems.length) return { ok: false, error: { code: 'ECONFIG', file, problems, message: `${file}: invalid configuration:\n  ${problems.join('\n  ')}` } };
+  return checked;
+}
+
+/**
+ * Boot sources that point nowhere are a configuration error, not an empty boot: a mistyped
+ * `preload_dir` would otherwise start every device without its images and say nothing.
+ */
+function missingBootPaths(cfg: GatewayConfig): string[] {
+  const problems: string[] = [];
+  const check = (key: string, path: string | undefined, kind: 'directory' | 'file'): void => {
+    if (!path) return;
+    let st;
+    try {
+      st = statSync(path);
+    } catch {
+      problems.push(`${key} = ${JSON.stringify(path)}: no such ${kind}`);
+      return;
+    }
+    if (kind === 'directory' ? !st.isDirectory() : !st.isFile()) problems.push(`${key} = ${JSON.stringify(path)}: not a ${kind}`);
+  };
+  check('boot.preload_dir', cfg.boot.preload_dir, 'directory');
+  check('boot.sd_manifest', cfg.boot.sd_manifest, 'file');
+  return problems;
 }
 
 /** The name jobs and `scan` use for a link: its `name`, else its CAN interface or serial port. */
