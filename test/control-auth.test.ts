@@ -96,7 +96,13 @@ test('a refused request changes nothing and leaves an audit line (who, what, whe
     t.regex(d['when'] as string, /^\d{4}-\d\d-\d\dT/);
     t.regex(d['peer'] as string, /^127\.0\.0\.1:\d+$/);
   }
-  t.deepEqual((denied[2]!['target'] as Record<string, unknown>)['pid'], pid);
+  t.deepEqual(denied[2]!['target_pid'], pid, 'the target\'s fields are flat keys');
+  // Each audit line is one flat object with every key once (a parsed object hides repeats: count them).
+  for (const raw of h.rawLogs.filter((l) => l.includes('"audit":true'))) {
+    const keys = [...raw.matchAll(/"([A-Za-z_]+)":/g)].map((m) => m[1]!);
+    t.is(new Set(keys).size, keys.length, `a key repeats in ${raw}`);
+    t.false(/"\{/.test(raw), `no JSON nested in a string: ${raw}`);
+  }
   const okLoad = audits.find((l) => l['cmd'] === 'provision.load' && l['verdict'] === 'ok');
   t.truthy(okLoad, 'allowed changes are audited too');
   t.true(h.bus.lastSeq > seqBefore, 'only the allowed load produced events');

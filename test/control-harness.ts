@@ -23,6 +23,8 @@ export interface Harness {
   engine: ProvisioningEngine;
   clock: Clock;
   logs: Record<string, unknown>[];
+  /** The same lines as written (to check what a parsed object hides, e.g. a repeated key). */
+  rawLogs: string[];
   client(): Promise<LineClient>;
   close(): Promise<void>;
 }
@@ -36,17 +38,19 @@ export async function startHarness(
 ): Promise<Harness> {
   const clock: Clock = opts.fakeClock ? new FakeClock(Date.now()) : systemClock;
   const logs: Record<string, unknown>[] = [];
-  const logger = pino({ level: 'debug' }, { write: (s: string) => void logs.push(JSON.parse(s) as Record<string, unknown>) });
+  const rawLogs: string[] = [];
+  const logger = pino({ level: 'debug' }, { write: (s: string) => { rawLogs.push(s); logs.push(JSON.parse(s) as Record<string, unknown>); } });
   const bus = opts.bus ?? new EventBus({ clock, ...(opts.busConfig ? { config: opts.busConfig } : {}) });
   const engine = makeEngine(clock, bus);
   const created = ControlServer.create({
     engine,
     env: {},
     port: 0,
-    logger,
+    // as the gateway gives them (gateway.ts); a test's own logger gets both
+    logger: (opts.logger ?? logger).child({ component: 'control' }), auditLogger: (opts.logger ?? logger).child({ component: 'audit' }),
     clock,
     imagesDir: fixturesDir,
-    ...opts,
+    ...Object.fromEntries(Object.entries(opts).filter(([k]) => k !== 'logger')),
     bus,
   });
   if (!created.ok) throw new Error(created.error.message);
@@ -61,7 +65,7 @@ export async function startHarness(
     bus,
     engine,
     clock,
-    logs,
+    logs, rawLogs,
     async client() {
       const c = await LineClient.connect(port);
       clients.push(c);

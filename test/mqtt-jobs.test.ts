@@ -343,7 +343,7 @@ test('submit over MQTT 3.1.1: accepted with the clientToken, the job is submitte
   t.is(json(doc)['revision'], 1);
   // Audited as a change (verdict ok), with who and what, never the token.
   await until(() => p.audit.lines().some((l) => l['verdict'] === 'ok'), 'audit line');
-  t.like(p.audit.lines().find((l) => l['verdict'] === 'ok'), { cmd: 'job.submit', who: 'ops', role: 'operator', peer: 'mqtt', component: 'audit', target: { via: 'mqtt', job: 'j-1', link: 'demo-bus', image: 'blink.hxe' } });
+  t.like(p.audit.lines().find((l) => l['verdict'] === 'ok'), { cmd: 'job.submit', who: 'ops', role: 'operator', peer: 'mqtt', component: 'audit', target_via: 'mqtt', target_job: 'j-1', target_link: 'demo-bus', target_image: 'blink.hxe' });
   noSecretLeaked(t, p, [jobSubmitTopic(p.topics)]);
   // The gateway's client subscribed to the two command topics (Mosquitto's log).
   const log = readFileSync(join(p.broker.dir, 'mosquitto.log'), 'utf8');
@@ -468,7 +468,7 @@ test('cancel: accepted with the job, the document turns CANCELED; an unknown job
   const again = await p.all.next((m) => m.topic === jobCancelAnswerTopic(p.topics, 'j-1', 'rejected'), 'second cancel');
   t.like(json(again), { clientToken: 'cz', code: 'EBUSY', reason: 'job_finished' });
   await until(() => p.audit.lines().some((l) => l['cmd'] === 'job.cancel' && l['verdict'] === 'ok'), 'cancel audited');
-  t.like(p.audit.lines().find((l) => l['cmd'] === 'job.cancel' && l['verdict'] === 'ok'), { who: 'root', role: 'admin', target: { job: 'j-1' } });
+  t.like(p.audit.lines().find((l) => l['cmd'] === 'job.cancel' && l['verdict'] === 'ok'), { who: 'root', role: 'admin', target_job: 'j-1' });
 });
 
 test('the retained document follows every change (revision by revision); progress goes to the device topics, job events to events/job/<kind>; a job dropped by retention has its document cleared', async (t) => {
@@ -734,9 +734,10 @@ const DOCUMENTED = {
     role: 'viewer',
     peer: 'mqtt',
     cmd: 'job.submit',
-    target: { via: 'mqtt', topic: 'hsx/bench-01/jobs/submit' },
     verdict: 'denied',
     reason: 'EPERM:operator_required',
+    target_via: 'mqtt',
+    target_topic: 'hsx/bench-01/jobs/submit',
     msg: 'audit: job.submit denied for watcher',
   },
   submit: { clientToken: 'rollout-7/bench-01', token: "<an operator's token>", link: 'demo-bus', targets: ['1', '2'], image: 'blink-1.2.0.hxe', options: { force: false } },

@@ -567,6 +567,7 @@ export class Gateway {
       // no point reading more of a file than the engine would accept
       maxImageBytes: Math.min(this.config.control.max_image_bytes, this.engineConfig.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES),
       logger: this.log.child({ component: 'control' }),
+      auditLogger: this.log.child({ component: 'audit' }),
       info: { gateway: this.config.gateway.id, devices: [...this.devices.keys()], links: [...this.flashers.keys()] },
       ...(this.jobs ? { jobs: this.jobs } : {}),
       ...(this.inventory && this.flashers.size > 0 ? { inventory: this.inventory } : {}),

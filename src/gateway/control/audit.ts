@@ -29,7 +29,11 @@ export class AuditLog {
 
   record(entry: AuditEntry): void {
     if (!this.logger) return;
-    const line = { audit: true, when: new Date(this.now()).toISOString(), ...entry };
+    // One flat object, each key once: the target's fields become `target_<key>` (a log shipper
+    // indexes them without parsing nested JSON), and the logger's own bindings stay as they are.
+    const { target, ...rest } = entry;
+    const flat = Object.fromEntries(Object.entries(target ?? {}).map(([k, v]) => [`target_${k}`, v]));
+    const line = { audit: true, when: new Date(this.now()).toISOString(), ...rest, ...flat };
     if (entry.verdict === 'denied') this.logger.warn(line, `audit: ${entry.cmd} denied for ${entry.who}`);
     else this.logger.info(line, `audit: ${entry.cmd} ${entry.verdict} for ${entry.who}`);
   }

@@ -52,6 +52,8 @@ export interface ControlServerOptions {
   /** The named limits (limits.ts; `[control]` keys of the gateway config); unset ones take their defaults. */
   limits?: Partial<ControlLimits>;
   logger?: Logger;
+  /** Where audit lines go (the gateway gives a root-logger child with component "audit"); default `logger`. */
+  auditLogger?: Logger;
   /**
    * The only directory a request's `path` (`load`, `exec`, `provision.load`) may name a file in;
    * paths are relative to it (`[control] images_dir`). Without it, no request may name a file.
@@ -175,7 +177,9 @@ export class ControlServer {
       const token = this.core.streams.get(id);
       if (token !== undefined) opts.bus.unsubscribe(token);
     });
-    const auditLogger = this.logger.child({ component: 'audit' });
+    // Its own logger (component "audit", a child of the root logger: a child of the control
+    // logger with another `component` would write that key twice in one line).
+    const auditLogger = opts.auditLogger ?? this.logger;
     const audit = new AuditLog(auditLogger, () => Date.now());
     this.throttle = new AuthThrottle(this.controlLimits, auditLogger);
     const names = [...devices.keys()];
