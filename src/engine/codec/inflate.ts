@@ -67,9 +67,9 @@ class Huffman {
   /**
    * Builds from code lengths. Returns null when usable; else what is wrong. An incomplete code is
    * accepted with `single` only when it is one code of length 1 or no code at all (what zlib writes for a
-   * block with one or no distance); `any` is for the fixed distance code (30 of 32 five-bit codes).
+   * block with one or no distance).
    */
-  build(lengths: Uint8Array, from: number, n: number, incomplete: 'never' | 'single' | 'any'): string | null {
+  build(lengths: Uint8Array, from: number, n: number, incomplete: 'never' | 'single'): string | null {
     const counts = this.counts;
     counts.fill(0);
     for (let s = 0; s < n; s++) counts[lengths[from + s]!]!++;
@@ -79,7 +79,7 @@ class Huffman {
       left = (left << 1) - counts[len]!;
       if (left < 0) return 'over-subscribed';
     }
-    if (left > 0 && incomplete !== 'any' && !(incomplete === 'single' && (used === 0 || (used === 1 && counts[1] === 1)))) return 'incomplete';
+    if (left > 0 && !(incomplete === 'single' && (used === 0 || (used === 1 && counts[1] === 1)))) return 'incomplete';
     const offs = new Uint16Array(MAX_BITS + 1);
     for (let len = 1; len < MAX_BITS; len++) offs[len + 1] = offs[len]! + counts[len]!;
     for (let s = 0; s < n; s++) {
@@ -94,13 +94,14 @@ class Huffman {
 let fixedTables: { lit: Huffman; dist: Huffman } | null = null;
 function fixed(): { lit: Huffman; dist: Huffman } {
   if (fixedTables) return fixedTables;
-  const l = new Uint8Array(288 + 30);
+  const l = new Uint8Array(288 + 32);
   for (let s = 0; s < 288; s++) l[s] = s < 144 ? 8 : s < 256 ? 9 : s < 280 ? 7 : 8;
   l.fill(5, 288);
   const lit = new Huffman(288);
-  const dist = new Huffman(30);
+  // all 32 five-bit codes, so the reserved distances 30 and 31 decode and are refused by name
+  const dist = new Huffman(32);
   lit.build(l, 0, 288, 'never');
-  dist.build(l, 288, 30, 'any');
+  dist.build(l, 288, 32, 'never');
   fixedTables = { lit, dist };
   return fixedTables;
 }
@@ -195,6 +196,12 @@ export class Inflater {
       if (!(e instanceof CodecStop)) throw e;
       this.error = e.error;
       this.mode = Mode.Failed;
+      // what was decoded correctly before the fault still reaches the output
+      try {
+        this.flush();
+      } catch (e2) {
+        if (!(e2 instanceof CodecStop)) throw e2;
+      }
     } finally {
       this.input = new Uint8Array(0);
     }
@@ -511,14 +518,15 @@ export class Inflater {
 
   /** Hands every byte produced since the last flush to `write`. */
   private flush(): void {
-    if (this.outPos === this.flushed) return;
+    const from = this.flushed;
+    if (this.outPos === from) return;
+    this.flushed = this.outPos; // before the call: a consumer that stops the stream gets these bytes once
     if (this.windowMode === 'ram') {
-      const start = this.flushed & this.mask;
-      this.io.write(this.flushed, this.ring.subarray(start, start + (this.outPos - this.flushed)));
+      const start = from & this.mask;
+      this.io.write(from, this.ring.subarray(start, start + (this.outPos - from)));
     } else {
-      this.io.write(this.flushed, this.ring.subarray(0, this.outPos - this.flushed));
+      this.io.write(from, this.ring.subarray(0, this.outPos - from));
     }
-    this.flushed = this.outPos;
   }
 
   /**
