@@ -80,7 +80,7 @@ test('a patch announced for another base: base_mismatch at header.baseSha256 (of
 test('header faults: magic, header CRC, version, window, target larger than the slot', (t) => {
   t.like(applyAll(handPatch(BODY, { magic: [0x48, 0x58, 0x44, 0x51] }), BASE, opts()).error, { reason: 'bad_magic', field: 'header.magic', offset: 3 });
   const p = handPatch();
-  p[20] ^= 1;
+  p[20] = p[20]! ^ 1;
   t.like(applyAll(p, BASE, opts()).error, { reason: 'bad_header', field: 'header.headerCrc', offset: 84 });
   t.like(applyAll(handPatch(BODY, { version: 2 }), BASE, opts()).error, { reason: 'bad_version', field: 'header.version', offset: 4 });
   t.like(applyAll(handPatch(BODY, { windowBits: 13 }), BASE, opts()).error, { reason: 'bad_header', field: 'header.windowBits', offset: 5 });
