@@ -12,7 +12,7 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildImage } from '../src/hxe/index.js';
 import { PatchApplier } from '../src/engine/codec/index.js';
@@ -23,7 +23,7 @@ const arg = (name: string, dflt: number): number => {
   return i >= 0 ? Number(process.argv[i + 1]) : dflt;
 };
 const RUNS = arg('--runs', 5);
-const WINDOW_BITS = arg('--window-bits', 11);
+const WINDOW_BITS = arg("--window-bits", 12);
 const PAIRS = '/work/shared/vectors/firmware-pairs/';
 const print = (o: Record<string, unknown>): void => void process.stdout.write(`${JSON.stringify(o)}\n`);
 const r4 = (x: number): number => +x.toFixed(4);
@@ -44,16 +44,27 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-/** Median wall time in ms of `fn` over RUNS runs, after one warm-up. */
-function timeMs(fn: () => void): number {
+const cpuMs = (): number => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+};
+
+/**
+ * Median wall time and median CPU time in ms of `fn` over RUNS runs, after one warm-up. The CPU time
+ * is the figure to read on a shared machine: it does not count time the process waited for a core.
+ */
+function timeMs(fn: () => void): { wall: number; cpu: number } {
   fn();
-  const xs: number[] = [];
+  const wall: number[] = [];
+  const cpu: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     const t0 = performance.now();
+    const c0 = cpuMs();
     fn();
-    xs.push(performance.now() - t0);
+    cpu.push(cpuMs() - c0);
+    wall.push(performance.now() - t0);
   }
-  return median(xs);
+  return { wall: median(wall), cpu: median(cpu) };
 }
 
 function verify(base: Uint8Array, target: Uint8Array, patch: Uint8Array): void {
@@ -101,7 +112,7 @@ try {
       patchBytes: patch.bytes.length, patchRatio: r4(row.patchRatio), patchWindowBits: patch.windowBits, records: patch.records,
       fullBytes: full.bytes.length, fullRatio: r4(row.fullRatio), fullWindowBits: full.windowBits,
       bsdiffBytes: bsdiff, bsdiffRatio: r4(bsdiff / target.length), vsBsdiff: r4(row.vsBsdiff),
-      makeMs: +makeMs.toFixed(1), baseline: 'sha256 of both files', baselineMs: +shaMs.toFixed(2), ratio: +(makeMs / shaMs).toFixed(1),
+      makeMs: +makeMs.wall.toFixed(1), makeCpuMs: +makeMs.cpu.toFixed(1), baseline: 'sha256 of both files', baselineMs: +shaMs.wall.toFixed(2), ratio: +(makeMs.wall / shaMs.wall).toFixed(1),
       goal: 'patch ≤ 1.1× bsdiff' + (row.marlin ? '; full ≤ 0.75 raw' : '; patch ≤ full'),
       met: row.vsBsdiff <= 1.1 && (row.marlin ? row.fullRatio <= 0.75 : patch.bytes.length <= full.bytes.length),
     });
@@ -120,7 +131,11 @@ try {
     createHash('sha256').update(b256).digest();
     createHash('sha256').update(t256).digest();
   });
-  print({ bench: 'delta.make_256k', bytes: t256.length, makeMs: +ms256.toFixed(1), baseline: 'sha256 of both files', baselineMs: +sha256Ms.toFixed(2), ratio: +(ms256 / sha256Ms).toFixed(1), goal: '≤ 1000 ms', met: ms256 <= 1000 });
+  print({
+    bench: 'delta.make_256k', bytes: t256.length, makeMs: +ms256.wall.toFixed(1), makeCpuMs: +ms256.cpu.toFixed(1), baseline: 'sha256 of both files',
+    baselineMs: +sha256Ms.wall.toFixed(2), ratio: +(ms256.wall / sha256Ms.wall).toFixed(1), goal: '≤ 1000 ms', met: ms256.wall <= 1000, metCpu: ms256.cpu <= 1000,
+    loadAverage1m: +loadavg()[0]!.toFixed(1),
+  });
 
   const marlin = rows.filter((r) => r.marlin);
   const klipper = rows.filter((r) => !r.marlin);
@@ -131,7 +146,7 @@ try {
     worstVsBsdiff: r4(Math.max(...rows.map((r) => r.vsBsdiff))), goalVsBsdiff: '≤ 1.1', metVsBsdiff: rows.every((r) => r.vsBsdiff <= 1.1),
     klipperPatchNotLarger: klipper.every((r) => r.patchBytes <= r.fullBytes),
     marlinWorstFullRatio: r4(Math.max(...marlin.map((r) => r.fullRatio))), metFull: marlin.every((r) => r.fullRatio <= 0.75),
-    make256kMs: +ms256.toFixed(1), metMake256k: ms256 <= 1000,
+    make256kMs: +ms256.wall.toFixed(1), make256kCpuMs: +ms256.cpu.toFixed(1), metMake256k: ms256.wall <= 1000,
   });
 } finally {
   rmSync(dir, { recursive: true, force: true });

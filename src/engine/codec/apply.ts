@@ -9,7 +9,7 @@
  */
 import { CodecStop, codecError, type CodecError, type CodecErrorReason } from './errors.js';
 import { Inflater, inflateRamBytes } from './inflate.js';
-import { PATCH_HEADER_SIZE, decodePatchHeader, hexOf, unzigzag, type PatchHeader } from './patch-format.js';
+import { FLAG_CARRY, PATCH_HEADER_SIZE, decodePatchHeader, hexOf, unzigzag, type PatchHeader } from './patch-format.js';
 
 export interface PatchApplyOptions {
   /** Size of the base the caller really has (the active slot's image). */
@@ -153,6 +153,7 @@ export class PatchApplier {
       return codecError('target_too_large', 'header.targetSize', 44, `the target is ${h.targetSize} bytes, at most ${this.opts.maxTargetSize} fit`);
     }
     this.hdr = h;
+    this.carryMode = ((h.flags ?? 0) & FLAG_CARRY) !== 0;
     this.inflater = new Inflater({ windowBits: h.windowBits, outputSize: h.bodySize }, { write: (_o, bytes) => this.body(bytes) });
     return null;
   }
@@ -194,6 +195,7 @@ export class PatchApplier {
           this.field = 0;
           this.rec = Rec.Add;
           this.left = this.addLen;
+          this.carry = 0;
           this.fieldAt = this.bodyPos;
           this.pendingSeek = seek;
           if (this.left === 0) this.endAdd();
@@ -205,7 +207,17 @@ export class PatchApplier {
         const base = this.io.readBase(this.b, n);
         if (base.length < n) this.stop('bad_call', 'add', `readBase(${this.b}, ${n}) returned ${base.length} bytes`);
         const out = this.buf;
-        for (let k = 0; k < n; k++) out[k] = (base[k]! + bytes[i + k]!) & 0xff;
+        if (this.carryMode) {
+          let c = this.carry;
+          for (let k = 0; k < n; k++) {
+            const sum = base[k]! + bytes[i + k]! + c;
+            out[k] = sum & 0xff;
+            c = (this.t + k + 1) & 3 ? sum >> 8 : 0;
+          }
+          this.carry = c;
+        } else {
+          for (let k = 0; k < n; k++) out[k] = (base[k]! + bytes[i + k]!) & 0xff;
+        }
         this.io.writeTarget(this.t, out.subarray(0, n));
         i += n;
         this.bodyPos += n;
@@ -227,6 +239,9 @@ export class PatchApplier {
   }
 
   private pendingSeek = 0;
+  /** FLAG_CARRY patches: the carry into the next add byte (0 or 1). */
+  private carry = 0;
+  private carryMode = false;
 
   private endAdd(): void {
     this.rec = Rec.Extra;
@@ -248,7 +263,7 @@ export class PatchApplier {
     const v = new DataView(out.buffer);
     v.setUint16(0, STATE_MAGIC);
     out[2] = STATE_VERSION;
-    out[3] = (this.rec << 4) | this.field;
+    out[3] = (this.rec << 4) | (this.carry << 3) | this.field;
     out.set(this.headerBytes, 4);
     let o = 4 + PATCH_HEADER_SIZE;
     for (const x of [this.headerHave, this.acc, this.accBytes, this.fieldAt, this.record, this.addLen, this.extraLen, this.left, this.t, this.b, this.bodyPos, this.inPos]) {
@@ -271,7 +286,8 @@ export class PatchApplier {
     for (let o = 4 + PATCH_HEADER_SIZE; o < STATE_FIXED - 8; o += 4) words.push(v.getUint32(o));
     const [headerHave = 0, acc = 0, accBytes = 0, fieldAt = 0, record = 0, addLen = 0, extraLen = 0, left = 0, t = 0, b = 0, bodyPos = 0, inPos = 0] = words;
     const rec = state[3]! >> 4;
-    const field = state[3]! & 15;
+    const field = state[3]! & 7;
+    a.carry = (state[3]! >> 3) & 1;
     if (rec > 2 || field > 2 || accBytes > 4 || headerHave > PATCH_HEADER_SIZE) return bad('record', 3, 'a saved record field is out of range');
     Object.assign(a, { headerHave, acc, accBytes, fieldAt, record, addLen, extraLen, left, t, b, bodyPos, inPos, rec, field });
     a.pendingSeek = v.getFloat64(STATE_FIXED - 8);

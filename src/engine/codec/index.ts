@@ -5,7 +5,7 @@
 export { Inflater, inflateRamBytes, MAX_WINDOW_BITS, MIN_WINDOW_BITS, type InflateLimits, type InflateIO } from './inflate.js';
 export { PatchApplier, applierRamBytes, type PatchApplyOptions, type PatchIO } from './apply.js';
 export {
-  PATCH_MAGIC, PATCH_VERSION, PATCH_HEADER_SIZE, BODY_DEFLATE, H as PATCH_HEADER_FIELDS, decodePatchHeader, encodePatchHeader,
+  PATCH_MAGIC, PATCH_VERSION, PATCH_HEADER_SIZE, BODY_DEFLATE, FLAG_CARRY, H as PATCH_HEADER_FIELDS, decodePatchHeader, encodePatchHeader,
   putVarint, zigzag, unzigzag, crc32, type PatchHeader,
 } from './patch-format.js';
 export { codecError, isCodecError, type CodecError, type CodecErrorCode, type CodecErrorReason } from './errors.js';

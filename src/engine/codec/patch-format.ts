@@ -17,6 +17,12 @@ export const PATCH_VERSION = 1;
 export const PATCH_HEADER_SIZE = 88;
 /** Body encodings: 1 = raw DEFLATE (the only one). */
 export const BODY_DEFLATE = 1;
+/**
+ * Header flag: an add run adds with carry inside 32-bit little-endian words aligned to the target
+ * offset (the carry out of byte t goes into byte t + 1 unless t + 1 is a multiple of 4 or the run ends),
+ * so a pointer that moved by Δ differs by the same bytes wherever it sits.
+ */
+export const FLAG_CARRY = 0x01;
 
 export interface PatchHeader {
   version: number;
@@ -27,6 +33,8 @@ export interface PatchHeader {
   targetSha256: Uint8Array;
   /** Decoded size of the record stream (the deflate stream's announced output). */
   bodySize: number;
+  /** FLAG_CARRY: differences are added with carry inside 32-bit little-endian words (see docs/delta.md). */
+  flags?: number;
 }
 
 /** Header field offsets (big-endian, as everywhere in HSX layouts). */
@@ -35,7 +43,7 @@ export const H = {
   version: 4,
   windowBits: 5,
   encoding: 6,
-  reserved: 7,
+  flags: 7,
   baseSize: 8,
   baseSha256: 12,
   targetSize: 44,
@@ -67,7 +75,7 @@ export function encodePatchHeader(h: PatchHeader): Uint8Array {
   out[H.version] = h.version;
   out[H.windowBits] = h.windowBits;
   out[H.encoding] = BODY_DEFLATE;
-  out[H.reserved] = 0;
+  out[H.flags] = h.flags ?? 0;
   v.setUint32(H.baseSize, h.baseSize);
   out.set(h.baseSha256.subarray(0, 32), H.baseSha256);
   v.setUint32(H.targetSize, h.targetSize);
@@ -89,7 +97,7 @@ export function decodePatchHeader(b: Uint8Array): { ok: true; value: PatchHeader
   const wb = b[H.windowBits]!;
   if (wb < MIN_WINDOW_BITS || wb > MAX_WINDOW_BITS) return fail('bad_header', 'windowBits', H.windowBits, `window bits ${wb}, allowed ${MIN_WINDOW_BITS}..${MAX_WINDOW_BITS}`);
   if (b[H.encoding] !== BODY_DEFLATE) return fail('bad_header', 'encoding', H.encoding, `body encoding ${b[H.encoding]}, only 1 (raw deflate) exists`);
-  if (b[H.reserved] !== 0) return fail('bad_header', 'reserved', H.reserved, 'reserved byte is not 0');
+  if ((b[H.flags]! & ~FLAG_CARRY) !== 0) return fail('bad_header', 'flags', H.flags, `unknown flag bits 0x${b[H.flags]!.toString(16)}`);
   return {
     ok: true,
     value: {
@@ -100,6 +108,7 @@ export function decodePatchHeader(b: Uint8Array): { ok: true; value: PatchHeader
       targetSize: v.getUint32(H.targetSize),
       targetSha256: b.slice(H.targetSha256, H.targetSha256 + 32),
       bodySize: v.getUint32(H.bodySize),
+      flags: b[H.flags]!,
     },
   };
 }

@@ -8,8 +8,8 @@
  */
 import { createHash } from 'node:crypto';
 import { deflateRawSync } from 'node:zlib';
-import { PATCH_HEADER_SIZE, PATCH_VERSION, encodePatchHeader, putVarint, zigzag } from '../../engine/codec/patch-format.js';
-import { MAX_WINDOW_BITS } from '../../engine/codec/inflate.js';
+import { FLAG_CARRY, PATCH_HEADER_SIZE, PATCH_VERSION, encodePatchHeader, putVarint, zigzag } from '../../engine/codec/patch-format.js';
+import { deflateRawOptimal } from './deflate.js';
 import { suffixArray } from './suffix-array.js';
 import { nodeWindowBits } from './compress.js';
 
@@ -23,15 +23,24 @@ export interface PatchRecord {
 }
 
 export interface MakePatchOptions {
-  /** Window of the body's deflate stream: 8..12 (node writes 9 for 8). Default 11 (see docs/delta.md, RAM). */
+  /**
+   * Window of the body's deflate stream: 8..12 (node writes 9 for 8). Default 12; the applier then needs
+   * 5,653 bytes of RAM, 3,605 with 11 (docs/delta.md). planTransfer picks it from the device's RAM.
+   */
   windowBits?: number;
   /** zlib level, default 9. */
   level?: number;
   /**
-   * A mismatch run shorter than this many bytes inside an add run is kept as differences rather than
-   * cut into a new record (bsdiff's fixed value is 8).
+   * A new exact match must beat the bytes still matching at the old offset by more than this many to cut
+   * the add run (bsdiff's fixed value is 8). Default: try 6 and 8, keep the smaller patch.
    */
   minGain?: number;
+  /** Extension weight (DiffOptions.extend), default 3. */
+  extend?: number;
+  /** Carry differences (FLAG_CARRY): true, false, or 'auto' (default: try both, keep the smaller). */
+  carry?: boolean | 'auto';
+  /** Body compressor: 'optimal' (default, deflate.ts, falls back to zlib's when that is smaller) or 'zlib'. */
+  encoder?: 'optimal' | 'zlib';
 }
 
 export interface Patch {
@@ -42,6 +51,8 @@ export interface Patch {
   addBytes: number;
   extraBytes: number;
   windowBits: number;
+  /** The body uses carry differences (FLAG_CARRY). */
+  carry: boolean;
 }
 
 export const sha256 = (b: Uint8Array): Uint8Array => new Uint8Array(createHash('sha256').update(b).digest());
@@ -73,9 +84,24 @@ function longest(sa: Int32Array, base: Uint8Array, target: Uint8Array, at: numbe
   return a >= b ? { pos: sa[lo]!, len: a } : { pos: sa[hi]!, len: b };
 }
 
+export interface DiffOptions {
+  /** See MakePatchOptions.minGain; default 8 (bsdiff's). */
+  minGain?: number;
+  /**
+   * A match is extended while matches × extend − length grows: 2 (bsdiff's) keeps bytes where at
+   * least half agree, 3 where a third agree. Default 3: measured smaller on every firmware pair, since a
+   * difference byte costs less after deflate than a literal one.
+   */
+  extend?: number;
+  /** The base's suffix array, when the caller already has it. */
+  sa?: Int32Array;
+}
+
 /** The bsdiff record list from base to target. */
-export function diffRecords(base: Uint8Array, target: Uint8Array, minGain = 8): PatchRecord[] {
-  const sa = suffixArray(base);
+export function diffRecords(base: Uint8Array, target: Uint8Array, options: DiffOptions = {}): PatchRecord[] {
+  const minGain = options.minGain ?? 8;
+  const extend = options.extend ?? 3;
+  const sa = options.sa ?? suffixArray(base);
   const oldSize = base.length;
   const newSize = target.length;
   const out: PatchRecord[] = [];
@@ -104,7 +130,7 @@ export function diffRecords(base: Uint8Array, target: Uint8Array, minGain = 8): 
     for (let i = 0; lastScan + i < scan && lastPos + i < oldSize; ) {
       if (base[lastPos + i] === target[lastScan + i]) s++;
       i++;
-      if (s * 2 - i > best * 2 - lenF) {
+      if (s * extend - i > best * extend - lenF) {
         best = s;
         lenF = i;
       }
@@ -115,7 +141,7 @@ export function diffRecords(base: Uint8Array, target: Uint8Array, minGain = 8): 
       best = 0;
       for (let i = 1; scan >= lastScan + i && pos >= i; i++) {
         if (base[pos - i] === target[scan - i]) s++;
-        if (s * 2 - i > best * 2 - lenB) {
+        if (s * extend - i > best * extend - lenB) {
           best = s;
           lenB = i;
         }
@@ -146,8 +172,11 @@ export function diffRecords(base: Uint8Array, target: Uint8Array, minGain = 8): 
   return out;
 }
 
-/** The decoded record stream for `records` (what the device inflates and walks). */
-export function encodeRecords(base: Uint8Array, target: Uint8Array, records: PatchRecord[]): Uint8Array {
+/**
+ * The decoded record stream for `records` (what the device inflates and walks). With `carry`, the
+ * differences are those of FLAG_CARRY: subtraction with borrow inside 32-bit words aligned to the target.
+ */
+export function encodeRecords(base: Uint8Array, target: Uint8Array, records: PatchRecord[], carry = false): Uint8Array {
   let size = 0;
   for (const r of records) size += 15 + r.add + r.extra;
   const out = new Uint8Array(size);
@@ -162,7 +191,17 @@ export function encodeRecords(base: Uint8Array, target: Uint8Array, records: Pat
     putVarint(ctl, zigzag(r.seek));
     out.set(ctl, o);
     o += ctl.length;
-    for (let i = 0; i < r.add; i++) out[o++] = (target[t + i]! - base[b + i]!) & 0xff;
+    if (carry) {
+      let c = 0;
+      for (let i = 0; i < r.add; i++) {
+        const old = base[b + i]!;
+        const d = (target[t + i]! - old - c) & 0xff;
+        out[o++] = d;
+        c = (t + i + 1) & 3 ? (old + d + c) >> 8 : 0;
+      }
+    } else {
+      for (let i = 0; i < r.add; i++) out[o++] = (target[t + i]! - base[b + i]!) & 0xff;
+    }
     out.set(target.subarray(t + r.add, t + r.add + r.extra), o);
     o += r.extra;
     t += r.add + r.extra;
@@ -171,23 +210,43 @@ export function encodeRecords(base: Uint8Array, target: Uint8Array, records: Pat
   return out.slice(0, o);
 }
 
-/** A patch from `base` to `target` in the HSX delta format. */
+/**
+ * A patch from `base` to `target` in the HSX delta format. Several encodings of the same diff are
+ * tried (bsdiff's cut threshold `minGain`, plain or carry differences) and ranked by their zlib size,
+ * which is quick; the winner's body is then compressed with the optimal-parsing encoder (deflate.ts),
+ * or zlib's output is kept when that is smaller.
+ */
 export function makePatch(base: Uint8Array, target: Uint8Array, options: MakePatchOptions = {}): Patch {
-  const windowBits = options.windowBits ?? 11;
-  if (!Number.isInteger(windowBits) || windowBits < 8 || windowBits > MAX_WINDOW_BITS) throw new RangeError(`windowBits must be 8..${MAX_WINDOW_BITS}`);
+  const windowBits = nodeWindowBits(options.windowBits ?? 12);
   if (base.length > 0xffffffff || target.length > 0xffffffff) throw new RangeError('images are at most 4 GiB');
-  const records = diffRecords(base, target, options.minGain ?? 8);
-  const body = encodeRecords(base, target, records);
-  const wb = nodeWindowBits(windowBits);
-  const z = deflateRawSync(body, { windowBits: wb, level: options.level ?? 9, memLevel: 9 });
+  const level = options.level ?? 9;
+  const gains = options.minGain === undefined ? [6, 8] : [options.minGain];
+  const carries = options.carry === undefined || options.carry === 'auto' ? [false, true] : [options.carry];
+  const sa = suffixArray(base);
+  let best: { records: PatchRecord[]; body: Uint8Array; carry: boolean; z: Uint8Array } | null = null;
+  for (const g of gains) {
+    const records = diffRecords(base, target, { minGain: g, sa, extend: options.extend ?? 3 });
+    for (const carry of carries) {
+      const body = encodeRecords(base, target, records, carry);
+      const z = deflateRawSync(body, { windowBits, level, memLevel: 9 });
+      if (!best || z.length < best.z.length) best = { records, body, carry, z: new Uint8Array(z.buffer, z.byteOffset, z.byteLength) };
+    }
+  }
+  const { records, body, carry } = best!;
+  let z = best!.z;
+  if ((options.encoder ?? 'optimal') === 'optimal') {
+    const opt = deflateRawOptimal(body, { windowBits });
+    if (opt.length < z.length) z = opt;
+  }
   const header = encodePatchHeader({
     version: PATCH_VERSION,
-    windowBits: wb,
+    windowBits,
     baseSize: base.length,
     baseSha256: sha256(base),
     targetSize: target.length,
     targetSha256: sha256(target),
     bodySize: body.length,
+    flags: carry ? FLAG_CARRY : 0,
   });
   const bytes = new Uint8Array(PATCH_HEADER_SIZE + z.length);
   bytes.set(header);
@@ -198,5 +257,5 @@ export function makePatch(base: Uint8Array, target: Uint8Array, options: MakePat
     addBytes += r.add;
     extraBytes += r.extra;
   }
-  return { bytes, records: records.length, bodySize: body.length, addBytes, extraBytes, windowBits: wb };
+  return { bytes, records: records.length, bodySize: body.length, addBytes, extraBytes, windowBits, carry };
 }

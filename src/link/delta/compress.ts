@@ -5,12 +5,15 @@
  */
 import { deflateRawSync } from 'node:zlib';
 import { MAX_WINDOW_BITS, MIN_WINDOW_BITS } from '../../engine/codec/inflate.js';
+import { deflateRawOptimal } from './deflate.js';
 
 export interface CompressOptions {
   /** 8..12; node's raw deflate has no 256-byte window and writes 9 for 8. Default 12. */
   windowBits?: number;
   /** zlib level 1..9, default 9. */
   level?: number;
+  /** 'optimal' (default: deflate.ts, or zlib's stream when that is smaller) or 'zlib' (fast). */
+  encoder?: 'optimal' | 'zlib';
 }
 
 export interface CompressedImage {
@@ -31,5 +34,10 @@ export function nodeWindowBits(windowBits: number): number {
 export function compressImage(bytes: Uint8Array, options: CompressOptions = {}): CompressedImage {
   const windowBits = nodeWindowBits(options.windowBits ?? MAX_WINDOW_BITS);
   const z = deflateRawSync(bytes, { windowBits, level: options.level ?? 9, memLevel: 9 });
-  return { bytes: new Uint8Array(z.buffer, z.byteOffset, z.byteLength), windowBits, rawSize: bytes.length };
+  let out: Uint8Array = new Uint8Array(z.buffer, z.byteOffset, z.byteLength);
+  if ((options.encoder ?? 'optimal') === 'optimal') {
+    const opt = deflateRawOptimal(bytes, { windowBits });
+    if (opt.length < out.length) out = opt;
+  }
+  return { bytes: out, windowBits, rawSize: bytes.length };
 }

@@ -5,6 +5,8 @@
  */
 import { compressImage, type CompressOptions } from './compress.js';
 import { makePatch, type MakePatchOptions } from './bsdiff.js';
+import { applierRamBytes } from '../../engine/codec/apply.js';
+import { MAX_WINDOW_BITS } from '../../engine/codec/inflate.js';
 
 export type TransferKind = 'skip' | 'patch' | 'compressed' | 'raw';
 
@@ -36,14 +38,34 @@ export interface TransferPlan {
   sizes: { raw: number; compressed: number; patch: number | null };
 }
 
+/** The largest patch window whose applier fits `ramBytes` of device RAM (null: none fits). */
+export function patchWindowBitsFor(ramBytes: number): number | null {
+  for (let wb = MAX_WINDOW_BITS; wb >= 9; wb--) if (applierRamBytes(wb).total <= ramBytes) return wb;
+  return null;
+}
+
+export interface PlanOptions {
+  /** The target already runs this image (same SHA-256): nothing moves. */
+  sameAsBase?: boolean;
+  /**
+   * RAM the device offers its decoder and applier (from its announce), default 4096: picks the patch
+   * window (patchWindowBitsFor) unless `patch.windowBits` is given. The compressed image always uses
+   * 4 KiB: its decoder reads the window back from flash.
+   */
+  deviceRamBytes?: number;
+  compress?: CompressOptions;
+  patch?: MakePatchOptions;
+}
+
 /**
  * Plans one target group: `base` is the image they run (from the master's content-addressed store),
- * null when unknown; `sameAsBase` when its SHA-256 equals the target's (then nothing moves).
+ * null when unknown.
  */
-export function planTransfer(target: Uint8Array, base: Uint8Array | null, options: { sameAsBase?: boolean; compress?: CompressOptions; patch?: MakePatchOptions } = {}): TransferPlan {
+export function planTransfer(target: Uint8Array, base: Uint8Array | null, options: PlanOptions = {}): TransferPlan {
   const compressed = compressImage(target, options.compress);
   if (options.sameAsBase) return { kind: 'skip', payload: new Uint8Array(0), sizes: { raw: target.length, compressed: compressed.bytes.length, patch: null } };
-  const patch = base ? makePatch(base, target, options.patch) : null;
+  const wb = options.patch?.windowBits ?? patchWindowBitsFor(options.deviceRamBytes ?? 4096);
+  const patch = base && wb !== null ? makePatch(base, target, { ...options.patch, windowBits: wb }) : null;
   const sizes = { raw: target.length, compressed: compressed.bytes.length, patch: patch ? patch.bytes.length : null };
   const pick = cheapestTransfer(sizes);
   const payload = pick.kind === 'patch' ? patch!.bytes : pick.kind === 'compressed' ? compressed.bytes : target;

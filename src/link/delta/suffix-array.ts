@@ -6,10 +6,11 @@
 
 /** Suffix array of the bytes `text`. */
 export function suffixArray(text: Uint8Array): Int32Array {
-  return sais(text, text.length, 256);
+  return sais(Int32Array.from(text), text.length, 256);
 }
 
-function sais(t: ArrayLike<number>, n: number, k: number): Int32Array {
+/** One element type throughout (Int32Array), so the engine keeps every access monomorphic. */
+function sais(t: Int32Array, n: number, k: number): Int32Array {
   const sa = new Int32Array(n);
   if (n === 0) return sa;
   if (n === 1) {
@@ -23,7 +24,9 @@ function sais(t: ArrayLike<number>, n: number, k: number): Int32Array {
     const b = t[i + 1]!;
     isS[i] = a < b || (a === b && isS[i + 1] === 1) ? 1 : 0;
   }
-  const isLms = (i: number): boolean => i > 0 && isS[i] === 1 && isS[i - 1] === 0;
+  // LMS: an S-type position whose left neighbour is L-type
+  const lms = new Uint8Array(n);
+  for (let i = 1; i < n; i++) lms[i] = isS[i] === 1 && isS[i - 1] === 0 ? 1 : 0;
 
   const counts = new Int32Array(k);
   for (let i = 0; i < n; i++) counts[t[i]!]!++;
@@ -60,14 +63,14 @@ function sais(t: ArrayLike<number>, n: number, k: number): Int32Array {
   // 1. LMS suffixes at their bucket ends, then induce: the LMS substrings come out sorted
   sa.fill(-1);
   ends();
-  for (let i = n - 1; i >= 1; i--) if (isLms(i)) sa[--bkt[t[i]!]!] = i;
+  for (let i = n - 1; i >= 1; i--) if (lms[i]) sa[--bkt[t[i]!]!] = i;
   induce();
 
   // 2. compact the sorted LMS positions and name their substrings
   let m = 0;
   for (let i = 0; i < n; i++) {
     const p = sa[i]!;
-    if (isLms(p)) sa[m++] = p;
+    if (p > 0 && lms[p]) sa[m++] = p;
   }
   sa.fill(-1, m);
   let name = 0;
@@ -78,7 +81,7 @@ function sais(t: ArrayLike<number>, n: number, k: number): Int32Array {
     for (let d = 0; !diff; d++) {
       if (p + d === n || prev + d === n || t[p + d] !== t[prev + d] || isS[p + d] !== isS[prev + d]) {
         diff = true;
-      } else if (d > 0 && (isLms(p + d) || isLms(prev + d))) {
+      } else if (d > 0 && (lms[p + d] || lms[prev + d])) {
         break; // both LMS substrings end here, equal
       }
     }
@@ -100,7 +103,7 @@ function sais(t: ArrayLike<number>, n: number, k: number): Int32Array {
     for (let i = 0; i < m; i++) sa1[s1[i]!] = i;
   }
   // s1 now lists the LMS positions in text order
-  for (let i = 1, j = 0; i < n; i++) if (isLms(i)) s1[j++] = i;
+  for (let i = 1, j = 0; i < n; i++) if (lms[i]) s1[j++] = i;
   sa.fill(-1);
   ends();
   for (let i = m - 1; i >= 0; i--) {
