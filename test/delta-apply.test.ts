@@ -10,13 +10,13 @@ const sha = (b: Uint8Array): Uint8Array => new Uint8Array(createHash('sha256').u
 const be32 = (v: number): number[] => [(v >>> 24) & 0xff, (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff];
 
 /** The header exactly as the byte table in docs/delta.md lays it out. */
-function header(f: { base: Uint8Array; target: Uint8Array; bodySize: number; baseSize?: number; windowBits?: number; version?: number; magic?: number[] }): Uint8Array {
+function header(f: { base: Uint8Array; target: Uint8Array; bodySize: number; baseSize?: number; windowBits?: number; version?: number; magic?: number[]; flags?: number }): Uint8Array {
   const h = [
     ...(f.magic ?? [0x48, 0x58, 0x44, 0x50]), // 0x00 magic "HXDP"
     f.version ?? 1, // 0x04 format version
     f.windowBits ?? 8, // 0x05 window bits of the body's deflate stream
     1, // 0x06 body encoding: raw deflate
-    0, // 0x07 reserved
+    f.flags ?? 0, // 0x07 flags: bit 0 = carry differences
     ...be32(f.baseSize ?? f.base.length), // 0x08 base size
     ...sha(f.base), // 0x0C base SHA-256
     ...be32(f.target.length), // 0x2C target size
@@ -54,6 +54,30 @@ test('the byte table: a patch written by hand (header, one stored deflate block 
   const z = fb.end().done();
   const p2 = Uint8Array.from([...header({ base: BASE, target: TARGET, bodySize: BODY.length, windowBits: 12 }), ...z]);
   t.deepEqual(Array.from(applyAll(p2, BASE, opts()).out), Array.from(TARGET));
+});
+
+test('the byte table, carry flag: differences add with carry inside 32-bit little-endian words of the target', (t) => {
+  const base = Uint8Array.of(0xff, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0x00);
+  // the word 0x000000FF + 1 = 0x00000100, then at the word boundary (offset 4) the carry restarts
+  const target = Uint8Array.of(0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01);
+  const body = [0x08, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00];
+  const bytes = Uint8Array.from([...header({ base, target, bodySize: body.length, flags: 1 }), ...storedBlock(body).done()]);
+  const o = { baseSize: base.length, baseSha256: sha(base), maxTargetSize: 8 };
+  for (const max of [1, 2, 100]) {
+    const r = applyAll(bytes, base, o, chunks(bytes, max, max));
+    t.is(r.error, null);
+    t.deepEqual(Array.from(r.out), Array.from(target), `chunks ≤${max}`);
+  }
+  // without the flag the same body adds byte by byte
+  const plain = Uint8Array.from([...header({ base, target: Uint8Array.of(0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00), bodySize: body.length }), ...storedBlock(body).done()]);
+  t.deepEqual(Array.from(applyAll(plain, base, o).out), [0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00]);
+  // the carry starts at 0 in every add run: two runs of 2 bytes, the first ends with a carry out
+  const body2 = [0x02, 0x00, 0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00];
+  const t2 = Uint8Array.of(0x00, 0x01, 0x00, 0x00);
+  const p2 = Uint8Array.from([...header({ base: base.subarray(0, 4), target: t2, bodySize: body2.length, flags: 1 }), ...storedBlock(body2).done()]);
+  const b4 = base.subarray(0, 4);
+  t.deepEqual(Array.from(applyAll(p2, b4, { baseSize: 4, baseSha256: sha(b4), maxTargetSize: 4 }).out), [0x00, 0x01, 0x00, 0x00]);
+  t.like(applyAll(handPatch(BODY, { flags: 2 }), BASE, opts()).error, { reason: 'bad_header', field: 'header.flags', offset: 7 });
 });
 
 test('the applier exposes the header: sizes and hashes for the intake to announce and verify', (t) => {
@@ -161,8 +185,8 @@ function randomPair(seed: number, n: number): { base: Uint8Array; target: Uint8A
 
 test('save/restore after every process() call of a patch gives the same target', (t) => {
   const { base, target } = randomPair(7, 3000);
-  const patch = makePatch(base, target, { windowBits: 9 }).bytes;
-  for (const max of [1, 40]) {
+  for (const [max, carry] of [[1, false], [40, false], [1, true], [25, true]] as const) {
+    const patch = makePatch(base, target, { windowBits: 9, carry }).bytes;
     const out = new Uint8Array(target.length);
     const io = { readBase: (o: number, n: number) => base.subarray(o, o + n), writeTarget: (o: number, b: Uint8Array) => out.set(b, o) };
     const o = { baseSize: base.length, baseSha256: sha(base), maxTargetSize: target.length };
@@ -181,7 +205,7 @@ test('save/restore after every process() call of a patch gives the same target',
       calls++;
     }
     t.is(a.finish(), null);
-    t.true(Buffer.from(out).equals(Buffer.from(target)), `chunks ≤${max}, ${calls} cuts`);
+    t.true(Buffer.from(out).equals(Buffer.from(target)), `chunks ≤${max}, carry ${carry}, ${calls} cuts`);
     t.true(biggest <= 148 + 387 + 512, `state ${biggest} bytes`);
   }
 });
