@@ -212,8 +212,8 @@ export function encodeRecords(base: Uint8Array, target: Uint8Array, records: Pat
 
 /**
  * A patch from `base` to `target` in the HSX delta format. Several encodings of the same diff are
- * tried (bsdiff's cut threshold `minGain`, plain or carry differences) and ranked by their zlib size,
- * which is quick; the winner's body is then compressed with the optimal-parsing encoder (deflate.ts),
+ * tried (bsdiff's cut threshold `minGain`, plain or carry differences) and ranked by their zlib -6
+ * size, which is quick; the winner's body is then compressed with the optimal-parsing encoder (deflate.ts),
  * or zlib's output is kept when that is smaller.
  */
 export function makePatch(base: Uint8Array, target: Uint8Array, options: MakePatchOptions = {}): Patch {
@@ -222,19 +222,23 @@ export function makePatch(base: Uint8Array, target: Uint8Array, options: MakePat
   const level = options.level ?? 9;
   const gains = options.minGain === undefined ? [6, 8] : [options.minGain];
   const carries = options.carry === undefined || options.carry === 'auto' ? [false, true] : [options.carry];
+  const encoder = options.encoder ?? 'optimal';
   const sa = suffixArray(base);
   let best: { records: PatchRecord[]; body: Uint8Array; carry: boolean; z: Uint8Array } | null = null;
   for (const g of gains) {
     const records = diffRecords(base, target, { minGain: g, sa, extend: options.extend ?? 3 });
     for (const carry of carries) {
       const body = encodeRecords(base, target, records, carry);
-      const z = deflateRawSync(body, { windowBits, level, memLevel: 9 });
+      // ranked by zlib -6 (a few ms; it ranks the variants as the final encoder does on the firmware pairs)
+      const z = deflateRawSync(body, { windowBits, level: encoder === 'zlib' ? level : 6, memLevel: 9 });
       if (!best || z.length < best.z.length) best = { records, body, carry, z: new Uint8Array(z.buffer, z.byteOffset, z.byteLength) };
     }
   }
   const { records, body, carry } = best!;
   let z = best!.z;
-  if ((options.encoder ?? 'optimal') === 'optimal') {
+  if (encoder === 'optimal') {
+    const zl = deflateRawSync(body, { windowBits, level, memLevel: 9 });
+    z = new Uint8Array(zl.buffer, zl.byteOffset, zl.byteLength);
     const opt = deflateRawOptimal(body, { windowBits });
     if (opt.length < z.length) z = opt;
   }
