@@ -255,3 +255,13 @@ test('the RAM figures in docs/delta.md are the ones computed from the decoder', 
   t.true(doc.includes(`${flash.toLocaleString('en-US')} bytes`), `docs quote ${flash}`);
   t.true(doc.includes(`${ram12.toLocaleString('en-US')} bytes`), `docs quote ${ram12}`);
 });
+
+test('the codec imports no Node module and nothing outside its folder (it runs on the device side as is)', (t) => {
+  const dir = new URL('../src/engine/codec/', import.meta.url);
+  for (const f of readdirSync(dir).filter((x) => x.endsWith('.ts'))) {
+    const src = readFileSync(new URL(f, dir), 'utf8');
+    const specs = [...src.matchAll(/\bfrom\s+'([^']+)'|\bimport\(\s*'([^']+)'\s*\)|\brequire\(\s*'([^']+)'/g)].map((m) => m[1] ?? m[2] ?? m[3]);
+    for (const s of specs) t.true(s !== undefined && s.startsWith('./'), `${f} imports ${s}`);
+    t.false(/\bBuffer\b/.test(src), `${f} uses Buffer`);
+  }
+});
