@@ -18,6 +18,8 @@ export interface PatchApplyOptions {
   baseSha256: Uint8Array | string;
   /** The largest target the caller can hold (the inactive slot): a larger announced target is refused. */
   maxTargetSize: number;
+  /** The target size the transfer announced, when there was an announce: the header must agree. */
+  targetSize?: number;
 }
 
 export interface PatchIO {
@@ -151,6 +153,9 @@ export class PatchApplier {
     }
     if (h.targetSize > this.opts.maxTargetSize) {
       return codecError('target_too_large', 'header.targetSize', 44, `the target is ${h.targetSize} bytes, at most ${this.opts.maxTargetSize} fit`);
+    }
+    if (this.opts.targetSize !== undefined && h.targetSize !== this.opts.targetSize) {
+      return codecError('bad_header', 'header.targetSize', 44, `the patch rebuilds ${h.targetSize} bytes, the transfer announced ${this.opts.targetSize}`);
     }
     this.hdr = h;
     this.carryMode = ((h.flags ?? 0) & FLAG_CARRY) !== 0;

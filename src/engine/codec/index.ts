@@ -9,3 +9,4 @@ export {
   putVarint, zigzag, unzigzag, crc32, type PatchHeader,
 } from './patch-format.js';
 export { codecError, isCodecError, type CodecError, type CodecErrorCode, type CodecErrorReason } from './errors.js';
+export { openTransferDecoder, restoreTransferDecoder, type TransferDecoder, type TransferEncoding, type TransferTarget, type SlotIO } from './transfer.js';
