@@ -266,3 +266,16 @@ test('a fixed-Huffman body with a reserved symbol fails in the deflate layer, na
   t.like(applyAll(bytes, BASE, opts()).error, { reason: 'bad_symbol', field: 'deflate.length' });
   void BitWriter;
 });
+
+test('no allocation follows an announced length: a 4 GiB target, a 4 GiB body and a 4 GiB add cost no memory', (t) => {
+  const huge = 0xffffffff;
+  const h = [0x48, 0x58, 0x44, 0x50, 1, 12, 1, 0, ...be32(BASE.length), ...sha(BASE), ...be32(huge), ...new Uint8Array(32), ...be32(huge)];
+  const hdr = Uint8Array.from([...h, ...be32(zcrc32(Uint8Array.from(h)) >>> 0)]);
+  const body = new FixedBlock(undefined, false).lit(0xf0, 0xff, 0xff, 0xff, 0x0f).end().done(); // add = 2^32 - 16
+  const before = process.memoryUsage().arrayBuffers;
+  const r = applyAll(Uint8Array.from([...hdr, ...body]), BASE, { baseSize: BASE.length, baseSha256: sha(BASE), maxTargetSize: 16 });
+  t.like(r.error, { reason: 'target_too_large' }, 'the slot check comes first');
+  const a = new PatchApplier({ baseSize: BASE.length, baseSha256: sha(BASE), maxTargetSize: huge }, { readBase: (o, n) => BASE.subarray(o, o + n), writeTarget: () => {} });
+  t.like(a.process(Uint8Array.from([...hdr, ...body])), { reason: 'copy_beyond_base', field: 'record[0].add' });
+  t.true(process.memoryUsage().arrayBuffers - before < 1 << 20, 'under 1 MiB of buffers');
+});
