@@ -1,0 +1,6 @@
+/** Master side of compressed and delta transfers (issue 25). Device side: src/engine/codec/. */
+export { compressImage, nodeWindowBits, type CompressOptions, type CompressedImage } from './compress.js';
+export { makePatch, diffRecords, encodeRecords, sha256, type Patch, type PatchRecord, type MakePatchOptions, type DiffOptions } from './bsdiff.js';
+export { planTransfer, cheapestTransfer, patchWindowBitsFor, type PlanOptions, type TransferPlan, type TransferKind, type TransferSizes } from './plan.js';
+export { suffixArray } from './suffix-array.js';
+export { deflateRawOptimal, limitedLengths, type DeflateOptions } from './deflate.js';
