@@ -463,6 +463,10 @@ export class Connection implements ConnectionApi {
       if (result.kind === 'error') this.audit(cmd, r, identity, 'error', result.error);
       else this.audit(cmd, r, identity, 'ok');
     }
+    core.recent.record(result.kind === 'error' ? 'warning' : 'debug', 'control request', {
+      command: cmd, session: sessionId, peer: this.peer, who: identity?.name ?? 'anonymous',
+      ...(result.kind === 'error' ? { error: result.error } : {}),
+    });
     return result;
   }
 
