@@ -159,6 +159,8 @@ export function valueRow(v: RegisteredValue): Record<string, unknown> {
     owner_pid: v.pid,
     last_f16: v.raw,
     last_value: decodeF16(v.raw),
+    // the reference's offset of the value's descriptor chain in its VM string table: no VM, none here
+    desc_head: null,
     persist_key: v.persistKey,
     persist_debounce_ms: 0,
   };
@@ -184,11 +186,11 @@ export function valueRow(v: RegisteredValue): Record<string, unknown> {
   return row;
 }
 
-/** The reference packs up to four unit characters big-endian into a u32 (`degC` → 0x64656743). */
-function unitCode(unit: string): number {
+/** The reference packs up to four unit bytes little-endian into a u32 (`degC` → 0x43676564, `rpm` → 0x006d7072). */
+export function unitCode(unit: string): number {
   const b = new TextEncoder().encode(unit).subarray(0, 4);
   let n = 0;
-  for (const x of b) n = n * 256 + x;
+  b.forEach((x, i) => (n += x * 2 ** (8 * i)));
   return n;
 }
 

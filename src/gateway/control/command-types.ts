@@ -100,7 +100,7 @@ export class RecentLog {
   ) {}
 
   record(level: string, message: string, fields: Record<string, unknown>): void {
-    this.lines.push({ seq: ++this.seq, ts: this.clock.now() / 1000, level, message, ...fields });
+    this.lines.push({ seq: ++this.seq, ts: this.clock.now() / 1000, level, message, clock_steps: 0, ...fields });
     if (this.lines.length > this.max) this.lines.splice(0, this.lines.length - this.max);
   }
 
@@ -108,7 +108,7 @@ export class RecentLog {
   list(limit?: number, session?: string): RecentEntry[] {
     const events: RecentEntry[] = session !== undefined ? [] : this.bus.historySince(0).map((e) => ({
       seq: 0, ts: e.ts, level: e.type.endsWith('.error') || e.type === 'warning' ? 'warning' : 'info', message: e.type,
-      event_seq: e.seq, pid: e.pid, phase: e.phase ?? null,
+      clock_steps: 0, command: null, session: null, event_seq: e.seq, pid: e.pid, phase: e.phase ?? null,
     }));
     const mine = session !== undefined ? this.lines.filter((l) => l['session'] === session) : this.lines;
     const all = [...mine.map((l) => ({ ...l })), ...events].sort((a, b) => a.ts - b.ts);

@@ -19,7 +19,7 @@ import {
   type DeviceRef,
 } from './command-types.js';
 import { engineErrorToWire, taskToImage, taskToPsRow } from './engine-port.js';
-import { channelRow, commandRow, descriptorRow, imageExtras, stoppedClock, type MetadataView } from './reference-shapes.js';
+import { channelRow, commandRow, descriptorRow, imageExtras, ownerOf, stoppedClock, type MetadataView } from './reference-shapes.js';
 import {
   authLevelOf,
   getValue,
@@ -297,7 +297,8 @@ export const execCommands: Record<string, CommandSpec> = {
       const dev = deviceOf(ctx);
       const meta = metadataOf(ctx, dev);
       if (!pidsOf(dev).includes(pid)) return unknownPid(dev, pid);
-      return okBody({ channels: { pid, channels: meta.mailboxesOf(pid).map(channelRow) }, device: dev.name });
+      const owned = pidsOf(dev).flatMap((p) => meta.mailboxesOf(p)).filter((m) => ownerOf(m) === pid).sort((x, y) => x.descriptor - y.descriptor);
+      return okBody({ channels: { pid, channels: owned.map(channelRow) }, device: dev.name });
     },
   },
 
@@ -360,7 +361,12 @@ export function referenceInfo(dev: DeviceRef | null, selectedPid: number | null)
     active_context: null,
     tasks,
     ...(selectedPid !== null ? { selected_pid: selectedPid, selected_registers: null } : {}),
-    scheduler: { trace: [], counters: {}, mailbox_counters: {} },
+    scheduler: {
+      trace: [],
+      counters: {},
+      // nothing ever waits on a mailbox here: every task's counters are zero
+      mailbox_counters: Object.fromEntries(tasks.map((r) => [String(r['pid']), { MAILBOX_STEP: 0, MAILBOX_WAKE: 0, MAILBOX_TIMEOUT: 0 }])),
+    },
     mailbox_profile: { name: 'gateway', config: { max_descriptors: null, handle_limit_per_pid: null, default_capacity: 64, tap_rate_limit: 0 } },
     auto: false,
     clock: stoppedClock(),

@@ -64,7 +64,7 @@ export function mailboxNamespace(target: string): { namespace: number; name: str
 }
 
 /** `pid:7` is owned by pid 7; every other declared mailbox by the task that declared it. */
-function ownerOf(m: RegisteredMailbox): number {
+export function ownerOf(m: RegisteredMailbox): number {
   const pid = /^pid:(\d+)$/.exec(m.target);
   return pid ? Number(pid[1]) : m.pid;
 }
@@ -106,7 +106,7 @@ export function imageExtras(bytes: Uint8Array | undefined, pid: number, meta: Me
     meta_count: image.header.metaCount,
     manifest_present: image.header.manifestPresent,
     mailbox_creation: creation,
-    symbols: { pid, loaded: false },
+    symbols: { pid, loaded: false, path: null },
     warnings: [],
   };
 }
@@ -156,7 +156,7 @@ export function channelRow(m: RegisteredMailbox): Record<string, unknown> {
 /** One row of `cmd.list`. */
 export function commandRow(c: RegisteredCommand): Record<string, unknown> {
   const row: Record<string, unknown> = {
-    oid: c.oid, group_id: c.group, cmd_id: c.id, flags: c.flags, auth_level: c.auth, owner_pid: c.pid, handler_ref: c.handlerOffset,
+    oid: c.oid, group_id: c.group, cmd_id: c.id, flags: c.flags, auth_level: c.auth, owner_pid: c.pid, handler_ref: c.handlerOffset, desc_head: null,
   };
   if (c.groupName) row['group_name'] = c.groupName;
   if (c.name) row['name'] = c.name;
