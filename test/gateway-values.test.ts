@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import { FakeClock, InMemoryImageStore, InMemoryValueStore, ProvisioningEngine } from '../src/engine/index.js';
-import { authLevelOf, getValue, listValues, parseOid, parseValue, setValue, unitCode, VAL_STATUS, ValueError, type ValueTarget } from '../src/gateway/values.js';
+import { authLevelOf, deviceTarget, getValue, listValues, parseOid, parseValue, setValue, unitCode, VAL_STATUS, ValueError, type ValueTarget } from '../src/gateway/values.js';
 import { fixture } from './control-harness.js';
 
 function device(): { target: ValueTarget; flushes: () => number; store: InMemoryValueStore } {
@@ -86,4 +86,17 @@ test('unitCode packs the unit\'s bytes little-endian, as the reference lists it'
   t.is(unitCode('degC'), 1130849636);
   t.is(unitCode('rpm'), 7172210);
   t.is(unitCode(''), 0);
+});
+
+test('deviceTarget: a simulated device as the MQTT handler will pass it (engine + value journal flush)', async (t) => {
+  const store = new InMemoryValueStore();
+  const engine = new ProvisioningEngine({ clock: new FakeClock(0), events: { emit: () => {} }, imageStore: new InMemoryImageStore(), valueStore: store });
+  t.true(engine.loadImage(fixture('t04b_value_cmd_help.hxe'), { source: 'test' }).ok);
+  let flushed = 0;
+  const target = deviceTarget({ name: 'node1', engine, storage: { valueStore: { flush: async () => void flushed++ } } });
+  const r = await setValue(target, 258, '25', { auth: authLevelOf('operator') });
+  t.like(r, { ok: true, value: { value: 25, persisted: true } });
+  t.is(flushed, 1);
+  const denied = await setValue(target, 513, 1, { auth: authLevelOf('viewer') });
+  t.like(denied, { ok: false, error: { error: 'EPERM:auth_level', field: 'oid', status: 2 } });
 });

@@ -83,6 +83,24 @@ export type ValueTarget =
   }
   | { kind: 'can'; link: string; node: number; bus: CanBus; timeoutMs?: number; retries?: number };
 
+/**
+ * The target for one of the gateway's simulated devices (`Gateway.devices.get(name)`): its engine's
+ * registry, and its value journal's flush so a PERSIST write is durable before the answer. What an
+ * MQTT `val.set` handler calls:
+ *
+ *     const r = await setValue(deviceTarget(gw.devices.get(name)!), oid, payload.value, { auth: authLevelOf(role) });
+ *     if (!r.ok) reply({ error: r.error.error, field: r.error.field, message: r.error.message, status: r.error.status });
+ */
+export function deviceTarget(dev: { name: string; engine: ValueEngine; storage?: { valueStore: { flush(): Promise<void> } } }): ValueTarget {
+  const store = dev.storage?.valueStore;
+  return { kind: 'local', name: dev.name, engine: dev.engine, ...(store ? { flush: () => store.flush() } : {}) };
+}
+
+/** The target for node `node` on a CAN bus (a master link's), reached by the CAN value binding's GET/SET. */
+export function canTarget(link: string, bus: CanBus, node: number, opts: { timeoutMs?: number; retries?: number } = {}): ValueTarget {
+  return { kind: 'can', link, node, bus, ...opts };
+}
+
 /** One value read or written: the reference's `val.get`/`val.set` body is `{status, value, f16, pid}`. */
 export interface ValueReading {
   oid: number;

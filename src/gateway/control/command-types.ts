@@ -16,7 +16,8 @@ import { RequestError, toInt, type SessionRegistry } from './sessions.js';
 export { toInt };
 
 export type CommandResult =
-  | { kind: 'ok'; body: Record<string, unknown> }
+  /** `refused`: a reply the reference shapes as ok (a `val.set` the registry refused) that the audit log records as an error. */
+  | { kind: 'ok'; body: Record<string, unknown>; refused?: string }
   | { kind: 'error'; error: string; detail?: Record<string, unknown> }
   /** The reply is sent, then the connection carries only this subscription's events. */
   | { kind: 'stream'; body: Record<string, unknown>; subscription: Subscription };

@@ -86,7 +86,7 @@ function valueTargetOf(ctx: CommandContext): { target: ValueTarget; where: Recor
  */
 function valueRefusal(e: ValueError, where: Record<string, unknown>): CommandResult {
   if (e.status !== null) {
-    return okBody({ value: { status: e.status, error: e.error, field: e.field, message: e.message, ...e.detail }, ...where });
+    return { kind: 'ok', body: { value: { status: e.status, error: e.error, field: e.field, message: e.message, ...e.detail }, ...where }, refused: e.error };
   }
   return failWith({ error: e.error, detail: { ...where, field: e.field, message: e.message, ...e.detail } });
 }
