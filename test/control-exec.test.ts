@@ -5,7 +5,7 @@
  * errors, and a persisted value set over the control port surviving a power cycle.
  */
 import test from 'ava';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { roleAllows, sha256Hex, ROLES, type Role } from '../src/gateway/control/auth.js';
@@ -328,4 +328,22 @@ test('a PERSIST value set over the control port survives a power cycle; a CAN no
   t.like(await ask({ cmd: 'val.list', link: 'exec-bus', node: 7 }), { status: 'error', error: 'ENOTSUP:no_value_list', detail: { field: 'link' } });
   t.like(await ask({ cmd: 'val.get', link: 'nope', node: 7, oid: 258 }), { status: 'error', error: 'ENOENT:no_such_link', detail: { field: 'link', links: ['exec-bus'] } });
   t.like(await ask({ cmd: 'val.get', link: 'exec-bus', node: 99, oid: 258 }), { status: 'error', error: 'EINVAL:node', detail: { field: 'node' } });
+});
+
+test('reload re-reads the file; when the new load fails the old image is loaded again and the error says so', async (t) => {
+  const root = imagesRoot();
+  const h = await startHarness({ imagesDir: root });
+  t.teardown(() => h.close());
+  const c = await h.client();
+  const pid = ((await c.request({ cmd: 'load', path: 'images/t04b_value_cmd_help.hxe' }))['image'] as Json)['pid'] as number;
+  writeFileSync(join(root, 'images', 't04b_value_cmd_help.hxe'), Buffer.from('not an image at all'));
+  const r = await c.request({ cmd: 'reload', pid });
+  t.is(r['status'], 'error');
+  t.regex(String(r['error']), /^EBADMSG:/);
+  t.like(r['detail'] as Json, { old_pid: pid, restored: true });
+  const rows = ((await c.request({ cmd: 'ps' }))['tasks'] as Json)['tasks'] as Json[];
+  t.deepEqual(rows.map((x) => x['app_name']), ['sensor_app'], 'the old image runs again (under a new pid)');
+  t.like(await c.request({ cmd: 'reload' }), { error: "reload requires 'pid'" });
+  t.like(await c.request({ cmd: 'reload', pid: 77 }), { error: 'unknown pid 77' });
+  c.destroy();
 });
