@@ -277,7 +277,14 @@ test('property: random requests under every role never kill the server; every re
 function documentedRoles(): Map<string, string> {
   const text = readFileSync(new URL('../docs/security.md', import.meta.url), 'utf8');
   const out = new Map<string, string>();
-  for (const m of text.matchAll(/^\| `([a-z.]+)` \| (none|viewer|operator|admin)\b/gm)) out.set(m[1] as string, m[2] as string);
+  // a row may name several commands: | `a`, `b` | role |
+  // the table that starts at `auth` and ends at the first line that is not a row
+  const start = text.indexOf('| `auth` | none');
+  const end = text.indexOf('\n\n', start);
+  const table = text.slice(start, end === -1 ? undefined : end);
+  for (const m of table.matchAll(/^\| (`[a-z._]+`(?:, `[a-z._]+`)*) \| (none|viewer|operator|admin)\b/gm)) {
+    for (const c of (m[1] as string).matchAll(/`([a-z._]+)`/g)) out.set(c[1] as string, m[2] as string);
+  }
   return out;
 }
 

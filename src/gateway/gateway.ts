@@ -28,6 +28,7 @@ import { canAddress, openMasterLinks, MasterLinkError } from './masters.js';
 import { JobManager } from './jobs/manager.js';
 import { jobEventToBus } from './jobs/bus-events.js';
 import type { Flasher } from '../link/flasher.js';
+import { CanFlasher } from '../link/can/flasher.js';
 import { AuditLog } from './control/audit.js';
 import { TokenStore, type TokenEntry } from './control/auth.js';
 import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopicLevel } from './mqtt/job-commands.js';
@@ -542,6 +543,14 @@ export class Gateway {
       persist: (pid, mode) => e().persist(pid, mode),
       confirm: () => e().confirm(),
       rollback: (reason) => e().rollback(reason),
+      // the executive's registry and value commands (exec-commands.ts, src/gateway/values.ts)
+      get metadata() {
+        return e().metadata;
+      },
+      pids: () => e().pids(),
+      taskImage: (pid) => e().taskImage(pid),
+      setValue: (oid, raw) => e().setValue(oid, raw),
+      flushValues: () => device().storage.valueStore.flush(),
       intake: {
         load: (bytes, opts) => intake().load(bytes, opts),
         finishSession: (sid, opts) => intake().finishSession(sid, opts),
@@ -571,11 +580,19 @@ export class Gateway {
       info: { gateway: this.config.gateway.id, devices: [...this.devices.keys()], links: [...this.flashers.keys()] },
       ...(this.jobs ? { jobs: this.jobs } : {}),
       ...(this.inventory && this.flashers.size > 0 ? { inventory: this.inventory } : {}),
+      valueBuses: () => this.canValueBuses(),
     });
     if (!created.ok) this.fail('control', created.error.message);
     const listening = await created.value.listen();
     if (!listening.ok) this.fail('control', listening.error.message);
     this.control = created.value;
+  }
+
+  /** The CAN master links' buses, for `val.get`/`val.set` of a node over the control port. */
+  private canValueBuses(): Map<string, CanBus> {
+    const out = new Map<string, CanBus>();
+    for (const [name, f] of this.flashers) if (f instanceof CanFlasher) out.set(name, f.bus);
+    return out;
   }
 
   controlAddress(): { host: string; port: number } | null {

@@ -16,6 +16,7 @@ import { registerServe } from './serve.js';
 import { registerDemo } from './demo.js';
 import { registerScan } from './scan.js';
 import { registerJob } from './job.js';
+import { registerVal } from './val.js';
 
 /**
  * Every subcommand lives in its own module and registers itself here, one line each,
@@ -42,6 +43,7 @@ const registrations: Register[] = [
   registerDemo,
   registerScan,
   registerJob,
+  registerVal,
 ];
 
 export function registerAll(program: Command): void {

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
-import { formatMode, parseImage } from '../../hxe/index.js';
-import type { F16, HxeError, HxeImage } from '../../hxe/index.js';
-import { signatureReport } from './verify.js';
+import { parseImage } from '../../hxe/parse.js';
+import { formatMode } from '../../hxe/mailbox-mode.js';
+import type { F16, HxeError, HxeImage } from '../../hxe/types.js';
 
 /**
  * `hsx-gateway inspect FILE [--json]`: verify an image and describe it. Exit 0 valid, 1 invalid (or
@@ -17,7 +17,7 @@ export function registerInspect(program: Command): void {
     .argument('<file>', 'the .hxe image')
     .option('--json', 'print the result as one JSON object')
     .option('--keys <dir>', 'trusted keys directory: check the signature trailer against it (docs/security.md)')
-    .action((file: string, opts: { json?: boolean; keys?: string }) => {
+    .action(async (file: string, opts: { json?: boolean; keys?: string }) => {
       let bytes: Uint8Array;
       try {
         bytes = new Uint8Array(readFileSync(file));
@@ -30,7 +30,10 @@ export function registerInspect(program: Command): void {
       }
       const r = parseImage(bytes);
       // signature trailer and status (src/cli/commands/verify.ts); an altered or revoked image fails inspect
-      const sig = r.ok ? signatureReport(r.value, bytes, opts.keys) : null;
+      // (the signature code and the key loader are imported only for a signed image or --keys: start-up, bench/cli.ts)
+      const sig = r.ok && (r.value.trailer || opts.keys !== undefined)
+        ? (await import('./verify.js')).signatureReport(r.value, bytes, opts.keys)
+        : null;
       if (sig?.failed) process.exitCode = 1;
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(r.ok ? { ...imageJson(r.value), ...sig?.json } : { ok: false, error: errorJson(r.error) })}\n`);

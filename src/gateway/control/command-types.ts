@@ -4,6 +4,7 @@
  */
 import type { Clock } from '../../engine/ports.js';
 import type { EventBus, Subscription, BusEvent, CloseReason } from '../events/index.js';
+import type { CanBus } from '../../link/can/bus.js';
 import type { Identity } from './auth.js';
 import type { LinkInventory } from '../inventory.js';
 import type { ControlEngine, WireError } from './engine-port.js';
@@ -15,7 +16,8 @@ import { RequestError, toInt, type SessionRegistry } from './sessions.js';
 export { toInt };
 
 export type CommandResult =
-  | { kind: 'ok'; body: Record<string, unknown> }
+  /** `refused`: a reply the reference shapes as ok (a `val.set` the registry refused) that the audit log records as an error. */
+  | { kind: 'ok'; body: Record<string, unknown>; refused?: string }
   | { kind: 'error'; error: string; detail?: Record<string, unknown> }
   /** The reply is sent, then the connection carries only this subscription's events. */
   | { kind: 'stream'; body: Record<string, unknown>; subscription: Subscription };
@@ -73,6 +75,48 @@ export interface ServerCore {
   readonly uploads: Map<string, number>;
   requestShutdown(): void;
   info(): Record<string, unknown>;
+  /** The CAN bus of a master link (`val.get`/`val.set` with `link` and `node`), or undefined. */
+  valueBus(link: string): CanBus | undefined;
+  /** The master links `valueBus` knows. */
+  valueLinks(): string[];
+  /** The gateway's recent log (`dmesg`). */
+  readonly recent: RecentLog;
+}
+
+/** One `dmesg` line: the reference's `seq`, `ts` (seconds), `level`, `message`, then fields. */
+export type RecentEntry = { seq: number; ts: number; level: string; message: string } & Record<string, unknown>;
+
+/**
+ * The last control requests (what the reference's `dmesg` shows: one line per shell request)
+ * merged with the event bus's retained events, newest last.
+ */
+export class RecentLog {
+  private readonly lines: RecentEntry[] = [];
+  private seq = 0;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly bus: EventBus,
+    private readonly max = 512,
+  ) {}
+
+  record(level: string, message: string, fields: Record<string, unknown>): void {
+    this.lines.push({ seq: ++this.seq, ts: this.clock.now() / 1000, level, message, clock_steps: 0, ...fields });
+    if (this.lines.length > this.max) this.lines.splice(0, this.lines.length - this.max);
+  }
+
+  /** The last `limit` lines (default all held), oldest first; `session` keeps one session's requests. */
+  list(limit?: number, session?: string): RecentEntry[] {
+    const events: RecentEntry[] = session !== undefined ? [] : this.bus.historySince(0).map((e) => ({
+      seq: 0, ts: e.ts, level: e.type.endsWith('.error') || e.type === 'warning' ? 'warning' : 'info', message: e.type,
+      clock_steps: 0, command: null, session: null, event_seq: e.seq, pid: e.pid, phase: e.phase ?? null,
+    }));
+    const mine = session !== undefined ? this.lines.filter((l) => l['session'] === session) : this.lines;
+    const all = [...mine.map((l) => ({ ...l })), ...events].sort((a, b) => a.ts - b.ts);
+    all.forEach((l, i) => (l.seq = i + 1));
+    const n = limit === undefined ? all.length : Math.min(limit, all.length);
+    return all.slice(all.length - n);
+  }
 }
 
 /** The key of a streaming upload in `ServerCore.uploads`. */

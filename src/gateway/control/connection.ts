@@ -461,8 +461,13 @@ export class Connection implements ConnectionApi {
     }
     if (spec.mutates) {
       if (result.kind === 'error') this.audit(cmd, r, identity, 'error', result.error);
+      else if (result.kind === 'ok' && result.refused !== undefined) this.audit(cmd, r, identity, 'error', result.refused);
       else this.audit(cmd, r, identity, 'ok');
     }
+    core.recent.record(result.kind === 'error' ? 'warning' : 'debug', 'control request', {
+      command: cmd, session: sessionId, peer: this.peer, who: identity?.name ?? 'anonymous',
+      ...(result.kind === 'error' ? { error: result.error } : {}),
+    });
     return result;
   }
 
@@ -664,7 +669,7 @@ function safeString(e: unknown): string {
 /** The request fields that say what a command acts on, for the audit line. */
 function targetOf(r: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const k of ['pid', 'session_id', 'path', 'target', 'source', 'reason']) {
+  for (const k of ['pid', 'session_id', 'path', 'target', 'source', 'reason', 'oid', 'link', 'node']) {
     const v = own(r, k);
     if (typeof v === 'string' || typeof v === 'number') out[k] = typeof v === 'string' ? clip(v, 200) : v;
   }

@@ -6,6 +6,7 @@
  */
 import type { EngineError } from '../../engine/errors.js';
 import type { Result } from '../../hxe/result.js';
+import { accountingFields, type MetadataView } from './reference-shapes.js';
 
 /** The engine's TaskInfo as far as the server reads it; other fields pass through to the wire. */
 export interface TaskInfoLike {
@@ -45,6 +46,16 @@ export interface ControlEngine {
   confirm?(): Promise<Result<unknown, EngineError>>;
   rollback?(reason: string): Promise<Result<unknown, EngineError>>;
   intake?: ControlIntake;
+  /**
+   * What the executive's read-only commands need (`val.*`, `cmd.list`, `mailbox_snapshot`, `list`,
+   * `load`'s metadata). A device without them answers those commands `ENOTSUP:no_registry`.
+   */
+  metadata?: MetadataView;
+  pids?(): number[];
+  taskImage?(pid: number): Uint8Array | undefined;
+  setValue?(oid: number, raw: number): Result<{ raw: number }, EngineError>;
+  /** Makes journalled (PERSIST) values durable now. */
+  flushValues?(): Promise<void>;
 }
 
 /** A failed request as the wire shows it: `error` is the exact string clients match on. */
@@ -117,7 +128,9 @@ export function taskToPsRow(t: TaskInfoLike): Record<string, unknown> {
     state: typeof t.state === 'string' ? t.state.toLowerCase() : null,
     app_name: appName,
     app_name_base: pick(t, 'appNameBase', 'baseName') ?? appName,
+    ...accountingFields(t as Parameters<typeof accountingFields>[0]),
     metadata: {
+      sections: ['values', 'commands', 'mailboxes'].filter((k) => ((nested(t, 'counts', k) as number | undefined) ?? 0) > 0).length,
       values: nested(t, 'counts', 'values') ?? 0,
       commands: nested(t, 'counts', 'commands') ?? 0,
       mailboxes: nested(t, 'counts', 'mailboxes') ?? 0,
@@ -126,8 +139,8 @@ export function taskToPsRow(t: TaskInfoLike): Record<string, unknown> {
 }
 
 /** `load`/`exec` reply (`image`): the reference's leading fields, then the engine's. */
-export function taskToImage(t: TaskInfoLike): Record<string, unknown> {
-  const w = taskToWire(t);
+export function taskToImage(t: TaskInfoLike, extras: Record<string, unknown> = {}): Record<string, unknown> {
+  const w = { ...extras, ...taskToWire(t) };
   const appName = (pick(t, 'appName', 'app_name') as string | undefined) ?? null;
   return after({
     pid: t.pid,
@@ -136,6 +149,7 @@ export function taskToImage(t: TaskInfoLike): Record<string, unknown> {
     ro_len: nested(t, 'sizes', 'rodata') ?? null,
     bss: nested(t, 'sizes', 'bss') ?? null,
     version: pick(t, 'version') ?? null,
+    flags: extras['flags'] ?? 0,
     req_caps: pick(t, 'reqCaps') ?? 0,
     app_name: appName,
     app_name_base: pick(t, 'appNameBase') ?? appName,

@@ -18,6 +18,7 @@ import {
   type CommandSpec,
 } from './command-types.js';
 import { taskToPsRow, taskToWire } from './engine-port.js';
+import { referenceInfo } from './exec-commands.js';
 
 function parseFilters(raw: unknown): { pids: number[] | null; categories: string[] | null; sinceSeq: number | null } {
   if (raw === undefined || raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
@@ -114,11 +115,16 @@ export const protocolCommands: Record<string, CommandSpec> = {
     takesPid: true,
     run(ctx) {
       const pid = ctx.pid;
-      if (pid === undefined) return okBody({ info: ctx.core.info() });
+      if (pid === undefined) {
+        // the reference's info document (about the default or named device), then the gateway's own fields
+        const named = ctx.req['device'];
+        const dev = named === undefined || named === null ? ctx.core.device(undefined) : deviceOf(ctx);
+        return okBody({ info: { ...referenceInfo('error' in dev ? null : dev, null), ...ctx.core.info() } });
+      }
       const dev = deviceOf(ctx);
       const task = dev.engine.ps().find((t) => t.pid === pid);
       if (!task) return failWith({ error: `ESRCH:unknown_pid`, detail: { pid } });
-      return okBody({ info: { device: dev.name, ...taskToWire(task) } });
+      return okBody({ info: { ...referenceInfo(dev, pid), device: dev.name, ...taskToWire(task) } });
     },
   },
 

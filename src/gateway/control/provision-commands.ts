@@ -21,6 +21,7 @@ import {
 } from './command-types.js';
 import { engineErrorToWire, taskToImage, taskToWire, toWire, type TaskInfoLike } from './engine-port.js';
 import type { EngineError } from '../../engine/errors.js';
+import { imageExtras } from './reference-shapes.js';
 import type { Result } from '../../hxe/result.js';
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -102,12 +103,17 @@ function loadCommand(compat: boolean): CommandSpec {
       const r = await intake.load(input.bytes, { source: input.source, update: replace ? 'replace' : 'reject', force: !replace, persist: false });
       if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
       const extra = replace ? outcomeFields(r.value) : {};
-      return compat ? okBody({ image: taskToImage(r.value.task), ...extra }) : okBody({ device: dev.name, task: taskToWire(r.value.task), ...extra });
+      return compat ? okBody({ image: imageOf(dev, r.value.task), ...extra }) : okBody({ device: dev.name, task: taskToWire(r.value.task), ...extra });
     }
     const r = dev.engine.loadImage(input.bytes, { source: input.source });
     if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
-    return compat ? okBody({ image: taskToImage(r.value) }) : okBody({ device: dev.name, task: taskToWire(r.value) });
+    return compat ? okBody({ image: imageOf(dev, r.value) }) : okBody({ device: dev.name, task: taskToWire(r.value) });
   });
+}
+
+/** The `load`/`exec` reply's `image`: the task, with the metadata, flags and mailbox creation the reference reports. */
+function imageOf(dev: DeviceRef, task: TaskInfoLike): Record<string, unknown> {
+  return taskToImage(task, imageExtras(dev.engine.taskImage?.(task.pid), task.pid, dev.engine.metadata));
 }
 
 /** Runs an async engine operation (persist/confirm/rollback) that a device may not offer. */

@@ -43,6 +43,43 @@ export const COMMAND_ROLES: ReadonlyMap<string, RequiredRole> = new Map<string, 
   ['provision.unload', 'admin'],
   ['inventory', 'viewer'], // with `refresh`: operator (FIELD_ROLES)
   ['shutdown', 'admin'],
+  // the rest of the executive's commands (exec-commands.ts): reads for a viewer, changes for an operator
+  ['val.list', 'viewer'],
+  ['val.get', 'viewer'],
+  ['val.set', 'operator'], // and the value's own auth level: operator = USER, admin = ADMIN (src/gateway/values.ts)
+  ['cmd.list', 'viewer'],
+  ['cmd.call', 'operator'],
+  ['mailbox_snapshot', 'viewer'],
+  ['list', 'viewer'],
+  ['session.list', 'viewer'],
+  ['session.current', 'viewer'],
+  ['dmesg', 'viewer'],
+  ['kill', 'operator'],
+  ['reload', 'operator'],
+  // VM-execution commands: all answer ENOTSUP:no_vm; the role is what they would need on an executive
+  ['regs', 'viewer'],
+  ['dumpregs', 'viewer'],
+  ['disasm', 'viewer'],
+  ['stack', 'viewer'],
+  ['memory', 'viewer'],
+  ['peek', 'viewer'],
+  ['symbols', 'viewer'],
+  ['sym', 'viewer'],
+  ['step', 'operator'],
+  ['pause', 'operator'],
+  ['resume', 'operator'],
+  ['bp', 'operator'],
+  ['watch', 'operator'],
+  ['poke', 'operator'],
+  ['trace', 'operator'],
+  ['attach', 'operator'],
+  ['detach', 'operator'],
+  ['sched', 'operator'],
+  ['clock', 'operator'],
+  ['stdio', 'operator'],
+  ['stdio_fanout', 'operator'],
+  ['send', 'operator'],
+  ['listen', 'operator'], // receiving takes messages off the queue
 ]);
 
 /**

@@ -14,7 +14,9 @@ import { err, ok, type Result } from '../../hxe/result.js';
 import type { EventBus } from '../events/index.js';
 import { AuditLog } from './audit.js';
 import { isLoopbackHost, parseTokenEnv, TokenStore, type TokenEntry } from './auth.js';
-import type { CommandSpec, DeviceRef, ServerCore, InventoryPort } from './command-types.js';
+import { RecentLog, type CommandSpec, type DeviceRef, type ServerCore, type InventoryPort } from './command-types.js';
+import { execCommands } from './exec-commands.js';
+import type { CanBus } from '../../link/can/bus.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
@@ -74,6 +76,8 @@ export interface ControlServerOptions {
   jobs?: JobService;
   /** The master links' inventory (`inventory` command); absent when the gateway masters no link. */
   inventory?: InventoryPort;
+  /** CAN master links by name, for `val.get`/`val.set` of a node (`link`, `node`). */
+  valueBuses?: ReadonlyMap<string, CanBus> | (() => ReadonlyMap<string, CanBus>);
 }
 
 export interface ControlServerError {
@@ -86,6 +90,7 @@ const COMMANDS: ReadonlyMap<string, CommandSpec> = new Map([
   ...Object.entries(protocolCommands),
   ...Object.entries(provisionCommands),
   ...Object.entries(jobCommands),
+  ...Object.entries(execCommands),
 ]);
 // The role table and the handlers must name the same commands: one without the other is a bug.
 for (const name of new Set([...COMMANDS.keys(), ...COMMAND_ROLES.keys()])) {
@@ -198,6 +203,9 @@ export class ControlServer {
       jobs: opts.jobs ?? null,
       inventory: opts.inventory ?? null,
       jobUploads,
+      valueBus: (link) => this.valueBuses().get(link),
+      valueLinks: () => [...this.valueBuses().keys()],
+      recent: new RecentLog(this.clock, opts.bus),
       requestShutdown: () => {
         setImmediate(() => (opts.onShutdown ? opts.onShutdown() : void this.close()));
       },
@@ -382,6 +390,11 @@ export class ControlServer {
     });
     this.connections.add(conn);
     socket.on('close', () => this.connections.delete(conn));
+  }
+
+  private valueBuses(): ReadonlyMap<string, CanBus> {
+    const v = this.opts.valueBuses;
+    return typeof v === 'function' ? v() : v ?? new Map();
   }
 
   private deviceRef(name: unknown): DeviceRef | WireError {

@@ -180,6 +180,11 @@ export class SessionRegistry {
     return out;
   }
 
+  /** Every open session, oldest first. */
+  list(): SessionRecord[] {
+    return [...this.sessions.values()];
+  }
+
   get(id: string | null): SessionRecord {
     const rec = id === null ? undefined : this.sessions.get(id);
     if (!rec) throw new RequestError('session_required');
