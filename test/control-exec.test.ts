@@ -235,8 +235,8 @@ test('val.set: read-only, out of range and too low an auth level are refused wit
   t.like(await op({ cmd: 'val.get' }), { status: 'error', error: "val.get requires 'oid'" });
   // each refusal is an audit line with the verdict error, naming the value
   const audits = h.logs.filter((l) => l['component'] === 'audit' && l['cmd'] === 'val.set');
-  t.like(audits.find((l) => (l['target'] as Json)['oid'] === 259), { verdict: 'error', reason: 'EPERM:read_only', who: 'operator-bot' });
-  t.like(audits.find((l) => (l['target'] as Json)['oid'] === 513 && l['who'] === 'admin-bot'), { verdict: 'ok' });
+  t.like(audits.find((l) => l['target_oid'] === 259), { verdict: 'error', reason: 'EPERM:read_only', who: 'operator-bot' });
+  t.like(audits.find((l) => l['target_oid'] === 513 && l['who'] === 'admin-bot'), { verdict: 'ok' });
   // a numeric string is a number, as the reference's float(value)
   t.like((await op({ cmd: 'val.set', oid: 258, value: '21.5' }))['value'] as Json, { status: 0, value: 21.5, f16: 19808, persisted: true });
   c.destroy();
