@@ -160,6 +160,11 @@ export class Connection implements ConnectionApi {
     this.establish();
   }
 
+  /** The role this connection holds now (`none` before a token). */
+  get role(): string {
+    return this.identity?.role ?? 'none';
+  }
+
   /** Authenticated (see isEstablished); the server's unauthenticated count is of those that are not. */
   get established(): boolean {
     return this.isEstablished;

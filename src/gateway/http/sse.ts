@@ -1,0 +1,91 @@
+/**
+ * One live page's event stream: `GET /api/events`, server-sent events (text/event-stream), fed by
+ * an event-bus subscription with the bus's own rules (docs/jobs.md, src/gateway/events/): a bounded
+ * queue per stream, progress dropped oldest-first when the page is behind, `slow_consumer` warnings,
+ * and past the hard limit the subscription is cut off (`slow_consumer_drop`) and the connection
+ * destroyed. Delivery stops as soon as the socket's buffer is full (`res.write` false) and resumes on
+ * `drain`, so a browser that stops reading holds at most one event in Node's buffer plus the bus's
+ * bounded queue; it never makes the gateway's memory grow.
+ */
+import type { ServerResponse } from 'node:http';
+import { eventJson, type BusEvent, type EventBus, type Subscription } from '../events/index.js';
+
+/** What the page follows: job changes and progress, scans, boots, and the device errors and alerts. */
+export const PAGE_EVENT_CATEGORIES = [
+  'job',
+  'inventory',
+  'boot',
+  'provisioning.error',
+  'provisioning.rollback',
+  'provisioning.wear_warning',
+  'provisioning.persisted',
+] as const;
+
+export interface PageStreamOptions {
+  bus: EventBus;
+  res: ServerResponse;
+  /** Replay from after this seq (the state the page holds), when still in the bus's history. */
+  sinceSeq: number | null;
+  /** A comment line this often keeps proxies and the browser from timing the stream out. */
+  heartbeatMs?: number;
+  onClose?: (reason: string) => void;
+}
+
+export class PageStream {
+  readonly sub: Subscription;
+  private closed = false;
+  private heartbeat: NodeJS.Timeout | null = null;
+  private full = false;
+
+  constructor(private readonly opts: PageStreamOptions) {
+    const { res } = opts;
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-store',
+      'x-accel-buffering': 'no',
+      connection: 'keep-alive',
+    });
+    res.write(`retry: 2000\n: hsx-gateway live events\n\n`);
+    this.sub = opts.bus.subscribe({
+      categories: PAGE_EVENT_CATEGORIES,
+      sinceSeq: opts.sinceSeq,
+      deliver: (ev) => this.write(ev),
+      onClose: (reason) => this.end(reason),
+    });
+    res.on('drain', () => {
+      this.full = false;
+      this.sub.resume();
+    });
+    res.on('close', () => this.end('client_closed'));
+    const every = opts.heartbeatMs ?? 15_000;
+    this.heartbeat = setInterval(() => {
+      if (!this.full && !this.closed) this.full = !res.write(': ping\n\n');
+    }, every);
+    this.heartbeat.unref();
+  }
+
+  private write(ev: BusEvent): boolean {
+    if (this.closed) return false;
+    const ok = this.opts.res.write(`id: ${ev.seq}\ndata: ${eventJson(ev)}\n\n`);
+    if (!ok) this.full = true;
+    return ok;
+  }
+
+  /** Bytes written to the socket and not yet taken by the kernel (for tests and diagnostics). */
+  get buffered(): number {
+    return this.opts.res.writableLength;
+  }
+
+  end(reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+    if (this.sub.active) this.sub.close('unsubscribed');
+    const res = this.opts.res;
+    // A stream cut off for being behind is not read: nothing would flush a polite end, so it goes now.
+    if (reason === 'slow_consumer_drop') res.destroy();
+    else if (!res.writableEnded) res.end();
+    this.opts.onClose?.(reason);
+  }
+}
