@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { sha256Hex as tokenHash } from '../src/gateway/control/auth.js';
+import { ControlClient } from '../src/gateway/control/client.js';
 import { startVirtualHub, type VirtualHub } from '../src/link/can/virtual-net.js';
 import { ROOT } from './support/cli-argv.js';
 import { startServe, type ServeChild } from './support/serve-child.js';
@@ -211,7 +212,7 @@ test('an operator runs a job from the page: the bars move, every device ends REA
 
 test('a viewer sees everything and can change nothing', async (t) => {
   const r = await rig(t, 2);
-  const { base } = await serve(t, r.config);
+  const { s, base } = await serve(t, r.config);
   const b = await browser(t);
   const page = await openPage(t, b, base, VIEWER);
   await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr[data-key]').length === 2);
@@ -236,6 +237,14 @@ test('a viewer sees everything and can change nothing', async (t) => {
   t.is((await fetch(base + '/api/state')).status, 401);
   t.is((await fetch(base + '/api/state', { headers: { authorization: 'Bearer not-a-token-of-ours' } })).status, 401);
   t.is((await fetch(base + '/metrics')).status, 401);
+  // a viewer on the control port is counted by role
+  const c = await ControlClient.connect(s.control, { token: VIEWER, timeoutMs: 10_000 });
+  if (!c.ok) throw new Error(c.error.message);
+  t.teardown(() => c.value.close());
+  t.true((await c.value.request('ping', {})).ok);
+  const m = await metrics(base);
+  t.is(m.value('hsx_control_connections', { role: 'viewer' }), 1);
+  t.is(m.value('hsx_control_connections', { role: 'operator' }), 0);
   t.deepEqual(scriptErrors.get(page), [], 'no script errors on the page');
 });
 

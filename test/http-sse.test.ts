@@ -68,13 +68,14 @@ test('a page that stops reading its event stream is cut off by the bus rules, an
   t.is(bus.stats().subscribers, baseSubs + 1);
   clock.advance(2_000); // past the subscription's grace period: back-pressure verdicts apply
 
-  // job progress is what a page gets most of; 4 KiB of data each, far more than the socket buffers hold
+  // droppable events (scans here; progress is held for the page's progress tick), 4 KiB each, far more
+  // than the socket buffers hold
   const pad = 'x'.repeat(4096);
   let maxBuffered = 0;
   let maxPending = 0;
   let sent = 0;
   for (; sent < 50_000 && server.streamCount > 0; sent++) {
-    bus.publish({ type: 'job.progress', pid: null, phase: null, data: { job_id: 'j-1', target: String(sent % 16), acked_bytes: sent, total_bytes: 1e9, pad } });
+    bus.publish({ type: 'inventory.scanned', pid: null, phase: null, data: { link: 'bus', targets: [String(sent % 16)], error: null, pad } });
     if (sent % 16 === 0) {
       clock.advance(100);
       await new Promise<void>((r) => setImmediate(r)); // the socket writes what the kernel takes, as it would between events
@@ -111,6 +112,7 @@ test('a page that reads keeps its stream through the same flood', async (t) => {
   const reader = res.body!.getReader();
   clock.advance(2_000);
   let got = 0;
+  let progressSeen = 0;
   let text = '';
   const reading = (async () => {
     const dec = new TextDecoder();
@@ -120,6 +122,7 @@ test('a page that reads keeps its stream through the same flood', async (t) => {
       text += dec.decode(value, { stream: true });
       const parts = text.split('\n\n');
       text = parts.pop() ?? '';
+      progressSeen += parts.filter((p) => p.includes('"job.progress"')).length;
       got += parts.filter((p) => p.includes('"job.finished"')).length;
       if (got === 1) return;
     }
@@ -131,6 +134,7 @@ test('a page that reads keeps its stream through the same flood', async (t) => {
   bus.publish({ type: 'job.finished', pid: null, phase: null, data: { job_id: 'j-1', state: 'SUCCEEDED' } });
   await reading;
   t.is(got, 1, 'the terminal event arrived');
+  t.true(progressSeen >= 1 && progressSeen < 2_000, `progress is coalesced for the page (${progressSeen} of 2,000 arrived)`);
   t.is(server.streamCount, 1, 'the stream is still open');
   await reader.cancel();
 });

@@ -21,6 +21,9 @@ export const PAGE_EVENT_CATEGORIES = [
   'provisioning.persisted',
 ] as const;
 
+/** A page's progress bars move at most this often (the bus carries job progress at 10 Hz per target). */
+export const PAGE_PROGRESS_MS = 250;
+
 export interface PageStreamOptions {
   bus: EventBus;
   res: ServerResponse;
@@ -43,6 +46,14 @@ export class PageStream {
    */
   private batch = '';
   private flushScheduled = false;
+  /**
+   * Job progress held for the next progress tick, the newest per job and target: a bar needs a few
+   * updates a second, not one per target per 100 ms. A job's other events drop what is held for it
+   * (they carry the record, acked bytes included), so a bar never moves after its target's verdict.
+   */
+  private readonly heldProgress = new Map<string, BusEvent>();
+  private lastProgressAt = -Infinity;
+  private progressTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: PageStreamOptions) {
     const { res } = opts;
@@ -75,6 +86,36 @@ export class PageStream {
 
   private write(ev: BusEvent): boolean {
     if (this.closed) return false;
+    const job = typeof ev.data['job_id'] === 'string' ? ev.data['job_id'] : null;
+    if (ev.type === 'job.progress' && job !== null) {
+      this.heldProgress.set(`${job}\u0000${String(ev.data['target'])}`, ev);
+      const wait = this.lastProgressAt + PAGE_PROGRESS_MS - Date.now();
+      if (wait <= 0) this.releaseProgress();
+      else if (!this.progressTimer) {
+        this.progressTimer = setTimeout(() => {
+          this.progressTimer = null;
+          this.releaseProgress();
+          this.flush();
+        }, wait);
+        this.progressTimer.unref();
+      }
+      return !this.full;
+    }
+    if (job !== null && this.heldProgress.size) {
+      for (const [k, held] of this.heldProgress) if (held.data['job_id'] === job) this.heldProgress.delete(k);
+    }
+    return this.append(ev);
+  }
+
+  /** Everything held goes into the batch (the newest progress per job and target). */
+  private releaseProgress(): void {
+    this.lastProgressAt = Date.now();
+    const held = [...this.heldProgress.values()].sort((a, b) => a.seq - b.seq);
+    this.heldProgress.clear();
+    for (const ev of held) this.append(ev);
+  }
+
+  private append(ev: BusEvent): boolean {
     this.batch += `id: ${ev.seq}\ndata: ${eventJson(ev)}\n\n`;
     // a burst is not held whole: past 64 KiB it goes to the socket now, and the socket's answer counts
     if (this.batch.length >= 64 * 1024) return this.flush();
@@ -107,6 +148,9 @@ export class PageStream {
     if (this.closed) return;
     this.closed = true;
     this.batch = '';
+    this.heldProgress.clear();
+    if (this.progressTimer) clearTimeout(this.progressTimer);
+    this.progressTimer = null;
     if (this.heartbeat) clearInterval(this.heartbeat);
     this.heartbeat = null;
     if (this.sub.active) this.sub.close('unsubscribed');
