@@ -41,7 +41,7 @@ interface Rig {
 }
 
 /** A gateway config: `nodes` simulated devices on one master link (a timed cross-process bus, or an in-process one). */
-async function rig(t: ExecutionContext, nodes: number, opts: { bitrate?: number } = {}): Promise<Rig> {
+async function rig(t: ExecutionContext, nodes: number, opts: { bitrate?: number; brokenPreload?: boolean } = {}): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'gw-page-'));
   const images = join(dir, 'images');
   mkdirSync(images);
@@ -57,6 +57,15 @@ async function rig(t: ExecutionContext, nodes: number, opts: { bitrate?: number 
   });
   const iface = hub ? `127.0.0.1:${hub.port}` : `page-bus-${process.pid}-${Math.random().toString(36).slice(2)}`;
   const devices: string[] = [];
+  let boot = '';
+  if (opts.brokenPreload) {
+    // every device boots from a preload directory whose one image is cut short: a failed boot, and
+    // with max_failed_boots = 1 a boot alert
+    const preload = join(dir, 'preload');
+    mkdirSync(preload);
+    writeFileSync(join(preload, 'broken.hxe'), readFileSync(join(ROOT, 'configs', 'sd', 'apps', 'sensor.hxe')).subarray(0, 100));
+    boot = `[boot]\npreload_dir = "${preload}"\nmax_failed_boots = 1\n`;
+  }
   for (let n = 1; n <= nodes; n++) devices.push(`[[devices]]\nname = "node${n}"\nstate_dir = "${join(dir, `node${n}`)}"\nnode_id = ${n}\n`);
   writeFileSync(r.config, [
     `[gateway]\nid = "page-test"\nlog_level = "warn"\nstate_dir = "${join(dir, 'gateway')}"\n`,
@@ -65,6 +74,7 @@ async function rig(t: ExecutionContext, nodes: number, opts: { bitrate?: number 
     `[[control.tokens]]\nname = "watcher"\nrole = "viewer"\nsha256 = "${tokenHash(VIEWER)}"\n`,
     // the hub models the bus timing; the links need not model it again
     `[[links.can]]\nname = "bus"\ninterface = "${iface}"\nbackend = "virtual"\nrole = "master"\ntiming = false\n`,
+    boot,
     ...devices,
   ].join('\n'));
   return r;
@@ -134,7 +144,7 @@ test('an operator runs a job from the page: the bars move, every device ends REA
   // four devices, all answered the start-up scan and run nothing yet
   await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr[data-key]').length === 4);
   t.deepEqual(await page.$$eval('#devices tbody tr', (rows) => rows.map((x) => (x as HTMLElement).dataset['status'])), ['EMPTY', 'EMPTY', 'EMPTY', 'EMPTY']);
-  t.false(await page.$eval('#submit-form', (f) => (f as HTMLElement).hidden), 'an operator sees the submit form');
+  t.true(await page.$eval('#submit-form', (e) => (globalThis as any).getComputedStyle(e).display !== 'none'), 'an operator sees the submit form');
 
   // job 1: the four nodes and node 9, which is not on the bus
   await page.select('#f-link', 'bus');
@@ -210,15 +220,25 @@ test('an operator runs a job from the page: the bars move, every device ends REA
   t.deepEqual(scriptErrors.get(page), [], 'no script errors on the page');
 });
 
-test('a viewer sees everything and can change nothing', async (t) => {
-  const r = await rig(t, 2);
+test('a viewer sees everything, boot failures and alerts highlighted, and can change nothing', async (t) => {
+  const r = await rig(t, 2, { brokenPreload: true });
   const { s, base } = await serve(t, r.config);
   const b = await browser(t);
   const page = await openPage(t, b, base, VIEWER);
   await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr[data-key]').length === 2);
-  t.true(await page.$eval('#submit-form', (f) => (f as HTMLElement).hidden), 'no submit form for a viewer');
-  t.false(await page.$eval('#viewer-note', (f) => (f as HTMLElement).hidden), 'the page says why');
+  const shown = (sel: string) => page.$eval(sel, (e) => (globalThis as any).getComputedStyle(e).display !== 'none');
+  t.false(await shown('#submit-form'), 'no submit form for a viewer');
+  t.true(await shown('#viewer-note'), 'the page says why');
   t.regex(await page.$eval('#who', (e) => e.textContent ?? ''), /watcher \(viewer\)/);
+  // the devices' failed boots and the boot alerts, from before the page was opened
+  const alerts = await page.$$eval('#alerts li.error', (lis) => lis.map((li) => `${(li as HTMLElement).dataset['type']} ${li.textContent}`));
+  for (const n of [1, 2]) {
+    t.true(alerts.some((a) => a.startsWith('boot.failed') && a.includes(`node${n}`) && a.includes('EBADMSG')), `node${n}'s failed boot is listed: ${alerts.join(' | ')}`);
+    t.true(alerts.some((a) => a.startsWith('boot.alert') && a.includes(`node${n}`)), `node${n}'s boot alert is listed`);
+  }
+  const bootCells = await page.$$eval('#devices tbody tr', (rows) => rows.map((r) => r.querySelectorAll('td')[7]?.textContent ?? ''));
+  t.true(bootCells.every((c) => /^failed/.test(c)), `the rows show the failed boot: ${bootCells.join(' | ')}`);
+  await shot(page, 'live-page-viewer-boot-alerts.png', t);
   // the page's own request with the viewer's token, as a hand-made form would send it
   const reply = await page.evaluate(async (token: string) => {
     const res = await fetch('/api/jobs', { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body: JSON.stringify({ link: 'bus', image: 'sensor.hxe' }) });

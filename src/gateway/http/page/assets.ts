@@ -72,6 +72,7 @@ tr.failed{background:#fdeceb}ul#alerts{list-style:none;padding:0;margin:0}
 .chip{display:inline-block;margin:0 .3em .2em 0;padding:0 .4em;border-radius:.3em;background:#eef}.chip.bad{background:#fdeceb;color:var(--bad)}
 .chip.good{background:#e7f5ec}.err{color:var(--bad);font-size:.9em}.wear-hi{color:var(--bad);font-weight:600}
 form#submit-form{display:flex;gap:.8em;align-items:center;flex-wrap:wrap;margin-bottom:.6em}
+[hidden]{display:none!important}
 `;
 
 let script: Buffer | null = null;
