@@ -289,6 +289,11 @@ export class ControlServer {
     return token ? this.tokens.verify(token) : null;
   }
 
+  /** Failed authentications by address: the HTTP page's wrong tokens are slowed down by the same count. */
+  get authFailures(): Pick<AuthThrottle, 'fail'> {
+    return this.throttle;
+  }
+
   /** Whether access tokens are configured (config entries or HSX_GATEWAY_TOKENS). */
   get tokensConfigured(): boolean {
     return this.tokens !== null;

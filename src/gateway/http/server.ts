@@ -24,6 +24,7 @@ import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { isLoopbackHost, type Identity } from '../control/auth.js';
+import { addressKey } from '../control/limits.js';
 import type { CommandResult } from '../control/command-types.js';
 import type { EventBus } from '../events/index.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -34,6 +35,8 @@ import { pageAsset } from './page/assets.js';
 /** What the HTTP side needs of the control port: its tokens and its command path. */
 export interface ControlAccess {
   readonly tokensConfigured: boolean;
+  /** The control port's failed-authentication throttle (limits.ts): a wrong token's reply waits as long as there. */
+  readonly authFailures?: { fail(address: string, connFailures: number): { delayMs: number } };
   verifyToken(token: string | null): Identity | null;
   runAs(cmd: string, fields: Record<string, unknown>, caller: { identity: Identity | null; peer: string }): Promise<CommandResult>;
 }
@@ -203,7 +206,7 @@ export class PageServer {
     }
     if (path === '/metrics') {
       only('GET');
-      this.caller(req, url);
+      await this.caller(req, url);
       const text = await this.opts.metrics.text();
       res.writeHead(200, { 'content-type': this.opts.metrics.contentType, 'cache-control': 'no-store' });
       res.end(text);
@@ -211,12 +214,12 @@ export class PageServer {
     }
     if (path === '/api/state') {
       only('GET');
-      const who = this.caller(req, url);
+      const who = await this.caller(req, url);
       return this.json(res, 200, this.opts.model.snapshot({ name: who.name, role: who.role }));
     }
     if (path === '/api/events') {
       only('GET');
-      this.caller(req, url);
+      await this.caller(req, url);
       const since = url.searchParams.get('since');
       let sinceSeq: number | null = null;
       if (since !== null) {
@@ -233,7 +236,7 @@ export class PageServer {
     }
     if (path === '/api/jobs') {
       only('POST');
-      const who = this.caller(req, url);
+      const who = await this.caller(req, url);
       const body = await this.body(req);
       const fields: Record<string, unknown> = {};
       for (const k of ['link', 'image', 'targets', 'nodes', 'options', 'client_token']) if (k in body) fields[k] = body[k];
@@ -244,7 +247,7 @@ export class PageServer {
     const cancel = /^\/api\/jobs\/([^/]+)\/cancel$/.exec(path);
     if (cancel) {
       only('POST');
-      const who = this.caller(req, url);
+      const who = await this.caller(req, url);
       const id = decodeURIComponent(cancel[1] ?? '');
       if (!JOB_ID.test(id)) throw new HttpError(400, 'bad_job_id', 'a job id is j-<n>');
       await this.drain(req);
@@ -254,7 +257,7 @@ export class PageServer {
   }
 
   /** Who asks: the bearer token's identity (the control port's store), or the loopback `local` admin without tokens. */
-  private caller(req: IncomingMessage, _url: URL): Identity {
+  private async caller(req: IncomingMessage, _url: URL): Promise<Identity> {
     const h = req.headers['authorization'];
     let token: string | null = null;
     if (typeof h === 'string') {
@@ -266,7 +269,25 @@ export class PageServer {
       throw new HttpError(401, 'token_required', 'this gateway has access tokens: send a viewer, operator or admin token (Authorization: Bearer <token>)');
     }
     const who = this.opts.control.verifyToken(token);
-    if (!who) throw new HttpError(401, 'invalid_token', 'the token is not one of this gateway\'s');
+    if (!who) {
+      // as on the control port: the reply to a wrong token waits, longer with each failure of the address
+      const delayMs = this.opts.control.authFailures?.fail(addressKey(req.socket.remoteAddress), 1).delayMs ?? 0;
+      if (delayMs > 0) {
+        await new Promise<void>((done) => {
+          const onClose = (): void => {
+            clearTimeout(timer);
+            done();
+          };
+          const timer = setTimeout(() => {
+            req.socket.off('close', onClose);
+            done();
+          }, delayMs);
+          req.socket.once('close', onClose);
+        });
+      }
+      this.opts.logger?.warn({ peer: `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? 0}`, delay_ms: delayMs }, 'http: invalid token');
+      throw new HttpError(401, 'invalid_token', 'the token is not one of this gateway\'s');
+    }
     return who;
   }
 
