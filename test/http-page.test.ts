@@ -331,3 +331,58 @@ test('bad requests: unknown paths 404, wrong methods 405, malformed and oversize
   t.is((await fetch(base + '/api/state', { headers: auth })).status, 200);
   void request; // (node:http's client is not needed: fetch and raw sockets cover it)
 });
+
+test('an operator cancels a running job from the page', async (t) => {
+  t.timeout(120_000);
+  const r = await rig(t, 2, { bitrate: 125_000 });
+  const { base } = await serve(t, r.config);
+  const b = await browser(t);
+  const page = await openPage(t, b, base, OPERATOR);
+  await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr[data-key]').length === 2);
+  await page.select('#f-image', 'big.hxe');
+  await page.click('#f-submit');
+  // once its bars move, the job's cancel button
+  await page.waitForFunction(() => [...document.querySelectorAll('#devices .bar')].some((b) => Number((b as HTMLElement).dataset['pct']) > 0), { timeout: 60_000 });
+  await page.click('#jobs button[data-cancel="j-1"]');
+  await page.waitForFunction(() => document.querySelector('#jobs tr[data-job="j-1"]')?.getAttribute('data-state') === 'CANCELED', { timeout: 60_000 });
+  const chips = await page.$$eval('#jobs tr[data-job="j-1"] .chip', (cs) => cs.map((c) => `${(c as HTMLElement).dataset['target']}:${(c as HTMLElement).dataset['state']}`));
+  t.deepEqual(chips, ['1:CANCELED', '2:CANCELED']);
+  t.is(await page.$('#jobs button[data-cancel="j-1"]'), null, 'no cancel button on an ended job');
+  // the devices keep what they ran (nothing): the transfer was stopped before the switch
+  await page.waitForFunction(() => [...document.querySelectorAll('#devices tbody tr[data-key]')].every((x) => (x as HTMLElement).dataset['sha'] === ''));
+  const m = await metrics(base);
+  t.is(m.value('hsx_jobs_total', { state: 'CANCELED' }), 1);
+  t.deepEqual(scriptErrors.get(page), [], 'no script errors on the page');
+});
+
+test('without access tokens the page refuses any address but loopback', async (t) => {
+  const { EventBus } = await import('../src/gateway/events/index.js');
+  const { PageServer } = await import('../src/gateway/http/server.js');
+  const { PageModel } = await import('../src/gateway/http/model.js');
+  const { GatewayMetrics } = await import('../src/gateway/http/metrics.js');
+  const { LinkStats } = await import('../src/gateway/link-stats.js');
+  const { FakeClock } = await import('../src/engine/clock.js');
+  const clock = new FakeClock();
+  const bus = new EventBus({ clock });
+  const model = new PageModel({ gatewayId: 'x', bus, jobs: () => null, links: () => [], inventory: () => undefined, deviceOf: () => undefined, localDevices: () => [], imagesDir: undefined, tokensConfigured: () => false, now: () => 0 });
+  const metrics = new GatewayMetrics({ bus, jobs: null, links: new LinkStats(), devices: () => [], mqtt: () => null, controlConnections: () => ({}), pageStreams: () => 0 });
+  t.teardown(() => {
+    model.close();
+    metrics.close();
+    bus.close();
+  });
+  const make = (host: string, tokensConfigured: boolean) => new PageServer({
+    host, port: 0, maxStreams: 1, maxBodyBytes: 1024, bus, model, metrics,
+    control: { tokensConfigured, verifyToken: () => null, runAs: async () => ({ kind: 'error', error: 'ENOTSUP:test' }) },
+  });
+  const open = await make('0.0.0.0', false).listen();
+  t.false(open.ok);
+  if (!open.ok) {
+    t.is(open.error.code, 'EINSECURE');
+    t.regex(open.error.message, /no access tokens/);
+  }
+  const withTokens = make('0.0.0.0', true);
+  const ok = await withTokens.listen();
+  t.true(ok.ok, 'with tokens it may');
+  await withTokens.close();
+});
