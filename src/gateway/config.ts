@@ -159,6 +159,21 @@ const jobsSchema = z.strictObject({
   max_age_s: z.number().int().min(60).max(10 * 365 * 86_400).default(7 * 86_400),
 });
 
+/**
+ * The live page and `/metrics` (docs/metrics.md, README "The live page"): served by `serve` only when
+ * `port` is set (or `serve --http-port`). Loopback by default; another address needs access tokens,
+ * as the control port does.
+ */
+const httpSchema = z.strictObject({
+  /** TCP port; 0 picks a free one. Without it (and without --http-port) no page is served. */
+  port: z.number().int().min(0).max(65535).optional(),
+  host: z.string().min(1).default('127.0.0.1'),
+  /** Live-page event streams open at once; more are answered 503. */
+  max_streams: z.number().int().min(1).max(1024).default(32),
+  /** Longest request body (a job submit); longer is 413. */
+  max_body_bytes: z.number().int().min(1024).max(1024 * 1024).default(16 * 1024),
+});
+
 const policySchema = z.strictObject({
   profile: z.enum(['desktop', 'embedded']).default('desktop'),
   require_signature: z.boolean().default(false),
@@ -188,6 +203,7 @@ export const configSchema = z.strictObject({
   engine: z.record(z.string(), z.unknown()).default({}),
   policy: policySchema.default(policySchema.parse({})),
   jobs: jobsSchema.default(jobsSchema.parse({})),
+  http: httpSchema.default(httpSchema.parse({})),
   boot: bootSchema.default(bootSchema.parse({})),
 });
 

@@ -43,6 +43,8 @@ export interface DemoOptions {
   keepState?: boolean;
   controlPort?: number;
   mqttPort?: number;
+  /** Serve the live page and /metrics on this port (0: a free one). */
+  httpPort?: number;
 }
 
 export interface DemoOutcome {
@@ -67,15 +69,18 @@ export async function runDemo(o: DemoOptions): Promise<DemoOutcome> {
   const canAddress = `virtual:${link.interface}?bitrate=${link.bitrate}`;
 
   const log = createLogger(cfg.gateway.log_level);
-  const overrides: { controlPort?: number } = {};
+  const overrides: { controlPort?: number; httpPort?: number } = {};
   if (o.controlPort !== undefined) overrides.controlPort = o.controlPort;
+  if (o.httpPort !== undefined) overrides.httpPort = o.httpPort;
   const started = await Gateway.start(cfg, log, overrides);
   if (!started.ok) throw new Error(`${started.error.component}: ${started.error.message}`);
   const gw = started.value;
   const broker = gw.embeddedBroker;
   const control = gw.controlAddress();
-  say({ type: 'started', devices: [...gw.devices.keys()], control, mqtt: broker?.url ?? null, can: canAddress },
-    `hsx-gateway demo: ${gw.devices.size} simulated devices on CAN bus ${canAddress}; control ${control?.host}:${control?.port}; MQTT ${broker?.url ?? 'off'}`);
+  const http = gw.httpAddress();
+  say({ type: 'started', devices: [...gw.devices.keys()], control, mqtt: broker?.url ?? null, can: canAddress, http },
+    `hsx-gateway demo: ${gw.devices.size} simulated devices on CAN bus ${canAddress}; control ${control?.host}:${control?.port}; MQTT ${broker?.url ?? 'off'}` +
+      (http ? `; live page http://${http.host}:${http.port}/` : ''));
 
   // 1. A job on the daemon: the gateway's own master on the CAN link flashes every node its
   //    start-up scan found, in one broadcast. Submitted over the control port, followed to its end.

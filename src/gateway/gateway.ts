@@ -35,10 +35,16 @@ import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopi
 import { Inventory, type LinkInventory } from './inventory.js';
 import { deviceInventoryTopic } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
+import { LinkStats } from './link-stats.js';
+import { PageModel, type DeviceLocal } from './http/model.js';
+import { GatewayMetrics } from './http/metrics.js';
+import { PageServer } from './http/server.js';
 
 export interface GatewayOverrides {
   controlPort?: number;
   mqttUrl?: string;
+  /** Serve the live page and /metrics on this port (0: a free one), whatever `[http] port` says. */
+  httpPort?: number;
 }
 
 export interface GatewayStartError {
@@ -100,6 +106,12 @@ export class Gateway {
   /** What each master link's last scan found (null until the master links are open). */
   inventory: Inventory | null = null;
   private unwatchJobs: (() => void) | null = null;
+  /** What each master link has sent, for /metrics (link-stats.ts). */
+  readonly linkStats = new LinkStats();
+  /** The live page and /metrics (src/gateway/http/); null without `[http] port` or `--http-port`. */
+  page: PageServer | null = null;
+  private pageModel: PageModel | null = null;
+  private metrics: GatewayMetrics | null = null;
 
   private constructor(
     readonly config: GatewayConfig,
@@ -116,6 +128,9 @@ export class Gateway {
     const gw = new Gateway(config, log, clock);
     try {
       gw.checkMqttCommands();
+      const httpPort = overrides.httpPort ?? config.http.port;
+      // before the devices boot: the page lists their boot alerts
+      if (httpPort !== undefined) gw.startPageModel();
       await gw.startMqtt(overrides.mqttUrl);
       await gw.startDevices();
       await gw.startJobs();
@@ -123,6 +138,7 @@ export class Gateway {
       gw.startMqttJobs();
       // The first inventory before `serving`: a job without targets goes to what this scan finds.
       await gw.inventory?.refreshAll();
+      if (httpPort !== undefined) await gw.startHttp(httpPort);
       return { ok: true, value: gw };
     } catch (e) {
       await gw.stop().catch(() => undefined);
@@ -163,7 +179,7 @@ export class Gateway {
    */
   private async startJobs(): Promise<void> {
     try {
-      for (const [name, f] of await openMasterLinks(this.config)) this.flashers.set(name, f);
+      for (const [name, f] of await openMasterLinks(this.config)) this.flashers.set(name, this.linkStats.countTransfers(f));
     } catch (e) {
       if (e instanceof MasterLinkError) this.fail(e.component, e.message);
       throw e;
@@ -599,6 +615,82 @@ export class Gateway {
     return this.control?.address() ?? null;
   }
 
+  /** Where the live page and /metrics are served, or null. */
+  httpAddress(): { host: string; port: number } | null {
+    return this.page?.address() ?? null;
+  }
+
+  /** What the page shows of an in-process device: its last boot and its flash wear. */
+  private deviceLocal(name: string, dev: SimulatedDevice): DeviceLocal {
+    const flash = dev.storage.flash;
+    let total = 0;
+    let max = 0;
+    for (let i = 0; i < flash.sectorCount; i++) {
+      const n = flash.eraseCount(i);
+      total += n;
+      if (n > max) max = n;
+    }
+    const r = this.bootReports.get(name);
+    return {
+      boot: r ? { ok: r.ok, halted: r.halted, attempt: r.attempt, restored: r.restored?.appName ?? null, failed: r.failed.slice(0, 8) } : null,
+      wear: { total_erases: total, max_erases: max, endurance: flash.endurance, ratio: Number.isFinite(flash.endurance) && flash.endurance > 0 ? max / flash.endurance : 0 },
+    };
+  }
+
+  private startPageModel(): void {
+    const deviceOf = deviceNamesFromConfig(this.config);
+    this.pageModel = new PageModel({
+      gatewayId: this.config.gateway.id,
+      bus: this.bus,
+      jobs: () => this.jobs,
+      links: () => [...this.flashers.keys()],
+      inventory: (link) => this.inventory?.get(link),
+      deviceOf,
+      localDevices: () => [...this.devices].map(([name, dev]) => ({ name, local: this.deviceLocal(name, dev) })),
+      imagesDir: this.config.control.images_dir,
+      tokensConfigured: () => this.control?.tokensConfigured ?? false,
+      now: () => this.clock.now(),
+    });
+  }
+
+  /** The live page and /metrics: after the control port, whose tokens and command path it uses. */
+  private async startHttp(port: number): Promise<void> {
+    const control = this.control;
+    const model = this.pageModel;
+    if (!control || !model) this.fail('http', 'the live page needs the control server');
+    this.metrics = new GatewayMetrics({
+      bus: this.bus,
+      jobs: this.jobs,
+      links: this.linkStats,
+      devices: () => [...this.devices].map(([name, dev]) => {
+        const w = this.deviceLocal(name, dev).wear;
+        return { name, totalErases: w.total_erases, maxErases: w.max_erases, endurance: w.endurance };
+      }),
+      mqtt: () => this.bridge?.bufferTotals() ?? null,
+      controlConnections: () => {
+        const by: Record<string, number> = {};
+        for (const c of this.control?.connectionsInfo() ?? []) by[c.role] = (by[c.role] ?? 0) + 1;
+        return by;
+      },
+      pageStreams: () => this.page?.streamCount ?? 0,
+    });
+    const h = this.config.http;
+    const page = new PageServer({
+      host: h.host,
+      port,
+      maxStreams: h.max_streams,
+      maxBodyBytes: h.max_body_bytes,
+      bus: this.bus,
+      control,
+      model,
+      metrics: this.metrics,
+      logger: this.log.child({ component: 'http' }),
+    });
+    const listening = await page.listen();
+    if (!listening.ok) this.fail('http', listening.error.message);
+    this.page = page;
+  }
+
   /** The step `stop()` is in (for a caller whose own deadline runs out first). */
   stopping: string | null = null;
 
@@ -613,6 +705,15 @@ export class Gateway {
     const deadline = t0 + (opts.timeoutMs ?? 4_000);
     const left = (): number => Math.max(0, deadline - Date.now());
     const unflushed: StopReport['unflushed'] = [];
+    if (this.page) {
+      this.stopping = 'closing the live page';
+      await within(this.page.close(), Math.min(left(), 500));
+      this.page = null;
+    }
+    this.metrics?.close();
+    this.metrics = null;
+    this.pageModel?.close();
+    this.pageModel = null;
     if (this.control) {
       this.stopping = 'closing the control server';
       const info = this.control.connectionsInfo().filter((c) => c.unreadBytes > 0);

@@ -12,7 +12,8 @@ export function registerDemo(program: Command): void {
     .option('--keep-state', 'do not wipe the state directory first')
     .option('--control-port <n>', 'control server port (default 9998; 0 picks a free one)')
     .option('--mqtt-port <n>', 'embedded MQTT broker port (default 1883; 0 picks a free one)')
-    .action(async (opts: { once?: boolean; json?: boolean; state?: string; keepState?: boolean; controlPort?: string; mqttPort?: string }) => {
+    .option('--http-port <n>', 'also serve the live page and /metrics on this port (0 picks a free one)')
+    .action(async (opts: { once?: boolean; json?: boolean; state?: string; keepState?: boolean; controlPort?: string; mqttPort?: string; httpPort?: string }) => {
       const port = (v: string | undefined, flag: string): number | undefined | null => {
         if (v === undefined) return undefined;
         const n = Number(v);
@@ -24,7 +25,8 @@ export function registerDemo(program: Command): void {
       };
       const controlPort = port(opts.controlPort, '--control-port');
       const mqttPort = port(opts.mqttPort, '--mqtt-port');
-      if (controlPort === null || mqttPort === null) {
+      const httpPort = port(opts.httpPort, '--http-port');
+      if (controlPort === null || mqttPort === null || httpPort === null) {
         process.exitCode = 2;
         return;
       }
@@ -32,6 +34,7 @@ export function registerDemo(program: Command): void {
       if (opts.state) o.stateDir = opts.state;
       if (controlPort !== undefined) o.controlPort = controlPort;
       if (mqttPort !== undefined) o.mqttPort = mqttPort;
+      if (httpPort !== undefined) o.httpPort = httpPort;
       try {
         const r = await runDemo(o);
         process.exitCode = r.ok ? 0 : 1;

@@ -19,8 +19,9 @@ export function registerServe(program: Command): void {
     .requiredOption('--config <file>', 'gateway configuration (TOML)')
     .option('--control-port <n>', 'override the control server port (0 picks a free one)')
     .option('--mqtt-url <url>', 'override the MQTT broker URL')
+    .option('--http-port <n>', 'serve the live page and /metrics on this port (0 picks a free one); overrides [http] port')
     .option('--json', 'print start-up and shutdown as JSON lines')
-    .action(async (opts: { config: string; controlPort?: string; mqttUrl?: string; json?: boolean }) => {
+    .action(async (opts: { config: string; controlPort?: string; mqttUrl?: string; httpPort?: string; json?: boolean }) => {
       const out = (obj: Record<string, unknown>, human: string) => process.stdout.write((opts.json ? JSON.stringify(obj) : human) + '\n');
       const cfg = loadConfig(opts.config);
       if (!cfg.ok) {
@@ -37,9 +38,19 @@ export function registerServe(program: Command): void {
           return;
         }
       }
+      let httpPort: number | undefined;
+      if (opts.httpPort !== undefined) {
+        httpPort = Number(opts.httpPort);
+        if (!/^\d{1,5}$/.test(opts.httpPort) || httpPort > 65535) {
+          process.stderr.write(`serve: --http-port must be 0..65535, got ${opts.httpPort}\n`);
+          process.exitCode = 2;
+          return;
+        }
+      }
       const log = createLogger(cfg.value.gateway.log_level);
-      const overrides: { controlPort?: number; mqttUrl?: string } = {};
+      const overrides: { controlPort?: number; mqttUrl?: string; httpPort?: number } = {};
       if (controlPort !== undefined) overrides.controlPort = controlPort;
+      if (httpPort !== undefined) overrides.httpPort = httpPort;
       if (opts.mqttUrl) overrides.mqttUrl = opts.mqttUrl;
       const started = await Gateway.start(cfg.value, log, overrides);
       if (!started.ok) {
@@ -49,6 +60,7 @@ export function registerServe(program: Command): void {
       }
       const gw = started.value;
       const addr = gw.controlAddress();
+      const http = gw.httpAddress();
       const topics = allTopics({ prefix: cfg.value.mqtt?.topic_prefix ?? 'hsx', gatewayId: cfg.value.gateway.id });
       let t0 = 0;
       const code = await new Promise<number>((resolve) => {
@@ -95,7 +107,7 @@ export function registerServe(program: Command): void {
         // Only now: whoever reacts to this line with a signal must find the handlers in place.
         out(
           {
-            type: 'serving', gateway: cfg.value.gateway.id, control: addr, mqtt: gw.bridge ? topics : null, devices: [...gw.devices.keys()],
+            type: 'serving', gateway: cfg.value.gateway.id, control: addr, http, mqtt: gw.bridge ? topics : null, devices: [...gw.devices.keys()],
             links: [...gw.flashers.keys()], jobs: gw.jobs ? 'enabled' : 'disabled',
             inventory: Object.fromEntries((gw.inventory?.all() ?? []).map((i) => [i.link, i.entries.map((e) => e.target)])),
             recovered: gw.jobs ? { interrupted: gw.jobs.recovery.interrupted, requeued: gw.jobs.recovery.requeued } : null,
@@ -104,7 +116,8 @@ export function registerServe(program: Command): void {
           `gateway ${cfg.value.gateway.id} serving: control ${addr?.host}:${addr?.port}, devices ${[...gw.devices.keys()].join(', ') || '(none)'}` +
             (gw.flashers.size ? `, master links ${[...gw.flashers.keys()].join(', ')} (jobs ${gw.jobs ? 'on' : 'off: no [gateway] state_dir'})` : '') +
             (gw.jobs?.recovery.interrupted.length ? `, ${gw.jobs.recovery.interrupted.length} job(s) interrupted by the last stop: ${gw.jobs.recovery.interrupted.join(', ')}` : '') +
-            (gw.bridge ? `, MQTT topics ${topics}` : ''),
+            (gw.bridge ? `, MQTT topics ${topics}` : '') +
+            (http ? `, live page http://${http.host}:${http.port}/ (metrics at /metrics)` : ''),
         );
       });
       // Whatever still holds the event loop (a broker socket, a reconnect timer) must not keep us.

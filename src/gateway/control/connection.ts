@@ -93,6 +93,8 @@ export class Connection implements ConnectionApi {
    */
   private isEstablished = false;
   private authFailures = 0;
+  /** The role of the last valid token a request carried (for /metrics; each request is still checked on its own token). */
+  private presentedRole: string | null = null;
   private lastInput = Date.now();
   private preAuthTimer: NodeJS.Timeout | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
@@ -158,6 +160,11 @@ export class Connection implements ConnectionApi {
   setIdentity(identity: Identity): void {
     this.identity = identity;
     this.establish();
+  }
+
+  /** The role this connection holds (`auth`), else the one its requests' tokens last showed; `none` before a token. */
+  get role(): string {
+    return this.identity?.role ?? this.presentedRole ?? 'none';
   }
 
   /** Authenticated (see isEstablished); the server's unauthenticated count is of those that are not. */
@@ -424,6 +431,7 @@ export class Connection implements ConnectionApi {
     if (typeof token === 'string' && this.deps.tokens) {
       identity = this.deps.tokens.verify(token);
       if (!identity) return this.authFailed(cmd, r);
+      this.presentedRole = identity.role;
       this.establish(); // it holds a token: the pre-auth limits are over
     }
     if (cmd === 'auth') return this.authenticate(r);

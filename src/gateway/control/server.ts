@@ -26,6 +26,9 @@ import type { JobService } from '../jobs/types.js';
 import { protocolCommands } from './protocol-commands.js';
 import { provisionCommands } from './provision-commands.js';
 import { COMMAND_ROLES } from './roles.js';
+import { runCommandAs, type RunAsCaller } from './run-as.js';
+import type { CommandResult } from './command-types.js';
+import type { Identity } from './auth.js';
 import { DEFAULT_SESSION_LIMITS, SessionRegistry, type SessionLimits } from './sessions.js';
 
 export const TOKENS_ENV = 'HSX_GATEWAY_TOKENS';
@@ -152,6 +155,7 @@ export class ControlServer {
   private nextConnId = 1;
   private pruneTimer: TimerHandle | null = null;
   private listening = false;
+  private readonly audit: AuditLog;
 
   private constructor(private readonly opts: ControlServerOptions, devices: Map<string, ControlEngine>, tokens: TokenStore | null) {
     this.devices = devices;
@@ -186,6 +190,7 @@ export class ControlServer {
     // logger with another `component` would write that key twice in one line).
     const auditLogger = opts.auditLogger ?? this.logger;
     const audit = new AuditLog(auditLogger, () => Date.now());
+    this.audit = audit;
     this.throttle = new AuthThrottle(this.controlLimits, auditLogger);
     const names = [...devices.keys()];
     const jobUploads = new JobUploads();
@@ -285,9 +290,33 @@ export class ControlServer {
     return this.connections.size;
   }
 
-  /** Per connection: peer, unread output bytes, whether it carries an event stream. */
-  connectionsInfo(): { id: number; peer: string; unreadBytes: number; streaming: boolean }[] {
-    return [...this.connections].map((c) => ({ id: c.id, peer: c.peer, unreadBytes: c.unreadBytes, streaming: c.streaming }));
+  /** Per connection: peer, unread output bytes, whether it carries an event stream, its role (`none` before a token). */
+  connectionsInfo(): { id: number; peer: string; unreadBytes: number; streaming: boolean; role: string }[] {
+    return [...this.connections].map((c) => ({ id: c.id, peer: c.peer, unreadBytes: c.unreadBytes, streaming: c.streaming, role: c.role }));
+  }
+
+  /** Who a token is (the control port's token store), or null; `local` admin when no token is configured. */
+  verifyToken(token: string | null): Identity | null {
+    if (!this.tokens) return { name: 'local', role: 'admin' };
+    return token ? this.tokens.verify(token) : null;
+  }
+
+  /** Failed authentications by address: the HTTP page's wrong tokens are slowed down by the same count. */
+  get authFailures(): Pick<AuthThrottle, 'fail'> {
+    return this.throttle;
+  }
+
+  /** Whether access tokens are configured (config entries or HSX_GATEWAY_TOKENS). */
+  get tokensConfigured(): boolean {
+    return this.tokens !== null;
+  }
+
+  /**
+   * A command for a caller that is not a control connection (the HTTP page): the same role table,
+   * handler and audit line as on the control port (run-as.ts).
+   */
+  runAs(cmd: string, fields: Record<string, unknown>, caller: Omit<RunAsCaller, 'connId'>): Promise<CommandResult> {
+    return runCommandAs({ commands: COMMANDS, core: this.core, audit: this.audit }, cmd, fields, { ...caller, connId: this.nextConnId++ });
   }
 
   /** Stops accepting, ends every connection (aborting their streaming loads) and every session. */

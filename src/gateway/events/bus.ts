@@ -24,6 +24,11 @@ export interface BusStats {
   published: number;
   offered: number;
   subscribers: number;
+  /** Events dropped for a subscriber that was behind (each counted once per subscriber), since the bus started. */
+  dropped: number;
+  /** `slow_consumer` warnings given, and subscribers cut off (`slow_consumer_drop`), since the bus started. */
+  slowWarnings: number;
+  slowDrops: number;
   history: number;
   lastSeq: number;
 }
@@ -41,6 +46,9 @@ export class EventBus implements EventSink {
   private lastTs = -Infinity;
   private offered = 0;
   private published = 0;
+  private dropped = 0;
+  private slowWarnings = 0;
+  private slowDrops = 0;
   private closed = false;
   private readonly host: SubscriptionHost;
 
@@ -58,9 +66,12 @@ export class EventBus implements EventSink {
         if (this.subs.get(sub.token) === sub) this.subs.delete(sub.token);
       },
       onSlow(sub: Subscription, reason: SlowReason, pending: number) {
+        if (reason === 'slow_consumer_drop') bus.slowDrops++;
+        else bus.slowWarnings++;
         bus.logger?.warn({ subscription: sub.token, reason, pending, drops: sub.dropCount }, 'event subscriber is behind');
       },
       onDrop(sub: Subscription, droppedSeq: number) {
+        bus.dropped++;
         bus.logger?.debug({ subscription: sub.token, dropped_seq: droppedSeq, drops: sub.dropCount }, 'event dropped for subscriber');
       },
     };
@@ -120,6 +131,9 @@ export class EventBus implements EventSink {
       published: this.published,
       offered: this.offered,
       subscribers: this.subs.size,
+      dropped: this.dropped,
+      slowWarnings: this.slowWarnings,
+      slowDrops: this.slowDrops,
       history: this.history.length,
       lastSeq: this.lastSeq,
     };

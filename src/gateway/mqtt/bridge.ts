@@ -407,6 +407,12 @@ export class MqttBridge {
     else this.reassertTimers.set(topic, setTimeout(run, wait));
   }
 
+  /** The outage buffer's depth now and its drops since the bridge started (the page's /metrics). */
+  bufferTotals(): { buffered: number; droppedProgress: number; droppedTerminal: number } {
+    const t = this.buffer.droppedTotals();
+    return { buffered: this.buffer.size, droppedProgress: t.progress, droppedTerminal: t.terminal };
+  }
+
   stats(): BridgeStats {
     return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.client.connected, reconnects: this.reconnects, reasserted: this.reasserted };
   }

@@ -23,6 +23,8 @@ export class OutageBuffer {
   private queue: BufferedMessage[] = [];
   private droppedProgress = 0;
   private droppedTerminal = 0;
+  /** Drops since the buffer was made (takeCounters does not reset these): for /metrics. */
+  private lifetime = { progress: 0, terminal: 0 };
 
   constructor(
     private readonly softLimit: number,
@@ -41,11 +43,13 @@ export class OutageBuffer {
     if (droppable >= 0) {
       this.queue.splice(droppable, 1);
       this.droppedProgress++;
+      this.lifetime.progress++;
       return;
     }
     if (this.queue.length > this.hardLimit) {
       this.queue.shift();
       this.droppedTerminal++;
+      this.lifetime.terminal++;
     }
   }
 
@@ -67,6 +71,11 @@ export class OutageBuffer {
 
   counters(): OutageCounters {
     return { droppedProgress: this.droppedProgress, droppedTerminal: this.droppedTerminal, buffered: this.queue.length };
+  }
+
+  /** Messages dropped since the buffer was made, by kind. */
+  droppedTotals(): { progress: number; terminal: number } {
+    return { ...this.lifetime };
   }
 
   /** Counters since the last call, so each reconnect reports only its own outage. */
