@@ -25,6 +25,7 @@ export type ProvisioningEventType =
   | 'provisioning.rollback'
   | 'provisioning.wear_warning'
   | 'provisioning.updated'
+  | 'value.changed'
   | 'value.restored'
   | 'value.defaulted'
   | 'value.migrated'

@@ -34,6 +34,11 @@ import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopi
 import { Inventory, type LinkInventory } from './inventory.js';
 import { deviceInventoryTopic } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
+import { watchValuePubs, type PubWatch, type ValuePub } from '../link/can/value-watch.js';
+import { CanFlasher } from '../link/can/flasher.js';
+import { decodeF16 } from '../hxe/index.js';
+import { linkName } from './config.js';
+import { topicLevel } from './mqtt/topics.js';
 
 export interface GatewayOverrides {
   controlPort?: number;
@@ -99,6 +104,8 @@ export class Gateway {
   /** What each master link's last scan found (null until the master links are open). */
   inventory: Inventory | null = null;
   private unwatchJobs: (() => void) | null = null;
+  /** PUB watchers on the CAN links (one per link). */
+  private pubWatches: PubWatch[] = [];
 
   private constructor(
     readonly config: GatewayConfig,
@@ -118,6 +125,7 @@ export class Gateway {
       await gw.startMqtt(overrides.mqttUrl);
       await gw.startDevices();
       await gw.startJobs();
+      gw.startValueWatch();
       await gw.startControl(overrides.controlPort);
       gw.startMqttJobs();
       // The first inventory before `serving`: a job without targets goes to what this scan finds.
@@ -211,6 +219,40 @@ export class Gateway {
     });
   }
 
+  /**
+   * A CAN node's PUB frames (value op 2) become `value.changed` events, on every CAN link this gateway
+   * is on: a master link's bus, else (a listener hub) one of its devices' buses on that link. The
+   * device is `<link>-<node>` (a topic level); PUBs from this gateway's own devices are skipped (their
+   * engines already report every change).
+   */
+  private startValueWatch(): void {
+    const firstCan = this.config.links.can[0]?.interface;
+    for (const l of this.config.links.can) {
+      const link = linkName(l);
+      const own = new Set(this.config.devices.filter((d) => d.node_id !== undefined && (d.can ?? firstCan) === l.interface).map((d) => d.node_id!));
+      const flasher = this.flashers.get(link);
+      const bus = flasher instanceof CanFlasher
+        ? flasher.bus
+        : [...this.running.entries()].find(([name]) => this.config.devices.find((d) => d.name === name && (d.can ?? firstCan) === l.interface))?.[1].bus;
+      if (!bus) continue;
+      this.pubWatches.push(watchValuePubs(bus, (p) => {
+        if (!own.has(p.node)) this.publishPub(link, p);
+      }));
+    }
+  }
+
+  private publishPub(link: string, p: ValuePub): void {
+    this.bus.publish({
+      type: 'value.changed',
+      pid: null,
+      phase: null,
+      data: {
+        device: topicLevel(`${link}-${p.node}`), link, node: p.node,
+        oid: p.oid, group: p.group, id: p.id, name: null, unit: null, raw: p.raw, value: decodeF16(p.raw), cause: 'pub',
+      },
+    });
+  }
+
   /** One retained document per target at `<prefix>/<gw>/device/<device>/inventory`. */
   private publishInventory(inv: LinkInventory, deviceOf: (link: string, target: string) => string | undefined): void {
     this.bus.publish({ type: 'inventory.scanned', pid: null, phase: null, data: { link: inv.link, targets: inv.entries.map((e) => e.target), error: inv.error } });
@@ -282,6 +324,8 @@ export class Gateway {
       qosProgress: m?.qos_progress ?? 0,
       bufferLimit: m?.buffer_limit ?? 10_000,
       logger: this.log.child({ component: 'mqtt' }),
+      // The bridge's own warnings get their envelope from the bus, like every other event.
+      events: this.bus,
     };
     if (m?.client_id) opts.clientId = m.client_id;
     if (m?.username !== undefined) opts.username = m.username;
@@ -613,6 +657,8 @@ export class Gateway {
     }
     this.unwatchJobs?.();
     this.unwatchJobs = null;
+    for (const w of this.pubWatches) w.stop();
+    this.pubWatches = [];
     await within(this.inventory?.close() ?? Promise.resolve(), Math.min(left(), 1_500));
     this.inventory = null;
     if (this.jobs) {
@@ -661,8 +707,8 @@ export class Gateway {
 /** Bus events carry the device in `data.device` (see simulated-device.ts); MQTT topics want it apart. */
 export function toBridgeEvent(ev: BusEvent): Parameters<MqttBridge['publishEvent']>[0] {
   const device = typeof ev.data['device'] === 'string' ? (ev.data['device'] as string) : undefined;
-  // Job and inventory events concern no task and no boot step: their phase stays null (docs/mqtt.md).
-  const out = { ...ev, phase: ev.phase ?? (ev.type.startsWith('job.') || ev.type.startsWith('inventory.') ? null : 'boot') } as Parameters<MqttBridge['publishEvent']>[0];
+  // Events of no task step (job.*, inventory.*, warning, a CAN node's value.changed) keep phase null (docs/mqtt.md).
+  const out = { ...ev } as Parameters<MqttBridge['publishEvent']>[0];
   if (device !== undefined) out.device = device;
   return out;
 }
