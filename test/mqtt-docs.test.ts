@@ -207,6 +207,13 @@ test('a real gateway on Mosquitto: every documented payload has exactly the docu
   await all.next((m) => at('device/mqttdocs-bus-9/values/3:4')(m) && json(m)['f16'] === 0);
   t.false(all.got.some((m) => m.topic.startsWith('hsx/docs/device/node1/values/') && json(m)['value'] === 99), 'own node\'s PUB ignored');
 
+  // The task unloaded: its values' retained topics are cleared (empty retained messages); a CAN node's stay.
+  const unloadMark = all.got.length;
+  const pid = json(complete)['pid'] as number;
+  t.true(gw.devices.get('node1')!.engine.unload(pid).ok);
+  for (const v of ['1:2', '1:3', '2:1']) await all.next((m) => at(`device/node1/values/${v}`)(m) && m.payload === '', unloadMark);
+  t.false(all.got.slice(unloadMark).some((m) => m.topic.includes('/mqttdocs-bus-9/values/')), 'the CAN node\'s value stays');
+
   // A clean shutdown says so, with the documented keys.
   const stopMark = all.got.length;
   await gw.stop();
