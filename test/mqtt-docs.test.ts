@@ -25,7 +25,7 @@ import { requestValue } from '../src/link/can/value-client.js';
 import { startMosquitto } from './support/mosquitto.js';
 
 type Json = Record<string, unknown>;
-interface Msg { topic: string; payload: string; retain: boolean }
+interface Msg { topic: string; payload: string; retain: boolean; qos: number }
 
 const doc = readFileSync(new URL('../docs/mqtt.md', import.meta.url), 'utf8');
 
@@ -65,7 +65,7 @@ class Watch {
   private waiters: Array<{ pred: (m: Msg) => boolean; resolve: (m: Msg) => void }> = [];
   private constructor(readonly client: MqttClient) {
     client.on('message', (topic, p, packet) => {
-      const m = { topic, payload: p.toString(), retain: packet.retain };
+      const m = { topic, payload: p.toString(), retain: packet.retain, qos: packet.qos };
       this.got.push(m);
       for (const w of [...this.waiters]) if (w.pred(m)) {
         this.waiters.splice(this.waiters.indexOf(w), 1);
@@ -106,6 +106,20 @@ function matchesDoc(t: ExecutionContext, m: Msg, what = ''): void {
   for (const [k, v] of Object.entries(json(m))) {
     if ((k === 'ts' || k.endsWith('_ts')) && typeof v === 'number') t.true(Math.abs(v - Date.now() / 1000) < 600, `${m.topic}: ${k}=${v} is seconds`);
   }
+}
+
+/** The topic table (outside Jobs): topic pattern, retained, QoS column. */
+function tableRows(): Array<{ topic: string; retained: string; qos: string }> {
+  const table = doc.slice(doc.indexOf('| topic | retained | QoS | payload |'), doc.indexOf('\n## Event envelope'));
+  return [...table.matchAll(/^\| `([^`]+)` \| ([^|]+) \| ([^|]+) \|/gm)]
+    .map((m) => ({ topic: m[1]!, retained: m[2]!.trim(), qos: m[3]!.trim() }))
+    .filter((r) => !r.topic.includes('/jobs/'));
+}
+
+/** The table row a real topic falls under: the most literal pattern that matches it. */
+function rowOf(topic: string): { topic: string; retained: string; qos: string } | undefined {
+  const rows = tableRows().filter((r) => topicRe(r.topic).test(topic));
+  return rows.sort((a, b) => (a.topic.match(/</g) ?? []).length - (b.topic.match(/</g) ?? []).length)[0];
 }
 
 const FIXTURE = 'test/fixtures/t04b_value_cmd_help.hxe';
@@ -206,6 +220,31 @@ test('a real gateway on Mosquitto: every documented payload has exactly the docu
   await bus.send({ id: 0x04a, data: Uint8Array.of(0x03, 0x04, 0x00, 0x00) });
   await all.next((m) => at('device/mqttdocs-bus-9/values/3:4')(m) && json(m)['f16'] === 0);
   t.false(all.got.some((m) => m.topic.startsWith('hsx/docs/device/node1/values/') && json(m)['value'] === 99), 'own node\'s PUB ignored');
+
+  // The table's QoS column holds for every message seen (subscribed at QoS 1, so what arrives is what was published)...
+  for (const m of all.got) {
+    const row = rowOf(m.topic);
+    if (!row) {
+      t.fail(`${m.topic} is in no row of the topic table`);
+      continue;
+    }
+    const progress = m.topic.endsWith('/progress');
+    const qos = row.qos === '1' ? 1 : row.qos === 'progress 0, others 1' ? (progress ? 0 : 1) : NaN;
+    t.is(m.qos, qos, `${m.topic}: QoS ${row.qos}`);
+  }
+  // ...and its retained column: a late subscriber to everything gets a retained message on every "yes" row
+  // (jobs aside) and on no other. The retained marker subscribed to after it arrives after all of them.
+  const marker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, reconnectPeriod: 0 });
+  await marker.publishAsync('docs-marker/end', 'end', { qos: 1, retain: true });
+  await marker.endAsync();
+  const everything = await Watch.open(broker.url, 'hsx/docs/#');
+  t.teardown(() => everything.close());
+  await everything.client.subscribeAsync('docs-marker/end', { qos: 1 });
+  await everything.next((m) => m.topic === 'docs-marker/end');
+  const stored = everything.got.filter((m) => m.topic.startsWith('hsx/docs/'));
+  t.true(stored.every((m) => m.retain && rowOf(m.topic)?.retained === 'yes'), stored.map((m) => m.topic).join(' '));
+  for (const row of tableRows().filter((r) => r.retained === 'yes')) t.true(stored.some((m) => topicRe(row.topic).test(m.topic)), `a retained ${row.topic}`);
+  t.true(tableRows().filter((r) => r.retained === 'no').length >= 3);
 
   // The task unloaded: its values' retained topics are cleared (empty retained messages); a CAN node's stay.
   const unloadMark = all.got.length;
