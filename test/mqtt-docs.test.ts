@@ -125,7 +125,7 @@ function rowOf(topic: string): { topic: string; retained: string; qos: string } 
 const FIXTURE = 'test/fixtures/t04b_value_cmd_help.hxe';
 const TEMPERATURE = { group: 1, id: 2, oid: 0x0102 };
 
-async function startGw(t: ExecutionContext, url: string, bus: string) {
+async function startGw(t: ExecutionContext, url: string, bus: string, role: 'master' | 'listener' = 'master') {
   const dir = mkdtempSync(join(tmpdir(), 'hsx-mqttdocs-'));
   mkdirSync(join(dir, 'preload'));
   copyFileSync(FIXTURE, join(dir, 'preload', 'sensor.hxe'));
@@ -133,7 +133,7 @@ async function startGw(t: ExecutionContext, url: string, bus: string) {
     gateway: { id: 'docs', log_level: 'silent' },
     control: { listen: '127.0.0.1:0' },
     mqtt: { url, topic_prefix: 'hsx' },
-    links: { can: [{ interface: bus, backend: 'virtual', timing: false, role: 'master' }] },
+    links: { can: [{ interface: bus, backend: 'virtual', timing: false, role }] },
     devices: [{ name: 'node1', state_dir: join(dir, 'node1'), node_id: 1, flash: { size: 262144 }, fram: { size: 16384 } }],
     boot: { preload_dir: join(dir, 'preload'), confirm_window_ms: 0 },
   });
@@ -295,4 +295,27 @@ test('the Last Will and the gateway-level warning after an outage have the docum
   const will = await sub.next((m) => m.topic === 'hsx/docsw/status' && m.payload.includes('connection_lost'), mark);
   matchesDoc(t, will, 'Last Will');
   t.is(json(will)['ts'], null);
+});
+
+test('a listener hub (no master link) republishes a CAN node\'s PUB too, also after a power cycle of its device', async (t) => {
+  t.timeout(60_000);
+  const broker = await startMosquitto();
+  t.teardown(() => broker.stop());
+  const all = await Watch.open(broker.url, 'hsx/docs/#');
+  t.teardown(() => all.close());
+  const gw = await startGw(t, broker.url, 'mqttdocs-hub', 'listener');
+  const bus = await openCanBus('virtual:mqttdocs-hub');
+  t.teardown(() => bus.close());
+  const pub = (raw: number) => bus.send({ id: (12 << 3) | 2, data: Uint8Array.of(0x05, 0x06, raw >> 8, raw & 0xff) });
+  await pub(encodeF16(7));
+  const first = await all.next((m) => m.topic === 'hsx/docs/device/mqttdocs-hub-12/values/5:6');
+  t.like(json(first), { value: 7, unit: null, name: null });
+  await gw.powerCycle('node1');
+  await pub(encodeF16(8));
+  const second = await all.next((m) => m.topic === 'hsx/docs/device/mqttdocs-hub-12/values/5:6' && json(m)['value'] === 8);
+  t.like(json(second), { f16: encodeF16(8) });
+  // The device itself answers a SET on the hub as before, and its change is on MQTT under its own name.
+  const set = await requestValue({ bus, node: 1, oid: TEMPERATURE.oid, raw: encodeF16(-3) });
+  t.true(set.ok, JSON.stringify(set));
+  await all.next((m) => m.topic === 'hsx/docs/device/node1/values/1:2' && json(m)['value'] === -3);
 });

@@ -104,8 +104,9 @@ export class Gateway {
   /** What each master link's last scan found (null until the master links are open). */
   inventory: Inventory | null = null;
   private unwatchJobs: (() => void) | null = null;
-  /** PUB watchers on the CAN links (one per link). */
+  /** PUB watchers on the CAN links (one per link), and the buses opened only for them. */
   private pubWatches: PubWatch[] = [];
+  private pubBuses: CanBus[] = [];
 
   private constructor(
     readonly config: GatewayConfig,
@@ -125,7 +126,7 @@ export class Gateway {
       await gw.startMqtt(overrides.mqttUrl);
       await gw.startDevices();
       await gw.startJobs();
-      gw.startValueWatch();
+      await gw.startValueWatch();
       await gw.startControl(overrides.controlPort);
       gw.startMqttJobs();
       // The first inventory before `serving`: a job without targets goes to what this scan finds.
@@ -221,20 +222,30 @@ export class Gateway {
 
   /**
    * A CAN node's PUB frames (value op 2) become `value.changed` events, on every CAN link this gateway
-   * is on: a master link's bus, else (a listener hub) one of its devices' buses on that link. The
-   * device is `<link>-<node>` (a topic level); PUBs from this gateway's own devices are skipped (their
-   * engines already report every change).
+   * is on: a master link's own bus, else (a listener hub) a bus opened on that link for this alone (a
+   * device's bus closes with a power cycle). The device is `<link>-<node>` (a topic level); PUBs from
+   * this gateway's own devices are skipped (their engines already report every change).
    */
-  private startValueWatch(): void {
+  private async startValueWatch(): Promise<void> {
     const firstCan = this.config.links.can[0]?.interface;
-    for (const l of this.config.links.can) {
+    const watched = new Set<string>();
+    // A master link first: its bus is open already.
+    for (const l of [...this.config.links.can].sort((x, y) => Number(y.role === 'master') - Number(x.role === 'master'))) {
       const link = linkName(l);
+      if (watched.has(l.interface)) continue;
+      watched.add(l.interface);
       const own = new Set(this.config.devices.filter((d) => d.node_id !== undefined && (d.can ?? firstCan) === l.interface).map((d) => d.node_id!));
       const flasher = this.flashers.get(link);
-      const bus = flasher instanceof CanFlasher
-        ? flasher.bus
-        : [...this.running.entries()].find(([name]) => this.config.devices.find((d) => d.name === name && (d.can ?? firstCan) === l.interface))?.[1].bus;
-      if (!bus) continue;
+      let bus: CanBus;
+      if (flasher instanceof CanFlasher) bus = flasher.bus;
+      else {
+        try {
+          bus = await openCanBus(canAddress(l), { fd: l.fd });
+        } catch (e) {
+          this.fail(`links.can.${link}`, `CAN ${canAddress(l)}: ${(e as Error).message}`);
+        }
+        this.pubBuses.push(bus);
+      }
       this.pubWatches.push(watchValuePubs(bus, (p) => {
         if (!own.has(p.node)) this.publishPub(link, p);
       }));
@@ -659,6 +670,10 @@ export class Gateway {
     this.unwatchJobs = null;
     for (const w of this.pubWatches) w.stop();
     this.pubWatches = [];
+    for (const b of this.pubBuses.splice(0)) {
+      const closed = await within(b.close(), Math.min(left(), 500));
+      if (!closed.ok) unflushed.push({ component: 'links.can', what: `CAN bus ${b.name} (value watch) not closed cleanly: ${closed.error}` });
+    }
     await within(this.inventory?.close() ?? Promise.resolve(), Math.min(left(), 1_500));
     this.inventory = null;
     if (this.jobs) {
