@@ -23,6 +23,8 @@ import { systemClock } from '../src/engine/index.js';
 import { openCanBus } from '../src/link/can/address.js';
 import { requestValue } from '../src/link/can/value-client.js';
 import { startMosquitto } from './support/mosquitto.js';
+import { spawnCli } from './support/can-bus.js';
+import { startVirtualHub } from '../src/link/can/virtual-net.js';
 
 type Json = Record<string, unknown>;
 interface Msg { topic: string; payload: string; retain: boolean; qos: number }
@@ -318,4 +320,46 @@ test('a listener hub (no master link) republishes a CAN node\'s PUB too, also af
   const set = await requestValue({ bus, node: 1, oid: TEMPERATURE.oid, raw: encodeF16(-3) });
   t.true(set.ok, JSON.stringify(set));
   await all.next((m) => m.topic === 'hsx/docs/device/node1/values/1:2' && json(m)['value'] === -3);
+});
+
+test('a CAN node in its own process (device --can) sends a PUB when a SET changes a value; a master gateway puts it on MQTT', async (t) => {
+  t.timeout(90_000);
+  const broker = await startMosquitto();
+  t.teardown(() => broker.stop());
+  const hub = await startVirtualHub('127.0.0.1', 0);
+  t.teardown(() => hub.close());
+  const dir = mkdtempSync(join(tmpdir(), 'hsx-mqttdocs-node-'));
+  const node = spawnCli(['device', '--can', `virtual:127.0.0.1:${hub.port}`, '--node', '7', '--state', join(dir, 'node7'), '--json']);
+  t.teardown(async () => {
+    node.child.kill('SIGTERM');
+    await node.exited;
+  });
+  await node.waitFor((l) => l['type'] === 'ready');
+  const all = await Watch.open(broker.url, 'hsx/docsn/#');
+  t.teardown(() => all.close());
+  const cfg = validateConfig({
+    gateway: { id: 'docsn', log_level: 'silent' },
+    control: { listen: '127.0.0.1:0' },
+    mqtt: { url: broker.url, topic_prefix: 'hsx' },
+    links: { can: [{ name: 'hub', interface: `127.0.0.1:${hub.port}`, backend: 'virtual', timing: false, role: 'master' }] },
+  });
+  if (!cfg.ok) return t.fail(cfg.error.message);
+  const started = await Gateway.start(cfg.value, createLogger('silent', { pretty: false }), { controlPort: 0 });
+  if (!started.ok) return t.fail(started.error.message);
+  const gw = started.value;
+  t.teardown(() => gw.stop().then(() => undefined));
+  // The gateway flashes the node over its master link (the values a load registers are not PUBed: no storm at the
+  // end of a broadcast), then a SET on the bus changes one: the node PUBs it.
+  const flashed = await gw.flashers.get('hub')!.flash({ image: new Uint8Array(readFileSync(FIXTURE)), targets: ['7'] });
+  t.true(flashed.verdicts[0]!.ok, JSON.stringify(flashed.verdicts));
+  const ep = hub.bus.attach();
+  await ep.open();
+  t.teardown(() => ep.close());
+  const set = await requestValue({ bus: ep, node: 7, oid: TEMPERATURE.oid, raw: encodeF16(40) });
+  t.true(set.ok, JSON.stringify(set));
+  const changed = await all.next((m) => m.topic === 'hsx/docsn/device/hub-7/values/1:2' && json(m)['value'] === 40);
+  t.like(json(changed), { f16: encodeF16(40), unit: null, name: null });
+  t.false(all.got.some((m) => m.topic === 'hsx/docsn/device/hub-7/values/2:1'), 'only the value that changed');
+  const ev = await all.next((m) => m.topic === 'hsx/docsn/device/hub-7/events/value/changed' && (json(m)['data'] as Json)['value'] === 40);
+  t.like(json(ev)['data'] as Json, { link: 'hub', node: 7, cause: 'pub' });
 });

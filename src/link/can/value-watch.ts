@@ -6,8 +6,9 @@
  * master's id, never a sender of values) is counted and ignored.
  */
 import type { CanBus } from './bus.js';
-import { classifyId, DEFAULT_ID_PLAN, ValueOp, type CanIdPlan } from './ids.js';
-import { decodeValue } from './messages.js';
+import type { CanFrame } from './frame.js';
+import { classifyId, DEFAULT_ID_PLAN, ValueOp, valueId, type CanIdPlan } from './ids.js';
+import { decodeValue, encodePub } from './messages.js';
 
 export interface ValuePub {
   /** The sender's node id (1..63). */
@@ -24,6 +25,10 @@ export interface PubWatch {
   stop(): void;
   readonly counters: { pubs: number; malformed: number };
 }
+
+/** The PUB frame node `node` sends when its value `oid` now holds `raw` (f16 bits). */
+export const pubFrame = (node: number, oid: number, raw: number, plan: CanIdPlan = DEFAULT_ID_PLAN): CanFrame =>
+  ({ id: valueId(plan, node, ValueOp.PUB), data: encodePub(oid, raw) });
 
 export function watchValuePubs(bus: CanBus, onPub: (p: ValuePub) => void, plan: CanIdPlan = DEFAULT_ID_PLAN): PubWatch {
   const counters = { pubs: 0, malformed: 0 };
