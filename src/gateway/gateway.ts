@@ -32,13 +32,12 @@ import { AuditLog } from './control/audit.js';
 import { TokenStore, type TokenEntry } from './control/auth.js';
 import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopicLevel } from './mqtt/job-commands.js';
 import { Inventory, type LinkInventory } from './inventory.js';
-import { deviceInventoryTopic } from './mqtt/topics.js';
+import { deviceInventoryTopic, topicLevel } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
 import { watchValuePubs, type PubWatch, type ValuePub } from '../link/can/value-watch.js';
 import { CanFlasher } from '../link/can/flasher.js';
 import { decodeF16 } from '../hxe/index.js';
 import { linkName } from './config.js';
-import { topicLevel } from './mqtt/topics.js';
 
 export interface GatewayOverrides {
   controlPort?: number;
