@@ -48,7 +48,10 @@ test('monolithic load of every fixture image: READY with the reference name, siz
     if (!p.ok) return t.fail();
     t.deepEqual(vm.task(1)?.code, p.value.code);
     t.deepEqual(vm.task(1)?.rodata, p.value.rodata);
-    t.deepEqual(r.sink.events.map((e) => e.type), ['provisioning.started', 'provisioning.complete'], name);
+    // one value.changed per declared value (cause init: no value store here), before complete
+    const changed = md.values.map(() => 'value.changed');
+    t.deepEqual(r.sink.events.map((e) => e.type), ['provisioning.started', ...changed, 'provisioning.complete'], name);
+    t.true(r.sink.ofType('value.changed').every((e) => e.data['cause'] === 'init' && e.pid === 1), name);
   }
 });
 
@@ -716,6 +719,33 @@ test('100 concurrent sessions interleaved chunk by chunk, each READY with the ri
 });
 
 // ───────────── values and persistence ─────────────
+
+test('value.changed: one per value at registration (its cause), one per SET that changes it, none for a refused or same-value SET', (t) => {
+  const values = new InMemoryValueStore();
+  const img = fixture('t04b_value_cmd_help.hxe'); // (1,2) temperature persisted (key 17), (1,3) door_open, (2,1) speed
+  const tempOid = oidOf(1, 2);
+  const changes = (r: ReturnType<typeof rig>) => r.sink.ofType('value.changed').map((e) => [e.data['oid'], e.data['cause'], e.data['raw']]);
+  const r = rig({ valueStore: values });
+  const task = unwrap(r.engine.loadImage(img, { source: 'file:a' }));
+  t.deepEqual(changes(r), [[tempOid, 'defaulted', encodeF16(12.5)], [oidOf(1, 3), 'init', encodeF16(1)], [oidOf(2, 1), 'init', encodeF16(1)]]);
+  const first = r.sink.ofType('value.changed')[0]!;
+  t.deepEqual(first.data, { oid: tempOid, group: 1, id: 2, name: 'temperature', unit: 'degC', raw: encodeF16(12.5), value: 12.5, cause: 'defaulted' });
+  t.is(first.pid, task.pid);
+  t.is(first.phase, 'register');
+  // value.changed follows the value.* report and precedes complete
+  const types = r.sink.events.map((e) => e.type);
+  t.true(types.indexOf('value.defaulted') < types.indexOf('value.changed') && types.lastIndexOf('value.changed') < types.indexOf('provisioning.complete'));
+  r.sink.clear();
+  unwrap(r.engine.setValue(tempOid, encodeF16(21.5)));
+  unwrap(r.engine.setValue(tempOid, encodeF16(21.5)));
+  expectErr(t, r.engine.setValue(tempOid, encodeF16(500)), 'EBADMSG', 'out_of_range');
+  t.deepEqual(changes(r), [[tempOid, 'set', encodeF16(21.5)]]);
+  t.is(r.sink.ofType('value.changed')[0]!.data['value'], 21.5);
+  // the next boot: restored from the store
+  const again = rig({ valueStore: values });
+  unwrap(again.engine.loadImage(img, { source: 'file:a' }));
+  t.deepEqual(changes(again)[0], [tempOid, 'restored', encodeF16(21.5)]);
+});
 
 test('persisted values: restored over init, defaulted with the reason, setValue writes through', (t) => {
   const values = new InMemoryValueStore();

@@ -84,7 +84,7 @@ test('control load: app_exists by default, replace updates (MQTT state names the
     const s = state()!;
     t.is(s['crc32'], v2.readUInt32BE(28), 'the state carries the running image crc32 (header field)');
     t.is(s['version'], '0.0.0+0');
-    t.is(s['appName'], 'sensor_app');
+    t.is(s['app_name'], 'sensor_app');
     const ps = await req('provision.status', {});
     if (!ps.ok) return t.fail(ps.error.message);
     t.is((ps.value['tasks'] as Json[]).length, 1, 'the old task is gone, the new one runs');

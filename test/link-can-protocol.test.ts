@@ -10,7 +10,7 @@ import { ChunkSet } from '../src/link/can/chunk-set.js';
 import { BROADCAST, classifyId, dataId, DEFAULT_ID_PLAN, expandSeq, idPlanProblem, ProvOp, provId, ValueOp, valueId } from '../src/link/can/ids.js';
 import {
   AnnounceAssembler, CtrlKind, decodeAck, decodeAnnounceBody, decodeCtrl, decodeJoin, decodeMissing, decodeSync, decodeValue, decodeVerdict,
-  encodeAck, encodeAnnounceBody, encodeAnnounceParts, encodeCtrl, encodeGet, encodeJoin, encodeMissingBitmap, encodeMissingRange, encodeRet,
+  encodeAck, encodeAnnounceBody, encodeAnnounceParts, encodeCtrl, encodeGet, encodeJoin, encodeMissingBitmap, encodeMissingRange, encodePub, encodeRet,
   encodeSet, encodeSync, encodeVerdict, JoinFlag, shortSha, statusCode, statusName, VerdictFlag, type Announce,
 } from '../src/link/can/messages.js';
 
@@ -114,6 +114,14 @@ test('value binding examples: GET, SET and RET of 1:2 on node 5', (t) => {
   documented(t, valueId(plan, 5, ValueOp.RET), encodeRet({ oid: 0x0102, raw: 0x4d60, status: 0 }), [0x01, 0x02, 0x4d, 0x60, 0x00]);
   t.deepEqual(decodeValue(Uint8Array.of(1, 2, 0x4d, 0x60, 6), 'ret'), { oid: 0x0102, raw: 0x4d60, status: 6 });
   t.is(decodeValue(Uint8Array.of(1, 2, 3), 'set'), null);
+});
+
+test('value binding example: PUB of 3:4 = -2.5 from node 9', (t) => {
+  t.is(valueId(plan, 9, ValueOp.PUB), 0x04a);
+  documented(t, 0x04a, encodePub(0x0304, 0xc100), [0x03, 0x04, 0xc1, 0x00]);
+  t.deepEqual(decodeValue(Uint8Array.of(3, 4, 0xc1, 0x00), 'pub'), { oid: 0x0304, raw: 0xc100, status: 0 });
+  t.is(decodeValue(Uint8Array.of(3, 4, 0xc1), 'pub'), null);
+  t.deepEqual(classifyId(plan, 0x04a), { kind: 'value', node: 9, op: ValueOp.PUB });
 });
 
 test('identifier plan: three disjoint ranges, data sequence in the identifier', (t) => {

@@ -11,6 +11,7 @@ import type { CanFrame } from '../src/link/can/frame.js';
 import { CanListener } from '../src/link/can/listener.js';
 import { CanMaster } from '../src/link/can/master.js';
 import { requestValue } from '../src/link/can/value-client.js';
+import { watchValuePubs, type ValuePub } from '../src/link/can/value-watch.js';
 import { CAN_SERIAL, openTestBus } from './support/can-bus.js';
 import { imageOfSize } from './support/can-image.js';
 
@@ -66,6 +67,39 @@ canTest('GET and SET registered values by GROUP:ID; persisted SETs go through th
   await Promise.all(pending);
   t.true(r.ok);
   t.like(during, { ok: true, value: 21.5 });
+});
+
+canTest('PUB frames (op 2) from any node are seen by a watcher on the bus; malformed ones and node 0 are counted and ignored', async (t) => {
+  t.timeout(30_000);
+  const bus = await openTestBus();
+  t.teardown(() => bus.close());
+  const watcherEp = await bus.endpoint();
+  const node = await bus.endpoint();
+  const got: ValuePub[] = [];
+  let arrived: (() => void) | null = null;
+  const watch = watchValuePubs(watcherEp, (p) => {
+    got.push(p);
+    arrived?.();
+  });
+  t.teardown(() => watch.stop());
+  const next = (n: number) => new Promise<void>((resolve) => {
+    arrived = () => got.length >= n && resolve();
+  });
+  // Built by hand (docs/can_protocol.md): node 9 PUB 3:4 = -2.5 is ID 0x04A [03 04 C1 00]; then a short
+  // PUB, a PUB from node 0, a GET and a SET (not PUBs), and node 63 PUB 1:2 = 21.5.
+  const two = next(2);
+  node.post({ id: 0x04a, data: Uint8Array.of(0x03, 0x04, 0xc1, 0x00) });
+  node.post({ id: 0x04a, data: Uint8Array.of(0x03, 0x04, 0xc1) });
+  node.post({ id: 0x002, data: Uint8Array.of(0x01, 0x02, 0x4d, 0x60) });
+  node.post({ id: 0x048, data: Uint8Array.of(0x01, 0x02) });
+  node.post({ id: 0x049, data: Uint8Array.of(0x01, 0x02, 0x4d, 0x60) });
+  node.post({ id: (63 << 3) | 2, data: Uint8Array.of(0x01, 0x02, 0x4d, 0x60) });
+  await two;
+  t.deepEqual(got, [
+    { node: 9, oid: 0x0304, group: 3, id: 4, raw: encodeF16(-2.5) },
+    { node: 63, oid: 0x0102, group: 1, id: 2, raw: encodeF16(21.5) },
+  ]);
+  t.deepEqual(watch.counters, { pubs: 2, malformed: 2 });
 });
 
 async function waitFrame(seen: CanFrame[], id: number): Promise<CanFrame> {

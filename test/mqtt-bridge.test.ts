@@ -45,7 +45,7 @@ test('events go to documented topics with the envelope as payload; state is reta
   await bridge.waitConnected();
   bridge.publishEvent(ev('provisioning.started', 1));
   bridge.publishEvent(ev('provisioning.progress', 1, { percent: 50 }));
-  bridge.publishEvent(ev('provisioning.complete', 1, { appName: 'blink', crc32: 0x1234, source: 'uart:/dev/x' }));
+  bridge.publishEvent(ev('provisioning.complete', 1, { app_name: 'blink', version: '1.2.0', crc32: 0x1234, source: 'uart:/dev/x' }));
   await until(() => sub.got.some((m) => m.topic === deviceStateTopic(topics, 'dev1')), 'retained state');
   t.is(sub.got.find((m) => m.topic === statusTopic(topics))?.payload.includes('"online"'), true);
   const started = sub.got.find((m) => m.topic === 'hsxtest/gw1/device/dev1/events/provisioning/started');
@@ -61,7 +61,8 @@ test('events go to documented topics with the envelope as payload; state is reta
   await until(() => late.got.length > 0, 'retained state for the late subscriber');
   const state = JSON.parse(late.got[0]!.payload);
   t.true(late.got[0]!.retain);
-  t.is(state.appName, 'blink');
+  t.is(state.app_name, 'blink');
+  t.is(state.version, '1.2.0');
   t.is(state.crc32, 0x1234);
   t.is(state.source, 'uart:/dev/x');
   await bridge.stop();

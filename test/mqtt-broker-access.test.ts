@@ -125,7 +125,7 @@ test('embedded broker: anonymous and unknown credentials are refused at CONNECT;
     const w = await watcher(url, `${topics.prefix}/${topics.gatewayId}/#`, { username: user, password: token });
     const status = await w.next((m) => m.topic === statusTopic(topics), `${user}: retained status`);
     t.like(JSON.parse(status.payload), { state: 'online', pid: process.pid });
-    gw.bus.publish({ type: 'provisioning.complete', pid: 3, phase: 'end', data: { appName: `app-${user}`, device: 'd1' } });
+    gw.bus.publish({ type: 'provisioning.complete', pid: 3, phase: 'end', data: { app_name: `app-${user}`, device: 'd1' } });
     const ev = await w.next((m) => m.topic.endsWith('/device/d1/events/provisioning/complete') && m.payload.includes(`app-${user}`), `${user}: the event`);
     t.is(JSON.parse(ev.payload).type, 'provisioning.complete');
     await w.next((m) => m.topic === deviceStateTopic(topics, 'd1') && m.payload.includes(`app-${user}`), `${user}: the device state`);
@@ -290,7 +290,7 @@ test('against Mosquitto: another client overwrites the retained status and a dev
   const live = await watcher(broker.url, `${topics.prefix}/#`, { protocolVersion: 5 });
   await bridge.waitConnected();
   const online = await live.next((m) => m.topic === status && m.payload.includes('"online"'), 'online');
-  bridge.publishEvent({ seq: 1, ts: 1, type: 'provisioning.complete', pid: 1, phase: 'end', data: { appName: 'blink', crc32: 1 }, device: 'dev1' });
+  bridge.publishEvent({ seq: 1, ts: 1, type: 'provisioning.complete', pid: 1, phase: 'end', data: { app_name: 'blink', crc32: 1 }, device: 'dev1' });
   const ownState = await live.next((m) => m.topic === state, 'device state');
 
   const attacker = await mqtt.connectAsync(broker.url, { protocolVersion: 5, reconnectPeriod: 0 });

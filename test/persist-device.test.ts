@@ -84,7 +84,7 @@ test('wear warnings reach the event sink as provisioning.wear_warning', async (t
   await d.close();
   const w = events.ofType('provisioning.wear_warning');
   t.true(w.length >= 2);
-  t.like(w[0]!, { phase: 'persist', data: { eraseCount: 4, endurance: 5, percent: 80, path: join(dir, 'flash.bin') } });
+  t.like(w[0]!, { phase: 'persist', data: { erase_count: 4, endurance: 5, percent: 80, path: join(dir, 'flash.bin') } });
 });
 
 function cli(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {

@@ -34,7 +34,7 @@ test('commit writes the inactive slot, switches, alternates A/B and emits provis
   t.is(r3.slot, 'A');
   const persisted = d.events.ofType('provisioning.persisted');
   t.is(persisted.length, 3);
-  t.like(persisted[0]!, { phase: 'persist', data: { slot: 'A', appName: 'blinky', version: '1.0', imageLen: 5000, mode: 'permanent' } });
+  t.like(persisted[0]!, { phase: 'persist', data: { slot: 'A', app_name: 'blinky', version: '1.0', image_len: 5000, mode: 'permanent' } });
   // survives a reboot
   const b = await d.boot();
   t.is(b.imageStore.active()?.meta.version, '3.0');

@@ -456,6 +456,10 @@ export class ProvisioningEngine {
       }
     }
     for (const e of values.events) this.emit(e.type, pid, 'register', e.data);
+    // Every value the task now has, once: what a watcher of live values (MQTT's retained
+    // `values/<group>:<id>`) needs, whether it came from the store, an old task or the declaration.
+    const causes = new Map(values.events.map((e) => [e.data['oid'] as number, e.type.slice('value.'.length)]));
+    for (const v of this.registry.valuesOf(pid)) this.emitValueChanged(v, causes.get(v.oid) ?? 'init');
     if (old) {
       this.emit('provisioning.unloaded', old.info.pid, 'end', { app_name: old.info.appName, source: old.info.source, replaced_by: pid });
     }
@@ -1006,9 +1010,23 @@ export class ProvisioningEngine {
       return this.fail(engineError('EBADMSG', 'register', 'out_of_range', `value ${range.value} is outside [${v.min.value}, ${v.max.value}] of (${v.group},${v.id})`,
         { oid, value: range.value, min: v.min.value, max: v.max.value }), v.pid, false);
     }
+    const changed = v.raw !== raw;
     v.raw = raw;
     if (v.persisted && this.valueStore) this.valueStore.write(v.persistKey, raw, valueSchemaOf(v));
+    if (changed) this.emitValueChanged(v, 'set');
     return ok({ raw });
+  }
+
+  /**
+   * `value.changed`: a live value now holds `v.raw`. `cause` is `set` (a write through `setValue`:
+   * a CAN SET, the control port, MQTT), or, when a task is registered, `init` (its declared init
+   * value), `restored` (from the value store), `migrated` (carried from the task an update replaced)
+   * or `defaulted` (the init value, the stored one being unusable).
+   */
+  private emitValueChanged(v: RegisteredValue, cause: string): void {
+    this.emit('value.changed', v.pid, 'register', {
+      oid: v.oid, group: v.group, id: v.id, name: v.name, unit: v.unit, raw: v.raw, value: decodeF16(v.raw), cause,
+    });
   }
 
   // ───────────────────────────── persistence ─────────────────────────────

@@ -10,11 +10,11 @@ export class CollectingEventSink implements EventSink {
   readonly events: EventEnvelope[] = [];
   private seq = 0;
 
-  /** Without a clock, `ts` is `Date.now()`. */
+  /** `ts` in seconds (a float, like the event bus's): the clock's `now()` / 1000, without a clock `Date.now()` / 1000. */
   constructor(private readonly clock?: Pick<Clock, 'now'>) {}
 
   emit(event: EngineEvent): void {
-    this.events.push({ seq: ++this.seq, ts: this.clock ? this.clock.now() : Date.now(), ...event });
+    this.events.push({ seq: ++this.seq, ts: (this.clock ? this.clock.now() : Date.now()) / 1000, ...event });
   }
 
   ofType(type: ProvisioningEventType): EventEnvelope[] {

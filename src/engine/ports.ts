@@ -25,6 +25,7 @@ export type ProvisioningEventType =
   | 'provisioning.rollback'
   | 'provisioning.wear_warning'
   | 'provisioning.updated'
+  | 'value.changed'
   | 'value.restored'
   | 'value.defaulted'
   | 'value.migrated'
@@ -46,6 +47,7 @@ export interface EngineEvent {
 /** The envelope the HSX executive uses on the wire. */
 export interface EventEnvelope extends EngineEvent {
   seq: number;
+  /** Seconds since the epoch (a float), as the HSX executive's envelope. */
   ts: number;
 }
 

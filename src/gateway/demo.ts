@@ -25,7 +25,7 @@ import { Gateway } from './gateway.js';
 import type { LinkInventory } from './inventory.js';
 import type { JobRecord, JobTarget } from './jobs/types.js';
 import { createLogger } from './logger.js';
-import { allTopics, deviceInventoryTopic, eventTopic, jobDocTopic } from './mqtt/topics.js';
+import { allTopics, deviceInventoryTopic, deviceValuesFilter, eventTopic, jobDocTopic } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -169,6 +169,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoOutcome> {
     const jobTopics = [jobDocTopic(topicRoot, '#'), eventTopic(topicRoot, 'job.#'), deviceInventoryTopic(topicRoot, '+')];
     say({ type: 'mqtt_jobs', url: broker.url, topics: jobTopics },
       `Watch the jobs:   mosquitto_sub -h 127.0.0.1 -p ${broker.port} -V mqttv311 ${jobTopics.map((t) => `-t '${t}'`).join(' ')} -v`);
+    const valueTopics = deviceValuesFilter(topicRoot, '+');
+    say({ type: 'mqtt_values', url: broker.url, topics: valueTopics },
+      `Watch the values: mosquitto_sub -h 127.0.0.1 -p ${broker.port} -V mqttv311 -t '${valueTopics}' -v`);
   }
   if (control) {
     const at = `${control.host}:${control.port}`;

@@ -33,12 +33,15 @@ import { AuditLog } from './control/audit.js';
 import { TokenStore, type TokenEntry } from './control/auth.js';
 import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopicLevel } from './mqtt/job-commands.js';
 import { Inventory, type LinkInventory } from './inventory.js';
-import { deviceInventoryTopic } from './mqtt/topics.js';
+import { deviceInventoryTopic, topicLevel } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
 import { LinkStats } from './link-stats.js';
 import { PageModel, type DeviceLocal } from './http/model.js';
 import { GatewayMetrics } from './http/metrics.js';
 import { PageServer } from './http/server.js';
+import { watchValuePubs, type PubWatch, type ValuePub } from '../link/can/value-watch.js';
+import { decodeF16 } from '../hxe/index.js';
+import { linkName } from './config.js';
 
 export interface GatewayOverrides {
   controlPort?: number;
@@ -112,6 +115,9 @@ export class Gateway {
   page: PageServer | null = null;
   private pageModel: PageModel | null = null;
   private metrics: GatewayMetrics | null = null;
+  /** PUB watchers on the CAN links (one per link), and the buses opened only for them. */
+  private pubWatches: PubWatch[] = [];
+  private pubBuses: CanBus[] = [];
 
   private constructor(
     readonly config: GatewayConfig,
@@ -134,6 +140,7 @@ export class Gateway {
       await gw.startMqtt(overrides.mqttUrl);
       await gw.startDevices();
       await gw.startJobs();
+      await gw.startValueWatch();
       await gw.startControl(overrides.controlPort);
       gw.startMqttJobs();
       // The first inventory before `serving`: a job without targets goes to what this scan finds.
@@ -228,6 +235,50 @@ export class Gateway {
     });
   }
 
+  /**
+   * A CAN node's PUB frames (value op 2) become `value.changed` events, on every CAN link this gateway
+   * is on: a master link's own bus, else (a listener hub) a bus opened on that link for this alone (a
+   * device's bus closes with a power cycle). The device is `<link>-<node>` (a topic level); PUBs from
+   * this gateway's own devices are skipped (their engines already report every change).
+   */
+  private async startValueWatch(): Promise<void> {
+    const firstCan = this.config.links.can[0]?.interface;
+    const watched = new Set<string>();
+    // A master link first: its bus is open already.
+    for (const l of [...this.config.links.can].sort((x, y) => Number(y.role === 'master') - Number(x.role === 'master'))) {
+      const link = linkName(l);
+      if (watched.has(l.interface)) continue;
+      watched.add(l.interface);
+      const own = new Set(this.config.devices.filter((d) => d.node_id !== undefined && (d.can ?? firstCan) === l.interface).map((d) => d.node_id!));
+      const flasher = this.flashers.get(link);
+      let bus: CanBus;
+      if (flasher instanceof CanFlasher) bus = flasher.bus;
+      else {
+        try {
+          bus = await openCanBus(canAddress(l), { fd: l.fd });
+        } catch (e) {
+          this.fail(`links.can.${link}`, `CAN ${canAddress(l)}: ${(e as Error).message}`);
+        }
+        this.pubBuses.push(bus);
+      }
+      this.pubWatches.push(watchValuePubs(bus, (p) => {
+        if (!own.has(p.node)) this.publishPub(link, p);
+      }));
+    }
+  }
+
+  private publishPub(link: string, p: ValuePub): void {
+    this.bus.publish({
+      type: 'value.changed',
+      pid: null,
+      phase: null,
+      data: {
+        device: topicLevel(`${link}-${p.node}`), link, node: p.node,
+        oid: p.oid, group: p.group, id: p.id, name: null, unit: null, raw: p.raw, value: decodeF16(p.raw), cause: 'pub',
+      },
+    });
+  }
+
   /** One retained document per target at `<prefix>/<gw>/device/<device>/inventory`. */
   private publishInventory(inv: LinkInventory, deviceOf: (link: string, target: string) => string | undefined): void {
     this.bus.publish({ type: 'inventory.scanned', pid: null, phase: null, data: { link: inv.link, targets: inv.entries.map((e) => e.target), error: inv.error } });
@@ -299,6 +350,8 @@ export class Gateway {
       qosProgress: m?.qos_progress ?? 0,
       bufferLimit: m?.buffer_limit ?? 10_000,
       logger: this.log.child({ component: 'mqtt' }),
+      // The bridge's own warnings get their envelope from the bus, like every other event.
+      events: this.bus,
     };
     if (m?.client_id) opts.clientId = m.client_id;
     if (m?.username !== undefined) opts.username = m.username;
@@ -734,6 +787,12 @@ export class Gateway {
     }
     this.unwatchJobs?.();
     this.unwatchJobs = null;
+    for (const w of this.pubWatches) w.stop();
+    this.pubWatches = [];
+    for (const b of this.pubBuses.splice(0)) {
+      const closed = await within(b.close(), Math.min(left(), 500));
+      if (!closed.ok) unflushed.push({ component: 'links.can', what: `CAN bus ${b.name} (value watch) not closed cleanly: ${closed.error}` });
+    }
     await within(this.inventory?.close() ?? Promise.resolve(), Math.min(left(), 1_500));
     this.inventory = null;
     if (this.jobs) {
@@ -782,8 +841,8 @@ export class Gateway {
 /** Bus events carry the device in `data.device` (see simulated-device.ts); MQTT topics want it apart. */
 export function toBridgeEvent(ev: BusEvent): Parameters<MqttBridge['publishEvent']>[0] {
   const device = typeof ev.data['device'] === 'string' ? (ev.data['device'] as string) : undefined;
-  // Job and inventory events concern no task and no boot step: their phase stays null (docs/mqtt.md).
-  const out = { ...ev, phase: ev.phase ?? (ev.type.startsWith('job.') || ev.type.startsWith('inventory.') ? null : 'boot') } as Parameters<MqttBridge['publishEvent']>[0];
+  // Events of no task step (job.*, inventory.*, warning, a CAN node's value.changed) keep phase null (docs/mqtt.md).
+  const out = { ...ev } as Parameters<MqttBridge['publishEvent']>[0];
   if (device !== undefined) out.device = device;
   return out;
 }

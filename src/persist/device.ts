@@ -262,7 +262,10 @@ export async function openDevice(stateDir: string, geometry: Partial<DeviceGeome
   const { fram, alert } = opened;
   if (alert) events?.emit({ type: 'boot.alert', pid: null, phase: 'boot', data: { ...alert } });
   if (events) {
-    flash.onWearWarning = (w) => events.emit({ type: 'provisioning.wear_warning', pid: null, phase: 'persist', data: { ...w, path: paths.flash } });
+    flash.onWearWarning = (w) => events.emit({
+      type: 'provisioning.wear_warning', pid: null, phase: 'persist',
+      data: { sector: w.sector, erase_count: w.eraseCount, endurance: w.endurance, percent: w.percent, path: paths.flash },
+    });
   }
   try {
     const { imageStore, valueStore } = await openStores(flash, fram, events, { ...options, paths, ...(opened.lost ? { lostValues: opened.lost } : {}) });

@@ -297,8 +297,8 @@ export class SlotImageStore implements ImageStore {
       slots,
     });
     if (this.opts.emitOperationEvents) this.emit('provisioning.persisted', 'persist', {
-      slot: slotName(target), seq: r.seq, mode, appName: meta.appName, version: meta.version,
-      securityCounter: meta.securityCounter, imageLen: image.length, sha256: digest,
+      slot: slotName(target), seq: r.seq, mode, app_name: meta.appName, version: meta.version,
+      security_counter: meta.securityCounter, image_len: image.length, sha256: digest,
     });
     return { slot: slotName(target)!, seq: r.seq };
   }
@@ -350,7 +350,7 @@ export class SlotImageStore implements ImageStore {
     else if (values) this.emit('warning', automatic ? 'boot' : 'persist', { reason: 'values_snapshot_missing', slot: slotName(to) });
     if (automatic) this.recovery.actions.push(`rollback:${reason}`);
     if (automatic || this.opts.emitOperationEvents) this.emit('provisioning.rollback', automatic ? 'boot' : 'persist', {
-      from: slotName(from), to: slotName(to), reason, automatic, seq, appName: target.meta.appName, version: target.meta.version,
+      from: slotName(from), to: slotName(to), reason, automatic, seq, app_name: target.meta.appName, version: target.meta.version,
     });
     return { slot: slotName(to)!, meta: target.meta };
   }

@@ -19,7 +19,7 @@ import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
 import type { EventEnvelope, EventPhase } from '../../engine/ports.js';
 import { OutageBuffer, type BufferedMessage, type OutageCounters } from './outage-buffer.js';
-import { deviceStateTopic, eventTopic, statusTopic, type TopicRoot } from './topics.js';
+import { deviceStateTopic, deviceValueTopic, eventTopic, statusTopic, type TopicRoot } from './topics.js';
 
 /** Echoes of our own publishes still expected, per topic; older ones are forgotten beyond this. */
 const MAX_PENDING_ECHOES = 16;
@@ -50,6 +50,24 @@ export interface BridgeOptions {
   /** At most one re-assert per topic per this many ms (default 1000). */
   reassertIntervalMs?: number;
   logger?: BridgeLogger;
+  /**
+   * Where the bridge's own events (the `warning` after an outage that cost messages) go, so they
+   * get the envelope (`seq`, `ts`) like every other event and come back through `publishEvent`:
+   * the gateway passes its event bus. Without one they are published directly, with `seq` null.
+   */
+  events?: { publish(e: { type: string; pid: null; phase: null; data: Record<string, unknown> }): void };
+}
+
+/** Seconds (float), the unit of every `ts` the gateway publishes. */
+const nowSeconds = (): number => Date.now() / 1000;
+
+/**
+ * The availability document: the same keys online, at a clean shutdown and in the Last Will
+ * (`reason` null while online; `ts` null in the will: the broker sends it when it notices, a time
+ * the gateway cannot know when it writes the will).
+ */
+export function statusPayload(state: 'online' | 'offline', reason: string | null, ts: number | null): string {
+  return JSON.stringify({ state, reason, ts, pid: process.pid });
 }
 
 /**
@@ -119,6 +137,8 @@ export class MqttBridge {
   private reasserted = 0;
   /** Command topic filters → handlers (`onCommands`); subscribed on every connect. */
   private readonly commandHandlers = new Map<string, (m: CommandMessage) => void>();
+  /** Per device, its retained value topics and the task (PID, null: a CAN node's PUB) that owns each. */
+  private readonly deviceValues = new Map<string, Map<string, number | null>>();
   /** Finds the device of an event that names none (job progress names a job and a target). */
   private deviceResolver: ((e: BridgeEvent) => string | undefined) | null = null;
 
@@ -132,7 +152,7 @@ export class MqttBridge {
       reconnectPeriod: opts.reconnectPeriodMs ?? 500,
       connectTimeout: 5_000,
       queueQoSZero: false,
-      will: { topic: status, payload: Buffer.from(JSON.stringify({ state: 'offline', reason: 'connection_lost' })), qos: 1, retain: true },
+      will: { topic: status, payload: Buffer.from(statusPayload('offline', 'connection_lost', null)), qos: 1, retain: true },
     };
     if (opts.username !== undefined) clientOpts.username = opts.username;
     if (opts.password !== undefined) clientOpts.password = opts.password;
@@ -180,7 +200,7 @@ export class MqttBridge {
       });
     }
     this.subscribeCommands([...this.commandHandlers.keys()]);
-    this.send({ topic: status, payload: JSON.stringify({ state: 'online', ts: Date.now(), pid: process.pid }), qos: 1, retain: true, terminal: true });
+    this.send({ topic: status, payload: statusPayload('online', null, nowSeconds()), qos: 1, retain: true, terminal: true });
     // Our retained device states again: the broker may have lost them, or someone replaced them while we were away.
     for (const [topic, m] of this.owned) {
       if (topic !== status && !this.buffer.hasRetained(topic)) this.send({ topic, payload: m.payload, qos: m.qos, retain: true, terminal: true });
@@ -192,13 +212,9 @@ export class MqttBridge {
       this.log.info({ flushed: backlog.length, droppedProgress: lost.droppedProgress, droppedTerminal: lost.droppedTerminal }, 'mqtt reconnected; flushed buffered events');
     }
     if (lost.droppedProgress || lost.droppedTerminal) {
-      this.send({
-        topic: eventTopic(this.opts.topics, 'warning'),
-        payload: JSON.stringify({ type: 'warning', data: { reason: 'mqtt_buffer_overflow', dropped_progress: lost.droppedProgress, dropped_terminal: lost.droppedTerminal } }),
-        qos: 1,
-        retain: false,
-        terminal: true,
-      });
+      const warning = { type: 'warning', pid: null, phase: null, data: { reason: 'mqtt_buffer_overflow', dropped_progress: lost.droppedProgress, dropped_terminal: lost.droppedTerminal } };
+      if (this.opts.events) this.opts.events.publish(warning);
+      else this.publishEvent({ seq: null as unknown as number, ts: nowSeconds(), ...warning });
     }
   }
 
@@ -211,11 +227,12 @@ export class MqttBridge {
     const droppable = DROPPABLE.has(e.type);
     const qos = droppable ? (this.opts.qosProgress ?? 0) : (this.opts.qosTerminal ?? 1);
     this.enqueue({ topic: eventTopic(this.opts.topics, e.type, e.device), payload: JSON.stringify(e), qos, retain: false, terminal: !droppable });
-    if (e.type === 'provisioning.complete' && e.device !== undefined) {
+    if (e.device === undefined) return;
+    if (e.type === 'provisioning.complete') {
       const d = e.data;
       const state = {
         pid: e.pid,
-        appName: d['appName'] ?? d['app_name'] ?? null,
+        app_name: d['app_name'] ?? null,
         version: d['version'] ?? null,
         crc32: d['crc32'] ?? null,
         sha256: d['sha256'] ?? null,
@@ -224,7 +241,32 @@ export class MqttBridge {
         seq: e.seq,
       };
       this.enqueue({ topic: deviceStateTopic(this.opts.topics, e.device), payload: JSON.stringify(state), qos: this.opts.qosTerminal ?? 1, retain: true, terminal: true });
+    } else if (e.type === 'value.changed') {
+      this.publishValue(e.device, e);
+    } else if (e.type === 'provisioning.unloaded' && e.pid !== null) {
+      // The task's values went with it: their retained topics are cleared (unless a newer task has them).
+      const values = this.deviceValues.get(e.device);
+      for (const [topic, pid] of values ?? []) {
+        if (pid !== e.pid) continue;
+        values!.delete(topic);
+        this.clearRetained(topic);
+      }
     }
+  }
+
+  /** Retained `device/<d>/values/<group>:<id>`: `{value, f16, unit, name, ts}` (docs/mqtt.md). */
+  private publishValue(device: string, e: BridgeEvent): void {
+    const d = e.data;
+    const group = d['group'];
+    const id = d['id'];
+    const raw = d['raw'];
+    if (typeof group !== 'number' || typeof id !== 'number' || typeof raw !== 'number') return;
+    const topic = deviceValueTopic(this.opts.topics, device, group, id);
+    const payload = { value: d['value'] ?? null, f16: raw, unit: d['unit'] ?? null, name: d['name'] ?? null, ts: e.ts };
+    let values = this.deviceValues.get(device);
+    if (!values) this.deviceValues.set(device, (values = new Map()));
+    values.set(topic, e.pid);
+    this.enqueue({ topic, payload: JSON.stringify(payload), qos: this.opts.qosTerminal ?? 1, retain: true, terminal: true });
   }
 
   /**
@@ -442,7 +484,7 @@ export class MqttBridge {
       if (this.inflight > 0) await bounded(new Promise<void>((r) => this.inflightDrained.push(r)), left() / 2);
       await bounded(
         new Promise<void>((resolve) => {
-          this.client.publish(statusTopic(this.opts.topics), JSON.stringify({ state: 'offline', reason: 'shutdown', ts: Date.now() }), { qos: 1, retain: true }, () => resolve());
+          this.client.publish(statusTopic(this.opts.topics), statusPayload('offline', 'shutdown', nowSeconds()), { qos: 1, retain: true }, () => resolve());
         }),
         left(),
       );

@@ -21,6 +21,12 @@ export function eventTopic(t: TopicRoot, type: string, device?: string): string 
 /** Retained: the last image that reached READY on a device. */
 export const deviceStateTopic = (t: TopicRoot, device: string): string => `${root(t)}/device/${device}/state`;
 
+/** Retained: a device's live value `<group>:<id>` (decimal), `{value, f16, unit, name, ts}`. */
+export const deviceValueTopic = (t: TopicRoot, device: string, group: number, id: number): string => `${root(t)}/device/${device}/values/${group}:${id}`;
+
+/** Every value of one device (`+`: of every device), for `mosquitto_sub -t`. */
+export const deviceValuesFilter = (t: TopicRoot, device: string): string => `${root(t)}/device/${device}/values/#`;
+
 /** Everything a gateway publishes, for `mosquitto_sub -t`. */
 export const allTopics = (t: TopicRoot): string => `${root(t)}/#`;
 

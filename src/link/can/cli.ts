@@ -17,6 +17,7 @@ import { CanFlasher, NO_JOIN_HINT, verdictReason, type CanFlashResult } from './
 import { OK_STATUSES, parseNodeList, type MasterProgress, type NodeVerdict } from './master.js';
 import { parseOid, requestValue } from './value-client.js';
 import { restoreAtBoot } from '../device-boot.js';
+import { pubFrame } from './value-watch.js';
 
 type Out = (line: string) => void;
 const stdout: Out = (l) => process.stdout.write(l + '\n');
@@ -254,9 +255,14 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
     return 2;
   }
   const print = (obj: Record<string, unknown>, human: string): void => (json ? stdout(JSON.stringify(obj)) : stdout(human));
+  // The node says on the bus when a SET changes one of its values (a PUB frame), as an HSX node does. Not the values
+  // a load registers: every node of a broadcast would PUB all of them at once, in the middle of the transfer's end.
+  // (A master that wants them asks with GET.)
+  let pubBus: CanBus | null = null;
   const events: EventSink = {
     emit: (e: EngineEvent) => {
       if (json && e.type !== 'provisioning.progress') stdout(JSON.stringify({ type: 'event', event: e.type, pid: e.pid, phase: e.phase, data: e.data }));
+      if (e.type === 'value.changed' && e.data['cause'] === 'set' && pubBus) pubBus.post(pubFrame(node, e.data['oid'] as number, e.data['raw'] as number));
     },
   };
   // With a state directory the device keeps its image and values in flash and FRAM files.
@@ -275,6 +281,7 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
     await device?.close();
     return bus;
   }
+  pubBus = bus;
   const engine = device?.engine ?? new ProvisioningEngine({ clock: systemClock, events });
   // Every image goes through the device's intake (CURRENT, staging, commit, switch, confirm window).
   const intake = device?.intake ?? new DeviceIntake({ engine, clock: systemClock, events, confirmWindowMs: confirmWindowMs ?? 10_000 });

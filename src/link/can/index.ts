@@ -19,6 +19,7 @@ export { DEFAULT_ID_PLAN, idPlanProblem, classifyId, ProvOp, ValueOp, MAX_NODE, 
 export { CanMaster, parseNodeList, OK_STATUSES, type MasterOptions, type MasterResult, type MasterProgress, type MasterStats, type NodeVerdict } from './master.js';
 export { CanListener, type ListenerOptions, type ListenerEvent, type ListenerIntake, type LocalVerdict } from './listener.js';
 export { requestValue, parseOid, type ValueRequest, type ValueReply } from './value-client.js';
+export { watchValuePubs, type ValuePub, type PubWatch } from './value-watch.js';
 export { runCanFlash, runCanDevice, runCanValue } from './cli.js';
 
 registerTransport('can', (options) => {

@@ -315,7 +315,7 @@ export const shortSha = (sha: Uint8Array | string): string =>
   typeof sha === 'string' ? sha.slice(0, 6).toLowerCase() : Buffer.from(sha.subarray(0, 3)).toString('hex');
 
 // ---------------------------------------------------------------------------------------------
-// Value binding: GET [oid u16], SET [oid u16, f16 raw u16], RET [oid u16, f16 raw u16, status u8]
+// Value binding: GET [oid u16], SET and PUB [oid u16, f16 raw u16], RET [oid u16, f16 raw u16, status u8]
 
 export interface ValueFrame {
   oid: number;
@@ -326,9 +326,11 @@ export interface ValueFrame {
 export const encodeGet = (oid: number): Uint8Array => Uint8Array.of(oid >> 8, oid & 0xff);
 export const encodeSet = (oid: number, raw: number): Uint8Array => Uint8Array.of(oid >> 8, oid & 0xff, raw >> 8, raw & 0xff);
 export const encodeRet = (v: ValueFrame): Uint8Array => Uint8Array.of(v.oid >> 8, v.oid & 0xff, v.raw >> 8, v.raw & 0xff, v.status);
+/** PUB (op 2, node = the sender): a node announces that a value of its changed, `[oid u16, f16 u16]` like SET. */
+export const encodePub = (oid: number, raw: number): Uint8Array => encodeSet(oid, raw);
 
-export function decodeValue(b: Uint8Array, op: 'get' | 'set' | 'ret'): ValueFrame | null {
-  const need = op === 'get' ? 2 : op === 'set' ? 4 : 5;
+export function decodeValue(b: Uint8Array, op: 'get' | 'set' | 'pub' | 'ret'): ValueFrame | null {
+  const need = op === 'get' ? 2 : op === 'set' || op === 'pub' ? 4 : 5;
   if (b.length < need) return null;
   return {
     oid: (b[0]! << 8) | b[1]!,

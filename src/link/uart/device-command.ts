@@ -120,7 +120,7 @@ function printingSink(json: boolean, out: (line: string) => void): EventSink {
     emit(e: EngineEvent): void {
       seq++;
       if (e.type === 'provisioning.progress') return;
-      out(json ? JSON.stringify({ event: 'engine', seq, ts: systemClock.now(), ...e }) : `engine: ${e.type}${e.pid !== null ? ` pid ${e.pid}` : ''}`);
+      out(json ? JSON.stringify({ event: 'engine', seq, ts: systemClock.now() / 1000, ...e }) : `engine: ${e.type}${e.pid !== null ? ` pid ${e.pid}` : ''}`);
     },
   };
 }
