@@ -88,13 +88,16 @@ function alertOf(ev: BusEvent): RecentAlert {
   let message: string;
   switch (ev.type) {
     case 'boot.alert':
-      message = `boot halted: ${text(d['reason'])} (${text(d['consecutive_failures'])} consecutive failures, limit ${text(d['limit'])})`;
+      // Damaged state found by the stores carries its own message (file, offset, what was done).
+      message = typeof d['message'] === 'string'
+        ? `boot alert ${text(d['reason'])}: ${d['message']}`
+        : `boot halted: ${text(d['reason'])} (${text(d['consecutive_failures'])} consecutive failures, limit ${text(d['limit'])})`;
       break;
     case 'boot.failed':
       message = `boot attempt ${text(d['attempt'])} failed: ${Array.isArray(d['failed']) ? (d['failed'] as Array<{ source?: string; error?: string }>).map((f) => `${f.source ?? '?'}: ${f.error ?? '?'}`).join('; ') : ''}`;
       break;
     case 'provisioning.wear_warning':
-      message = `flash wear warning: sector ${text(d['sector'])} erased ${text(d['eraseCount'])} of ${text(d['endurance'])} times`;
+      message = `flash wear warning: sector ${text(d['sector'])} erased ${text(d['erase_count'])} of ${text(d['endurance'])} times`;
       break;
     case 'provisioning.rollback':
       message = `rolled back: ${text(d['reason'])}`;
