@@ -65,12 +65,11 @@ import { ControlClient } from '../src/gateway/control/client.js';
 import { JOURNAL_FILE, JobManager, type JobEvent } from '../src/gateway/jobs/index.js';
 import type { JobRecord } from '../src/gateway/jobs/types.js';
 import type { FlashRequest, FlashResult, Flasher, TargetVerdict } from '../src/link/flasher.js';
-import type { CanBus } from '../src/link/can/bus.js';
 import { CanFlasher } from '../src/link/can/flasher.js';
 import { classifyId, DEFAULT_ID_PLAN, ProvOp } from '../src/link/can/ids.js';
-import { CanListener } from '../src/link/can/listener.js';
 import { startVirtualHub, type VirtualHub } from '../src/link/can/virtual-net.js';
-import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
+import type { CanBus } from '../src/link/can/bus.js';
+import { openBenchDevices, settled, type BenchDevice } from './support/can-devices.js';
 import { cliArgv, ROOT } from '../test/support/cli-argv.js';
 import { startServe, type ServeChild } from '../test/support/serve-child.js';
 import { sensorOfSize } from '../test/update-images.js';
@@ -363,36 +362,6 @@ function spawnCli(args: string[]): Child {
   return { child, lines, stderr: () => err, exited };
 }
 
-interface Dev {
-  node: number;
-  dev: SimulatedDevice;
-  listener: CanListener;
-  ep: CanBus;
-}
-
-async function openDevices(hub: VirtualHub, root: string): Promise<Dev[]> {
-  const devs: Dev[] = [];
-  for (let node = 1; node <= NODES; node++) {
-    const dev = await openSimulatedDevice({ name: `node${node}`, stateDir: join(root, `node${node}`), confirmWindowMs: CONFIRM_MS, events: { emit: () => {} } });
-    const restored = dev.engine.restore();
-    if (!restored.ok) throw new Error(`node ${node}: restore failed: ${JSON.stringify(restored.error)}`);
-    const ep = hub.bus.attach(`node${node}`);
-    await ep.open();
-    const listener = new CanListener({ bus: ep, node, intake: dev.intake, source: 'can:bench' });
-    listener.start();
-    devs.push({ node, dev, listener, ep });
-  }
-  return devs;
-}
-
-/** Every device confirmed its last update (an update confirms within CONFIRM_MS): the next run starts quiet. */
-async function settled(devs: Dev[]): Promise<void> {
-  const deadline = performance.now() + 10_000;
-  while (devs.some((d) => d.dev.intake.confirmPending)) {
-    if (performance.now() > deadline) throw new Error('devices did not confirm their update within 10 s');
-    await sleep(5);
-  }
-}
 
 /**
  * An `events.subscribe` stream on the daemon (its own connection and session): `inventory.scanned`
@@ -530,7 +499,7 @@ const allUpdated = (verdicts: ReadonlyArray<Pick<TargetVerdict, 'ok'> & { outcom
 
 interface Rig {
   hub: VirtualHub;
-  devs: Dev[];
+  devs: BenchDevice[];
   serve: ServeChild;
   stream: EventStream;
   images: string;
@@ -745,7 +714,7 @@ async function rigBench(): Promise<void> {
   mkdirSync(root, { recursive: true });
   const hub = await startVirtualHub('127.0.0.1', 0, { bitrate: 1_000_000 });
   cleanups.push({ what: 'virtual hub', run: () => hub.close() });
-  const devs = await openDevices(hub, join(root, 'devices'));
+  const devs = await openBenchDevices(hub, join(root, 'devices'), NODES, CONFIRM_MS);
   cleanups.push({
     what: 'devices',
     run: async () => {

@@ -31,10 +31,8 @@ import { join } from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { sha256Hex as tokenHash } from '../src/gateway/control/auth.js';
 import { ControlClient } from '../src/gateway/control/client.js';
-import type { CanBus } from '../src/link/can/bus.js';
-import { CanListener } from '../src/link/can/listener.js';
 import { startVirtualHub, type VirtualHub } from '../src/link/can/virtual-net.js';
-import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
+import { openBenchDevices, settled } from './support/can-devices.js';
 import { startServe, type ServeChild } from '../test/support/serve-child.js';
 import { sensorOfSize } from '../test/update-images.js';
 
@@ -75,32 +73,6 @@ function processCpuNs(pid: number): number {
   return ns;
 }
 
-interface Dev {
-  dev: SimulatedDevice;
-  listener: CanListener;
-  ep: CanBus;
-}
-
-async function openDevices(hub: VirtualHub): Promise<Dev[]> {
-  const devs: Dev[] = [];
-  for (let node = 1; node <= NODES; node++) {
-    const dev = await openSimulatedDevice({ name: `node${node}`, stateDir: join(work, `node${node}`), confirmWindowMs: CONFIRM_MS, events: { emit: () => {} } });
-    const ep = hub.bus.attach(`node${node}`);
-    await ep.open();
-    const listener = new CanListener({ bus: ep, node, intake: dev.intake, source: 'can:bench' });
-    listener.start();
-    devs.push({ dev, listener, ep });
-  }
-  return devs;
-}
-
-async function settled(devs: Dev[]): Promise<void> {
-  const deadline = performance.now() + 10_000;
-  while (devs.some((d) => d.dev.intake.confirmPending)) {
-    if (performance.now() > deadline) throw new Error('devices did not confirm their update within 10 s');
-    await sleep(5);
-  }
-}
 
 /** One job to every node, submit → finished → the daemon's rescan after it; the serve process's CPU over that window. */
 async function oneJob(c: ControlClient, pid: number, image: string): Promise<{ cpuMs: number; wallMs: number }> {
@@ -137,7 +109,7 @@ async function showPage(page: Page, base: string): Promise<void> {
 
 async function main(): Promise<void> {
   const hub = await startVirtualHub('127.0.0.1', 0, { bitrate: 1_000_000 });
-  const devs = await openDevices(hub);
+  const devs = await openBenchDevices(hub, work, NODES, CONFIRM_MS);
   const images = join(work, 'images');
   mkdirSync(images);
   writeFileSync(join(images, 'a.hxe'), sensorOfSize(401, IMAGE_KIB * 1024));

@@ -8,7 +8,8 @@
  * The project compiles with Node's types only, so the few browser objects used are declared here,
  * in this module's scope.
  */
-export {};
+import type { JobRecord } from '../../jobs/types.js';
+import type { DeviceRow, PageState } from '../model.js';
 
 interface El {
   textContent: string | null;
@@ -37,23 +38,11 @@ declare const document: {
 declare const sessionStorage: { getItem(k: string): string | null; setItem(k: string, v: string): void };
 
 type Json = Record<string, any>;
-interface Target { target: string; state: string; outcome: string | null; error: { code: string; reason: string; message: string } | null; acked_bytes: number; to: string | null }
-interface Job { id: string; link: string; state: string; image: { name: string; sha256: string; size: number; app_name: string | null }; targets: Target[]; submitted_ts: number; reason: string | null }
-interface Row {
-  key: string; link: string | null; target: string | null; device: string | null; app_name?: string | null; version?: string | null; sha256?: string | null;
-  slots?: Array<{ slot: string; state: string; active: boolean; sha256: string | null; version: string | null }>;
-  local: { boot: { ok: boolean; halted: boolean; attempt: number; restored: string | null; failed: Array<{ source: string; error: string }> } | null; wear: { total_erases: number; max_erases: number; endurance: number; ratio: number } } | null;
-}
-interface State {
-  gateway: { id: string; auth: string; jobs: string };
-  you: { name: string; role: string };
-  seq: number;
-  links: Array<{ name: string; scanned_ts: number | null; targets: number; error: string | null }>;
-  devices: Row[];
-  jobs: Job[];
-  images: string[];
-  recent: Array<{ seq: number; ts: number; type: string; level: string; device: string | null; message: string }>;
-}
+type Job = JobRecord;
+type Target = JobRecord['targets'][number];
+// The shapes the server sends (type-only imports: erased from the browser's script).
+type Row = DeviceRow;
+type State = PageState;
 
 const $ = (id: string): El => document.getElementById(id) as El;
 let token = sessionStorage.getItem('hsx-token') ?? '';
