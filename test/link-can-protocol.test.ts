@@ -85,7 +85,7 @@ test('SYNC, CTRL, JOIN, ACK, MISSING and VERDICT examples', (t) => {
   t.deepEqual(decodeCtrl(Uint8Array.of(0x2a, 0x01, 0x02)), { session: 0x2a, kind: 1, round: 2 });
   t.is(provId(plan, 3, ProvOp.JOIN), 0x21c);
   documented(t, 0x21c, encodeJoin({ session: 0x2a, flags: JoinFlag.JOINED, have: 0 }), [0x2a, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]);
-  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x02, 0, 0, 5)), { session: 0x2a, flags: JoinFlag.NEED_ANNOUNCE, have: 5 }, 'a 5-byte JOIN still decodes');
+  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x02, 0, 0, 5)), { session: 0x2a, flags: JoinFlag.NEED_ANNOUNCE, have: 5, instance: 0 }, 'a 5-byte JOIN still decodes');
   documented(t, provId(plan, 3, ProvOp.ACK), encodeAck({ session: 0x2a, next: 0x80, missing: 0 }), [0x2a, 0x00, 0x00, 0x80, 0x00, 0x00, 0x00]);
   t.deepEqual(decodeAck(Uint8Array.of(0x2a, 0, 0, 0x80, 0, 0, 3)), { session: 0x2a, next: 0x80, missing: 3, polled: false });
   documented(t, 0x21d, encodeAck({ session: 0x2a, next: 0x2c0, missing: 5, polled: true }), [0x2a, 0x00, 0x02, 0xc0, 0x80, 0x00, 0x05]);
@@ -205,13 +205,13 @@ test('updates and skip: ANNOUNCE FORCE, JOIN CURRENT/RUNNING, VERDICT UPDATED an
   const running = Uint8Array.of(0x3f, 0x2a, 0x1c);
   const joined = encodeJoin({ session: 0x2a, flags: JoinFlag.JOINED, have: 0, running });
   documented(t, 0x21c, joined, [0x2a, 0x09, 0x00, 0x00, 0x00, 0x3f, 0x2a, 0x1c]);
-  t.deepEqual(decodeJoin(joined), { session: 0x2a, flags: JoinFlag.JOINED | JoinFlag.RUNNING, have: 0, running });
+  t.deepEqual(decodeJoin(joined), { session: 0x2a, flags: JoinFlag.JOINED | JoinFlag.RUNNING, have: 0, running, instance: 0 });
   const current = encodeJoin({ session: 0x2a, flags: JoinFlag.CURRENT, have: 0, running: Uint8Array.of(0x9b, 0x0e, 0x44) });
   documented(t, 0x21c, current, [0x2a, 0x0c, 0x00, 0x00, 0x00, 0x9b, 0x0e, 0x44]);
-  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x0c, 0, 0, 0, 0x9b, 0x0e, 0x44)), { session: 0x2a, flags: 0x0c, have: 0, running: Uint8Array.of(0x9b, 0x0e, 0x44) });
+  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x0c, 0, 0, 0, 0x9b, 0x0e, 0x44)), { session: 0x2a, flags: 0x0c, have: 0, running: Uint8Array.of(0x9b, 0x0e, 0x44), instance: 0 });
   t.is(shortSha(decodeJoin(current)!.running!), '9b0e44');
   // RUNNING without the bytes (a 5-byte frame) is not trusted: the flag is cleared.
-  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x09, 0, 0, 0)), { session: 0x2a, flags: JoinFlag.JOINED, have: 0 });
+  t.deepEqual(decodeJoin(Uint8Array.of(0x2a, 0x09, 0, 0, 0)), { session: 0x2a, flags: JoinFlag.JOINED, have: 0, instance: 0 });
 
   // VERDICT [session, status, where, flags, crc32]: node 3 READY + UPDATED; node 3 CURRENT (answer to a late REPORT).
   t.is(VerdictFlag.UPDATED, 1);

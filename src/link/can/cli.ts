@@ -159,12 +159,16 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   // Nodes that never joined: a wrong id, a dead bus or a bit-rate mismatch, never "the image".
   const silent = verdicts.filter((v) => v.reason === 'no_join').map((v) => v.node);
   const silentHint = silent.length ? `node${silent.length > 1 ? 's' : ''} ${silent.join(', ')} never answered on ${o.can}: ${NO_JOIN_HINT}` : null;
+  // Two devices on one node id: what to change, not only what happened.
+  const shared = verdicts.filter((v) => v.reason === 'node_id_collision').map((v) => v.node);
+  const sharedHint = shared.length ? `node${shared.length > 1 ? 's' : ''} ${shared.join(', ')}: two devices answered as one node id; give each device on the bus its own node id` : null;
   if (json) {
     for (const v of verdicts) {
       const reason = verdictReason(v);
       stdout(JSON.stringify({ type: 'verdict', ...v, ...(reason ? { reason } : {}) }));
     }
-    stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: verdicts.length, ...counts, ...s, frames, efficiency, ...(silentHint ? { never_joined: silent, hint: silentHint } : {}) }));
+    stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: verdicts.length, ...counts, ...s, frames, efficiency, ...(silentHint ? { never_joined: silent } : {}), ...(shared.length ? { node_id_collisions: shared } : {}),
+      ...(silentHint || sharedHint ? { hint: [silentHint, sharedHint].filter(Boolean).join('; ') } : {}) }));
   } else {
     stdout(`\n node  verdict                     where      reason`);
     for (const v of verdicts) {
@@ -176,6 +180,7 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
         `${frames} frames (${s.sent.data} data, ${s.rounds} report rounds, ${s.repairedChunks} chunks repaired) · payload efficiency ${(efficiency * 100).toFixed(1)}%`,
     );
     if (silentHint) stdout(silentHint);
+    if (sharedHint) stdout(sharedHint);
   }
   return result.ok ? 0 : 1;
 }
@@ -312,7 +317,7 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
   };
   const listener = new CanListener(options);
   listener.start();
-  print({ type: 'ready', node, bus: bus.name, fd: bus.fd, pid: process.pid }, `device node ${node} listening on ${bus.name}`);
+  print({ type: 'ready', node, bus: bus.name, fd: bus.fd, pid: process.pid, instance: listener.instance }, `device node ${node} listening on ${bus.name} (instance tag ${listener.instance})`);
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();
     process.once('SIGINT', stop);

@@ -52,7 +52,9 @@ export function targetVerdict(v: NodeVerdict): TargetVerdict {
     target, ok: false, code: v.status, where: v.where, reason: verdictReason(v),
     message: v.reason === 'no_join'
       ? `node ${v.node} never answered the announce (ETIMEDOUT, no_join): ${NO_JOIN_HINT}`
-      : `node ${v.node}: ${meaning}${at} (${v.status}${v.reason ? `, ${v.reason}` : ''})`,
+      : v.reason === 'node_id_collision'
+        ? `node ${v.node}: two devices answered as this node id (node_id_collision): give each device on the bus its own node id`
+        : `node ${v.node}: ${meaning}${at} (${v.status}${v.reason ? `, ${v.reason}` : ''})`,
   };
 }
 

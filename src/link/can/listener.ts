@@ -40,6 +40,7 @@ import {
   whereCode,
   type Announce,
   type InfoBody,
+  type Join,
 } from './messages.js';
 
 /** The part of the device's intake a listener drives (`inventory` answers a scan; without it, INFO says only what runs). */
@@ -148,6 +149,9 @@ export class CanListener {
   };
   readonly verdicts: Array<LocalVerdict & { session: number }> = [];
 
+  /** This listener's instance tag in every JOIN (1..15; see messages.ts JOIN). */
+  readonly instance: number = 1 + Math.floor(Math.random() * 15);
+
   constructor(private readonly options: ListenerOptions) {
     const bad = nodeProblem(options.node);
     if (bad) throw new RangeError(bad);
@@ -201,6 +205,11 @@ export class CanListener {
 
   private sendProv(op: number, data: Uint8Array, fd = false): void {
     this.send(provId(this.plan, this.node, op), data, fd);
+  }
+
+  /** JOIN with this listener's instance tag, so a master can tell two devices on one node id apart. */
+  private sendJoin(j: Omit<Join, 'instance'>): void {
+    this.sendProv(ProvOp.JOIN, encodeJoin({ ...j, instance: this.instance }));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -282,7 +291,7 @@ export class CanListener {
           return this.joinSession(a);
         }
         // The master repeats an announce while someone has not joined: maybe our JOIN was lost.
-        this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: rx.chunks.held, ...this.runningField() }));
+        this.sendJoin({ session: a.session, flags: JoinFlag.JOINED, have: rx.chunks.held, ...this.runningField() });
         return;
       }
       if (!rx.verdict) {
@@ -296,7 +305,7 @@ export class CanListener {
       const v = this.finished.verdict;
       // A repeated announce after we answered it without joining: repeat the answer.
       if (v.status === 'CURRENT' && v.to && this.intake.current(v.to)) {
-        this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(v.to.slice(0, 6), 'hex') }));
+        this.sendJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(v.to.slice(0, 6), 'hex') });
         return;
       }
       if (v.status !== 'CURRENT') return this.sendVerdict(a.session, v);
@@ -342,7 +351,7 @@ export class CanListener {
         from: running.sha256, to: running.sha256,
       };
       this.record(a.session, v, a);
-      this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(running.sha256.slice(0, 6), 'hex') }));
+      this.sendJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(running.sha256.slice(0, 6), 'hex') });
       return;
     }
     const nChunks = Math.ceil(a.totalBytes / chunkSize);
@@ -369,7 +378,7 @@ export class CanListener {
     };
     this.rx = rx;
     this.emit({ type: 'joined', session: a.session, totalBytes: a.totalBytes, chunkSize, fd: a.fd });
-    this.sendProv(ProvOp.JOIN, encodeJoin({ session: a.session, flags: JoinFlag.JOINED, have: 0, ...this.runningField() }));
+    this.sendJoin({ session: a.session, flags: JoinFlag.JOINED, have: 0, ...this.runningField() });
   }
 
   /** Forget a session (its intake session is aborted if still open). */
@@ -405,7 +414,7 @@ export class CanListener {
     const now = Date.now();
     if (now - this.lastNeedAnnounce > 200 && (!rx || rx.verdict || now - rx.lastHeard > 1000)) {
       this.lastNeedAnnounce = now;
-      this.sendProv(ProvOp.JOIN, encodeJoin({ session, flags: JoinFlag.NEED_ANNOUNCE, have: 0 }));
+      this.sendJoin({ session, flags: JoinFlag.NEED_ANNOUNCE, have: 0 });
     }
     return null;
   }

@@ -136,6 +136,9 @@ interface NodeState {
   silent: number;
   answered: boolean;
   reportDone: boolean;
+  /** The instance tag of the node's last JOIN (0: a listener that sends none), and the announce it answered. */
+  instance: number | null;
+  instanceEpoch: number;
 }
 
 /** A node that has not joined after this long (at default timeouts) is given up: see MasterOptions.joinBudgetMs. */
@@ -165,6 +168,8 @@ export class CanMaster {
   private released = 0; // chunks acknowledged by some node (cumulative)
   private position = 0; // next chunk of the data pass
   private polledAt = 0; // chunks sent when the last STATUS poll went out
+  /** Announces sent so far: which announce a JOIN answers (see the instance tags in onFrame). */
+  private announceEpoch = 0;
   private lastAnnounceAt = -Infinity;
   private waiters: Array<{ pred: () => boolean; resolve: (ok: boolean) => void; timer: NodeJS.Timeout }> = [];
   private sinceYield = 0;
@@ -197,7 +202,7 @@ export class CanMaster {
     this.retries = options.retries ?? 5;
     this.maxRounds = options.maxRounds ?? 64;
     this.targets = [...new Set(options.nodes)].sort((a, b) => a - b);
-    for (const n of this.targets) this.nodes.set(n, { joined: false, running: null, verdict: null, silent: 0, answered: false, reportDone: false });
+    for (const n of this.targets) this.nodes.set(n, { joined: false, running: null, verdict: null, silent: 0, answered: false, reportDone: false, instance: null, instanceEpoch: -1 });
     const session = options.session ?? randomInt(1, 256);
     if (!Number.isInteger(session) || session < 1 || session > 255) throw new RangeError('session must be 1..255');
     this.announce = {
@@ -300,6 +305,7 @@ export class CanMaster {
 
   private sendAnnounce(): void {
     this.lastAnnounceAt = performance.now();
+    this.announceEpoch++;
     for (const part of encodeAnnounceParts(this.announce, this.fd ? 64 : 8)) {
       this.stats.sent.announce++;
       this.post({ id: provId(this.plan, BROADCAST, ProvOp.ANNOUNCE), data: part });
@@ -508,6 +514,21 @@ export class CanMaster {
         const j = decodeJoin(f.data);
         if (!j) return;
         this.stats.heard.join++;
+        // Two devices answering as one node id: two answers to one announce with different instance
+        // tags (a node that restarted asks for the announce again first, so its new tag answers a
+        // later one). That node is never READY, whatever either of them says later.
+        if (s.verdict?.reason === 'node_id_collision') break;
+        if (!(j.flags & JoinFlag.NEED_ANNOUNCE)) {
+          const tag = j.instance ?? 0;
+          if (s.instanceEpoch === this.announceEpoch && s.instance !== tag) {
+            s.verdict = { node: c.node, status: 'EEXIST', where: 'transfer', reason: 'node_id_collision' };
+            s.joined = true;
+            s.silent = 0;
+            break;
+          }
+          s.instance = tag;
+          s.instanceEpoch = this.announceEpoch;
+        }
         if (j.flags & JoinFlag.NEED_ANNOUNCE) {
           // A target restarted or missed the announce: announce again (rate-limited) and re-anchor.
           if (!s.verdict || s.verdict.reason === 'no_join') {

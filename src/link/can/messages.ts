@@ -182,19 +182,24 @@ export const decodeCtrl = (b: Uint8Array): Ctrl | null => (b.length < 3 ? null :
 
 // JOIN [session, flags, have u24, running[3]]: flags JOINED, NEED_ANNOUNCE, CURRENT (the node runs the
 // announced image and takes no part in the transfer), RUNNING (bytes 5..7 are the first three bytes of
-// the SHA-256 of the image the node runs). A 5-byte JOIN (no running field) still decodes.
+// the SHA-256 of the image the node runs); the high nibble of the flags byte is the listener's instance
+// tag (1..15, drawn at random when it starts; 0 from listeners before it), so two devices answering as
+// one node id are told apart (node_id_collision). A 5-byte JOIN (no running field) still decodes.
+export const JOIN_INSTANCE_SHIFT = 4;
 export interface Join {
   session: number;
   flags: number;
   have: number;
   /** First 3 bytes of the SHA-256 of the image the node runs (flag RUNNING). */
   running?: Uint8Array;
+  /** The listener's instance tag, 1..15 (0 or absent: not sent). */
+  instance?: number;
 }
 
 export function encodeJoin(j: Join): Uint8Array {
   const b = new Uint8Array(8);
   b[0] = j.session;
-  b[1] = (j.flags & ~JoinFlag.RUNNING) | (j.running ? JoinFlag.RUNNING : 0);
+  b[1] = (j.flags & 0x0f & ~JoinFlag.RUNNING) | (j.running ? JoinFlag.RUNNING : 0) | (((j.instance ?? 0) & 0x0f) << JOIN_INSTANCE_SHIFT);
   put24(b, 2, Math.min(j.have, 0xffffff));
   if (j.running) b.set(j.running.subarray(0, 3), 5);
   return b;
@@ -202,7 +207,7 @@ export function encodeJoin(j: Join): Uint8Array {
 
 export function decodeJoin(b: Uint8Array): Join | null {
   if (b.length < 5) return null;
-  const j: Join = { session: b[0]!, flags: b[1]!, have: u24(b, 2) };
+  const j: Join = { session: b[0]!, flags: b[1]! & 0x0f, have: u24(b, 2), instance: b[1]! >> JOIN_INSTANCE_SHIFT };
   if (b.length >= 8 && (j.flags & JoinFlag.RUNNING) !== 0) j.running = b.slice(5, 8);
   else j.flags &= ~JoinFlag.RUNNING;
   return j;
