@@ -43,7 +43,7 @@ async function openBus(spec: string, fd: boolean, json: boolean): Promise<CanBus
     return bus;
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);
-    if (json) stdout(JSON.stringify({ type: 'error', code: 'ENODEV', message }));
+    if (json) stdout(JSON.stringify({ ok: false, type: 'error', error: { code: 'ENODEV', reason: 'bus_unavailable', message } }));
     else stderr(`error: ${message}`);
     return 1;
   }
@@ -107,7 +107,7 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   const checked = checkImageToSend(image, imagePath);
   if (!checked.ok) {
     const e = checked.error;
-    if (json) stdout(JSON.stringify({ type: 'error', ...e }));
+    if (json) stdout(JSON.stringify({ ok: false, type: 'error', error: e }));
     else stderr(`flash: ${e.message}${e.detail.offset !== null ? ` (byte offset ${e.detail.offset})` : ''} [${e.code} ${e.reason}]`);
     return 1;
   }
@@ -383,7 +383,7 @@ export async function runCanValue(op: 'get' | 'set', target: string, valueText: 
     else stdout(`${oid >> 8}:${oid & 0xff} = ${reply.value} (raw 0x${reply.raw.toString(16).padStart(4, '0')}) on node ${node}`);
     return 0;
   }
-  if (json) stdout(JSON.stringify({ type: 'value', op, ok: false, ...where, status: reply.status }));
+  if (json) stdout(JSON.stringify({ type: 'value', op, ok: false, ...where, status: reply.status, error: { code: reply.status, reason: `${op}_refused`, message: `can ${op} ${target} on node ${node}: ${reply.status}` } }));
   else stderr(`can ${op} ${target} on node ${node}: ${reply.status}`);
-  return 1;
+  return reply.status === 'ETIMEDOUT' ? 3 : 1; // 3: no device answered
 }

@@ -34,7 +34,7 @@ export interface UartFlashOptions {
 export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   const out = o.out ?? ((line: string) => void process.stdout.write(`${line}\n`));
   const fail = (e: Pick<UartError, 'code' | 'where' | 'reason' | 'message'> & Partial<UartError>): number => {
-    out(o.json ? JSON.stringify({ event: 'error', error: e }) : `flash: ${e.message}`);
+    out(o.json ? JSON.stringify({ ok: false, event: 'error', error: e }) : `flash: ${e.message}`);
     return 1;
   };
 
