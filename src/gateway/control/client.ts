@@ -45,6 +45,8 @@ export function clientErrorJson(e: ClientError): { ok: false; error: Record<stri
   const message = e.kind === 'remote' && typeof detailMessage === 'string' ? detailMessage : e.message;
   if (detailMessage !== undefined && typeof detailMessage !== 'string') detail['detail_message'] = detailMessage;
   if (e.kind === 'connect' || (e.kind === 'timeout' && e.message.startsWith('no connection'))) detail['no_gateway'] = true;
+  const hint = hintFor(e).replace(/^; /, '');
+  if (hint) detail['hint'] = hint;
   return { ok: false, error: { ...detail, kind: e.kind, remote: e.kind === 'remote', code, reason, message } };
 }
 

@@ -177,7 +177,8 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
     );
     if (silentHint) stdout(silentHint);
   }
-  return result.ok ? 0 : 1;
+  // 3: no device answered (every target stayed silent)
+  return result.ok ? 0 : verdicts.length > 0 && silent.length === verdicts.length ? 3 : 1;
 }
 
 interface ProgressDisplay {
