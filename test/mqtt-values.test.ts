@@ -164,12 +164,29 @@ test('val.set over MQTT: operator+ only, the one value rule, typed refusals nami
     t.like(r.answer, want, what);
     t.is(typeof r.answer['message'], 'string', what);
   }
+  // docs/mqtt.md "Value commands": the documented request, accepted and rejected payloads have the real keys
+  const md = readFileSync(new URL('../docs/mqtt.md', import.meta.url), 'utf8');
+  const start = md.indexOf('\n## Value commands');
+  const section = md.slice(start, md.indexOf('\n## ', start + 1));
+  const [docReq, docAccepted, docRejected] = [...section.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => JSON.parse(m[1]!) as Json);
+  t.truthy(docReq && docAccepted && docRejected, 'three examples');
+  const { clientToken: _ct, ...docBody } = docReq!;
+  const documented = await ask({ ...docBody, token: OPERATOR });
+  t.is(documented.verdict, 'accepted');
+  t.deepEqual(Object.keys(documented.answer).sort(), Object.keys(docAccepted!).sort());
+  t.deepEqual({ ...documented.answer, clientToken: 'cal-7' }, docAccepted, 'the documented answer, value for value');
+  const docRange = await ask({ ...docBody, token: OPERATOR, value: 500 });
+  t.deepEqual({ ...docRange.answer, clientToken: 'cal-7' }, docRejected, 'the documented refusal, word for word');
+  const back = all.got.length;
+  t.true(await c.value.request('val.set', { device: 'node1', oid: 258, value: 20 }).then((r) => r.ok));
+  await all.next((m) => at('device/node1/values/1:2')(m) && json(m)['value'] === 20, back);
+
   // nothing refused changed the value
   t.is(all.got.filter((m) => at('device/node1/values/1:2')(m)).map((m) => json(m)['value']).at(-1), 20);
 
   // audit: one line per request, like the job plane's; never a token
   const lines = audit().filter((l) => l['cmd'] === 'val.set' && l['peer'] === 'mqtt');
-  t.is(lines.length, 3 + cases.length, JSON.stringify(lines.map((l) => [l['verdict'], l['reason']])));
+  t.is(lines.length, 5 + cases.length, JSON.stringify(lines.map((l) => [l['verdict'], l['reason']])));
   t.like(lines[0], { who: 'ops', role: 'operator', verdict: 'ok', target_via: 'mqtt', target_topic: 'hsx/vals/values/set', target_device: 'node1', target_oid: 258 });
   t.like(lines.find((l) => l['reason'] === 'EPERM:operator_required'), { who: 'watcher', role: 'viewer', verdict: 'denied' });
   t.like(lines.find((l) => l['reason'] === 'EPERM:token_required'), { who: 'anonymous', verdict: 'denied' });
