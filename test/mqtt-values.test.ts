@@ -57,7 +57,7 @@ class Watch {
 
 const json = (m: Msg): Json => JSON.parse(m.payload) as Json;
 
-async function startGw(t: ExecutionContext, url: string, commands: boolean) {
+async function startGw(t: ExecutionContext, url: string | null, commands: boolean) {
   const dir = mkdtempSync(join(tmpdir(), 'hsx-mqttvals-'));
   mkdirSync(join(dir, 'preload'));
   copyFileSync(FIXTURE, join(dir, 'preload', 'sensor.hxe'));
@@ -71,7 +71,7 @@ async function startGw(t: ExecutionContext, url: string, commands: boolean) {
         { name: 'boss', role: 'admin', sha256: sha256Hex(ADMIN) },
       ],
     },
-    mqtt: { url, topic_prefix: 'hsx', commands },
+    mqtt: url === null ? { embedded: true, embedded_port: 0, topic_prefix: 'hsx', commands } : { url, topic_prefix: 'hsx', commands },
     devices: [{ name: 'node1', state_dir: join(dir, 'node1'), flash: { size: 262144 }, fram: { size: 16384 } }],
     boot: { preload_dir: join(dir, 'preload'), confirm_window_ms: 0 },
   });
@@ -214,4 +214,42 @@ test('val.set over MQTT is off unless mqtt.commands = true: no subscription, no 
   await all.next((m) => m.topic === 'hsx/vals/device/node1/values/1:2' && json(m)['value'] === 21);
   t.false(all.got.some((m) => m.topic.startsWith('hsx/vals/values/set/')), 'no answer');
   t.false(all.got.some((m) => m.topic === 'hsx/vals/device/node1/values/1:2' && json(m)['value'] === 30));
+});
+
+test('the embedded broker: an operator may publish a value set, a viewer may not; a monitor reading # sees the answer, never the request', async (t) => {
+  t.timeout(60_000);
+  const { gw } = await startGw(t, null, true);
+  const url = gw.embeddedBroker!.url;
+  const monitor = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, username: 'watcher', password: VIEWER });
+  t.teardown(() => monitor.endAsync(true));
+  const seen: Msg[] = [];
+  const waiters: Array<() => void> = [];
+  monitor.on('message', (topic, p, packet) => {
+    seen.push({ topic, payload: p.toString(), retain: packet.retain });
+    for (const w of waiters.splice(0)) w();
+  });
+  await monitor.subscribeAsync('#', { qos: 1 });
+  const until = (pred: (m: Msg) => boolean): Promise<Msg> => new Promise((resolve) => {
+    const check = (): void => {
+      const hit = seen.find(pred);
+      if (hit) resolve(hit);
+      else waiters.push(check);
+    };
+    check();
+  });
+  const op = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, username: 'ops', password: OPERATOR });
+  t.teardown(() => op.endAsync(true));
+  await op.publishAsync('hsx/vals/values/set', JSON.stringify({ clientToken: 'e1', token: OPERATOR, device: 'node1', oid: '1:2', value: 40 }), { qos: 1 });
+  const answer = await until((m) => m.topic === 'hsx/vals/values/set/accepted');
+  t.like(json(answer), { clientToken: 'e1', value: 40 });
+  await until((m) => m.topic === 'hsx/vals/device/node1/values/1:2' && json(m)['value'] === 40);
+  t.false(seen.some((m) => m.topic === 'hsx/vals/values/set'), 'the request (with its token) never reaches a monitor');
+  t.false(seen.some((m) => m.payload.includes(OPERATOR)), 'no token on any topic a monitor reads');
+  // a viewer's login may not publish there at all: the broker closes its connection
+  const viewer = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, username: 'watcher', password: VIEWER });
+  viewer.on('error', () => undefined);
+  const closed = new Promise<void>((resolve) => viewer.once('close', () => resolve()));
+  viewer.publish('hsx/vals/values/set', JSON.stringify({ clientToken: 'e2', token: VIEWER, device: 'node1', oid: '1:2', value: 41 }), { qos: 1 });
+  await closed;
+  t.true(gw.embeddedBroker!.stats().refusedPublishes >= 1);
 });
