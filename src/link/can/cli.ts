@@ -273,7 +273,7 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
       device = await openSimulatedDevice({ name: `node${node}`, stateDir: o.state, events, confirmWindowMs: confirmWindowMs ?? 10_000 });
     } catch (e) {
       const message = `cannot open the state directory ${o.state}: ${(e as Error).message}`;
-      print({ type: 'error', code: (e as { code?: string }).code ?? 'EIO', message }, `device: ${message}`);
+      print({ ok: false, type: 'error', error: { code: (e as { code?: string }).code ?? 'EIO', reason: (e as { reason?: string }).reason ?? 'open_failed', message } }, `device: ${message}`);
       return 1;
     }
   }
