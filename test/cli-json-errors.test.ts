@@ -87,9 +87,13 @@ test('the usage errors the issue names, and usage checks made by the commands th
     [['can', 'get', '--json', '--node', '70'], 'missing_mandatory_option_value'],
     [['frobnicate', '--json'], 'unknown_command'],
     // checked by the command, not by commander
-    [['flash', '--json', 'configs/sd/apps/sensor.hxe'], 'bad_usage'],
+    [['flash', '--json', 'configs/sd/apps/sensor.hxe'], 'no_transport'],
+    [['device', '--json'], 'no_transport'],
+    [['flash', '--json', '--can', 'virtual:127.0.0.1:1', '--nodes', '99', 'configs/sd/apps/sensor.hxe'], 'bad_usage'],
+    [['can', 'set', '--json', '--can', 'virtual:x', '--node', '3', 'nope', '1'], 'bad_usage'],
+    [['persist', '--json', '1', '--target', 'forever'], 'bad_option'],
     [['flash', '--json', '--uart', '/dev/null', '--baud', 'fast', 'configs/sd/apps/sensor.hxe'], 'bad_usage'],
-    [['status', '--json', 'abc'], 'bad_usage'],
+    [['status', '--json', 'abc'], 'bad_argument'],
     [['serve', '--json', '--config', 'configs/demo.toml', '--log-format', 'xml'], 'bad_option'],
     [['demo', '--json', '--control-port', '99999'], 'bad_option'],
     [['scan', '--json'], 'bad_usage'],
@@ -98,6 +102,7 @@ test('the usage errors the issue names, and usage checks made by the commands th
   cases.forEach(([args, reason], i) => {
     const e = errorShape(t, args.join(' '), runs[i]!, 2);
     if (e) t.is(e['reason'], reason, args.join(' '));
+    t.is(runs[i]!.stderr, '', `${args.join(' ')}: nothing on stderr with --json`);
   });
 });
 

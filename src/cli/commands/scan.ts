@@ -46,7 +46,7 @@ export async function runScan(o: Record<string, unknown>, out: Out = (l) => void
   const json = o['json'] === true;
   const usage = (message: string): number => {
     if (json) out(JSON.stringify({ ok: false, type: 'error', error: { code: 'EUSAGE', reason: 'bad_usage', message: `scan: ${message}` } }));
-    err(`scan: ${message}`);
+    else err(`scan: ${message}`);
     return 2;
   };
   const can = typeof o['can'] === 'string' ? o['can'] : undefined;

@@ -34,7 +34,8 @@ function intOption(value: unknown, name: string, min: number, max: number): numb
 async function openBus(spec: string, fd: boolean, json: boolean): Promise<CanBus | 2 | 1> {
   const parsed = parseCanAddress(spec);
   if (!parsed.ok) {
-    stderr(`error: ${parsed.message}`);
+    if (json) stdout(JSON.stringify({ ok: false, error: { code: 'EUSAGE', reason: 'bad_address', message: parsed.message } }));
+    else stderr(`error: ${parsed.message}`);
     return 2;
   }
   try {
@@ -83,7 +84,8 @@ export function verdictCounts(verdicts: NodeVerdict[]): { ready: number; updated
 export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promise<number> {
   const json = !!o.json;
   const usage = (m: string): number => {
-    stderr(`flash: ${m}`);
+    if (json) stdout(JSON.stringify({ ok: false, error: { code: 'EUSAGE', reason: 'bad_usage', message: `flash: ${m}` } }));
+    else stderr(`flash: ${m}`);
     return 2;
   };
   const nodes = parseNodeList(o.nodes ?? '1');
@@ -357,7 +359,8 @@ export async function runCanValue(op: 'get' | 'set', target: string, valueText: 
   const json = !!o.json;
   const node = Number(o.node);
   const usage = (m: string): number => {
-    stderr(`can ${op}: ${m}`);
+    if (json) stdout(JSON.stringify({ ok: false, error: { code: 'EUSAGE', reason: 'bad_usage', message: `can ${op}: ${m}` } }));
+    else stderr(`can ${op}: ${m}`);
     return 2;
   };
   const bad = o.node === undefined ? '--node is required' : nodeProblem(node);
