@@ -57,7 +57,7 @@ class Watch {
 
 const json = (m: Msg): Json => JSON.parse(m.payload) as Json;
 
-async function startGw(t: ExecutionContext, url: string | null, commands: boolean) {
+async function startGw(t: ExecutionContext, url: string | null, commands: boolean, canBus?: string) {
   const dir = mkdtempSync(join(tmpdir(), 'hsx-mqttvals-'));
   mkdirSync(join(dir, 'preload'));
   copyFileSync(FIXTURE, join(dir, 'preload', 'sensor.hxe'));
@@ -72,7 +72,8 @@ async function startGw(t: ExecutionContext, url: string | null, commands: boolea
       ],
     },
     mqtt: url === null ? { embedded: true, embedded_port: 0, topic_prefix: 'hsx', commands } : { url, topic_prefix: 'hsx', commands },
-    devices: [{ name: 'node1', state_dir: join(dir, 'node1'), flash: { size: 262144 }, fram: { size: 16384 } }],
+    ...(canBus ? { links: { can: [{ interface: canBus, backend: 'virtual', timing: false, role: 'master' }] } } : {}),
+    devices: [{ name: 'node1', state_dir: join(dir, 'node1'), flash: { size: 262144 }, fram: { size: 16384 }, ...(canBus ? { node_id: 1 } : {}) }],
     boot: { preload_dir: join(dir, 'preload'), confirm_window_ms: 0 },
   });
   if (!cfg.ok) throw new Error(cfg.error.message);
@@ -252,4 +253,30 @@ test('the embedded broker: an operator may publish a value set, a viewer may not
   viewer.publish('hsx/vals/values/set', JSON.stringify({ clientToken: 'e2', token: VIEWER, device: 'node1', oid: '1:2', value: 41 }), { qos: 1 });
   await closed;
   t.true(gw.embeddedBroker!.stats().refusedPublishes >= 1);
+});
+
+test('val.set over MQTT to a node on a CAN master link (link, node): the CAN SET, the node\'s own rule, the retained value', async (t) => {
+  t.timeout(60_000);
+  const broker = await startMosquitto();
+  t.teardown(() => broker.stop());
+  const all = await Watch.open(broker.url, 'hsx/vals/#');
+  t.teardown(() => all.close());
+  await startGw(t, broker.url, true, 'mqttvals-bus');
+  await all.next((m) => m.topic === 'hsx/vals/device/node1/values/1:2');
+  const requester = await mqtt.connectAsync(broker.url, { protocolVersion: 5, reconnectPeriod: 0 });
+  t.teardown(() => requester.endAsync());
+  const ask = async (clientToken: string, body: Json): Promise<Msg> => {
+    const from = all.got.length;
+    await requester.publishAsync('hsx/vals/values/set', JSON.stringify({ clientToken, token: OPERATOR, link: 'mqttvals-bus', node: 1, ...body }), { qos: 1 });
+    return all.next((x) => x.topic.startsWith('hsx/vals/values/set/') && json(x)['clientToken'] === clientToken, from);
+  };
+  const ok = await ask('c1', { oid: '1:2', value: 44 });
+  t.is(ok.topic, 'hsx/vals/values/set/accepted', ok.payload);
+  t.like(json(ok), { device: null, link: 'mqttvals-bus', node: 1, oid: 258, value: 44, pid: null, persisted: false });
+  await all.next((m) => m.topic === 'hsx/vals/device/node1/values/1:2' && json(m)['value'] === 44);
+  const ro = await ask('c2', { oid: '1:3', value: 0 });
+  t.is(ro.topic, 'hsx/vals/values/set/rejected');
+  t.like(json(ro), { code: 'EPERM', reason: 'read_only', field: 'oid' });
+  const badNode = await ask('c3', { oid: '1:2', value: 1, node: 64 });
+  t.like(json(badNode), { code: 'EINVAL', reason: 'node', field: 'node' });
 });
