@@ -31,7 +31,7 @@ test('flash --can refuses an invalid image before it opens the bus (text and --j
   const json = cli(['flash', '--can', 'virtual:127.0.0.1:1', '--nodes', '7', '--json', bad]);
   t.is(json.status, 1);
   const line = JSON.parse(json.stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
-  t.like(line, { type: 'error', code: 'EBADMSG', reason: 'crc_mismatch', where: 'image' });
+  t.like(line, { ok: false, type: 'error', error: { code: 'EBADMSG', reason: 'crc_mismatch', where: 'image' } });
 });
 
 test('flash --uart refuses an invalid image before it opens the port', (t) => {
@@ -52,7 +52,7 @@ test('flash --can to a node that never answers gives up after the 3 s join budge
     return { status: r.code, stdout: r.stdout, stderr: r.stderr };
   };
   const json = await run(['--json']);
-  t.is(json.status, 1, json.stderr);
+  t.is(json.status, 3, json.stderr); // 3: no device answered
   const lines = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   t.like(lines.find((l) => l['type'] === 'verdict'), { node: 9, status: 'ETIMEDOUT', reason: 'no_join' });
   const summary = lines.find((l) => l['type'] === 'summary')!;
@@ -78,7 +78,7 @@ test('flash --uart with nothing on the other end gives up after the 5 s open bud
     return { status: r.code, stdout: r.stdout, stderr: r.stderr };
   };
   const json = await run(['--json']);
-  t.is(json.status, 1, json.stderr);
+  t.is(json.status, 3, json.stderr); // 3: no device answered
   const lines = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
   // OPEN waits 250, 500, 1000, 2000 ms, then the last 1250 ms of the 5 s budget: five OPENs, each reported.
   t.deepEqual(lines.filter((l) => l['event'] === 'progress').map((l) => l['openAttempts']), [1, 2, 3, 4, 5]);
@@ -87,7 +87,7 @@ test('flash --uart with nothing on the other end gives up after the 5 s open bud
   t.like(error.error, { code: 'ETIMEDOUT', where: 'session', reason: 'no_listener' });
   t.regex(String(error.error['message']), /nothing answered on .* at 921600 baud \(no device answered OPEN within 5 s \(5 attempts\)\): check the cable, the baud rate/);
   const text = await run([]);
-  t.is(text.status, 1);
+  t.is(text.status, 3);
   t.regex(text.stderr, /no answer yet on .* at 921600 baud \(OPEN sent 2 times\)/);
   t.regex(text.stdout + text.stderr, /nothing answered on/);
 });

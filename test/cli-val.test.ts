@@ -47,24 +47,24 @@ test('val list, get and set: output, --json and exit codes', async (t) => {
   // refusals: exit 1, the typed error and the reference's status
   const ro = await runCli(['val', 'set', '1:3', '0', '--json', ...at], op);
   t.is(ro.code, 1);
-  t.like(json(ro.stdout), { ok: false, kind: 'remote', error: 'EPERM:read_only', detail: { status: 2, field: 'oid' } });
+  t.like(json(ro.stdout), { ok: false, error: { kind: 'remote', code: 'EPERM', reason: 'read_only', status: 2, field: 'oid' } });
   const auth = await runCli(['val', 'set', '2:1', '5', ...at], op);
   t.is(auth.code, 1);
   t.regex(auth.stderr, /^val set: server: EPERM:auth_level: value "speed" \(2,1\) needs auth level 2 \(admin\); the caller has 1 \(user\)\n$/);
   t.is((await runCli(['val', 'set', '2:1', '5', '--token', 'admin-secret', ...at])).code, 0);
   const range = await runCli(['val', 'set', '1:2', '500', '--json', ...at], op);
   t.is(range.code, 1);
-  t.like(json(range.stdout), { ok: false, error: 'EINVAL:out_of_range', detail: { status: 4, field: 'value', min: -40, max: 125 } });
+  t.like(json(range.stdout), { ok: false, error: { code: 'EINVAL', reason: 'out_of_range', status: 4, field: 'value', min: -40, max: 125 } });
   const missing = await runCli(['val', 'get', '9:9', '--json', ...at], op);
   t.is(missing.code, 1);
-  t.like(json(missing.stdout), { ok: false, error: 'ENOENT:unknown_oid', detail: { status: 1 } });
+  t.like(json(missing.stdout), { ok: false, error: { code: 'ENOENT', reason: 'unknown_oid', status: 1 } });
   const viewer = await runCli(['val', 'set', '1:2', '20', '--json', ...at], { HSX_GATEWAY_TOKEN: '' });
   t.is(viewer.code, 1);
 
   // usage: exit 2, checked before connecting, naming the field
   const bad = await runCli(['val', 'set', '1:2', 'warm', '--json', ...at], op);
   t.is(bad.code, 2);
-  t.like(json(bad.stdout), { ok: false, kind: 'usage', error: 'EINVAL:value', detail: { field: 'value' } });
+  t.like(json(bad.stdout), { ok: false, error: { kind: 'usage', code: 'EINVAL', reason: 'value', field: 'value' } });
   const inf = await runCli(['val', 'set', '1:2', 'Infinity', ...at], op);
   t.is(inf.code, 2);
   t.regex(inf.stderr, /Infinity cannot be held by an f16/);
@@ -75,7 +75,7 @@ test('val list, get and set: output, --json and exit codes', async (t) => {
   // a CAN node that never answers: exit 3
   const silent = await runCli(['val', 'get', '1:2', '--link', 'can0', '--node', '9', '--json', ...at], op);
   t.is(silent.code, 3, silent.stdout + silent.stderr);
-  t.like(json(silent.stdout), { ok: false, error: 'ETIMEDOUT:no_answer', detail: { field: 'node' } });
-  // nothing listening: exit 1
-  t.is((await runCli(['val', 'list', '--connect', '127.0.0.1:1'], op)).code, 1);
+  t.like(json(silent.stdout), { ok: false, error: { code: 'ETIMEDOUT', reason: 'no_answer', field: 'node' } });
+  // nothing listening: exit 3 (no gateway answered)
+  t.is((await runCli(['val', 'list', '--connect', '127.0.0.1:1'], op)).code, 3);
 });

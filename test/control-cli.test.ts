@@ -50,7 +50,8 @@ test('ps, status, persist, rollback against a running server', async (t) => {
   t.true(psJson['ok'] as boolean);
   t.deepEqual((psJson['devices'] as Array<{ device: string; tasks: unknown[] }>).map((d) => [d.device, d.tasks.length]), [['default', 1]]);
   t.is(rollbackDenied.code, 1);
-  t.is((JSON.parse(rollbackDenied.stdout) as Record<string, unknown>)['error'], 'EPERM:admin_required');
+  t.like(JSON.parse(rollbackDenied.stdout), { ok: false, error: { code: 'EPERM', reason: 'admin_required', remote: true } });
+  t.regex(String((JSON.parse(rollbackDenied.stdout) as { error: { hint: string } }).error.hint), /--token TOKEN or \$HSX_GATEWAY_TOKEN/);
   t.is(badConnect.code, 2);
   t.regex(badConnect.stderr, /expected HOST:PORT/);
 
@@ -75,15 +76,15 @@ test('ps, status, persist, rollback against a running server', async (t) => {
   t.regex(status.out, new RegExp(`^pid ${pid}  READY  sensor_app  329 bytes`));
   const noToken = await run('provision.status', {}, renderStatus, { json: true });
   t.is(noToken.code, 1);
-  t.deepEqual(JSON.parse(noToken.out), { ok: false, kind: 'remote', error: 'EPERM:viewer_required' });
+  t.like(JSON.parse(noToken.out), { ok: false, error: { kind: 'remote', remote: true, code: 'EPERM', reason: 'viewer_required' } });
   const persist = await run('provision.persist', { pid, target: 'test' }, renderPersist, { token: 'operator-secret' });
   t.is(persist.code, 0, persist.err);
   t.regex(persist.out, /^persisted to slot [AB] \(seq \d+\) on default\n$/);
   const rollback = await run('provision.rollback', { reason: 'cli-test' }, renderRollback, { token: 'admin-secret' });
   t.true(rollback.code === 0 ? /^rolled back to slot/.test(rollback.out) : /server: E/.test(rollback.err), rollback.out + rollback.err);
   const refused = await runPs({ connect: '127.0.0.1:1', json: true });
-  t.is(refused.code, 1);
-  t.is((JSON.parse(refused.out) as Record<string, unknown>)['kind'], 'connect');
+  t.is(refused.code, 3, 'no gateway answered');
+  t.like(JSON.parse(refused.out), { ok: false, error: { kind: 'connect', code: 'ECONNREFUSED', no_gateway: true } });
   const audits = h.logs.filter((l) => l['audit'] === true && l['verdict'] === 'denied').map((l) => `${String(l['cmd'])}:${String(l['who'])}`);
   t.true(audits.includes('provision.rollback:op'));
 });
@@ -130,5 +131,5 @@ test('a refusal says what to do: EPERM names --token and the variable, an unknow
   t.regex(unknown.err, /ENODEV:unknown_device.*the gateway's devices: default/);
   // --json keeps the server's own shape and detail
   const json = await capture({ token: 'operator-secret', device: 'nope', json: true }, 'provision.status');
-  t.like(JSON.parse(json.out), { ok: false, kind: 'remote', error: 'ENODEV:unknown_device', detail: { devices: ['default'] } });
+  t.like(JSON.parse(json.out), { ok: false, error: { kind: 'remote', code: 'ENODEV', reason: 'unknown_device', devices: ['default'] } });
 });

@@ -890,14 +890,14 @@ test('cli: job submit uploads a local image, follows it to the end (JSON lines),
   t.regex(byName.stdout, /1 target\(s\): 1 SUCCEEDED/);
 
   t.is(viewer.code, 1);
-  t.like(lines(viewer.stdout).at(-1), { type: 'error', ok: false, kind: 'remote', error: 'EPERM:operator_required' });
+  t.like(lines(viewer.stdout).at(-1), { ok: false, error: { kind: 'remote', code: 'EPERM', reason: 'operator_required' } });
 
   t.is(usage.code, 2);
-  t.like(lines(usage.stdout)[0], { type: 'error', kind: 'usage' });
-  t.regex(String(lines(usage.stdout)[0]!['error']), /--link/);
+  t.like(lines(usage.stdout)[0], { ok: false, error: { kind: 'usage', code: 'EUSAGE' } });
+  t.regex(String((lines(usage.stdout)[0]!['error'] as Record<string, unknown>)['message']), /--link/);
 
   t.is(nobody.code, 3, nobody.stderr + nobody.stdout);
-  t.like(lines(nobody.stdout)[0], { type: 'error', kind: 'connect' });
+  t.like(lines(nobody.stdout)[0], { ok: false, error: { kind: 'connect' } });
 
   // list, status, cancel, watch
   const [list, status, missing, cancel, badId] = await Promise.all([
@@ -915,7 +915,7 @@ test('cli: job submit uploads a local image, follows it to the end (JSON lines),
   t.is(status.code, 0, status.stderr);
   t.regex(status.stdout, new RegExp(`^job ${detachedId} (QUEUED|CANCELED) on can0`));
   t.is(missing.code, 1);
-  t.like(lines(missing.stdout)[0], { type: 'error', error: 'ESRCH:no_such_job' });
+  t.like(lines(missing.stdout)[0], { ok: false, error: { code: 'ESRCH', reason: 'no_such_job', remote: true } });
   t.is(cancel.code, 0, cancel.stderr);
   t.is(((lines(cancel.stdout)[0]!['job']) as JobRecord).state, 'CANCELED');
   t.is(badId.code, 2);
@@ -945,5 +945,5 @@ test('cli: job watch follows a job someone else submitted; a bad --connect is a 
   t.regex(w.stdout, /2 target\(s\): 1 SUCCEEDED · 1 SKIPPED/);
   const badConnect = await cli(['list', '--connect', 'nowhere', '--json']);
   t.is(badConnect.code, 2);
-  t.like(lines(badConnect.stdout)[0], { type: 'error', kind: 'usage' });
+  t.like(lines(badConnect.stdout)[0], { ok: false, error: { kind: 'usage' } });
 });

@@ -380,6 +380,6 @@ canTest('`scan --can`: a table or JSON lines; exit 0 with answers, 3 on a silent
   for (const args of [['scan'], ['scan', '--can', address, '--uart', '/dev/null'], ['scan', '--can', address, '--timeout', 'soon'], ['scan', '--can', 'no such bus'], ['scan', '--can', address, '--nodes', '0-3']]) {
     const u = await runEntry([...args, '--json']);
     t.is(u.code, 2, `${args.join(' ')}: ${u.stderr}`);
-    t.like(JSON.parse(u.stdout.trim()), { type: 'error', code: 'EUSAGE' });
+    t.like(JSON.parse(u.stdout.trim()), { ok: false, error: { code: 'EUSAGE' } });
   }
 });

@@ -322,7 +322,7 @@ canTest('the issue: `device --state` + `flash` twice is CURRENT, a new build is 
     const wireBeforeDamaged = bus.framesOnWire();
     const damagedFlash = await flashCli('damaged', ['--json']);
     t.is(damagedFlash.code, 1, damagedFlash.out);
-    t.like(damagedFlash.lines.find((l) => l['type'] === 'error'), { code: 'EBADMSG', reason: 'crc_mismatch', where: 'image' });
+    t.like(damagedFlash.lines.find((l) => l['type'] === 'error'), { ok: false, error: { code: 'EBADMSG', reason: 'crc_mismatch', where: 'image' } });
     t.is(bus.framesOnWire(), wireBeforeDamaged, 'nothing of a damaged image goes on the bus');
 
     const refused = await flashCli('bad');

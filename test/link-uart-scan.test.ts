@@ -271,9 +271,9 @@ test('`scan --uart`: JSON lines and a table (exit 0), nobody on the cable (exit 
   for (const args of [['--uart', p.a, '--nodes', '1'], ['--uart', p.a, '--baud', 'fast'], ['--uart', p.a, '--can', 'vcan0']]) {
     const u = await runEntry(['scan', ...args, '--json']);
     t.is(u.code, 2, `${args.join(' ')}: ${u.stderr}`);
-    t.like(JSON.parse(u.stdout.trim()), { type: 'error', code: 'EUSAGE' });
+    t.like(JSON.parse(u.stdout.trim()), { ok: false, error: { code: 'EUSAGE' } });
   }
   const missing = await runEntry(['scan', '--uart', join(empty.dir, 'no-such-port'), '--json']);
   t.is(missing.code, 1);
-  t.like(JSON.parse(missing.stdout.trim()), { type: 'error', code: 'ENOENT' });
+  t.like(JSON.parse(missing.stdout.trim()), { ok: false, type: 'error', error: { code: 'ENOENT' } });
 });

@@ -45,6 +45,10 @@ export interface DemoOptions {
   mqttPort?: number;
   /** Serve the live page and /metrics on this port (0: a free one). */
   httpPort?: number;
+  /** An already loaded and validated configuration (default: DEMO_CONFIG, loaded here). */
+  config?: GatewayConfig;
+  /** Log lines as `pretty` or `json` (default: pretty on a terminal, JSON otherwise). */
+  logFormat?: 'pretty' | 'json';
 }
 
 export interface DemoOutcome {
@@ -55,9 +59,13 @@ export interface DemoOutcome {
 export async function runDemo(o: DemoOptions): Promise<DemoOutcome> {
   const say = (obj: Record<string, unknown>, human: string) => process.stdout.write((o.json ? JSON.stringify(obj) : human) + '\n');
   const steps: Record<string, boolean> = {};
-  const loaded = loadConfig(DEMO_CONFIG);
-  if (!loaded.ok) throw new Error(loaded.error.message);
-  const cfg: GatewayConfig = loaded.value;
+  let cfg: GatewayConfig;
+  if (o.config) cfg = o.config;
+  else {
+    const loaded = loadConfig(DEMO_CONFIG);
+    if (!loaded.ok) throw new Error(loaded.error.message);
+    cfg = loaded.value;
+  }
   const stateRoot = resolve(o.stateDir ?? join(ROOT, '.demo-state'));
   if (!o.keepState) rmSync(stateRoot, { recursive: true, force: true });
   mkdirSync(stateRoot, { recursive: true });
@@ -68,7 +76,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoOutcome> {
   const link = cfg.links.can[0]!;
   const canAddress = `virtual:${link.interface}?bitrate=${link.bitrate}`;
 
-  const log = createLogger(cfg.gateway.log_level);
+  const log = createLogger(cfg.gateway.log_level, o.logFormat ? { format: o.logFormat } : {});
   const overrides: { controlPort?: number; httpPort?: number } = {};
   if (o.controlPort !== undefined) overrides.controlPort = o.controlPort;
   if (o.httpPort !== undefined) overrides.httpPort = o.httpPort;

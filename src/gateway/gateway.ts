@@ -32,6 +32,8 @@ import { CanFlasher } from '../link/can/flasher.js';
 import { AuditLog } from './control/audit.js';
 import { TokenStore, type TokenEntry } from './control/auth.js';
 import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopicLevel } from './mqtt/job-commands.js';
+import { MqttValueCommands } from './mqtt/value-commands.js';
+import { canTarget, deviceTarget } from './values.js';
 import { Inventory, type LinkInventory } from './inventory.js';
 import { deviceInventoryTopic, topicLevel } from './mqtt/topics.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../persist/simulated-device.js';
@@ -106,6 +108,8 @@ export class Gateway {
   /** The job service; null without `[gateway] state_dir` (jobs off). */
   jobs: JobManager | null = null;
   private mqttJobs: MqttJobCommands | null = null;
+  /** `val.set` over MQTT (only with `mqtt.commands = true`). */
+  private mqttValues: MqttValueCommands | null = null;
   /** What each master link's last scan found (null until the master links are open). */
   inventory: Inventory | null = null;
   private unwatchJobs: (() => void) | null = null;
@@ -143,6 +147,7 @@ export class Gateway {
       await gw.startValueWatch();
       await gw.startControl(overrides.controlPort);
       gw.startMqttJobs();
+      gw.startMqttValues();
       // The first inventory before `serving`: a job without targets goes to what this scan finds.
       await gw.inventory?.refreshAll();
       if (httpPort !== undefined) await gw.startHttp(httpPort);
@@ -309,6 +314,31 @@ export class Gateway {
       logger: this.log.child({ component: 'mqtt-jobs' }),
     });
     this.mqttJobs.start();
+  }
+
+  /** `val.set` requests over MQTT, through the one value rule (values.ts) and the job plane's token rule. */
+  private startMqttValues(): void {
+    const m = this.config.mqtt;
+    if (!this.bridge || !m?.commands) return;
+    const entries = this.tokenEntries('mqtt');
+    this.mqttValues = new MqttValueCommands({
+      bridge: this.bridge,
+      topics: { prefix: m.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id },
+      tokens: entries.length ? new TokenStore(entries) : null,
+      audit: new AuditLog(this.log.child({ component: 'audit' }), () => Date.now()),
+      device: (name) => {
+        const d = this.devices.get(name);
+        return d ? deviceTarget(d) : undefined;
+      },
+      devices: () => [...this.devices.keys()],
+      canNode: (link, node) => {
+        const bus = this.canValueBuses().get(link);
+        return bus ? canTarget(link, bus, node) : undefined;
+      },
+      canLinks: () => [...this.canValueBuses().keys()],
+      logger: this.log.child({ component: 'mqtt-values' }),
+    });
+    this.mqttValues.start();
   }
 
   private async startMqtt(urlOverride?: string): Promise<void> {
@@ -780,6 +810,11 @@ export class Gateway {
     this.control = null;
     // Jobs next: a running transfer is aborted (the journal keeps it IN_PROGRESS, so the next start
     // reports it interrupted, as after a crash), then the master links are closed.
+    if (this.mqttValues) {
+      this.stopping = 'stopping MQTT value commands';
+      await within(this.mqttValues.stop(), Math.min(left(), 500));
+      this.mqttValues = null;
+    }
     if (this.mqttJobs) {
       this.stopping = 'stopping MQTT job commands';
       await within(Promise.resolve(this.mqttJobs.stop()), Math.min(left(), 500));

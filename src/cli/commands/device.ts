@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { usageError } from '../output.js';
 
 /**
  * `hsx-gateway device`: the listener role, a simulated device that receives images through the
@@ -32,8 +33,7 @@ export function registerDevice(program: Command): void {
         });
         return;
       }
-      process.stderr.write('device: give a transport (--uart PORT or --can IFACE)\n');
-      process.exitCode = 2;
+      process.exitCode = usageError(!!opts['json'], 'device', 'give a transport (--uart PORT or --can IFACE)', 'no_transport');
       void opts;
     });
 }

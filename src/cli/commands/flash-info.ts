@@ -56,7 +56,7 @@ export function registerFlashInfo(program: Command): void {
         process.exitCode = 0;
       } catch (e) {
         const pe = isPersistError(e) ? { code: e.code, reason: e.reason, message: e.message, detail: e.detail } : { code: 'EIO', reason: 'unreadable', message: String((e as Error).message ?? e) };
-        if (opts.json) process.stdout.write(JSON.stringify({ error: pe }) + '\n');
+        if (opts.json) process.stdout.write(JSON.stringify({ ok: false, error: pe }) + '\n');
         else process.stderr.write(`flash-info: ${pe.message}\n`);
         process.exitCode = 1;
       }

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { DEFAULT_BAUD, DEFAULT_CHUNK, DEFAULT_WINDOW } from '../../link/uart/settings.js';
+import { usageError } from '../output.js';
 
 /**
  * `hsx-gateway flash`: the master role. This file only parses options and dispatches to the
@@ -41,8 +42,7 @@ export function registerFlash(program: Command): void {
         });
         return;
       }
-      process.stderr.write('flash: give a transport (--uart PORT or --can IFACE)\n');
-      process.exitCode = 2;
+      process.exitCode = usageError(!!opts['json'], 'flash', 'give a transport (--uart PORT or --can IFACE)', 'no_transport');
       void image; void opts;
     });
 }

@@ -36,7 +36,12 @@ export function registerInspect(program: Command): void {
         : null;
       if (sig?.failed) process.exitCode = 1;
       if (opts.json) {
-        process.stdout.write(`${JSON.stringify(r.ok ? { ...imageJson(r.value), ...sig?.json } : { ok: false, error: errorJson(r.error) })}\n`);
+        // an altered or revoked image: the description stays, and ok/error say it failed (the one error shape)
+        const sigFailed = sig?.failed ? {
+          ok: false,
+          error: { code: 'EBADSIG', reason: String((sig.json['signature'] as Record<string, unknown> | undefined)?.['status'] ?? 'signature_failed'), message: `${file}: ${sig.text.trim()}` },
+        } : {};
+        process.stdout.write(`${JSON.stringify(r.ok ? { ...imageJson(r.value), ...sig?.json, ...sigFailed } : { ok: false, error: errorJson(r.error) })}\n`);
       } else if (r.ok) {
         process.stdout.write(describeImage(file, r.value) + (sig?.text ?? ''));
       } else {

@@ -14,7 +14,7 @@ import { connect } from 'node:net';
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { err, ok, type Result } from '../../hxe/result.js';
-import { CLIENT_TOKEN_ENV, ControlClient, DEFAULT_CONNECT, parseHostPort, type ClientError, type Reply } from '../../gateway/control/client.js';
+import { CLIENT_TOKEN_ENV, ControlClient, clientErrorJson, clientExitCode, DEFAULT_CONNECT, parseHostPort, type ClientError, type Reply } from '../../gateway/control/client.js';
 import { LineReader } from '../../gateway/control/line-reader.js';
 import type { JobRecord, JobTarget } from '../../gateway/jobs/types.js';
 import { parseNodeList } from '../../link/can/master.js';
@@ -49,20 +49,18 @@ function jsonLine(io: Io, obj: Record<string, unknown>): void {
 }
 
 function usage(io: Io, opts: { json?: boolean }, name: string, message: string): Exit {
-  if (opts.json) jsonLine(io, { type: 'error', ok: false, kind: 'usage', error: message });
+  if (opts.json) jsonLine(io, clientErrorJson({ kind: 'usage', message }));
   else io.err(`job ${name}: ${message}\n`);
   return new Exit(2);
 }
 
 /** Exit code of a client error: 3 when no gateway answered, 2 usage, else 1. */
 function codeOf(e: ClientError): number {
-  if (e.kind === 'usage') return 2;
-  if (e.kind === 'connect' || (e.kind === 'timeout' && e.message.startsWith('no connection'))) return 3;
-  return 1;
+  return clientExitCode(e);
 }
 
 function failure(io: Io, opts: { json?: boolean }, name: string, e: ClientError): Exit {
-  if (opts.json) jsonLine(io, { type: 'error', ok: false, kind: e.kind, error: e.error ?? e.message, ...(e.detail ? { detail: e.detail } : {}) });
+  if (opts.json) jsonLine(io, clientErrorJson(e));
   else {
     const why = e.detail?.['message'] ? ` (${String(e.detail['message'])})` : '';
     const hint = e.error?.startsWith('EPERM:') && e.error.endsWith('_required') ? `; give a token with that role: --token TOKEN or $${CLIENT_TOKEN_ENV}` : '';

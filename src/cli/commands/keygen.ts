@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { generateKeyFiles } from '../../gateway/keys.js';
+import { errorLine } from '../output.js';
 
 /**
  * `hsx-gateway keygen --out DIR [--name NAME]`: an Ed25519 signing key pair, NAME.key (mode 0600,
@@ -15,7 +16,7 @@ export function registerKeygen(program: Command): void {
     .action((opts: { out: string; name: string; json?: boolean }) => {
       const r = generateKeyFiles(opts.out, opts.name);
       if (!r.ok) {
-        if (opts.json) process.stdout.write(JSON.stringify({ ok: false, error: r.error }) + '\n');
+        if (opts.json) process.stdout.write(errorLine(r.error.code, 'keygen_failed', r.error.message, { file: r.error.file }));
         else process.stderr.write(`keygen: ${r.error.message}\n`);
         process.exitCode = 1;
         return;

@@ -21,7 +21,7 @@ export function registerPack(program: Command): void {
     .option('--json', 'print the result as one JSON object')
     .action((specPath: string, opts: { output: string; json?: boolean }) => {
       const fail = (field: string, message: string): void => {
-        if (opts.json) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: 'EINVAL', field, message } })}\n`);
+        if (opts.json) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: 'EINVAL', reason: 'bad_spec', field, message } })}\n`);
         else process.stderr.write(`pack: ${specPath}: ${field}: ${message}\n`);
         process.exitCode = 1;
       };
@@ -56,7 +56,7 @@ export function registerPack(program: Command): void {
       try {
         writeFileSync(opts.output, built.value);
       } catch (e) {
-        if (opts.json) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: 'EIO', message: (e as Error).message } })}\n`);
+        if (opts.json) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: 'EIO', reason: 'write_failed', message: (e as Error).message } })}\n`);
         else process.stderr.write(`pack: ${(e as Error).message}\n`);
         process.exitCode = 1;
         return;

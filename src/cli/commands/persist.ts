@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { DEFAULT_CONNECT, runClientCommand, type Reply } from '../../gateway/control/client.js';
+import { usageError } from '../output.js';
 
 /** `hsx-gateway persist <pid>`: commit a loaded task's image to the device's flash. */
 export function registerPersist(program: Command): void {
@@ -14,13 +15,11 @@ export function registerPersist(program: Command): void {
     .option('--json', 'JSON output')
     .action(async (pid: string, opts: { target: string; connect: string; token?: string; device?: string; json?: boolean }) => {
       if (!/^\d+$/.test(pid)) {
-        process.stderr.write(`persist: pid must be a non-negative integer, got "${pid}"\n`);
-        process.exitCode = 2;
+        process.exitCode = usageError(!!opts.json, 'persist', `pid must be a non-negative integer, got "${pid}"`, 'bad_argument', { field: 'pid' });
         return;
       }
       if (opts.target !== 'test' && opts.target !== 'permanent') {
-        process.stderr.write(`persist: --target must be test or permanent, got "${opts.target}"\n`);
-        process.exitCode = 2;
+        process.exitCode = usageError(!!opts.json, 'persist', `--target must be test or permanent, got "${opts.target}"`, 'bad_option', { option: '--target' });
         return;
       }
       process.exitCode = await runClientCommand(opts, 'provision.persist', { pid: Number(pid), target: opts.target }, renderPersist);

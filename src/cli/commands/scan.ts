@@ -45,8 +45,8 @@ function intOption(raw: unknown, name: string, min: number, max: number): number
 export async function runScan(o: Record<string, unknown>, out: Out = (l) => void process.stdout.write(`${l}\n`), err: Out = (l) => void process.stderr.write(`${l}\n`)): Promise<number> {
   const json = o['json'] === true;
   const usage = (message: string): number => {
-    if (json) out(JSON.stringify({ type: 'error', code: 'EUSAGE', message: `scan: ${message}` }));
-    err(`scan: ${message}`);
+    if (json) out(JSON.stringify({ ok: false, type: 'error', error: { code: 'EUSAGE', reason: 'bad_usage', message: `scan: ${message}` } }));
+    else err(`scan: ${message}`);
     return 2;
   };
   const can = typeof o['can'] === 'string' ? o['can'] : undefined;
@@ -55,7 +55,7 @@ export async function runScan(o: Record<string, unknown>, out: Out = (l) => void
   const timeout = intOption(o['timeout'], '--timeout', 1, 600_000);
   if (typeof timeout === 'string') return usage(timeout);
   const failed = (code: string, message: string): number => {
-    if (json) out(JSON.stringify({ type: 'error', code, message }));
+    if (json) out(JSON.stringify({ ok: false, type: 'error', error: { code, reason: code === 'ENODEV' ? 'link_unavailable' : 'scan_failed', message } }));
     else err(`scan: ${message}`);
     return 1;
   };

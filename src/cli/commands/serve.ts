@@ -1,8 +1,6 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../../gateway/config.js';
-import { Gateway } from '../../gateway/gateway.js';
-import { createLogger } from '../../gateway/logger.js';
-import { allTopics } from '../../gateway/mqtt/topics.js';
+import { EXIT, errorLine, logFormatOption, usageError } from '../output.js';
 
 /** `serve` is gone within this long of the first SIGINT/SIGTERM, whatever the broker, links or clients do. */
 export const STOP_DEADLINE_MS = 5_000;
@@ -11,6 +9,10 @@ export const STOP_DEADLINE_MS = 5_000;
  * `hsx-gateway serve`: the daemon. The first SIGINT/SIGTERM stops cleanly (aborts in-flight
  * transfers, flushes MQTT, closes device files) within STOP_DEADLINE_MS, and says what it could
  * not flush; a second one exits at once (code 130 for SIGINT, 143 for SIGTERM).
+ *
+ * Start-up order: the options and the configuration are checked first, with nothing but the config
+ * reader loaded; only then are the gateway, its links, MQTT and the broker imported. A bad config
+ * exits 2 at once, whatever bus backend it names (test/cli-daemon-start.test.ts counts the modules).
  */
 export function registerServe(program: Command): void {
   program
@@ -21,20 +23,20 @@ export function registerServe(program: Command): void {
     .option('--mqtt-url <url>', 'override the MQTT broker URL')
     .option('--http-port <n>', 'serve the live page and /metrics on this port (0 picks a free one); overrides [http] port')
     .option('--json', 'print start-up and shutdown as JSON lines')
-    .action(async (opts: { config: string; controlPort?: string; mqttUrl?: string; httpPort?: string; json?: boolean }) => {
+    .option('--log-format <fmt>', 'log lines on stderr: pretty (human) or json (default: pretty on a terminal, json otherwise)')
+    .action(async (opts: { config: string; controlPort?: string; mqttUrl?: string; httpPort?: string; json?: boolean; logFormat?: string }) => {
       const out = (obj: Record<string, unknown>, human: string) => process.stdout.write((opts.json ? JSON.stringify(obj) : human) + '\n');
-      const cfg = loadConfig(opts.config);
-      if (!cfg.ok) {
-        process.stderr.write(cfg.error.message + '\n');
-        process.exitCode = 2;
+      const json = !!opts.json;
+      const logFormat = logFormatOption(opts.logFormat);
+      if (logFormat === null) {
+        process.exitCode = usageError(json, 'serve', `--log-format must be pretty or json, got ${opts.logFormat}`, 'bad_option', { option: '--log-format' });
         return;
       }
       let controlPort: number | undefined;
       if (opts.controlPort !== undefined) {
         controlPort = Number(opts.controlPort);
-        if (!Number.isInteger(controlPort) || controlPort < 0 || controlPort > 65535) {
-          process.stderr.write(`serve: --control-port must be 0..65535, got ${opts.controlPort}\n`);
-          process.exitCode = 2;
+        if (!/^\d{1,5}$/.test(opts.controlPort) || controlPort > 65535) {
+          process.exitCode = usageError(json, 'serve', `--control-port must be 0..65535, got ${opts.controlPort}`, 'bad_option', { option: '--control-port' });
           return;
         }
       }
@@ -42,20 +44,33 @@ export function registerServe(program: Command): void {
       if (opts.httpPort !== undefined) {
         httpPort = Number(opts.httpPort);
         if (!/^\d{1,5}$/.test(opts.httpPort) || httpPort > 65535) {
-          process.stderr.write(`serve: --http-port must be 0..65535, got ${opts.httpPort}\n`);
-          process.exitCode = 2;
+          process.exitCode = usageError(json, 'serve', `--http-port must be 0..65535, got ${opts.httpPort}`, 'bad_option', { option: '--http-port' });
           return;
         }
       }
-      const log = createLogger(cfg.value.gateway.log_level);
+      const cfg = loadConfig(opts.config);
+      if (!cfg.ok) {
+        if (json) process.stdout.write(errorLine('ECONFIG', 'invalid_config', cfg.error.message, { file: cfg.error.file, problems: cfg.error.problems }));
+        else process.stderr.write(cfg.error.message + '\n');
+        process.exitCode = EXIT.USAGE;
+        return;
+      }
+      // Only a valid configuration loads the gateway (links, MQTT, the broker, persistence).
+      const [{ Gateway }, { createLogger }, { allTopics }] = await Promise.all([
+        import('../../gateway/gateway.js'),
+        import('../../gateway/logger.js'),
+        import('../../gateway/mqtt/topics.js'),
+      ]);
+      const log = createLogger(cfg.value.gateway.log_level, logFormat ? { format: logFormat } : {});
       const overrides: { controlPort?: number; mqttUrl?: string; httpPort?: number } = {};
       if (controlPort !== undefined) overrides.controlPort = controlPort;
       if (httpPort !== undefined) overrides.httpPort = httpPort;
       if (opts.mqttUrl) overrides.mqttUrl = opts.mqttUrl;
       const started = await Gateway.start(cfg.value, log, overrides);
       if (!started.ok) {
-        process.stderr.write(`serve: ${started.error.component}: ${started.error.message}\n`);
-        process.exitCode = 1;
+        if (json) process.stdout.write(errorLine(started.error.code, 'start_failed', started.error.message, { component: started.error.component }));
+        else process.stderr.write(`serve: ${started.error.component}: ${started.error.message}\n`);
+        process.exitCode = EXIT.FAILED;
         return;
       }
       const gw = started.value;

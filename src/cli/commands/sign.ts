@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { loadPrivateKey } from '../../gateway/keys.js';
 import { signImage } from '../../hxe/signature.js';
 import { formatVersion, parseVersion } from '../../hxe/trailer.js';
+import { errorLine } from '../output.js';
 
 /**
  * `hsx-gateway sign IMAGE --key KEY [--version 1.2.0+3] [--counter 7] -o OUT`: appends the
@@ -23,7 +24,11 @@ export function registerSign(program: Command): void {
     .option('--json', 'print the result as JSON')
     .action((image: string, opts: { key: string; out: string; version: string; counter: string; json?: boolean }) => {
       const fail = (code: 1 | 2, message: string, extra: Record<string, unknown> = {}): void => {
-        if (opts.json) process.stdout.write(JSON.stringify({ ok: false, message, ...extra }) + '\n');
+        const e = extra['error'] as { code?: string; reason?: string; offset?: number } | undefined;
+        if (opts.json) {
+          process.stdout.write(errorLine(e?.code ?? (code === 2 ? 'EUSAGE' : 'EIO'), e?.reason ?? (code === 2 ? 'bad_option' : 'sign_failed'), message,
+            e?.offset !== undefined ? { offset: e.offset } : {}));
+        }
         else process.stderr.write(`sign: ${message}\n`);
         process.exitCode = code;
       };

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { DEFAULT_CONNECT, runClientCommand, type Reply } from '../../gateway/control/client.js';
+import { usageError } from '../output.js';
 
 /** `hsx-gateway status [pid]`: one task's (or every task's) provisioning status. */
 export function registerStatus(program: Command): void {
@@ -13,8 +14,7 @@ export function registerStatus(program: Command): void {
     .option('--json', 'JSON output')
     .action(async (pid: string | undefined, opts: { connect: string; token?: string; device?: string; json?: boolean }) => {
       if (pid !== undefined && !/^\d+$/.test(pid)) {
-        process.stderr.write(`status: pid must be a non-negative integer, got "${pid}"\n`);
-        process.exitCode = 2;
+        process.exitCode = usageError(!!opts.json, 'status', `pid must be a non-negative integer, got "${pid}"`, 'bad_argument', { field: 'pid' });
         return;
       }
       process.exitCode = await runClientCommand(opts, 'provision.status', pid === undefined ? {} : { pid: Number(pid) }, renderStatus);

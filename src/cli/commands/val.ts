@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { CLIENT_TOKEN_ENV, ControlClient, DEFAULT_CONNECT, type ClientError, type Reply } from '../../gateway/control/client.js';
+import { CLIENT_TOKEN_ENV, ControlClient, clientErrorJson, clientExitCode, DEFAULT_CONNECT, type ClientError, type Reply } from '../../gateway/control/client.js';
 import { parseOid, parseValue } from '../../gateway/values.js';
 
 /**
@@ -55,7 +55,7 @@ const processIo: Io = { out: (s) => process.stdout.write(s), err: (s) => process
 export async function runVal(op: 'list' | 'get' | 'set', opts: ValOpts, oidText: string | undefined, valueText: string | undefined, io: Io = processIo): Promise<number> {
   const name = `val ${op}`;
   const fail = (e: ClientError, code: number): number => {
-    if (opts.json) io.out(`${JSON.stringify({ ok: false, kind: e.kind, error: e.error ?? e.message, ...(e.detail ? { detail: e.detail } : {}) })}\n`);
+    if (opts.json) io.out(`${JSON.stringify(clientErrorJson(e))}\n`);
     else io.err(`${name}: ${e.message}${e.detail?.['message'] && !e.message.includes(String(e.detail['message'])) ? ` (${String(e.detail['message'])})` : ''}\n`);
     return code;
   };
@@ -89,10 +89,10 @@ export async function runVal(op: 'list' | 'get' | 'set', opts: ValOpts, oidText:
 
   const token = opts.token ?? process.env[CLIENT_TOKEN_ENV];
   const c = await ControlClient.connect(opts.connect ?? DEFAULT_CONNECT, token === undefined ? {} : { token });
-  if (!c.ok) return fail(c.error, c.error.kind === 'usage' ? 2 : 1);
+  if (!c.ok) return fail(c.error, clientExitCode(c.error));
   try {
     const r = await c.value.request(`val.${op}`, fields);
-    if (!r.ok) return fail(r.error, r.error.error?.startsWith('ETIMEDOUT') ? 3 : 1);
+    if (!r.ok) return fail(r.error, clientExitCode(r.error));
     const value = r.value['value'] as Reply | undefined;
     // a refusal by the registry keeps the reference's shape: status ok, the HSX status in value.status
     if (value && typeof value['status'] === 'number' && value['status'] !== 0) {

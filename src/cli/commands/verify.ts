@@ -5,6 +5,7 @@ import { parseImage } from '../../hxe/parse.js';
 import { describeVerdict, NO_KEYS, verifySignature, type SignatureVerdict, type TrustedKeys } from '../../hxe/signature.js';
 import { formatVersion } from '../../hxe/trailer.js';
 import type { HxeImage } from '../../hxe/types.js';
+import { errorLine } from '../output.js';
 
 /**
  * `hsx-gateway verify IMAGE --keys DIR`: format check plus signature check against the trusted
@@ -19,7 +20,8 @@ export function registerVerify(program: Command): void {
     .option('--json', 'print the result as JSON')
     .action((image: string, opts: { keys: string; json?: boolean }) => {
       const fail = (message: string, extra: Record<string, unknown> = {}): void => {
-        if (opts.json) process.stdout.write(JSON.stringify({ ok: false, image, message, ...extra }) + '\n');
+        const e = extra['error'] as { code?: string; reason?: string; offset?: number } | undefined;
+        if (opts.json) process.stdout.write(errorLine(e?.code ?? 'EIO', e?.reason ?? 'unreadable', message, { image, ...(e?.offset !== undefined ? { offset: e.offset } : {}) }));
         else process.stderr.write(`verify: ${message}\n`);
         process.exitCode = 1;
       };
@@ -42,6 +44,8 @@ export function registerVerify(program: Command): void {
         ok: verdict.status === 'verified', image, appName: parsed.value.header.appName, verdict,
         ...(t ? { version: formatVersion(t.version), securityCounter: t.securityCounter, keyId: t.keyId } : {}),
         trustedKeys: keys.value.keys.size, revokedKeys: keys.value.revoked.size,
+        // a failed verdict is an error in the one JSON error shape too (the verdict stays beside it)
+        ...(verdict.status === 'verified' ? {} : { error: { code: 'EBADSIG', reason: verdict.status, message: `${image}: ${describeVerdict(verdict)}` } }),
       };
       if (opts.json) process.stdout.write(JSON.stringify(result) + '\n');
       else (result.ok ? process.stdout : process.stderr).write(`${image}: ${describeVerdict(verdict)}\n`);

@@ -21,6 +21,35 @@ export interface ClientError {
 
 export type Reply = Record<string, unknown>;
 
+const REASON_OF_KIND: Record<ClientError['kind'], [string, string]> = {
+  usage: ['EUSAGE', 'bad_usage'],
+  connect: ['ECONNREFUSED', 'cannot_connect'],
+  timeout: ['ETIMEDOUT', 'no_reply'],
+  closed: ['ECONNRESET', 'connection_closed'],
+  protocol: ['EPROTO', 'bad_reply'],
+  remote: ['EIO', 'remote_error'],
+};
+
+/**
+ * A client error in the CLI's one JSON error shape (src/cli/output.ts):
+ * `{"ok":false,"error":{"code","reason","message","kind","remote",…the server's detail}}`. A
+ * server's `CODE:reason` string is split in two; its `detail` (the device list, the field, the
+ * hint) sits beside them, never replacing `code`, `reason` or `message`.
+ */
+export function clientErrorJson(e: ClientError): { ok: false; error: Record<string, unknown> } {
+  let [code, reason] = REASON_OF_KIND[e.kind];
+  const m = e.error ? /^([A-Z][A-Z0-9_]*):(.+)$/.exec(e.error) : null;
+  if (m) [code, reason] = [m[1]!, m[2]!];
+  else if (e.error) reason = e.error;
+  const { message: detailMessage, ...detail } = e.detail ?? {};
+  const message = e.kind === 'remote' && typeof detailMessage === 'string' ? detailMessage : e.message;
+  if (detailMessage !== undefined && typeof detailMessage !== 'string') detail['detail_message'] = detailMessage;
+  if (e.kind === 'connect' || (e.kind === 'timeout' && e.message.startsWith('no connection'))) detail['no_gateway'] = true;
+  const hint = hintFor(e).replace(/^; /, '');
+  if (hint) detail['hint'] = hint;
+  return { ok: false, error: { ...detail, kind: e.kind, remote: e.kind === 'remote', code, reason, message } };
+}
+
 export function parseHostPort(target: string): Result<{ host: string; port: number }, ClientError> {
   const m = /^(\[[^\]]+\]|[^:\s]+):(\d{1,5})$/.exec(target.trim());
   const port = m ? Number(m[2]) : NaN;
@@ -116,6 +145,14 @@ function hintFor(e: ClientError): string {
 }
 const processIo: ClientIo = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
 
+/** Exit code of a client error: 2 usage, 3 no gateway answered (connect) or no device did (ETIMEDOUT), else 1. */
+export function clientExitCode(e: ClientError): number {
+  if (e.kind === 'usage') return 2;
+  if (e.kind === 'connect' || (e.kind === 'timeout' && e.message.startsWith('no connection'))) return 3;
+  if (e.kind === 'remote' && e.error?.startsWith('ETIMEDOUT')) return 3;
+  return 1;
+}
+
 /**
  * The whole life of a thin CLI command: connect, one request, print (JSON or human), exit code
  * (0 ok, 1 the server or the connection said no, 2 usage).
@@ -144,9 +181,9 @@ export async function runClientSession(
   const token = opts.token ?? process.env[CLIENT_TOKEN_ENV];
   const c = await ControlClient.connect(opts.connect ?? DEFAULT_CONNECT, token === undefined ? {} : { token });
   const fail = (e: ClientError): number => {
-    if (opts.json) io.out(`${JSON.stringify({ ok: false, kind: e.kind, error: e.error ?? e.message, ...(e.detail ? { detail: e.detail } : {}) })}\n`);
+    if (opts.json) io.out(`${JSON.stringify(clientErrorJson(e))}\n`);
     else io.err(`${name}: ${e.message}${e.detail?.['message'] ? ` (${String(e.detail['message'])})` : ''}${hintFor(e)}\n`);
-    return e.kind === 'usage' ? 2 : 1;
+    return clientExitCode(e);
   };
   if (!c.ok) return fail(c.error);
   try {

@@ -24,7 +24,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { Duplex } from 'node:stream';
 import { Aedes, type AuthenticateError, type Client } from 'aedes';
 import type { BridgeLogger } from './bridge.js';
-import { isJobCommandTopic, type TopicRoot } from './topics.js';
+import { isCommandTopic, type TopicRoot } from './topics.js';
 
 /** The entries of `[control] tokens` (and HSX_GATEWAY_TOKENS): only the name and the hash are used. */
 export interface BrokerTokenEntry {
@@ -295,7 +295,7 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
     authorizePublish(client, packet, done) {
       const who = client ? identities.get(client) : undefined;
       const size = packet.payload?.length ?? 0;
-      if (who && who.kind === 'monitor' && commands && who.role !== null && COMMAND_ROLES.has(who.role) && isJobCommandTopic(opts.topics, packet.topic)) {
+      if (who && who.kind === 'monitor' && commands && who.role !== null && COMMAND_ROLES.has(who.role) && isCommandTopic(opts.topics, packet.topic)) {
         // A job command from an operator: never stored (a retained request would be replayed to
         // every new subscriber), bounded like everything else.
         if (packet.retain) {
@@ -350,7 +350,7 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
     // Job commands carry a token in their payload: only the gateway's own client receives them,
     // whatever another client subscribed to (`#` included).
     authorizeForward(client, packet) {
-      if (isJobCommandTopic(opts.topics, packet.topic) && identities.get(client)?.kind !== 'gateway') return null;
+      if (isCommandTopic(opts.topics, packet.topic) && identities.get(client)?.kind !== 'gateway') return null;
       return packet;
     },
   });

@@ -142,8 +142,8 @@ const CANCEL_KEYS = new Set(['clientToken', 'token']);
 
 const own = (o: Record<string, unknown>, k: string): unknown => (Object.prototype.hasOwnProperty.call(o, k) ? o[k] : undefined);
 
-/** A refusal on its way to the answer topic. */
-class Refusal {
+/** A refusal on its way to the answer topic (the value command plane, value-commands.ts, uses it too). */
+export class Refusal {
   /** A permission refusal (audited as `denied`); `identity` when a valid token lacked the role. */
   denied = false;
   identity: Identity | null = null;
@@ -380,28 +380,11 @@ export class MqttJobCommands {
   }
 
   private parse(payload: Buffer): Record<string, unknown> {
-    if (payload.length > MAX_REQUEST_BYTES) throw new Refusal('EINVAL', 'request_too_large', `a request is at most ${MAX_REQUEST_BYTES} bytes of JSON`);
-    let req: unknown;
-    try {
-      req = JSON.parse(payload.toString('utf8'));
-    } catch {
-      throw new Refusal('EINVAL', 'bad_json', 'the request is not JSON');
-    }
-    if (req === null || typeof req !== 'object' || Array.isArray(req)) throw new Refusal('EINVAL', 'bad_request', 'the request must be a JSON object');
-    if (nestsDeeperThan(req, MAX_REQUEST_DEPTH)) throw new Refusal('EINVAL', 'request_too_deep', `the request nests deeper than ${MAX_REQUEST_DEPTH} levels`);
-    return req as Record<string, unknown>;
+    return parseCommandPayload(payload);
   }
 
-  /** The request's token → an identity with the role the control port's table asks for `cmd`, or EPERM. */
   private authorize(cmd: string, req: Record<string, unknown>): Identity {
-    const token = own(req, 'token');
-    if (typeof token !== 'string' || token.length === 0) throw Refusal.denied('token_required', `${cmd} over MQTT needs a "token" (an operator's [control] token)`, null, 'token');
-    const id = this.opts.tokens?.verify(token) ?? null;
-    if (!id) throw Refusal.denied('invalid_token', 'the token is not valid', null, 'token');
-    // The control port's table decides (job.submit, job.cancel: operator); a command it lacks needs admin.
-    const need = requiredRole(cmd, req) ?? 'admin';
-    if (need !== null && !roleAllows(id.role, need)) throw Refusal.denied(`${need}_required`, `${cmd} needs the ${need} role; the token's role is ${id.role}`, id);
-    return id;
+    return authorizeCommand(this.opts.tokens, cmd, req);
   }
 
   private async buildSubmit(req: Record<string, unknown>, by: JobSubmitter, clientToken: string | null, target: Record<string, unknown>): Promise<JobSubmit> {
@@ -477,10 +460,8 @@ export class MqttJobCommands {
     }
   }
 
-  /** A response topic we publish to: no wildcard, not empty, not one of our own topics (no forging there). */
   private responseTopicOk(rt: string): boolean {
-    const own = `${this.opts.topics.prefix}/${this.opts.topics.gatewayId}/`;
-    return rt.length > 0 && Buffer.byteLength(rt) <= 1024 && !/[+#\u0000]/.test(rt) && !rt.startsWith(own);
+    return responseTopicAllowed(this.opts.topics, rt);
   }
 
   private audit(item: Pending, identity: Identity | null, verdict: Verdict, reason: string | undefined, target: Record<string, unknown>): void {
@@ -495,6 +476,41 @@ export class MqttJobCommands {
     if (reason !== undefined) entry.reason = clip(reason, 300);
     this.opts.audit.record(entry);
   }
+}
+
+/** A request payload: a JSON object of at most MAX_REQUEST_BYTES, nested at most MAX_REQUEST_DEPTH; else a Refusal. */
+export function parseCommandPayload(payload: Buffer): Record<string, unknown> {
+  if (payload.length > MAX_REQUEST_BYTES) throw new Refusal('EINVAL', 'request_too_large', `a request is at most ${MAX_REQUEST_BYTES} bytes of JSON`);
+  let req: unknown;
+  try {
+    req = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new Refusal('EINVAL', 'bad_json', 'the request is not JSON');
+  }
+  if (req === null || typeof req !== 'object' || Array.isArray(req)) throw new Refusal('EINVAL', 'bad_request', 'the request must be a JSON object');
+  if (nestsDeeperThan(req, MAX_REQUEST_DEPTH)) throw new Refusal('EINVAL', 'request_too_deep', `the request nests deeper than ${MAX_REQUEST_DEPTH} levels`);
+  return req as Record<string, unknown>;
+}
+
+/**
+ * The request's token → an identity with the role the control port's table asks for `cmd`
+ * (job.submit, job.cancel, val.set: operator; a command it lacks needs admin), or an EPERM Refusal.
+ * The one token rule of every MQTT command plane.
+ */
+export function authorizeCommand(tokens: TokenStore | null, cmd: string, req: Record<string, unknown>): Identity {
+  const token = own(req, 'token');
+  if (typeof token !== 'string' || token.length === 0) throw Refusal.denied('token_required', `${cmd} over MQTT needs a "token" (an operator's [control] token)`, null, 'token');
+  const id = tokens?.verify(token) ?? null;
+  if (!id) throw Refusal.denied('invalid_token', 'the token is not valid', null, 'token');
+  const need = requiredRole(cmd, req) ?? 'admin';
+  if (need !== null && !roleAllows(id.role, need)) throw Refusal.denied(`${need}_required`, `${cmd} needs the ${need} role; the token's role is ${id.role}`, id);
+  return id;
+}
+
+/** A response topic we publish to: no wildcard, not empty, not one of our own topics (no forging there). */
+export function responseTopicAllowed(topics: TopicRoot, rt: string): boolean {
+  const ownRoot = `${topics.prefix}/${topics.gatewayId}/`;
+  return rt.length > 0 && Buffer.byteLength(rt) <= 1024 && !/[+#\u0000]/.test(rt) && !rt.startsWith(ownRoot);
 }
 
 function imageMessage(reason: string): string {

@@ -63,6 +63,17 @@ export function parseJobCancelTopic(t: TopicRoot, topic: string): string | null 
 /** A topic a client publishes a job command to (submit, or a cancel of one job). */
 export const isJobCommandTopic = (t: TopicRoot, topic: string): boolean => topic === jobSubmitTopic(t) || parseJobCancelTopic(t, topic) !== null;
 
+// Values (docs/mqtt.md "Value commands"): `val.set` requests and their answers.
+
+/** Requests to set a device's value (JSON, with `token`); only the gateway's client should read it. */
+export const valueSetTopic = (t: TopicRoot): string => `${root(t)}/values/set`;
+
+/** Answers to value sets, by verdict. */
+export const valueSetAnswerTopic = (t: TopicRoot, verdict: 'accepted' | 'rejected'): string => `${valueSetTopic(t)}/${verdict}`;
+
+/** A topic a client publishes a command to: a job command or a value set (they carry tokens). */
+export const isCommandTopic = (t: TopicRoot, topic: string): boolean => isJobCommandTopic(t, topic) || topic === valueSetTopic(t);
+
 /** A device name made safe as one topic level (no `/`, `+`, `#`, NUL). */
 export const topicLevel = (s: string): string => (s.length === 0 ? '_' : s.replace(/[/+#\u0000]/g, '_'));
 

@@ -34,7 +34,8 @@ function intOption(value: unknown, name: string, min: number, max: number): numb
 async function openBus(spec: string, fd: boolean, json: boolean): Promise<CanBus | 2 | 1> {
   const parsed = parseCanAddress(spec);
   if (!parsed.ok) {
-    stderr(`error: ${parsed.message}`);
+    if (json) stdout(JSON.stringify({ ok: false, error: { code: 'EUSAGE', reason: 'bad_address', message: parsed.message } }));
+    else stderr(`error: ${parsed.message}`);
     return 2;
   }
   try {
@@ -43,7 +44,7 @@ async function openBus(spec: string, fd: boolean, json: boolean): Promise<CanBus
     return bus;
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);
-    if (json) stdout(JSON.stringify({ type: 'error', code: 'ENODEV', message }));
+    if (json) stdout(JSON.stringify({ ok: false, type: 'error', error: { code: 'ENODEV', reason: 'bus_unavailable', message } }));
     else stderr(`error: ${message}`);
     return 1;
   }
@@ -83,7 +84,8 @@ export function verdictCounts(verdicts: NodeVerdict[]): { ready: number; updated
 export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promise<number> {
   const json = !!o.json;
   const usage = (m: string): number => {
-    stderr(`flash: ${m}`);
+    if (json) stdout(JSON.stringify({ ok: false, error: { code: 'EUSAGE', reason: 'bad_usage', message: `flash: ${m}` } }));
+    else stderr(`flash: ${m}`);
     return 2;
   };
   const nodes = parseNodeList(o.nodes ?? '1');
@@ -107,7 +109,7 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   const checked = checkImageToSend(image, imagePath);
   if (!checked.ok) {
     const e = checked.error;
-    if (json) stdout(JSON.stringify({ type: 'error', ...e }));
+    if (json) stdout(JSON.stringify({ ok: false, type: 'error', error: e }));
     else stderr(`flash: ${e.message}${e.detail.offset !== null ? ` (byte offset ${e.detail.offset})` : ''} [${e.code} ${e.reason}]`);
     return 1;
   }
@@ -182,7 +184,8 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
     if (silentHint) stdout(silentHint);
     if (sharedHint) stdout(sharedHint);
   }
-  return result.ok ? 0 : 1;
+  // 3: no device answered (every target stayed silent)
+  return result.ok ? 0 : verdicts.length > 0 && silent.length === verdicts.length ? 3 : 1;
 }
 
 interface ProgressDisplay {
@@ -277,7 +280,7 @@ export async function runCanDevice(o: CanDeviceOptions, signal?: AbortSignal): P
       device = await openSimulatedDevice({ name: `node${node}`, stateDir: o.state, events, confirmWindowMs: confirmWindowMs ?? 10_000 });
     } catch (e) {
       const message = `cannot open the state directory ${o.state}: ${(e as Error).message}`;
-      print({ type: 'error', code: (e as { code?: string }).code ?? 'EIO', message }, `device: ${message}`);
+      print({ ok: false, type: 'error', error: { code: (e as { code?: string }).code ?? 'EIO', reason: (e as { reason?: string }).reason ?? 'open_failed', message } }, `device: ${message}`);
       return 1;
     }
   }
@@ -361,7 +364,8 @@ export async function runCanValue(op: 'get' | 'set', target: string, valueText: 
   const json = !!o.json;
   const node = Number(o.node);
   const usage = (m: string): number => {
-    stderr(`can ${op}: ${m}`);
+    if (json) stdout(JSON.stringify({ ok: false, error: { code: 'EUSAGE', reason: 'bad_usage', message: `can ${op}: ${m}` } }));
+    else stderr(`can ${op}: ${m}`);
     return 2;
   };
   const bad = o.node === undefined ? '--node is required' : nodeProblem(node);
@@ -388,7 +392,7 @@ export async function runCanValue(op: 'get' | 'set', target: string, valueText: 
     else stdout(`${oid >> 8}:${oid & 0xff} = ${reply.value} (raw 0x${reply.raw.toString(16).padStart(4, '0')}) on node ${node}`);
     return 0;
   }
-  if (json) stdout(JSON.stringify({ type: 'value', op, ok: false, ...where, status: reply.status }));
+  if (json) stdout(JSON.stringify({ type: 'value', op, ok: false, ...where, status: reply.status, error: { code: reply.status, reason: `${op}_refused`, message: `can ${op} ${target} on node ${node}: ${reply.status}` } }));
   else stderr(`can ${op} ${target} on node ${node}: ${reply.status}`);
-  return 1;
+  return reply.status === 'ETIMEDOUT' ? 3 : 1; // 3: no device answered
 }

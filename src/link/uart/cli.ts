@@ -17,8 +17,9 @@ function intOption(name: string, raw: unknown, min: number, max: number): Checke
   return { ok: true, value: n };
 }
 
-function usage(command: string, message: string): number {
-  process.stderr.write(`${command}: ${message}\n`);
+function usage(command: string, message: string, json = false): number {
+  if (json) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: 'EUSAGE', reason: 'bad_usage', message: `${command}: ${message}` } })}\n`);
+  else process.stderr.write(`${command}: ${message}\n`);
   return 2;
 }
 
@@ -26,7 +27,7 @@ export async function runUartFlash(image: string, o: { uart: string; baud?: unkn
   const baud = intOption('--baud', o.baud, 50, 20_000_000);
   const chunk = intOption('--chunk', o.chunk, MIN_CHUNK, LISTENER_MAX_CHUNK);
   const window = intOption('--window', o.window, 1, LISTENER_MAX_WINDOW);
-  for (const c of [baud, chunk, window]) if (!c.ok) return usage('flash', c.message);
+  for (const c of [baud, chunk, window]) if (!c.ok) return usage('flash', c.message, o.json);
   return uartFlashCommand({
     port: o.uart, image, json: o.json, force: o.force === true,
     ...(baud.ok && baud.value !== undefined ? { baud: baud.value } : {}),
@@ -37,9 +38,9 @@ export async function runUartFlash(image: string, o: { uart: string; baud?: unkn
 
 export async function runUartDeviceCommand(o: { uart: string; baud?: unknown; state?: string; confirmWindowMs?: unknown; json: boolean }): Promise<number> {
   const baud = intOption('--baud', o.baud, 50, 20_000_000);
-  if (!baud.ok) return usage('device', baud.message);
+  if (!baud.ok) return usage('device', baud.message, o.json);
   const confirm = intOption('--confirm-window-ms', o.confirmWindowMs, 0, 86_400_000);
-  if (!confirm.ok) return usage('device', confirm.message);
+  if (!confirm.ok) return usage('device', confirm.message, o.json);
   return deviceCommand({
     port: o.uart, json: o.json,
     ...(baud.value !== undefined ? { baud: baud.value } : {}),

@@ -136,7 +136,7 @@ export async function deviceCommand(o: { port: string; baud?: number; stateDir?:
       device = await openSimulatedDevice({ name: 'uart', stateDir: o.stateDir, events, confirmWindowMs });
     } catch (e) {
       const message = `device: cannot open the state directory ${o.stateDir}: ${(e as Error).message}`;
-      out(o.json ? JSON.stringify({ event: 'error', error: { code: (e as { code?: string }).code ?? 'EIO', where: 'persist', reason: (e as { reason?: string }).reason ?? 'open_failed', message } }) : message);
+      out(o.json ? JSON.stringify({ ok: false, event: 'error', error: { code: (e as { code?: string }).code ?? 'EIO', where: 'persist', reason: (e as { reason?: string }).reason ?? 'open_failed', message } }) : message);
       return 1;
     }
   }

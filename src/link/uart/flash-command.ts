@@ -34,8 +34,8 @@ export interface UartFlashOptions {
 export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   const out = o.out ?? ((line: string) => void process.stdout.write(`${line}\n`));
   const fail = (e: Pick<UartError, 'code' | 'where' | 'reason' | 'message'> & Partial<UartError>): number => {
-    out(o.json ? JSON.stringify({ event: 'error', error: e }) : `flash: ${e.message}`);
-    return 1;
+    out(o.json ? JSON.stringify({ ok: false, event: 'error', error: e }) : `flash: ${e.message}`);
+    return e.code === 'ETIMEDOUT' && e.reason === 'no_listener' ? 3 : 1; // 3: no device answered
   };
 
   let bytes: Uint8Array;
