@@ -663,7 +663,7 @@ export class JobManager implements JobService {
     const state = stateOfVerdict(v);
     // SKIPPED: the target already ran the image, nothing was sent to it.
     const acked = state === 'SUCCEEDED' ? r.size : state === 'SKIPPED' ? 0 : r.acked.get(old.target) ?? old.acked_bytes;
-    if (v.ok) return { ...old, state, outcome: v.outcome, error: null, from: v.from, to: v.to, acked_bytes: acked, updated_ts: ts };
+    if (v.ok) return { ...old, state, outcome: v.outcome, error: null, from: v.from, to: v.to, acked_bytes: acked, updated_ts: ts, ...(v.transfer ? { transfer: v.transfer } : {}) };
     return { ...old, state, outcome: null, error: { code: v.code, where: v.where, reason: v.reason, message: v.message }, acked_bytes: acked, updated_ts: ts };
   }
 
