@@ -220,7 +220,9 @@ export function encodeAccept(m: AcceptMessage): Buffer {
 export function decodeAccept(p: Uint8Array): Result<AcceptMessage, MessageError> {
   const buf = asBuffer(p);
   if (buf.length !== ACCEPT_LEN) return err({ message: `ACCEPT payload is ${buf.length} bytes, expected ${ACCEPT_LEN}`, offset: 0 });
-  return ok({ version: buf[0]!, chunkSize: buf.readUInt16BE(2), window: buf.readUInt16BE(4), resumeOffset: buf.readUInt32BE(6), caps: buf[0]! >= 3 ? buf[1]! : 0 });
+  const m: AcceptMessage = { version: buf[0]!, chunkSize: buf.readUInt16BE(2), window: buf.readUInt16BE(4), resumeOffset: buf.readUInt32BE(6) };
+  if (m.version >= 3) m.caps = buf[1]!;
+  return ok(m);
 }
 
 /** NAK payload: the sequence numbers the listener is missing, u32 each. */
