@@ -126,14 +126,18 @@ export class UartFlasher implements Flasher {
       compress: o.compress !== false, delta: o.delta !== false, force: o.force === true, ...(excludeBase ? { excludeBase } : {}),
     });
     let choice = await choose();
-    let totalBytes = choice.encoded?.bytes.length ?? req.image.length;
+    // The Flasher's progress counts image bytes (as every link's does): the device's acknowledged share
+    // of the encoded stream, scaled to the image; the link's own progress (onLinkProgress) counts stream bytes.
+    const totalBytes = req.image.length;
+    let streamBytes = choice.encoded?.bytes.length ?? req.image.length;
+    const asImage = (acked: number): number => (streamBytes > 0 ? Math.min(totalBytes, Math.floor((acked * totalBytes) / streamBytes)) : 0);
     let ackedBytes = 0;
     const options: MasterOptions = {
       chunkSize: chunk, window, force: o.force === true, timing: { rtoMs },
       onProgress: (p) => {
-        ackedBytes = p.ackedBytes;
+        ackedBytes = asImage(p.ackedBytes);
         req.onLinkProgress?.(p);
-        req.onProgress?.(progressOf(p.phase === 'open' ? 'announce' : 'data', p.ackedBytes, totalBytes, []));
+        req.onProgress?.(progressOf(p.phase === 'open' ? 'announce' : 'data', ackedBytes, totalBytes, []));
       },
     };
     if (req.appName !== undefined) options.appName = req.appName;
@@ -146,7 +150,7 @@ export class UartFlasher implements Flasher {
       // base; it gets the full image.
       fallback = 'base_mismatch';
       choice = await choose(choice.base ?? undefined);
-      totalBytes = choice.encoded?.bytes.length ?? req.image.length;
+      streamBytes = choice.encoded?.bytes.length ?? req.image.length;
       r = await sendImage(this.transport, req.image, choice.encoded ? { ...options, encoded: choice.encoded } : options);
     }
     const transfer = r.ok ? reportOf(choice, r.value, req.image.length, fallback) : null;
