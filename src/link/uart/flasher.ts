@@ -145,7 +145,7 @@ export class UartFlasher implements Flasher {
     if (req.signal) options.signal = req.signal;
     let r = await sendImage(this.transport, req.image, choice.encoded ? { ...options, encoded: choice.encoded } : options);
     let fallback: string | undefined;
-    if (!r.ok && r.error.remote && r.error.reason === 'base_mismatch' && choice.mode === 'delta') {
+    if (!r.ok && r.error.remote && (r.error.reason === 'base_mismatch' || r.error.reason === 'base_size_mismatch') && choice.mode === 'delta') {
       // The device's active slot does not hash to the base it said it runs: never a patch for another
       // base; it gets the full image.
       fallback = 'base_mismatch';
