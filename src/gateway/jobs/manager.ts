@@ -155,6 +155,8 @@ const OPTION_CHECKS: Record<keyof JobOptions, OptionCheck> = {
   timeout_ms: (v) => (isInt(v) && v >= 1 && v <= 3_600_000 ? null : 'must be an integer 1..3600000 (ms)'),
   retries: (v) => (isInt(v) && v >= 0 && v <= 100 ? null : 'must be an integer 0..100'),
   session: (v) => (isInt(v) && v >= 1 && v <= 255 ? null : 'must be an integer 1..255'),
+  compress: (v) => (typeof v === 'boolean' ? null : 'must be true or false'),
+  delta: (v) => (typeof v === 'boolean' ? null : 'must be true or false'),
 };
 
 /** Validates a submit's options: a copy with the known keys, or the error naming `options.<key>`. */
@@ -183,6 +185,8 @@ export function flashOptionsOf(o: JobOptions): FlashOptions {
   if (o.timeout_ms !== undefined) out.timeoutMs = o.timeout_ms;
   if (o.retries !== undefined) out.retries = o.retries;
   if (o.session !== undefined) out.session = o.session;
+  if (o.compress !== undefined) out.compress = o.compress;
+  if (o.delta !== undefined) out.delta = o.delta;
   return out;
 }
 

@@ -20,6 +20,9 @@ export interface JobOptions {
   timeout_ms?: number;
   retries?: number;
   session?: number;
+  /** Issue 25: allow the compressed image / a delta patch (default true each; UART links). */
+  compress?: boolean;
+  delta?: boolean;
 }
 
 export type TargetState = 'QUEUED' | 'IN_PROGRESS' | 'SUCCEEDED' | 'SKIPPED' | 'FAILED' | 'CANCELED' | 'TIMED_OUT';
