@@ -215,3 +215,20 @@ test('bad streams: corrupt, truncated, longer than announced, copy beyond base, 
   if (!bad.ok) t.is(bad.error.reason, 'stream_size_invalid');
   t.deepEqual(V2, V1); // (the unchanged rebuild of v1 used above as a control)
 });
+
+test('a device that decodes nothing (codec: false) or no patches refuses those encodings at the announce', async (t) => {
+  const clock = new FakeClock(1_000);
+  const sink = new CollectingEventSink(clock);
+  const engine = new ProvisioningEngine({ clock, events: sink, imageStore: new InMemoryImageStore(), valueStore: new InMemoryValueStore() });
+  const rawOnly = new DeviceIntake({ engine, clock, events: sink, codec: false });
+  t.is(rawOnly.codec, null);
+  const c = compressImage(V1);
+  const r = await send(rawOnly, V1, c.bytes, { encoding: { kind: 'deflate', windowBits: c.windowBits }, streamBytes: c.bytes.length });
+  t.like(r.error, { code: 'EPERM', reason: 'encoding_unsupported', where: 'begin' });
+  t.is((await send(rawOnly, V1, V1, {})).verdict?.outcome, 'installed', 'raw still works');
+  const noPatch = new DeviceIntake({ engine, clock, events: sink, codec: { deflate: true, patch: false, maxWindowBits: 10, ramBytes: 2048 } });
+  const p = makePatch(V1, V2B).bytes;
+  t.like((await send(noPatch, V2B, p, { encoding: { kind: 'patch' }, streamBytes: p.length, baseSha256: sha256Hex(V1) })).error, { reason: 'encoding_unsupported' });
+  t.like((await send(noPatch, V2B, c.bytes, { encoding: { kind: 'deflate', windowBits: 12 }, streamBytes: c.bytes.length })).error, { reason: 'encoding_unsupported' }, 'a window above its own');
+  t.deepEqual(engine.sessions(), []);
+});

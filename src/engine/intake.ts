@@ -30,7 +30,25 @@ export interface IntakeOptions {
   update?: UpdatePolicy;
   /** A test-committed update is confirmed once its task stayed loaded this long (default 10 s). */
   confirmWindowMs?: number;
+  /**
+   * What the device decodes (issue 25), the same for every link: a link tells masters (UART INFO and
+   * ACCEPT, CAN next) and the intake refuses any other encoding. Default: deflate and patches, window 12,
+   * 4096 bytes of decoder RAM. `false`: raw images only.
+   */
+  codec?: CodecCaps | false;
 }
+
+/** A device's decoding capabilities (docs/delta.md). */
+export interface CodecCaps {
+  deflate: boolean;
+  patch: boolean;
+  /** Largest deflate window (bits, ≤ 12). */
+  maxWindowBits: number;
+  /** RAM offered to the decoder and patch applier: the master picks the patch window from it. */
+  ramBytes: number;
+}
+
+export const DEFAULT_CODEC_CAPS: CodecCaps = { deflate: true, patch: true, maxWindowBits: 12, ramBytes: 4096 };
 
 /** What an image announces before its bytes move. */
 export interface IntakeAnnounce {
@@ -198,6 +216,8 @@ export class DeviceIntake {
   private readonly events: EventSink;
   private readonly policy: UpdatePolicy;
   private readonly confirmWindowMs: number;
+  /** What this device decodes (null: raw only). */
+  readonly codec: CodecCaps | null;
   private readonly receiving = new Map<number, Receiving>();
   private pending: PendingConfirm | null = null;
   /** Serialises installs: a second image waits until the first is switched (or refused). */
@@ -209,6 +229,7 @@ export class DeviceIntake {
     this.events = options.events;
     this.policy = options.update ?? 'replace';
     this.confirmWindowMs = options.confirmWindowMs ?? 10_000;
+    this.codec = options.codec === false ? null : options.codec ?? DEFAULT_CODEC_CAPS;
   }
 
   /** The running image with this SHA-256 (hex), if the device runs it. */
@@ -282,6 +303,11 @@ export class DeviceIntake {
     let streamTotal = a.totalBytes;
     let base: Uint8Array | null = null;
     if (encoding.kind !== 'raw') {
+      const caps = this.codec;
+      if (!caps || !caps[encoding.kind] || (encoding.kind === 'deflate' && encoding.windowBits > caps.maxWindowBits)) {
+        return err(engineError('EPERM', 'begin', 'encoding_unsupported', `this device does not decode ${encoding.kind === 'deflate' ? `a ${encoding.windowBits}-bit deflate stream` : 'delta patches'}`,
+          { field: 'encoding' }));
+      }
       if (a.streamBytes === undefined || !Number.isSafeInteger(a.streamBytes) || a.streamBytes <= 0 || a.streamBytes > 0xffffffff) {
         return err(engineError('EBADMSG', 'begin', 'stream_size_invalid', `a ${encoding.kind} transfer must announce its stream size (a u32 > 0), got ${String(a.streamBytes)}`,
           { field: 'streamBytes' }));

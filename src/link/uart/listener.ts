@@ -25,7 +25,7 @@ import {
 } from './settings.js';
 
 /** The part of the intake the listener drives (`inventory` answers INFO; without it INFO is refused). */
-export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort'> & Partial<Pick<DeviceIntake, 'inventory'>>;
+export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort'> & Partial<Pick<DeviceIntake, 'inventory' | 'codec'>>;
 
 export interface ListenerOptions {
   /** The source label for tasks loaded here, e.g. `uart:/dev/ttyUSB1`. */
@@ -40,7 +40,7 @@ export interface ListenerOptions {
    * before version 3: no codec, INFO_REQ of version 3 refused, raw streams only.
    */
   versions?: readonly number[];
-  /** What the device decodes (version 3); false: raw only. Default: deflate and patch, window 12, 4096 bytes of RAM. */
+  /** What the device decodes (version 3); false: raw only. Default: the intake's (`DeviceIntake.codec`). */
   codec?: CodecCaps | false;
   timing?: Partial<ListenerTiming>;
 }
@@ -126,7 +126,7 @@ export class UartListener extends EventEmitter {
     this.versions = options.versions ?? SUPPORTED_VERSIONS;
     this.codec = options.codec === false || !this.versions.includes(3)
       ? null
-      : options.codec ?? { deflate: true, patch: true, maxWindowBits: 12, ramBytes: 4096 };
+      : options.codec ?? (intake.codec !== undefined ? intake.codec : { deflate: true, patch: true, maxWindowBits: 12, ramBytes: 4096 });
   }
 
   start(): void {
