@@ -5,7 +5,7 @@
  * wait is on a line, a reply or a message, bounded.
  */
 import test, { type ExecutionContext } from 'ava';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -370,6 +370,13 @@ test.serial('a job on a UART master link: a device process on the other end of a
   t.deepEqual(states(update.job), ['1:SUCCEEDED/updated']);
   t.is(update.job.targets[0]!.from, sha256Hex(V1));
   t.is(update.job.targets[0]!.to, sha256Hex(V2));
+  // Issue 25: each target says how the image went; every image flashed is kept by SHA-256 in the state dir
+  t.like(first.job.targets[0]!.transfer, { mode: 'compressed', image_bytes: V1.length });
+  t.like(again.job.targets[0]!.transfer, { mode: 'current', bytes_on_wire: 0 });
+  const upd = update.job.targets[0]!.transfer!;
+  t.true(upd.mode === 'delta' ? upd.base === sha256Hex(V1) : upd.mode === 'compressed', JSON.stringify(upd));
+  t.true(upd.stream_bytes < V2.length && upd.bytes_on_wire >= upd.stream_bytes, JSON.stringify(upd));
+  for (const img of [V1, V2]) t.true(existsSync(join(dir, 'gateway', 'images-by-sha', `${sha256Hex(img)}.hxe`)), 'in images-by-sha');
   // The device itself says so, and so does the inventory (scanned again after the job).
   await device.waitFor((l) => l['event'] === 'ready' && l['outcome'] === 'updated' && l['sha256'] === sha256Hex(V2));
   const c = await control(t, s);

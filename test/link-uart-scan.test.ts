@@ -236,7 +236,7 @@ test('docs/uart_protocol.md INFO examples: hand-built frames match the doc, the 
   const p = encodeInfo(running);
   const at = (i: number, v: number): Buffer => Buffer.from(p.map((x, j) => (j === i ? v : x)));
   t.like(decodeInfo(p.subarray(0, 4)), { ok: false, error: { offset: 4 } });
-  t.like(decodeInfo(at(0, 0x08)), { ok: false, error: { offset: 0 } });
+  t.like(decodeInfo(at(0, 0x10)), { ok: false, error: { offset: 0 } });
   t.like(decodeInfo(at(37, 33)), { ok: false, error: { offset: 37 } }, 'a name longer than 32');
   t.like(decodeInfo(at(54, 0x43)), { ok: false, error: { offset: 54 } }, 'slot byte not A');
   t.like(decodeInfo(at(55, 3)), { ok: false, error: { offset: 55 } }, 'slot state 3');

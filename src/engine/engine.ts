@@ -1093,6 +1093,14 @@ export class ProvisioningEngine {
     return this.imageStore?.activeMeta()?.meta.sha256 ?? null;
   }
 
+  /**
+   * The bytes of the image the device runs from its active slot (a delta patch's base), or null: no
+   * store, or a store without an active image. Read from the store, never from a RAM copy.
+   */
+  activeImageBytes(): Uint8Array | null {
+    return this.imageStore?.active()?.image ?? null;
+  }
+
   /** What each flash slot holds (empty when the store cannot say, or there is none): for a scan's answer. */
   slotStates(): SlotSummary[] {
     return this.imageStore?.slotStates?.() ?? [];

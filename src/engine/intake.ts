@@ -19,6 +19,7 @@ import { err, ok, type Result } from '../hxe/result.js';
 import type { ProvisioningEngine, StagedLoad, TaskInfo, UpdatePolicy, WriteAck } from './engine.js';
 import { engineError, type EngineError } from './errors.js';
 import type { Clock, EventSink, TimerHandle } from './ports.js';
+import { openTransferDecoder, type CodecError, type TransferDecoder, type TransferEncoding } from './codec/index.js';
 
 export interface IntakeOptions {
   engine: ProvisioningEngine;
@@ -29,7 +30,25 @@ export interface IntakeOptions {
   update?: UpdatePolicy;
   /** A test-committed update is confirmed once its task stayed loaded this long (default 10 s). */
   confirmWindowMs?: number;
+  /**
+   * What the device decodes (issue 25), the same for every link: a link tells masters (UART INFO and
+   * ACCEPT, CAN next) and the intake refuses any other encoding. Default: deflate and patches, window 12,
+   * 4096 bytes of decoder RAM. `false`: raw images only.
+   */
+  codec?: CodecCaps | false;
 }
+
+/** A device's decoding capabilities (docs/delta.md). */
+export interface CodecCaps {
+  deflate: boolean;
+  patch: boolean;
+  /** Largest deflate window (bits, ≤ 12). */
+  maxWindowBits: number;
+  /** RAM offered to the decoder and patch applier: the master picks the patch window from it. */
+  ramBytes: number;
+}
+
+export const DEFAULT_CODEC_CAPS: CodecCaps = { deflate: true, patch: true, maxWindowBits: 12, ramBytes: 4096 };
 
 /** What an image announces before its bytes move. */
 export interface IntakeAnnounce {
@@ -62,6 +81,17 @@ export interface IntakeAnnounce {
   confirmWindowMs?: number;
   /** Recorded with the image in the store's manifest (boot sources). */
   bootPriority?: number;
+  /**
+   * How the bytes that follow encode the image (default raw). `totalBytes`, `crc32` and `sha256` stay
+   * those of the decoded image; `streamBytes` is the length of the encoded stream, and `write` offsets
+   * count in it. A patch also names its base (`baseSha256`): the intake refuses it before any data
+   * unless the active slot's image hashes to exactly that.
+   */
+  encoding?: TransferEncoding;
+  /** Length of the encoded stream (required unless the encoding is raw). */
+  streamBytes?: number;
+  /** A patch's base: the SHA-256 the device's active image must hash to. */
+  baseSha256?: string | Uint8Array;
 }
 
 /** An image a device runs, as a master or a person wants to see it. */
@@ -118,6 +148,8 @@ interface Receiving {
   sha256: string | null;
   /** How the image is installed once it is complete (from the announce). */
   plan: InstallPlan;
+  /** A compressed or patched stream: decodes what arrives into `image` (RAM staging). */
+  decoder: { d: TransferDecoder; image: Uint8Array; encoding: TransferEncoding } | null;
 }
 
 /** How one image is installed once staged. */
@@ -156,12 +188,36 @@ function shaHex(v: string | Uint8Array | undefined): string | null | EngineError
   return hex;
 }
 
+/** Carries an engine refusal out of a decoder's write callback to the intake's boundary. */
+class EngineStop {
+  constructor(readonly error: EngineError) {}
+}
+
+/** A codec error as the intake's: same code and reason, the field and offset in the detail and the message. */
+function fromCodec(e: CodecError, where: 'begin' | 'write' | 'end'): EngineError {
+  const detail: Record<string, unknown> = { field: e.field, offset: e.offset, in: e.in, ...(e.detail ?? {}) };
+  return engineError(e.code === 'EINVAL' ? 'EBADMSG' : e.code, where, e.reason, e.message, detail);
+}
+
+/** Runs a decoder step: its codec error, or the engine's refusal of a write it made, as one EngineError. */
+function guarded(step: () => CodecError | null, where: 'write' | 'end'): EngineError | null {
+  try {
+    const ce = step();
+    return ce ? fromCodec(ce, where) : null;
+  } catch (x) {
+    if (x instanceof EngineStop) return x.error;
+    throw x;
+  }
+}
+
 export class DeviceIntake {
   readonly engine: ProvisioningEngine;
   private readonly clock: Clock;
   private readonly events: EventSink;
   private readonly policy: UpdatePolicy;
   private readonly confirmWindowMs: number;
+  /** What this device decodes (null: raw only). */
+  readonly codec: CodecCaps | null;
   private readonly receiving = new Map<number, Receiving>();
   private pending: PendingConfirm | null = null;
   /** Serialises installs: a second image waits until the first is switched (or refused). */
@@ -173,6 +229,7 @@ export class DeviceIntake {
     this.events = options.events;
     this.policy = options.update ?? 'replace';
     this.confirmWindowMs = options.confirmWindowMs ?? 10_000;
+    this.codec = options.codec === false ? null : options.codec ?? DEFAULT_CODEC_CAPS;
   }
 
   /** The running image with this SHA-256 (hex), if the device runs it. */
@@ -242,13 +299,97 @@ export class DeviceIntake {
     const opts: Parameters<ProvisioningEngine['begin']>[0] = { source: a.source, totalBytes: a.totalBytes, update: a.update ?? this.policy };
     if (a.crc32 !== undefined) opts.expectedCrc = a.crc32 >>> 0;
     if (a.version !== undefined) opts.appVersion = a.version;
+    const encoding = a.encoding ?? { kind: 'raw' };
+    let streamTotal = a.totalBytes;
+    let base: Uint8Array | null = null;
+    if (encoding.kind !== 'raw') {
+      const caps = this.codec;
+      if (!caps || !caps[encoding.kind] || (encoding.kind === 'deflate' && encoding.windowBits > caps.maxWindowBits)) {
+        return err(engineError('EPERM', 'begin', 'encoding_unsupported', `this device does not decode ${encoding.kind === 'deflate' ? `a ${encoding.windowBits}-bit deflate stream` : 'delta patches'}`,
+          { field: 'encoding' }));
+      }
+      if (a.streamBytes === undefined || !Number.isSafeInteger(a.streamBytes) || a.streamBytes <= 0 || a.streamBytes > 0xffffffff) {
+        return err(engineError('EBADMSG', 'begin', 'stream_size_invalid', `a ${encoding.kind} transfer must announce its stream size (a u32 > 0), got ${String(a.streamBytes)}`,
+          { field: 'streamBytes' }));
+      }
+      streamTotal = a.streamBytes;
+      if (encoding.kind === 'patch') {
+        const checked = this.patchBase(a.baseSha256);
+        if (!checked.ok) return checked;
+        base = checked.value;
+      }
+    }
     const begun = this.engine.begin(opts);
     if (!begun.ok) return begun;
     const id = begun.value.sessionId;
     const plan = this.planFor(a);
     const storeChecks = sha !== null && plan.persist && this.engine.hasImageStore;
-    this.receiving.set(id, { id, total: a.totalBytes, received: 0, seq: 0, hash: storeChecks ? null : createHash('sha256'), sha256: sha, plan });
+    const r: Receiving = { id, total: streamTotal, received: 0, seq: 0, hash: storeChecks ? null : createHash('sha256'), sha256: sha, plan, decoder: null };
+    if (encoding.kind !== 'raw') {
+      const made = this.openDecoder(r, encoding, a.totalBytes, base);
+      if (!made.ok) {
+        this.engine.abort(id, made.error.reason);
+        return made;
+      }
+      r.decoder = made.value;
+    }
+    this.receiving.set(id, r);
     return ok({ kind: 'receiving', id });
+  }
+
+  /**
+   * The running image a patch is rebuilt from: the active slot's bytes (the RAM copy of a task without
+   * a store), hashed here, never trusted from metadata. A patch for any other base is refused before
+   * any data moves (`base_mismatch`, naming both SHA-256).
+   */
+  private patchBase(announced: string | Uint8Array | undefined): Result<Uint8Array, EngineError> {
+    const want = shaHex(announced);
+    if (want === null || typeof want !== 'string') {
+      return err(engineError('EBADMSG', 'begin', 'base_sha256_invalid', 'a patch must announce its base SHA-256 (32 bytes)', { field: 'baseSha256' }));
+    }
+    let base = this.engine.activeImageBytes();
+    if (base === null && !this.engine.hasImageStore) {
+      const p = this.primary();
+      base = p ? this.engine.taskImage(p.pid) ?? null : null;
+    }
+    if (base === null) {
+      return err(engineError('EBADMSG', 'begin', 'base_mismatch', `the patch is for base SHA-256 ${want}, but the device runs no image to rebuild from`,
+        { field: 'baseSha256', expected: want, actual: 'none' }));
+    }
+    const actual = createHash('sha256').update(base).digest('hex');
+    if (actual !== want) {
+      return err(engineError('EBADMSG', 'begin', 'base_mismatch', `the patch is for base SHA-256 ${want}, the active image hashes to ${actual}: send the full image`,
+        { field: 'baseSha256', expected: want, actual }));
+    }
+    return ok(base);
+  }
+
+  /**
+   * Decoded bytes are staged in RAM (`image`, and the engine's session buffer they are fed to); the
+   * store commits them to the inactive slot only after the whole image verified. So the rebuild reads
+   * the active slot (the patch's base) and nothing is written to flash before the SHA-256 check.
+   */
+  private openDecoder(r: Receiving, encoding: TransferEncoding, imageSize: number, base: Uint8Array | null): Result<NonNullable<Receiving['decoder']>, EngineError> {
+    const image = new Uint8Array(imageSize);
+    const slotSize = this.engine.slotCapacity() ?? imageSize;
+    const target: Parameters<typeof openTransferDecoder>[1] = { imageSize, slotSize };
+    if (base) target.active = { size: base.length, sha256: createHash('sha256').update(base).digest() };
+    const opened = openTransferDecoder(encoding, target, {
+      writeInactive: (offset, bytes) => {
+        image.set(bytes, offset);
+        const max = this.engine.config.maxChunkBytes;
+        for (let at = 0; at < bytes.length; at += max) {
+          const part = bytes.subarray(at, at + max);
+          const w = this.engine.write(r.id, r.seq++, part);
+          if (!w.ok) throw new EngineStop(w.error);
+          r.hash?.update(part);
+        }
+      },
+      readInactive: (offset, length) => image.subarray(offset, offset + length),
+      readActive: (offset, length) => base!.subarray(offset, offset + length),
+    });
+    if (!opened.ok) return err(fromCodec(opened.error, 'begin'));
+    return ok({ d: opened.value, image, encoding });
   }
 
   /**
@@ -263,6 +404,7 @@ export class DeviceIntake {
       return err(engineError('EBADMSG', 'write', 'offset_gap', `bytes at offset ${offset}, but ${r.received} bytes were received so far`,
         { offset, received: r.received, sessionId: id }));
     }
+    if (r.decoder) return this.writeEncoded(r, bytes);
     const max = this.engine.config.maxChunkBytes;
     for (let at = 0; at < bytes.length; at += max) {
       const part = bytes.subarray(at, at + max);
@@ -277,12 +419,39 @@ export class DeviceIntake {
     return ok({ bytesWritten: bytes.length, duplicate: false, totalBytesWritten: r.received });
   }
 
+  /** Encoded bytes (in stream order) through the decoder; its writes feed the engine session. */
+  private writeEncoded(r: Receiving, bytes: Uint8Array): Result<WriteAck, EngineError> {
+    const dec = r.decoder!;
+    if (r.received + bytes.length > r.total) {
+      const at = r.received;
+      this.abort(r.id, 'exceeds_total');
+      return err(engineError('EBADMSG', 'write', 'exceeds_total', `bytes at stream offset ${at} take the ${dec.encoding.kind} stream to ${at + bytes.length} bytes, past the announced ${r.total}`,
+        { field: 'stream', offset: at, received: at + bytes.length, totalBytes: r.total }));
+    }
+    const e = guarded(() => dec.d.process(bytes), 'write');
+    if (e) {
+      this.abort(r.id, e.reason);
+      return err(e);
+    }
+    r.received += bytes.length;
+    return ok({ bytesWritten: bytes.length, duplicate: false, totalBytesWritten: r.received });
+  }
+
   /** All bytes are in: check them against the announce, then admit, stage and switch. */
   async finish(id: number): Promise<Result<IntakeVerdict, EngineError>> {
     const r = this.receiving.get(id);
     if (!r) return err(engineError('ESRCH', 'end', 'unknown_session', `no intake session ${id}`, { sessionId: id }));
     // The SHA-256 the engine records for the task: hashed here as the bytes arrived, or the announced
     // one when the store will check it against the bytes before anything is written (see `hash`).
+    if (r.decoder && r.received >= r.total) {
+      // the stream is all here: it must end exactly at the announced image size
+      const dec = r.decoder;
+      const e = guarded(() => dec.d.finish(), 'end');
+      if (e) {
+        this.abort(id, e.reason);
+        return err(e);
+      }
+    }
     const complete = r.received >= r.total;
     const actual = complete && r.hash ? r.hash.copy().digest('hex') : undefined;
     if (r.sha256 !== null && actual !== undefined && actual !== r.sha256) {

@@ -4,6 +4,7 @@
  * per device that sits on a bus, and the control server. `stop()` undoes it in reverse order so
  * that in-flight work is aborted cleanly, MQTT is flushed and every file is closed.
  */
+import { ContentStore, stateImageDir } from '../link/delta/image-store.js';
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock, type EngineConfigInput, type EventSink } from '../engine/index.js';
 import { withAuditLog } from '../engine/policy.js';
@@ -454,6 +455,17 @@ export class Gateway {
     await this.startUartListeners(d, running);
   }
 
+  /**
+   * An image a device of this gateway received goes into the content-addressed store
+   * (`<state_dir>/images-by-sha/`, docs/delta.md): the base of a later delta from this gateway.
+   */
+  private keepReceivedImage(intake: { engine: { taskImage(pid: number): Uint8Array | undefined } }, pid: unknown): void {
+    const dir = this.config.gateway.state_dir;
+    if (!dir || typeof pid !== 'number') return;
+    const bytes = intake.engine.taskImage(pid);
+    if (bytes) void new ContentStore(stateImageDir(dir)).put(bytes).catch((e: unknown) => this.log.warn({ err: String(e) }, 'images-by-sha: cannot store a received image'));
+  }
+
   /** Each `[[links.uart]]` listener feeds its device's engine from a serial port (a real cable or a pty). */
   private async startUartListeners(d: DeviceConfig, running: RunningDevice): Promise<void> {
     const intake = running.dev.intake;
@@ -473,7 +485,10 @@ export class Gateway {
         out: (line) => {
           const m = JSON.parse(line) as { event?: string; error?: { message?: string } };
           if (m.event === 'listening') listening();
-          else if (m.event === 'error') {
+          else if (m.event === 'ready') {
+            log.info(m, 'uart listener');
+            this.keepReceivedImage(intake, (m as { pid?: unknown }).pid);
+          } else if (m.event === 'error') {
             lastError = m.error?.message ?? line;
             log.error(m, 'uart listener');
           } else log.info(m, 'uart listener');

@@ -3,6 +3,7 @@
  * opened as a `Flasher` under its link name (config.ts `linkName`). Jobs run on these; the `flash`
  * CLI opens the same flashers for one transfer, so the daemon and the CLI flash the same way.
  */
+import { ContentStore, stateImageDir } from '../link/delta/image-store.js';
 import type { Flasher } from '../link/flasher.js';
 import { CanFlasher } from '../link/can/flasher.js';
 import { UartFlasher } from '../link/uart/flasher.js';
@@ -42,7 +43,9 @@ export async function openMasterLinks(config: GatewayConfig): Promise<Map<string
     for (const l of config.links.uart.filter((x) => x.role === 'master')) {
       const name = linkName(l);
       try {
-        out.set(name, await UartFlasher.open(name, { path: l.port, baudRate: l.baud }));
+        // with a state dir, every image a job flashes is kept by SHA-256: the base of the next delta
+        const stateDir = config.gateway.state_dir;
+        out.set(name, await UartFlasher.open(name, { path: l.port, baudRate: l.baud }, stateDir ? { images: new ContentStore(stateImageDir(stateDir)) } : {}));
       } catch (e) {
         throw new MasterLinkError(`links.uart.${name}`, `UART master link "${name}" (${l.port}): ${(e as Error).message}`);
       }

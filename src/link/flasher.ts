@@ -23,6 +23,8 @@ export type TargetVerdict =
       to: string | null;
       /** The update waits for the device's confirm window (UART says so; CAN does not carry it: false). */
       confirmPending: boolean;
+      /** How the image went (issue 25): absent where the link does not plan transfers. */
+      transfer?: TransferReport;
     }
   | {
       target: string;
@@ -34,6 +36,23 @@ export type TargetVerdict =
       reason: string;
       message: string;
     };
+
+/** How an image went to a target: what was planned and the bytes it cost. */
+export interface TransferReport {
+  /** current: nothing sent; delta: a patch from `base`; compressed: the deflated image; raw: the image. */
+  mode: 'current' | 'delta' | 'compressed' | 'raw';
+  /** The base a delta applied to (SHA-256 hex), else null. */
+  base: string | null;
+  image_bytes: number;
+  /** Bytes of the stream the mode sends (patch, compressed or raw image; 0 for current). */
+  stream_bytes: number;
+  /** Stream bytes put in data frames in this transfer, retransmissions included (less when resumed). */
+  bytes_on_wire: number;
+  /** bytes_on_wire / image_bytes. */
+  ratio: number;
+  /** Why the first plan was given up (`base_mismatch`: the device does not run the patch's base). */
+  fallback?: string;
+}
 
 /** Options every flasher takes; a link ignores what it has no use for (FD on UART, window units differ). */
 export interface FlashOptions {
@@ -51,6 +70,10 @@ export interface FlashOptions {
   retries?: number;
   /** CAN: session id 1..255 (random when absent). */
   session?: number;
+  /** Send the compressed image to targets that decode it (default true). */
+  compress?: boolean;
+  /** Send a delta patch where the store holds the base the target runs (default true). */
+  delta?: boolean;
 }
 
 /** Progress of one target: bytes it has acknowledged of the image. */

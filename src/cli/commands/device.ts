@@ -14,6 +14,7 @@ export function registerDevice(program: Command): void {
     // UART options (src/link/uart)
     .option('--uart <port>', 'UART: serial port to listen on (/dev/ttyUSB1; docs/uart_protocol.md)')
     .option('--baud <n>', 'UART line rate (default 921600)')
+    .option('--protocol <n>', 'UART: highest protocol version spoken (default 3; 2: no compressed or delta transfers)')
     // CAN options (src/link/can)
     .option('--can <iface>', 'CAN bus: SocketCAN interface (can0, vcan0), virtual:NAME or virtual:HOST:PORT (docs/can_protocol.md)')
     .option('--node <n>', 'CAN node id of this device (1..63)')
@@ -22,7 +23,7 @@ export function registerDevice(program: Command): void {
       // transport branches (one per transport)
       if (typeof opts['uart'] === 'string') {
         const { runUartDeviceCommand } = await import('../../link/uart/cli.js');
-        process.exitCode = await runUartDeviceCommand({ uart: opts['uart'], baud: opts['baud'], state: opts['state'] as string | undefined, confirmWindowMs: opts['confirmWindowMs'], json: !!opts['json'] });
+        process.exitCode = await runUartDeviceCommand({ uart: opts['uart'], baud: opts['baud'], state: opts['state'] as string | undefined, confirmWindowMs: opts['confirmWindowMs'], json: !!opts['json'], protocol: opts['protocol'] });
         return;
       }
       if (typeof opts['can'] === 'string') {

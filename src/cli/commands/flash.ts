@@ -26,11 +26,21 @@ export function registerFlash(program: Command): void {
     .option('--can-timeout <ms>', 'CAN base timeout for joins, acks and reports (doubled per retry)')
     .option('--can-retries <n>', 'CAN retries before a silent node is dropped with ETIMEDOUT')
     .option('--force', 'send the image even to a device that already runs it (else it answers CURRENT)')
+    // compressed and delta transfers (docs/delta.md)
+    .option('--cache <dir>', 'content-addressed image store (default $XDG_CACHE_HOME/hsx-gateway/images or ~/.cache/hsx-gateway/images)')
+    .option('--base <file>', 'add an image to the store by hand (a base a device may run; repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--no-compress', 'never send the compressed image')
+    .option('--no-delta', 'never send a delta patch')
     .action(async (image: string, opts: Record<string, unknown>) => {
       // transport branches (one per transport)
       if (typeof opts['uart'] === 'string') {
         const { runUartFlash } = await import('../../link/uart/cli.js');
-        process.exitCode = await runUartFlash(image, { uart: opts['uart'], baud: opts['baud'], chunk: opts['chunk'], window: opts['window'], force: !!opts['force'], json: !!opts['json'] });
+        process.exitCode = await runUartFlash(image, {
+          uart: opts['uart'], baud: opts['baud'], chunk: opts['chunk'], window: opts['window'], force: !!opts['force'], json: !!opts['json'],
+          compress: opts['compress'] !== false, delta: opts['delta'] !== false,
+          ...(typeof opts['cache'] === 'string' ? { cache: opts['cache'] } : {}),
+          ...(Array.isArray(opts['base']) ? { bases: opts['base'] as string[] } : {}),
+        });
         return;
       }
       if (typeof opts['can'] === 'string') {

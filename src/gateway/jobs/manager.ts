@@ -155,6 +155,8 @@ const OPTION_CHECKS: Record<keyof JobOptions, OptionCheck> = {
   timeout_ms: (v) => (isInt(v) && v >= 1 && v <= 3_600_000 ? null : 'must be an integer 1..3600000 (ms)'),
   retries: (v) => (isInt(v) && v >= 0 && v <= 100 ? null : 'must be an integer 0..100'),
   session: (v) => (isInt(v) && v >= 1 && v <= 255 ? null : 'must be an integer 1..255'),
+  compress: (v) => (typeof v === 'boolean' ? null : 'must be true or false'),
+  delta: (v) => (typeof v === 'boolean' ? null : 'must be true or false'),
 };
 
 /** Validates a submit's options: a copy with the known keys, or the error naming `options.<key>`. */
@@ -183,6 +185,8 @@ export function flashOptionsOf(o: JobOptions): FlashOptions {
   if (o.timeout_ms !== undefined) out.timeoutMs = o.timeout_ms;
   if (o.retries !== undefined) out.retries = o.retries;
   if (o.session !== undefined) out.session = o.session;
+  if (o.compress !== undefined) out.compress = o.compress;
+  if (o.delta !== undefined) out.delta = o.delta;
   return out;
 }
 
@@ -663,7 +667,7 @@ export class JobManager implements JobService {
     const state = stateOfVerdict(v);
     // SKIPPED: the target already ran the image, nothing was sent to it.
     const acked = state === 'SUCCEEDED' ? r.size : state === 'SKIPPED' ? 0 : r.acked.get(old.target) ?? old.acked_bytes;
-    if (v.ok) return { ...old, state, outcome: v.outcome, error: null, from: v.from, to: v.to, acked_bytes: acked, updated_ts: ts };
+    if (v.ok) return { ...old, state, outcome: v.outcome, error: null, from: v.from, to: v.to, acked_bytes: acked, updated_ts: ts, ...(v.transfer ? { transfer: v.transfer } : {}) };
     return { ...old, state, outcome: null, error: { code: v.code, where: v.where, reason: v.reason, message: v.message }, acked_bytes: acked, updated_ts: ts };
   }
 

@@ -5,7 +5,7 @@
  * it, MQTT publishes it retained at `<prefix>/<gw>/jobs/<id>`. Keys are snake_case like the rest of
  * the executive protocol; times are seconds (float) like the event envelope's `ts`.
  */
-import type { TargetOutcome } from '../../link/flasher.js';
+import type { TargetOutcome, TransferReport } from '../../link/flasher.js';
 
 /**
  * A job's link options as requests carry them and records show them (snake_case, like every wire
@@ -20,6 +20,9 @@ export interface JobOptions {
   timeout_ms?: number;
   retries?: number;
   session?: number;
+  /** Issue 25: allow the compressed image / a delta patch (default true each; UART links). */
+  compress?: boolean;
+  delta?: boolean;
 }
 
 export type TargetState = 'QUEUED' | 'IN_PROGRESS' | 'SUCCEEDED' | 'SKIPPED' | 'FAILED' | 'CANCELED' | 'TIMED_OUT';
@@ -38,6 +41,8 @@ export interface JobTarget {
   from: string | null;
   to: string | null;
   acked_bytes: number;
+  /** How the image went (issue 25: mode current | delta | compressed | raw, bytes_on_wire, ratio), when the link planned it. */
+  transfer?: TransferReport;
   /** Seconds; when this target's state last changed. */
   updated_ts: number;
 }

@@ -18,6 +18,8 @@ import { restoreAtBoot } from '../device-boot.js';
 
 export interface UartDeviceOptions {
   port: string;
+  /** Highest UART protocol version the device speaks (default 3; 2 = a device from before compressed transfers). */
+  maxProtocol?: number;
   baud?: number;
   /** Where partial transfers are kept across restarts (`<state>/uart-partial`). */
   stateDir?: string;
@@ -81,6 +83,7 @@ export async function runUartDevice(o: UartDeviceOptions): Promise<number> {
   const partials = o.stateDir ? new DirectoryPartialStore(join(o.stateDir, 'uart-partial')) : new MemoryPartialStore();
   const listenerOptions: ListenerOptions = { source: `uart:${o.port}`, partials };
   if (o.maxImageBytes !== undefined) listenerOptions.maxImageBytes = o.maxImageBytes;
+  if (o.maxProtocol !== undefined) listenerOptions.versions = [1, 2, 3].filter((v) => v <= o.maxProtocol!);
   const listener = new UartListener(transport, o.intake, listenerOptions);
 
   return new Promise<number>((resolve) => {
@@ -126,7 +129,7 @@ function printingSink(json: boolean, out: (line: string) => void): EventSink {
 }
 
 /** The CLI's device: engine + persisted stores of the state directory + intake + listener. */
-export async function deviceCommand(o: { port: string; baud?: number; stateDir?: string; json: boolean; confirmWindowMs?: number }): Promise<number> {
+export async function deviceCommand(o: { port: string; baud?: number; stateDir?: string; json: boolean; confirmWindowMs?: number; maxProtocol?: number }): Promise<number> {
   const out = (line: string): void => void process.stdout.write(`${line}\n`);
   const events = printingSink(o.json, out);
   const confirmWindowMs = o.confirmWindowMs ?? 10_000;
@@ -149,6 +152,7 @@ export async function deviceCommand(o: { port: string; baud?: number; stateDir?:
   const options: UartDeviceOptions = { port: o.port, json: o.json, intake, restore: device !== null, alerts: device?.storage.alerts ?? [], signal: controller.signal, out };
   if (o.baud !== undefined) options.baud = o.baud;
   if (o.stateDir !== undefined) options.stateDir = o.stateDir;
+  if (o.maxProtocol !== undefined) options.maxProtocol = o.maxProtocol;
   try {
     return await runUartDevice(options);
   } finally {

@@ -6,6 +6,8 @@
  * sent; `--force` sends it anyway); exit 0 for all three, 1 for an error.
  */
 import { readFile } from 'node:fs/promises';
+import { ContentStore, defaultCacheDir } from '../delta/image-store.js';
+import type { TransferReport } from '../flasher.js';
 import cliProgress from 'cli-progress';
 import { checkImageToSend } from '../image-check.js';
 import { UartLinkError } from './port-transport.js';
@@ -27,6 +29,13 @@ export interface UartFlashOptions {
   out?: (line: string) => void;
   /** Show a progress bar (default: stderr is a terminal and not --json). */
   bar?: boolean;
+  /** The content-addressed image store (default defaultCacheDir()). */
+  cache?: string;
+  /** Images to add to the store by hand (bases a device may run). */
+  bases?: string[];
+  /** Allow the compressed image / a delta patch (default true each). */
+  compress?: boolean;
+  delta?: boolean;
 }
 
 /** Verifies only what the sender can know: the format and CRC, with the VM budgets lifted. */
@@ -48,12 +57,28 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   if (!checked.ok) return fail(checked.error);
   const appName = checked.appName;
 
+  // The content-addressed store: the image flashed goes in (the flasher puts it), and so does every --base.
+  const images = new ContentStore(o.cache ?? defaultCacheDir());
+  for (const file of o.bases ?? []) {
+    let base: Uint8Array;
+    try {
+      base = await readFile(file);
+    } catch (e) {
+      return fail({ code: 'ENOENT', where: 'image', reason: 'base_unreadable', message: `cannot read --base ${file}: ${(e as Error).message}` });
+    }
+    try {
+      await images.put(base);
+    } catch (e) {
+      return fail({ code: 'EIO', where: 'image', reason: 'cache_unwritable', message: `cannot store --base ${file} in ${images.dir}: ${(e as Error).message}` });
+    }
+  }
+
   const baud = o.baud ?? DEFAULT_BAUD;
   const chunk = o.chunk ?? DEFAULT_CHUNK;
   const window = o.window ?? DEFAULT_WINDOW;
   let flasher: UartFlasher;
   try {
-    flasher = await UartFlasher.open(o.port, { path: o.port, baudRate: baud });
+    flasher = await UartFlasher.open(o.port, { path: o.port, baudRate: baud }, { images });
   } catch (e) {
     return fail(e instanceof UartLinkError ? e.info : { code: 'EIO', where: 'open', reason: 'open_failed', message: String(e) });
   }
@@ -110,7 +135,7 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   };
   // The retransmission timeout defaults to one sized for the line (rtoForLine), as before.
   const result = await flasher.flash({
-    image: bytes, appName, targets: [UART_TARGET], options: { chunk, window, force: o.force === true },
+    image: bytes, appName, targets: [UART_TARGET], options: { chunk, window, force: o.force === true, compress: o.compress !== false, delta: o.delta !== false },
     onLinkProgress: onProgress, onRestart,
   });
   bar?.stop();
@@ -126,10 +151,25 @@ export async function uartFlashCommand(o: UartFlashOptions): Promise<number> {
   const r = result.outcome;
   const transport = flasher.transport;
   const verdict = VERDICT[r.outcome];
+  const t = result.transfer!;
+  if (!o.json) out(describeTransfer(t));
   out(o.json
-    ? JSON.stringify({ event: verdict.toLowerCase(), verdict, ...r, to: r.image, counters: transport.status().counters })
+    ? JSON.stringify({
+      event: verdict.toLowerCase(), verdict, ...r, to: r.image, counters: transport.status().counters,
+      mode: t.mode.toUpperCase(), bytes_on_wire: t.bytes_on_wire, ratio: t.ratio, stream_bytes: t.stream_bytes, image_bytes: t.image_bytes, base: t.base,
+      ...(t.fallback ? { fallback: t.fallback } : {}),
+    })
     : describeVerdict(o.port, r));
   return 0;
+}
+
+/** `flash: DELTA from 1a2b3c4d5e6f: 1,234 bytes on the wire for a 20,480-byte image (ratio 0.060)`. */
+function describeTransfer(t: TransferReport): string {
+  const how = t.mode === 'delta' ? `DELTA from ${t.base!.slice(0, 12)}` : t.mode.toUpperCase();
+  const why = t.fallback === 'base_mismatch' ? ' (the device does not run the base it reported: full image sent instead of a patch)' : '';
+  return t.mode === 'current'
+    ? `flash: CURRENT: 0 bytes on the wire`
+    : `flash: ${how}: ${t.bytes_on_wire} bytes on the wire for a ${t.image_bytes}-byte image (ratio ${t.ratio.toFixed(3)})${why}`;
 }
 
 const VERDICT = { installed: 'READY', updated: 'UPDATED', current: 'CURRENT' } as const;

@@ -11,8 +11,9 @@
  * UartError's code, where, reason and message (a cancelled transfer: ECANCELED, the device told
  * ABORT, keeping the image it ran).
  */
-import { LinkLock, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type ScanOptions, type TargetProgress, type TargetVerdict } from '../flasher.js';
-import { scanUart } from './scan.js';
+import { chooseTransfer, type DeviceCodecState, type ImageSource, type TransferChoice } from '../delta/index.js';
+import { LinkLock, type TransferReport, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type ScanOptions, type TargetProgress, type TargetVerdict } from '../flasher.js';
+import { queryCodec, scanUart } from './scan.js';
 import type { Transport } from '../transport.js';
 import type { UartError } from './errors.js';
 import type { Frame } from './frame.js';
@@ -30,6 +31,13 @@ export interface UartFlasherOptions {
   transport: Transport<Frame, Frame>;
   /** The line's baud rate, for the default retransmission timeout (default DEFAULT_BAUD). */
   baudRate?: number;
+  /**
+   * The content-addressed image store (src/link/delta/image-store.ts): every image flashed goes in,
+   * and a base the device runs is looked up there for a delta. Without one: compressed or raw only.
+   */
+  images?: ImageSource;
+  /** How long to wait for the INFO (version 3) answer before data moves (default 500 ms, asked twice). */
+  infoTimeoutMs?: number;
 }
 
 /** What the UART flasher takes beyond `FlashRequest` (the CLI's display uses the link's own view). */
@@ -44,6 +52,8 @@ export interface UartFlashResult extends FlashResult {
   /** What sendImage resolved with: the outcome, or the error (exactly one is set). */
   outcome: FlashOutcome | null;
   error: UartError | null;
+  /** The plan and what it cost (also in the verdict when ok). */
+  transfer: TransferReport | null;
 }
 
 export class UartFlasher implements Flasher {
@@ -54,20 +64,24 @@ export class UartFlasher implements Flasher {
   private readonly ownsTransport: boolean;
   private closed = false;
   private readonly lock = new LinkLock();
+  private readonly images: ImageSource | null;
+  private readonly infoTimeoutMs: number;
 
   constructor(options: UartFlasherOptions, internal: { ownsTransport?: boolean } = {}) {
     this.link = options.name;
     this.transport = options.transport;
     this.baudRate = options.baudRate ?? DEFAULT_BAUD;
     this.ownsTransport = internal.ownsTransport === true;
+    this.images = options.images ?? null;
+    this.infoTimeoutMs = options.infoTimeoutMs ?? 500;
   }
 
   /** Opens the serial port and owns it (`close()` closes it). Rejects with a UartLinkError (its `info` says why). */
-  static async open(name: string, port: { path: string; baudRate?: number }): Promise<UartFlasher> {
+  static async open(name: string, port: { path: string; baudRate?: number }, extra: Pick<UartFlasherOptions, 'images' | 'infoTimeoutMs'> = {}): Promise<UartFlasher> {
     const baudRate = port.baudRate ?? DEFAULT_BAUD;
     const transport = new UartPortTransport({ path: port.path, baudRate });
     await transport.open();
-    return new UartFlasher({ name, transport, baudRate }, { ownsTransport: true });
+    return new UartFlasher({ name, transport, baudRate, ...extra }, { ownsTransport: true });
   }
 
   checkTarget(target: string): string | null {
@@ -98,22 +112,49 @@ export class UartFlasher implements Flasher {
     const chunk = o.chunk ?? DEFAULT_CHUNK;
     const window = o.window ?? DEFAULT_WINDOW;
     const rtoMs = o.timeoutMs ?? rtoForLine(this.baudRate, chunk, window, DEFAULT_MASTER_TIMING.rtoMs);
-    const totalBytes = req.image.length;
     const started = performance.now();
+    // Every image flashed goes into the store: the next update of this device can be a delta from it.
+    if (this.images) await this.images.put(req.image).catch(() => undefined);
+    // Before data moves: what the device runs and what it decodes (INFO version 3). An older device
+    // (or --no-compress --no-delta) gets the raw image in the version it speaks.
+    let device: DeviceCodecState = { sha256: null, codec: null };
+    if (o.compress !== false || o.delta !== false) {
+      const q = await queryCodec(this.transport, { timeoutMs: this.infoTimeoutMs, ...(req.signal ? { signal: req.signal } : {}) });
+      if (q.ok) device = { sha256: q.info.sha256, codec: q.info.codec ?? null };
+    }
+    const choose = (excludeBase?: string): Promise<TransferChoice> => chooseTransfer(req.image, device, this.images, {
+      compress: o.compress !== false, delta: o.delta !== false, force: o.force === true, ...(excludeBase ? { excludeBase } : {}),
+    });
+    let choice = await choose();
+    // The Flasher's progress counts image bytes (as every link's does): the device's acknowledged share
+    // of the encoded stream, scaled to the image; the link's own progress (onLinkProgress) counts stream bytes.
+    const totalBytes = req.image.length;
+    let streamBytes = choice.encoded?.bytes.length ?? req.image.length;
+    const asImage = (acked: number): number => (streamBytes > 0 ? Math.min(totalBytes, Math.floor((acked * totalBytes) / streamBytes)) : 0);
     let ackedBytes = 0;
     const options: MasterOptions = {
       chunkSize: chunk, window, force: o.force === true, timing: { rtoMs },
       onProgress: (p) => {
-        ackedBytes = p.ackedBytes;
+        ackedBytes = asImage(p.ackedBytes);
         req.onLinkProgress?.(p);
-        req.onProgress?.(progressOf(p.phase === 'open' ? 'announce' : 'data', p.ackedBytes, totalBytes, []));
+        req.onProgress?.(progressOf(p.phase === 'open' ? 'announce' : 'data', ackedBytes, totalBytes, []));
       },
     };
     if (req.appName !== undefined) options.appName = req.appName;
     if (req.onRestart) options.onRestart = req.onRestart;
     if (req.signal) options.signal = req.signal;
-    const r = await sendImage(this.transport, req.image, options);
-    const verdict: TargetVerdict = r.ok ? okVerdict(r.value) : failVerdict(r.error);
+    let r = await sendImage(this.transport, req.image, choice.encoded ? { ...options, encoded: choice.encoded } : options);
+    let fallback: string | undefined;
+    if (!r.ok && r.error.remote && (r.error.reason === 'base_mismatch' || r.error.reason === 'base_size_mismatch') && choice.mode === 'delta') {
+      // The device's active slot does not hash to the base it said it runs: never a patch for another
+      // base; it gets the full image.
+      fallback = 'base_mismatch';
+      choice = await choose(choice.base ?? undefined);
+      streamBytes = choice.encoded?.bytes.length ?? req.image.length;
+      r = await sendImage(this.transport, req.image, choice.encoded ? { ...options, encoded: choice.encoded } : options);
+    }
+    const transfer = r.ok ? reportOf(choice, r.value, req.image.length, fallback) : null;
+    const verdict: TargetVerdict = r.ok ? okVerdict(r.value, transfer!) : failVerdict(r.error);
     req.onProgress?.(progressOf('done', r.ok ? totalBytes : ackedBytes, totalBytes, [verdict]));
     return {
       verdicts: [verdict],
@@ -121,6 +162,7 @@ export class UartFlasher implements Flasher {
       elapsedMs: performance.now() - started,
       outcome: r.ok ? r.value : null,
       error: r.ok ? null : r.error,
+      transfer,
     };
   }
 
@@ -132,10 +174,23 @@ export class UartFlasher implements Flasher {
   }
 }
 
-function okVerdict(r: FlashOutcome): TargetVerdict {
+function reportOf(choice: TransferChoice, r: FlashOutcome, imageBytes: number, fallback?: string): TransferReport {
+  const current = r.outcome === 'current';
+  const mode = current ? 'current' : choice.mode === 'current' ? 'raw' : choice.mode;
+  const stream = current ? 0 : r.totalBytes;
+  const wire = current ? 0 : r.dataBytesSent;
+  const t: TransferReport = {
+    mode, base: mode === 'delta' ? choice.base : null, image_bytes: imageBytes, stream_bytes: stream, bytes_on_wire: wire,
+    ratio: imageBytes > 0 ? Math.round((wire / imageBytes) * 10000) / 10000 : 0,
+  };
+  if (fallback) t.fallback = fallback;
+  return t;
+}
+
+function okVerdict(r: FlashOutcome, transfer: TransferReport): TargetVerdict {
   const to = r.image.sha256 || null;
   const from = r.outcome === 'current' ? to : (r.from?.sha256 || null);
-  return { target: UART_TARGET, ok: true, outcome: r.outcome, from, to, confirmPending: r.confirmPending };
+  return { target: UART_TARGET, ok: true, outcome: r.outcome, from, to, confirmPending: r.confirmPending, transfer };
 }
 
 function failVerdict(e: UartError): TargetVerdict {
@@ -144,7 +199,7 @@ function failVerdict(e: UartError): TargetVerdict {
 
 function statsOf(r: FlashOutcome): Record<string, unknown> {
   return {
-    protocolVersion: r.protocolVersion, totalBytes: r.totalBytes, chunkSize: r.chunkSize, window: r.window, resumeOffset: r.resumeOffset,
+    protocolVersion: r.protocolVersion, totalBytes: r.totalBytes, imageBytes: r.imageBytes, encoding: r.encoding, chunkSize: r.chunkSize, window: r.window, resumeOffset: r.resumeOffset,
     dataBytesSent: r.dataBytesSent, dataFramesSent: r.dataFramesSent, retransmits: r.retransmits, timeouts: r.timeouts, naks: r.naks,
     windowStallMs: r.windowStallMs, restarts: r.restarts.length, ms: r.elapsedMs,
   };

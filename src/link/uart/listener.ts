@@ -16,7 +16,7 @@ import type { Transport, TransportStatus } from '../transport.js';
 import type { DeviceIntake, EngineError, IntakeVerdict, RunningImage } from '../../engine/index.js';
 import { FrameType, type Frame } from './frame.js';
 import {
-  SUPPORTED_VERSIONS, decodeAbort, decodeInfoRequest, decodeOpen, encodeAccept, encodeCurrent, encodeError, encodeInfo, encodeMissing, encodeResult, encodeResultV1,
+  CodecCap, SUPPORTED_VERSIONS, decodeAbort, streamBytesOf, type CodecCaps, decodeInfoRequest, decodeOpen, encodeAccept, encodeCurrent, encodeError, encodeInfo, encodeMissing, encodeResult, encodeResultV1,
   type ErrorMessage, type ImageInfo, type OpenMessage,
 } from './messages.js';
 import type { PartialStore, PartialWriter, PartialKey } from './partial-store.js';
@@ -25,7 +25,7 @@ import {
 } from './settings.js';
 
 /** The part of the intake the listener drives (`inventory` answers INFO; without it INFO is refused). */
-export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort'> & Partial<Pick<DeviceIntake, 'inventory'>>;
+export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort'> & Partial<Pick<DeviceIntake, 'inventory' | 'codec'>>;
 
 export interface ListenerOptions {
   /** The source label for tasks loaded here, e.g. `uart:/dev/ttyUSB1`. */
@@ -35,6 +35,13 @@ export interface ListenerOptions {
   maxWindow?: number;
   /** Largest image accepted at OPEN (before anything is allocated). */
   maxImageBytes?: number;
+  /**
+   * Protocol versions this device speaks (default SUPPORTED_VERSIONS). `[1, 2]` is a device from
+   * before version 3: no codec, INFO_REQ of version 3 refused, raw streams only.
+   */
+  versions?: readonly number[];
+  /** What the device decodes (version 3); false: raw only. Default: the intake's (`DeviceIntake.codec`). */
+  codec?: CodecCaps | false;
   timing?: Partial<ListenerTiming>;
 }
 
@@ -101,6 +108,8 @@ export class UartListener extends EventEmitter {
   private readonly maxChunk: number;
   private readonly maxWindow: number;
   private readonly maxImageBytes: number;
+  private readonly versions: readonly number[];
+  private readonly codec: CodecCaps | null;
   /** Protocol counters (the framing layer keeps its own). */
   readonly counters = { acks: 0, naks: 0, duplicates: 0, outOfWindow: 0, badLength: 0, staleFrames: 0 };
 
@@ -114,6 +123,10 @@ export class UartListener extends EventEmitter {
     this.maxChunk = Math.max(MIN_CHUNK, Math.min(options.maxChunk ?? LISTENER_MAX_CHUNK, LISTENER_MAX_CHUNK));
     this.maxWindow = Math.max(1, Math.min(options.maxWindow ?? LISTENER_MAX_WINDOW, LISTENER_MAX_WINDOW));
     this.maxImageBytes = options.maxImageBytes ?? 16 << 20;
+    this.versions = options.versions ?? SUPPORTED_VERSIONS;
+    this.codec = options.codec === false || !this.versions.includes(3)
+      ? null
+      : options.codec ?? (intake.codec !== undefined ? intake.codec : { deflate: true, patch: true, maxWindowBits: 12, ramBytes: 4096 });
   }
 
   start(): void {
@@ -199,7 +212,7 @@ export class UartListener extends EventEmitter {
       return;
     }
     const open = decoded.value;
-    if (!SUPPORTED_VERSIONS.includes(open.version)) {
+    if (!this.versions.includes(open.version)) {
       this.send(this.errorFrame(frame.tag, { code: 'EPROTO', where: 'session', reason: 'unsupported_version' }));
       return;
     }
@@ -208,8 +221,17 @@ export class UartListener extends EventEmitter {
       this.send(this.errorFrame(frame.tag, { code: 'EBADMSG', where: 'begin', reason: 'total_invalid' }));
       return;
     }
-    if (open.totalBytes > this.maxImageBytes) {
+    if (open.totalBytes > this.maxImageBytes || streamBytesOf(open) > this.maxImageBytes) {
       this.send(this.errorFrame(frame.tag, { code: 'ENOSPC', where: 'begin', reason: 'image_too_large' }));
+      return;
+    }
+    const enc = open.encoding?.kind ?? 'raw';
+    if (enc !== 'raw' && (this.codec === null || !this.codec[enc] || (enc === 'deflate' && open.encoding!.windowBits > this.codec.maxWindowBits))) {
+      this.send(this.errorFrame(frame.tag, { code: 'ENOTSUP', where: 'begin', reason: 'encoding_unsupported' }));
+      return;
+    }
+    if (streamBytesOf(open) === 0) {
+      this.send(this.errorFrame(frame.tag, { code: 'EBADMSG', where: 'begin', reason: 'total_invalid' }));
       return;
     }
     void this.startSession(frame, open);
@@ -222,7 +244,7 @@ export class UartListener extends EventEmitter {
     const window = Math.max(1, Math.min(open.window, this.maxWindow));
     const s: Session = {
       tag: frame.tag, nonce: frame.seq, open, sha256: hex(open.sha256), chunk, window,
-      totalChunks: Math.ceil(open.totalBytes / chunk), resumeOffset: 0, state: 'preparing',
+      totalChunks: Math.ceil(streamBytesOf(open) / chunk), resumeOffset: 0, state: 'preparing',
       intakeId: null, expected: 0, saved: 0, lastAckSent: 0, buffered: new Map(),
       writer: null, receivedBytes: 0, ackTimer: null, idleTimer: null, lastFrameAt: 0,
       nakSentAt: new Map(), lastDupAckAt: 0, reply: null,
@@ -242,10 +264,17 @@ export class UartListener extends EventEmitter {
     }
 
     // A version 1 master cannot hear CURRENT: it always sends the image, as it did.
-    const opened = this.intake.open({
+    const announce: Parameters<ListenerIntake['open']>[0] = {
       source: this.options.source, totalBytes: open.totalBytes, crc32: open.crc32, sha256: open.sha256,
       appName: open.appName, force: open.force || open.version < 2,
-    });
+    };
+    const e = open.encoding;
+    if (e && e.kind !== 'raw') {
+      announce.encoding = e.kind === 'deflate' ? { kind: 'deflate', windowBits: e.windowBits } : { kind: 'patch' };
+      announce.streamBytes = e.streamBytes;
+      if (e.baseSha256) announce.baseSha256 = e.baseSha256;
+    }
+    const opened = this.intake.open(announce);
     if (!opened.ok) {
       this.finish(s, this.errorFrame(s.tag, opened.error), { type: 'error', sha256: s.sha256, error: { ...opened.error } });
       return;
@@ -261,7 +290,8 @@ export class UartListener extends EventEmitter {
     s.intakeId = opened.value.id;
 
     // Resume: re-feed what we already hold to the new intake session, then ask only for the rest.
-    const key: PartialKey = { sha256: s.sha256, totalBytes: open.totalBytes, crc32: open.crc32 };
+    const key: PartialKey = { sha256: s.sha256, totalBytes: streamBytesOf(open), crc32: open.crc32 };
+    if (e && e.kind !== 'raw') key.encoding = e.kind === 'patch' ? `patch:${hex(e.baseSha256!)}` : `deflate:${e.windowBits}`;
     const held = await this.options.partials.load(key).catch(() => null);
     if (this.session !== s || s.state !== 'preparing') return;
     const resumeChunks = held ? Math.floor(held.length / chunk) : 0;
@@ -278,7 +308,7 @@ export class UartListener extends EventEmitter {
     s.reply = {
       type: FrameType.ACCEPT, tag: s.tag, seq: s.nonce,
       // The answer speaks the master's version.
-      payload: encodeAccept({ version: open.version, chunkSize: chunk, window, resumeOffset: s.resumeOffset }),
+      payload: encodeAccept({ version: open.version, chunkSize: chunk, window, resumeOffset: s.resumeOffset, caps: this.capsByte() }),
     };
     this.send(s.reply);
     this.emitEvent({
@@ -290,7 +320,7 @@ export class UartListener extends EventEmitter {
   // ---- DATA ---------------------------------------------------------------------------------
 
   private chunkLength(s: Session, seq: number): number {
-    return seq === s.totalChunks - 1 ? s.open.totalBytes - seq * s.chunk : s.chunk;
+    return seq === s.totalChunks - 1 ? streamBytesOf(s.open) - seq * s.chunk : s.chunk;
   }
 
   private onData(s: Session, frame: Frame): void {
@@ -480,17 +510,22 @@ export class UartListener extends EventEmitter {
   private onInfoRequest(frame: Frame): void {
     const req = decodeInfoRequest(frame.payload);
     if (!req.ok) return this.send(this.errorFrame(frame.tag, { code: 'EPROTO', where: 'session', reason: 'bad_info_request' }));
-    if (req.value.version < 2 || !SUPPORTED_VERSIONS.includes(req.value.version)) {
+    if (req.value.version < 2 || !this.versions.includes(req.value.version)) {
       return this.send(this.errorFrame(frame.tag, { code: 'EPROTO', where: 'session', reason: 'unsupported_version' }));
     }
     let payload: Buffer;
     try {
       if (!this.intake.inventory) throw new Error('no inventory');
-      payload = encodeInfo(this.intake.inventory());
+      // version 3 adds what the device decodes; a version 2 request gets the version 2 INFO
+      payload = encodeInfo({ ...this.intake.inventory(), codec: req.value.version >= 3 ? this.codec : null });
     } catch {
       return this.send(this.errorFrame(frame.tag, { code: 'ENOTSUP', where: 'session', reason: 'info_unavailable' }));
     }
     this.send({ type: FrameType.INFO, tag: frame.tag, seq: frame.seq, payload });
+  }
+
+  private capsByte(): number {
+    return this.codec ? (this.codec.deflate ? CodecCap.DEFLATE : 0) | (this.codec.patch ? CodecCap.PATCH : 0) : 0;
   }
 
   private errorFrame(tag: number, e: ErrorMessage): Frame {
@@ -536,7 +571,7 @@ export class UartListener extends EventEmitter {
       s.intakeId = null;
     }
     await s.writer?.close().catch(() => {});
-    if (wasActive) this.emitEvent({ type: 'aborted', sha256: s.sha256, reason, heldBytes: Math.min(s.saved * s.chunk, s.open.totalBytes) });
+    if (wasActive) this.emitEvent({ type: 'aborted', sha256: s.sha256, reason, heldBytes: Math.min(s.saved * s.chunk, streamBytesOf(s.open)) });
   }
 
   private touch(s: Session): void {

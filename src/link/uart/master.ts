@@ -15,7 +15,7 @@ import type { Transport, TransportStatus } from '../transport.js';
 import { err, ok, type Result } from '../../hxe/result.js';
 import { FrameType, type Frame } from './frame.js';
 import {
-  PROTOCOL_VERSION, decodeAccept, decodeCurrent, decodeError, decodeMissing, decodeResult, decodeResultV1, encodeAbort, encodeOpen,
+  CODEC_VERSION, RAW_VERSION, decodeAccept, type StreamEncoding, decodeCurrent, decodeError, decodeMissing, decodeResult, decodeResultV1, encodeAbort, encodeOpen,
   type ImageInfo,
 } from './messages.js';
 import { uartError, type UartError } from './errors.js';
@@ -28,11 +28,17 @@ export interface MasterOptions {
   /** Send the image even when the device already runs it (OPEN's FORCE flag): no CURRENT answer. */
   force?: boolean;
   /**
-   * Protocol version to speak (default PROTOCOL_VERSION). A device that answers a version 2 OPEN
+   * Protocol version to speak (default RAW_VERSION, 2; an encoded stream always speaks CODEC_VERSION, 3). A device that answers a version 2 OPEN
    * with `EPROTO unsupported_version` is asked again in version 1 (no CURRENT, no FORCE, RESULT
    * without outcome), which `protocolVersion` in the outcome then says.
    */
-  protocolVersion?: 1 | 2;
+  protocolVersion?: 1 | 2 | 3;
+  /**
+   * Send this encoded stream instead of the raw image (version 3 only: the device said it decodes it,
+   * INFO's codec block). OPEN still announces the image's size, CRC-32 and SHA-256; DATA, ACKs and the
+   * resume offset count in the stream.
+   */
+  encoded?: EncodedStream;
   chunkSize?: number;
   window?: number;
   timing?: Partial<MasterTiming>;
@@ -71,6 +77,16 @@ export interface SessionRestart {
   delivered: number;
 }
 
+/** A compressed image or a delta patch, as `sendImage` sends it. */
+export interface EncodedStream {
+  kind: 'deflate' | 'patch';
+  /** deflate: the window the stream uses. */
+  windowBits: number;
+  bytes: Uint8Array;
+  /** patch: the SHA-256 of the base it applies to. */
+  baseSha256?: Uint8Array;
+}
+
 export interface MasterProgress {
   phase: 'open' | 'data' | 'end';
   /** OPENs sent so far (a retry per timeout while no device answers). */
@@ -98,7 +114,12 @@ export interface FlashOutcome {
   /** Flash slot the device committed the image to (null: no flash, `current`, or a version 1 device). */
   slot: 'A' | 'B' | null;
   protocolVersion: number;
+  /** Bytes of the stream sent (the image, or its compressed/patch encoding). */
   totalBytes: number;
+  /** The image's own size. */
+  imageBytes: number;
+  /** How the stream encoded the image. */
+  encoding: 'raw' | 'deflate' | 'patch';
   chunkSize: number;
   window: number;
   /** Where the transfer started (> 0 when the device resumed a partial). */
@@ -152,12 +173,20 @@ const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 interface Announce {
   crc32: number;
   sha256: Buffer;
+  imageBytes: number;
+  encoding: StreamEncoding | null;
 }
 
 export async function sendImage(transport: Transport<Frame, Frame>, image: Uint8Array, options: MasterOptions = {}): Promise<Result<FlashOutcome, UartError>> {
   const startedAt = Date.now();
-  const announce: Announce = { crc32: crc32(image), sha256: createHash('sha256').update(image).digest() };
-  let version = options.protocolVersion ?? PROTOCOL_VERSION;
+  const enc = options.encoded;
+  const announce: Announce = {
+    crc32: crc32(image), sha256: createHash('sha256').update(image).digest(), imageBytes: image.length,
+    encoding: enc ? { kind: enc.kind, windowBits: enc.kind === 'deflate' ? enc.windowBits : 0, streamBytes: enc.bytes.length, baseSha256: enc.baseSha256 ?? null } : null,
+  };
+  const stream = enc ? enc.bytes : image;
+  // an encoded stream needs version 3; a raw one starts at the newest and steps down for older devices
+  let version = enc ? CODEC_VERSION : options.protocolVersion ?? RAW_VERSION;
   const restarts: SessionRestart[] = [];
   const totals = { dataBytesSent: 0, dataFramesSent: 0, retransmits: 0, timeouts: 0, naks: 0, windowStallMs: 0 };
   const adapt = options.adaptChunk !== false;
@@ -171,10 +200,10 @@ export async function sendImage(transport: Transport<Frame, Frame>, image: Uint8
     const grow: GrowPlan | null = adapt && ceiling !== null && chunkSize !== undefined && chunkSize < ceiling
       ? { to: Math.min(ceiling, chunkSize * 4), afterFrames: growAfter }
       : null;
-    const session: MasterSession = new MasterSession(transport, image, announce, version, chunkSize === undefined ? options : { ...options, chunkSize }, adapt, grow);
+    const session: MasterSession = new MasterSession(transport, stream, announce, version, chunkSize === undefined ? options : { ...options, chunkSize }, adapt, grow);
     const r = await session.run();
-    if (!r.ok && r.error.remote && r.error.code === 'EPROTO' && r.error.reason === 'unsupported_version' && version > 1 && session.agreedChunk === null) {
-      version = 1; // an older device: ask again in its version
+    if (!r.ok && r.error.remote && r.error.code === 'EPROTO' && r.error.reason === 'unsupported_version' && version > 1 && session.agreedChunk === null && !enc) {
+      version -= 1; // an older device: ask again in its version (3 → 2 → 1)
       continue;
     }
     for (const k of Object.keys(totals) as Array<keyof typeof totals>) totals[k] += session.stats[k];
@@ -243,6 +272,8 @@ class MasterSession {
   private cleanup: Array<() => void> = [];
   private readonly openFrame: Frame;
   private readonly announced: { crc32: number; sha256: string };
+  private readonly imageBytes: number;
+  private readonly encodingName: 'raw' | 'deflate' | 'patch';
   private readonly proposed: { chunk: number; window: number };
 
   constructor(
@@ -262,17 +293,20 @@ class MasterSession {
       window: Math.max(1, Math.min(options.window ?? DEFAULT_WINDOW, 0xffff)),
     };
     this.announced = { crc32: announce.crc32, sha256: announce.sha256.toString('hex') };
+    this.imageBytes = announce.imageBytes;
+    this.encodingName = announce.encoding?.kind ?? 'raw';
     this.openFrame = {
       type: FrameType.OPEN, tag: this.tag, seq: this.nonce,
       payload: encodeOpen({
         version,
         chunkSize: this.proposed.chunk,
         window: this.proposed.window,
-        totalBytes: image.length,
+        totalBytes: announce.imageBytes,
         crc32: announce.crc32,
         sha256: announce.sha256,
         appName: options.appName ?? '',
         force: options.force === true,
+        ...(announce.encoding ? { encoding: announce.encoding } : {}),
       }),
     };
   }
@@ -588,7 +622,7 @@ class MasterSession {
   private outcome(outcome: FlashVerdict, image: ImageInfo, from: ImageInfo | null, confirmPending: boolean, slot: 'A' | 'B' | null): FlashOutcome {
     return {
       outcome, pid: image.pid, appName: image.appName, image, from, confirmPending, slot, protocolVersion: this.version,
-      totalBytes: this.image.length, chunkSize: this.chunk, window: this.window,
+      totalBytes: this.image.length, imageBytes: this.imageBytes, encoding: this.encodingName, chunkSize: this.chunk, window: this.window,
       resumeOffset: this.resumeOffset, ...this.stats, elapsedMs: Date.now() - this.startedAt, restarts: [],
     };
   }

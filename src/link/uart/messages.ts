@@ -10,8 +10,43 @@ import { err, ok, type Result } from '../../hxe/result.js';
  * RESULT that says INSTALLED or UPDATED and carries the image (and the one it replaced). A listener
  * still takes a version 1 OPEN and answers it the version 1 way.
  */
-export const PROTOCOL_VERSION = 2;
-export const SUPPORTED_VERSIONS: readonly number[] = [1, 2];
+export const PROTOCOL_VERSION = 3;
+export const SUPPORTED_VERSIONS: readonly number[] = [1, 2, 3];
+/** The INFO_REQ version a scan sends: every INFO-capable device (2 and 3) answers it the same way. */
+export const INFO_VERSION = 2;
+/** A raw transfer speaks version 2 (version 3 adds nothing to a raw stream), so older devices need no step down. */
+export const RAW_VERSION = 2;
+/** Compressed and delta streams, and INFO_REQ asking for the codec block. */
+export const CODEC_VERSION = 3;
+
+/**
+ * Version 3 (docs/uart_protocol.md, "Compressed and delta transfers"): INFO asked in version 3 carries
+ * the device's codec capabilities; OPEN carries the encoding of the stream that follows (raw, deflate,
+ * patch), its length and, for a patch, the base SHA-256; ACCEPT carries the capabilities in its flags.
+ */
+export const CodecCap = { DEFLATE: 0x01, PATCH: 0x02 } as const;
+export const ENCODING_CODE = { raw: 0, deflate: 1, patch: 2 } as const;
+export type EncodingName = keyof typeof ENCODING_CODE;
+
+export interface StreamEncoding {
+  kind: EncodingName;
+  /** deflate: the stream's window (8..12); 0 otherwise (a patch header carries its own). */
+  windowBits: number;
+  /** Bytes of the encoded stream (DATA frames and offsets count in it); the image size for raw. */
+  streamBytes: number;
+  /** patch: the SHA-256 of the image the patch applies to. */
+  baseSha256: Uint8Array | null;
+}
+
+/** What a version 3 device says it can decode (INFO's CODEC block, ACCEPT's flags). */
+export interface CodecCaps {
+  deflate: boolean;
+  patch: boolean;
+  /** Largest deflate window it takes (bits). */
+  maxWindowBits: number;
+  /** RAM it offers the decoder and patch applier (bytes): picks the patch window. */
+  ramBytes: number;
+}
 
 /** OPEN `flags` bits (version 2; version 1 sends 0). */
 export const OPEN_FLAG_FORCE = 0x01;
@@ -28,6 +63,8 @@ export interface OpenMessage {
   appName: string;
   /** Version 2: send even when the device already runs this image (no CURRENT answer). */
   force: boolean;
+  /** Version 3: how the DATA bytes encode the image (absent: raw, `streamBytes` = `totalBytes`). */
+  encoding?: StreamEncoding;
 }
 
 export interface AcceptMessage {
@@ -38,6 +75,8 @@ export interface AcceptMessage {
   window: number;
   /** Byte offset the master starts from (a multiple of chunkSize); > 0 when resuming. */
   resumeOffset: number;
+  /** Version 3: the device's codec capabilities (CodecCap bits; 0 in versions 1 and 2). */
+  caps?: number;
 }
 
 /** RESULT of version 1: the READY task. */
@@ -118,7 +157,17 @@ export function encodeOpen(m: OpenMessage): Buffer {
   buf.set(m.sha256.subarray(0, 32), 14);
   buf[46] = name.length;
   buf.set(name, OPEN_FIXED);
-  return buf;
+  if (m.version < 3) return buf;
+  const e = m.encoding ?? { kind: 'raw', windowBits: 0, streamBytes: m.totalBytes, baseSha256: null };
+  const tail = Buffer.alloc(6 + (e.kind === 'patch' ? 32 : 0));
+  tail[0] = ENCODING_CODE[e.kind];
+  tail[1] = e.kind === 'deflate' ? e.windowBits : 0;
+  tail.writeUInt32BE(e.streamBytes >>> 0, 2);
+  if (e.kind === 'patch') {
+    if (!e.baseSha256 || e.baseSha256.length !== 32) throw new RangeError('a patch OPEN needs the 32-byte base SHA-256');
+    tail.set(e.baseSha256, 6);
+  }
+  return Buffer.concat([buf, tail]);
 }
 
 export function decodeOpen(p: Uint8Array): Result<OpenMessage, MessageError> {
@@ -126,8 +175,21 @@ export function decodeOpen(p: Uint8Array): Result<OpenMessage, MessageError> {
   if (buf.length < OPEN_FIXED) return err({ message: `OPEN payload of ${buf.length} bytes is shorter than ${OPEN_FIXED}`, offset: buf.length });
   const nameLen = buf[46]!;
   if (nameLen > MAX_NAME) return err({ message: `OPEN app name length ${nameLen} exceeds ${MAX_NAME}`, offset: 46 });
-  if (buf.length !== OPEN_FIXED + nameLen) return err({ message: `OPEN payload is ${buf.length} bytes, expected ${OPEN_FIXED + nameLen}`, offset: 46 });
-  return ok({
+  const v3 = buf[0]! >= 3;
+  let encoding: StreamEncoding | undefined;
+  if (v3) {
+    const at = OPEN_FIXED + nameLen;
+    if (buf.length < at + 6) return err({ message: `OPEN (version 3) payload of ${buf.length} bytes has no encoding block at ${at}`, offset: at });
+    const code = buf[at]!;
+    const kind = (Object.keys(ENCODING_CODE) as EncodingName[]).find((k) => ENCODING_CODE[k] === code);
+    if (!kind) return err({ message: `OPEN encoding ${code} is not 0 (raw), 1 (deflate) or 2 (patch)`, offset: at });
+    const want = at + 6 + (kind === 'patch' ? 32 : 0);
+    if (buf.length !== want) return err({ message: `OPEN payload is ${buf.length} bytes, expected ${want} for a ${kind} stream`, offset: at });
+    const streamBytes = buf.readUInt32BE(at + 2);
+    if (kind === 'raw' && streamBytes !== buf.readUInt32BE(6)) return err({ message: `OPEN raw stream of ${streamBytes} bytes, but the image is ${buf.readUInt32BE(6)}`, offset: at + 2 });
+    encoding = { kind, windowBits: buf[at + 1]!, streamBytes, baseSha256: kind === 'patch' ? Uint8Array.from(buf.subarray(at + 6, at + 38)) : null };
+  } else if (buf.length !== OPEN_FIXED + nameLen) return err({ message: `OPEN payload is ${buf.length} bytes, expected ${OPEN_FIXED + nameLen}`, offset: 46 });
+  const out: OpenMessage = {
     version: buf[0]!,
     chunkSize: buf.readUInt16BE(2),
     window: buf.readUInt16BE(4),
@@ -137,13 +199,18 @@ export function decodeOpen(p: Uint8Array): Result<OpenMessage, MessageError> {
     appName: buf.toString('latin1', OPEN_FIXED, OPEN_FIXED + nameLen),
     // Version 1 has no flags (reserved, 0); other bits are reserved and ignored.
     force: buf[0]! >= 2 && (buf[1]! & OPEN_FLAG_FORCE) !== 0,
-  });
+  };
+  if (encoding) out.encoding = encoding;
+  return ok(out);
 }
+
+/** Bytes of the stream DATA frames carry for this OPEN. */
+export const streamBytesOf = (m: OpenMessage): number => m.encoding?.streamBytes ?? m.totalBytes;
 
 export function encodeAccept(m: AcceptMessage): Buffer {
   const buf = Buffer.alloc(ACCEPT_LEN);
   buf[0] = m.version;
-  buf[1] = 0;
+  buf[1] = m.version >= 3 ? (m.caps ?? 0) & 0xff : 0;
   buf.writeUInt16BE(m.chunkSize, 2);
   buf.writeUInt16BE(m.window, 4);
   buf.writeUInt32BE(m.resumeOffset, 6);
@@ -153,7 +220,9 @@ export function encodeAccept(m: AcceptMessage): Buffer {
 export function decodeAccept(p: Uint8Array): Result<AcceptMessage, MessageError> {
   const buf = asBuffer(p);
   if (buf.length !== ACCEPT_LEN) return err({ message: `ACCEPT payload is ${buf.length} bytes, expected ${ACCEPT_LEN}`, offset: 0 });
-  return ok({ version: buf[0]!, chunkSize: buf.readUInt16BE(2), window: buf.readUInt16BE(4), resumeOffset: buf.readUInt32BE(6) });
+  const m: AcceptMessage = { version: buf[0]!, chunkSize: buf.readUInt16BE(2), window: buf.readUInt16BE(4), resumeOffset: buf.readUInt32BE(6) };
+  if (m.version >= 3) m.caps = buf[1]!;
+  return ok(m);
 }
 
 /** NAK payload: the sequence numbers the listener is missing, u32 each. */
@@ -293,7 +362,8 @@ export function decodeAbort(p: Uint8Array): string {
 // device answers INFO: what it runs and what its flash slots hold (docs/uart_protocol.md, "INFO").
 
 /** INFO `flags` bits. */
-export const InfoFlag = { RUNNING: 0x01, CAPACITY: 0x02, SLOTS: 0x04 } as const;
+export const InfoFlag = { RUNNING: 0x01, CAPACITY: 0x02, SLOTS: 0x04, CODEC: 0x08 } as const;
+const INFO_CODEC_LEN = 4;
 const INFO_FIXED = 5;
 const INFO_SLOT_STATES = ['empty', 'test', 'good'] as const;
 const INFO_SLOT_ACTIVE = 0x01;
@@ -314,10 +384,12 @@ export interface InfoMessage {
   sha256: string | null;
   slots: InfoSlot[];
   slot_bytes: number | null;
+  /** Version 3 only: what the device decodes (null: not said, or asked in version 2). */
+  codec?: CodecCaps | null;
 }
 
 /** INFO_REQ payload: the protocol version the master speaks (2). */
-export const encodeInfoRequest = (version = PROTOCOL_VERSION): Buffer => Buffer.from([version]);
+export const encodeInfoRequest = (version = INFO_VERSION): Buffer => Buffer.from([version]);
 
 export function decodeInfoRequest(p: Uint8Array): Result<{ version: number }, MessageError> {
   if (p.length !== 1) return err({ message: `INFO_REQ payload is ${p.length} bytes, expected 1`, offset: 0 });
@@ -365,6 +437,14 @@ export function encodeInfo(m: InfoMessage): Buffer {
       if (state !== 'empty') parts.push(shaOf(s!.sha256, `slot ${name} sha256`), cutString(s!.version, MAX_VERSION_TEXT));
     }
   }
+  if (m.codec) {
+    flags |= InfoFlag.CODEC;
+    const c = Buffer.alloc(INFO_CODEC_LEN);
+    c[0] = (m.codec.deflate ? CodecCap.DEFLATE : 0) | (m.codec.patch ? CodecCap.PATCH : 0);
+    c[1] = m.codec.maxWindowBits;
+    c.writeUInt16BE(Math.min(0xffff, m.codec.ramBytes), 2);
+    parts.push(c);
+  }
   head[0] = flags;
   return Buffer.concat(parts);
 }
@@ -373,7 +453,7 @@ export function decodeInfo(p: Uint8Array): Result<InfoMessage, MessageError> {
   const buf = asBuffer(p);
   if (buf.length < INFO_FIXED) return err({ message: `INFO payload of ${buf.length} bytes is shorter than ${INFO_FIXED}`, offset: buf.length });
   const flags = buf[0]!;
-  if (flags & ~(InfoFlag.RUNNING | InfoFlag.CAPACITY | InfoFlag.SLOTS)) return err({ message: `INFO flags 0x${flags.toString(16)} has unknown bits`, offset: 0 });
+  if (flags & ~(InfoFlag.RUNNING | InfoFlag.CAPACITY | InfoFlag.SLOTS | InfoFlag.CODEC)) return err({ message: `INFO flags 0x${flags.toString(16)} has unknown bits`, offset: 0 });
   const m: InfoMessage = { app_name: null, version: null, sha256: null, slots: [], slot_bytes: null };
   if (flags & InfoFlag.CAPACITY) m.slot_bytes = buf.readUInt32BE(1);
   let at = INFO_FIXED;
@@ -420,6 +500,13 @@ export function decodeInfo(p: Uint8Array): Result<InfoMessage, MessageError> {
       }
       m.slots.push(slot);
     }
+  }
+  if (flags & InfoFlag.CODEC) {
+    if (at + INFO_CODEC_LEN > buf.length) return err({ message: 'INFO codec block runs past the payload end', offset: at });
+    const caps = buf[at]!;
+    if (caps & ~(CodecCap.DEFLATE | CodecCap.PATCH)) return err({ message: `INFO codec caps 0x${caps.toString(16)} has unknown bits`, offset: at });
+    m.codec = { deflate: (caps & CodecCap.DEFLATE) !== 0, patch: (caps & CodecCap.PATCH) !== 0, maxWindowBits: buf[at + 1]!, ramBytes: buf.readUInt16BE(at + 2) };
+    at += INFO_CODEC_LEN;
   }
   if (at !== buf.length) return err({ message: 'INFO payload has trailing bytes', offset: at });
   return ok(m);

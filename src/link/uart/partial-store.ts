@@ -12,8 +12,11 @@ import { join } from 'node:path';
 
 export interface PartialKey {
   sha256: string; // hex
+  /** Bytes of the stream saved (the encoded stream for a compressed or delta transfer). */
   totalBytes: number;
   crc32: number;
+  /** The stream's encoding (`raw` when absent; `deflate:12`, `patch:<base sha256>`): a partial of another encoding is not resumed. */
+  encoding?: string;
 }
 
 export interface PartialWriter {
@@ -31,7 +34,7 @@ export interface PartialStore {
 }
 
 const sameKey = (a: PartialKey, b: PartialKey): boolean =>
-  a.sha256 === b.sha256 && a.totalBytes === b.totalBytes && a.crc32 === b.crc32;
+  a.sha256 === b.sha256 && a.totalBytes === b.totalBytes && a.crc32 === b.crc32 && (a.encoding ?? 'raw') === (b.encoding ?? 'raw');
 
 export class MemoryPartialStore implements PartialStore {
   private entry: { key: PartialKey; chunks: Uint8Array[]; length: number } | null = null;

@@ -11,7 +11,7 @@ import { randomInt } from 'node:crypto';
 import type { Transport } from '../transport.js';
 import type { InventoryEntry } from '../flasher.js';
 import { FrameType, type Frame } from './frame.js';
-import { decodeError, decodeInfo, encodeAbort, encodeInfoRequest, encodeOpen, PROTOCOL_VERSION } from './messages.js';
+import { CODEC_VERSION, decodeError, decodeInfo, encodeAbort, encodeInfoRequest, encodeOpen, INFO_VERSION as PROTOCOL_VERSION, type InfoMessage } from './messages.js';
 
 /** The one target of a UART link. */
 export const UART_SCAN_TARGET = '1';
@@ -142,4 +142,37 @@ export async function scanUartReport(transport: Transport<Frame, Frame>, opts: U
         : 'the device answers but not to INFO (a version 2 listener from before INFO): it cannot be inventoried',
     }],
   });
+}
+
+/** What `queryCodec` learnt: the INFO of version 3, or why the device gets a raw stream. */
+export type CodecQuery =
+  | { ok: true; info: InfoMessage }
+  /** `old_device`: it refused INFO version 3 (a version 2 device); `silent`: no answer (version 1, or nothing on the cable). */
+  | { ok: false; reason: 'old_device' | 'silent' | 'bad_info' | 'cancelled'; message: string };
+
+/**
+ * Before data moves (issue 25): INFO_REQ of version 3, answered with what the device runs and what it
+ * decodes (INFO's CODEC block). A device older than version 3 answers `unsupported_version` (or
+ * nothing): the master then sends it the raw image in the version it speaks.
+ */
+export async function queryCodec(transport: Transport<Frame, Frame>, opts: { timeoutMs?: number; retries?: number; signal?: AbortSignal } = {}): Promise<CodecQuery> {
+  const timeoutMs = opts.timeoutMs ?? 500;
+  const retries = opts.retries ?? 1;
+  const tag = randomInt(1, 256);
+  const nonce = randomInt(0, 2 ** 32);
+  const request: Frame = { type: FrameType.INFO_REQ, tag, seq: nonce, payload: encodeInfoRequest(CODEC_VERSION) };
+  const answers = (f: Frame): boolean => f.tag === tag && ((f.type === FrameType.INFO && f.seq === nonce) || f.type === FrameType.ERROR);
+  for (let i = 0; i <= retries; i++) {
+    const w = await exchange(transport, request, answers, timeoutMs, opts.signal);
+    if ('aborted' in w) return { ok: false, reason: 'cancelled', message: 'cancelled' };
+    if ('silent' in w) continue;
+    if (w.frame.type === FrameType.ERROR) {
+      const e = decodeError(w.frame.payload);
+      return { ok: false, reason: 'old_device', message: `the device answers INFO version ${CODEC_VERSION} with ${e.ok ? `${e.value.code} ${e.value.reason}` : 'an unreadable ERROR'}` };
+    }
+    const info = decodeInfo(w.frame.payload);
+    if (!info.ok) return { ok: false, reason: 'bad_info', message: `unreadable INFO: ${info.error.message} (offset ${info.error.offset})` };
+    return { ok: true, info: info.value };
+  }
+  return { ok: false, reason: 'silent', message: `no answer to INFO version ${CODEC_VERSION}` };
 }

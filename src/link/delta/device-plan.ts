@@ -1,0 +1,75 @@
+/**
+ * What a master sends one device (or one group of devices that run the same image), link-agnostic:
+ * CURRENT (it runs the image already: nothing moves), DELTA (a patch from the base it runs, when the
+ * content-addressed store holds that base and the patch is strictly smaller than the compressed image),
+ * COMPRESSED (raw deflate) or RAW (the device decodes nothing, or the caller turned both off).
+ */
+import { compressImage } from './compress.js';
+import { makePatch } from './bsdiff.js';
+import { cheapestTransfer, patchWindowBitsFor } from './plan.js';
+import { sha256Hex, type ImageSource } from './image-store.js';
+
+export type TransferMode = 'current' | 'delta' | 'compressed' | 'raw';
+
+/** What the master learnt about the device before data moves (UART: INFO version 3). */
+export interface DeviceCodecState {
+  /** SHA-256 (hex) of the image it runs, or null. */
+  sha256: string | null;
+  /** What it decodes, or null (an older device: raw only). */
+  codec: { deflate: boolean; patch: boolean; maxWindowBits: number; ramBytes: number } | null;
+}
+
+export interface EncodedPayload {
+  kind: 'deflate' | 'patch';
+  windowBits: number;
+  bytes: Uint8Array;
+  baseSha256?: Uint8Array;
+}
+
+export interface TransferChoice {
+  mode: TransferMode;
+  /** null: send the raw image (or nothing, for current). */
+  encoded: EncodedPayload | null;
+  /** The base a delta applies to (hex), else null. */
+  base: string | null;
+  /** Bytes each candidate would put on the wire (null: not possible or turned off). */
+  sizes: { raw: number; compressed: number | null; patch: number | null };
+}
+
+export interface ChooseOptions {
+  /** Allow the compressed full image (default true). */
+  compress?: boolean;
+  /** Allow a delta patch (default true). */
+  delta?: boolean;
+  /** Send even when the device runs the image already. */
+  force?: boolean;
+  /** Leave out this base (it was refused: the device's active slot does not hash to it). */
+  excludeBase?: string;
+}
+
+export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState, store: ImageSource | null, o: ChooseOptions = {}): Promise<TransferChoice> {
+  const sha = sha256Hex(image);
+  const sizes: TransferChoice['sizes'] = { raw: image.length, compressed: null, patch: null };
+  if (device.sha256 === sha && !o.force) return { mode: 'current', encoded: null, base: null, sizes };
+  const codec = device.codec;
+  const compressed = codec?.deflate && o.compress !== false ? compressImage(image, { windowBits: Math.min(12, codec.maxWindowBits) }) : null;
+  if (compressed) sizes.compressed = compressed.bytes.length;
+  let patch: { bytes: Uint8Array; windowBits: number } | null = null;
+  const baseSha = device.sha256;
+  if (codec?.patch && o.delta !== false && baseSha && baseSha !== sha && baseSha !== o.excludeBase && store) {
+    const base = await store.get(baseSha);
+    const wb = patchWindowBitsFor(codec.ramBytes);
+    if (base && wb !== null) {
+      patch = makePatch(base, image, { windowBits: wb });
+      sizes.patch = patch.bytes.length;
+    }
+  }
+  const pick = cheapestTransfer(sizes);
+  if (pick.kind === 'patch' && patch) {
+    return { mode: 'delta', encoded: { kind: 'patch', windowBits: patch.windowBits, bytes: patch.bytes, baseSha256: Buffer.from(baseSha!, 'hex') }, base: baseSha, sizes };
+  }
+  if (pick.kind === 'compressed' && compressed) {
+    return { mode: 'compressed', encoded: { kind: 'deflate', windowBits: compressed.windowBits, bytes: compressed.bytes }, base: null, sizes };
+  }
+  return { mode: 'raw', encoded: null, base: null, sizes };
+}
