@@ -623,7 +623,7 @@ export class Gateway {
       intake: {
         load: (bytes, opts) => intake().load(bytes, opts),
         finishSession: (sid, opts) => intake().finishSession(sid, opts),
-        rollback: (reason) => intake().rollback(reason),
+        rollback: (reason, admit) => intake().rollback(reason, admit),
       },
     };
   }

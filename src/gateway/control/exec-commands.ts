@@ -8,6 +8,7 @@
  * - `cmd.call` and every VM-execution command answer `ENOTSUP:no_vm`, naming the command.
  */
 import { RequestError } from './sessions.js';
+import { guardPids, replaceGuard } from './pid-locks.js';
 import {
   deviceOf,
   failWith,
@@ -246,7 +247,7 @@ export const execCommands: Record<string, CommandSpec> = {
       // a value belongs to its task: a task locked by another session is not written behind its back
       if (target.kind === 'local') {
         const owner = target.engine.metadata.value(oid)?.pid;
-        if (owner !== undefined) ctx.core.sessions.ensurePidAccess(owner, ctx.sessionId);
+        if (owner !== undefined) guardPids(ctx, [owner]);
       }
       const r = await setValue(target, oid, ctx.req['value'], { auth: authLevelOf(ctx.identity?.role) });
       if (!r.ok) return valueRefusal(r.error, where);

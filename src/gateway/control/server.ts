@@ -130,6 +130,11 @@ export function controlLimitsFromConfig(control: Partial<ControlLimits>): Partia
   return out;
 }
 
+/** The commands that change a device or the gateway (audited; a pid they name is lock-checked, pid-locks.ts). */
+export function changingCommands(): string[] {
+  return [...COMMANDS].filter(([, spec]) => spec.mutates).map(([name]) => name);
+}
+
 /** Every command and the role it needs (for docs, tests and `info`); null = anyone. A copy of roles.ts's table. */
 export function commandRoles(): Record<string, string | null> {
   return Object.fromEntries(COMMAND_ROLES);
