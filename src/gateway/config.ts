@@ -51,6 +51,10 @@ const controlSchema = z.strictObject({
   max_sessions: z.number().int().min(1).max(1_000_000).default(256),
   /** Open protocol sessions one connection opened. */
   max_sessions_per_connection: z.number().int().min(1).max(1_000_000).default(16),
+  /** Event streams (`events.subscribe`, `job.watch`) open at once: `ELIMIT:max_streams`, the connection carries on. */
+  max_streams: z.number().int().min(1).max(65_535).default(32),
+  /** Event streams open at once from one remote address: `ELIMIT:max_streams_per_address`. */
+  max_streams_per_address: z.number().int().min(1).max(65_535).default(8),
   /** The connection is closed after this many failed authentications. */
   max_auth_failures: z.number().int().min(1).max(1000).default(5),
   /** The reply to a failed authentication waits this long, doubled for each failure of the connection or its address... */

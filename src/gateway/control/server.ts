@@ -20,7 +20,7 @@ import type { CanBus } from '../../link/can/bus.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
-import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, type ControlLimits } from './limits.js';
+import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, StreamSlots, type ControlLimits } from './limits.js';
 import { JOB_UPLOAD_OWNER, jobCommands, JobUploads } from './job-commands.js';
 import type { JobService } from '../jobs/types.js';
 import { protocolCommands } from './protocol-commands.js';
@@ -205,6 +205,7 @@ export class ControlServer {
       clock: this.clock,
       tokensConfigured: tokens !== null,
       streams: new Map(),
+      streamSlots: new StreamSlots(() => this.controlLimits),
       uploads: new Map(),
       device: (name) => this.deviceRef(name),
       deviceNames: () => names,
