@@ -4,7 +4,8 @@
  * the task — an admin included, with or without a session of its own, whatever JSON type the pid
  * comes in — through `kill`, `reload`, `val.set`, `provision.persist/activate/unload/rollback`, and
  * an update of the running app by `load`, `exec`, `provision.load` or a `provision.begin … end`
- * stream with `replace`. Nothing changes on a refusal; the lock's own session may do all of it.
+ * stream with `replace`. Nothing changes on a refusal; the lock's own session may do all of it, and
+ * when it updates or reloads the task the lock follows the app to its new pid.
  */
 import test from 'ava';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -156,9 +157,19 @@ test('every changing command that names or replaces a task honours a lock anothe
   const newPid = (upd['image'] as Json)['pid'] as number;
   t.is(engine.ps().length, 1);
   t.is(engine.ps()[0]!.sha256, sha256Hex(v2));
+  // the lock followed the app to its new pid: B is still kept off it
+  t.not(newPid, pid);
+  t.deepEqual(((await a.request({ cmd: 'session.current', session: sid }))['session'] as Json)['pid_locks'], [newPid]);
+  t.deepEqual(await b.request({ cmd: 'kill', pid: newPid }), { version: 1, status: 'error', error: `pid_locked:${newPid}` });
+  // and through a reload by its own session
+  const rel = await a.request({ cmd: 'reload', pid: newPid, session: sid });
+  t.is(rel['status'], 'ok', JSON.stringify(rel));
+  const reloadedPid = (rel['reload'] as Json)['new_pid'] as number;
+  t.deepEqual(await b.request({ cmd: 'provision.unload', pid: reloadedPid }), { version: 1, status: 'error', error: `pid_locked:${reloadedPid}` });
+  t.is((await b.request({ cmd: 'provision.unload', pid: newPid }))['error'], 'ESRCH:unknown_pid', 'the old pid is gone, and no longer locked');
   // once the lock's session closes, anyone with the role may act on the task
   t.is((await a.request({ cmd: 'session.close', session: sid }))['status'], 'ok');
-  const killed = await b.request({ cmd: 'kill', pid: newPid });
+  const killed = await b.request({ cmd: 'kill', pid: reloadedPid });
   t.is(killed['status'], 'ok', JSON.stringify(killed));
 });
 

@@ -8,7 +8,7 @@
  * - `cmd.call` and every VM-execution command answer `ENOTSUP:no_vm`, naming the command.
  */
 import { RequestError } from './sessions.js';
-import { guardPids, replaceGuard } from './pid-locks.js';
+import { followReplacement, guardPids } from './pid-locks.js';
 import {
   deviceOf,
   failWith,
@@ -210,6 +210,7 @@ async function reloadTask(ctx: CommandContext, dev: DeviceRef): Promise<CommandR
     return failWith({ error: w.error, detail: { device: dev.name, ...w.detail, old_pid: pid, restored } });
   }
   const t = loaded.value;
+  followReplacement(ctx, pid, t.pid); // the lock, if this session holds one, follows the app
   const image = taskToImage(t, imageExtras(dev.engine.taskImage?.(t.pid), t.pid, dev.engine.metadata));
   return okBody({ reload: { old_pid: pid, new_pid: t.pid, program, from, image, task: taskToPsRow(t) }, device: dev.name });
 }

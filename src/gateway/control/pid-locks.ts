@@ -66,3 +66,14 @@ export function replaceGuard(ctx: Pick<CommandContext, 'core' | 'sessionId'>): {
     refusal: () => refused,
   };
 }
+
+/** After this session replaced a task it holds locked (an update, a reload): the lock moves to the new pid. */
+export function followReplacement(ctx: Pick<CommandContext, 'core' | 'sessionId'>, fromPid: number | undefined, toPid: number): void {
+  if (fromPid !== undefined) ctx.core.sessions.moveLock(fromPid, toPid, ctx.sessionId);
+}
+
+/** The pid an install verdict says it replaced (`from.pid`), if any. */
+export function replacedPid(verdict: { from: object | null }): number | undefined {
+  const pid = (verdict.from as { pid?: unknown } | null)?.pid;
+  return typeof pid === 'number' ? pid : undefined;
+}

@@ -22,7 +22,7 @@ import {
 import { engineErrorToWire, taskToImage, taskToWire, toWire, type TaskInfoLike } from './engine-port.js';
 import type { EngineError } from '../../engine/errors.js';
 import { imageExtras } from './reference-shapes.js';
-import { guardPids, replaceGuard } from './pid-locks.js';
+import { followReplacement, guardPids, replacedPid, replaceGuard } from './pid-locks.js';
 import type { Result } from '../../hxe/result.js';
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -107,6 +107,7 @@ function loadCommand(compat: boolean): CommandSpec {
       const locked = guard.refusal();
       if (locked) throw locked;
       if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
+      followReplacement(ctx, replacedPid(r.value), r.value.task.pid);
       const extra = replace ? outcomeFields(r.value) : {};
       return compat ? okBody({ image: imageOf(dev, r.value.task), ...extra }) : okBody({ device: dev.name, task: taskToWire(r.value.task), ...extra });
     }
@@ -178,6 +179,7 @@ export const provisionCommands: Record<string, CommandSpec> = {
       const locked = guard.refusal();
       if (locked) throw locked;
       if (!r.ok) return engineFail(r.error, dev);
+      followReplacement(ctx, replacedPid(r.value), r.value.task.pid);
       return okBody({ device: dev.name, session_id: sid, task: taskToWire(r.value.task), ...outcomeFields(r.value) });
     }
     const r = dev.engine.end(sid);
