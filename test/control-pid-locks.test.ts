@@ -8,7 +8,7 @@
  * when it updates or reloads the task the lock follows the app to its new pid.
  */
 import test from 'ava';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeviceIntake, InMemoryImageStore, InMemoryValueStore, ProvisioningEngine, systemClock } from '../src/engine/index.js';
@@ -16,7 +16,8 @@ import { EventBus } from '../src/gateway/events/index.js';
 import { ROLES, sha256Hex as tokenHash, type Role } from '../src/gateway/control/auth.js';
 import type { ControlEngine } from '../src/gateway/control/engine-port.js';
 import { changingCommands } from '../src/gateway/control/server.js';
-import { startHarness, type LineClient } from './control-harness.js';
+import { LineClient, startHarness } from './control-harness.js';
+import { startServe } from './support/serve-child.js';
 import { sensorBuild, sha256Hex, TEMP_OID } from './update-images.js';
 
 type Json = Record<string, unknown>;
@@ -185,4 +186,48 @@ test('a lock on a pid does not stop an update of another app, nor a first instal
   t.is(r['status'], 'ok', JSON.stringify(r));
   t.is(r['outcome'], 'installed');
   t.is(engine.ps()[0]!.sha256, sha256Hex(v1));
+});
+
+test('serve: the gateway\'s devices honour a lock against an update by load replace, a rollback and kill (real process, real intake)', async (t) => {
+  t.timeout(120_000);
+  const dir = mkdtempSync(join(tmpdir(), 'hsx-locks-serve-'));
+  const images = join(dir, 'images');
+  mkdirSync(images);
+  const v1 = sensorBuild(1);
+  const v2 = sensorBuild(2);
+  writeFileSync(join(images, 'v1.hxe'), v1);
+  writeFileSync(join(images, 'v2.hxe'), v2);
+  const config = join(dir, 'gateway.toml');
+  writeFileSync(config, [
+    '[gateway]', 'id = "locks"', 'log_level = "warn"',
+    '[control]', 'listen = "127.0.0.1:0"',
+    '[[devices]]', 'name = "node1"', 'state_dir = "state/node1"', 'flash = { size = 262144 }', 'fram = { size = 16384 }',
+    '[boot]', 'confirm_window_ms = 0',
+  ].join('\n'));
+  const gw = await startServe(config);
+  t.teardown(() => {
+    if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const port = Number(gw.control.slice(gw.control.lastIndexOf(':') + 1));
+  const a = await LineClient.connect(port);
+  const b = await LineClient.connect(port);
+  t.teardown(() => {
+    a.destroy();
+    b.destroy();
+  });
+  const loaded = await a.request({ cmd: 'load', path: 'v1.hxe' });
+  t.is(loaded['status'], 'ok', JSON.stringify(loaded));
+  const pid = (loaded['image'] as Json)['pid'] as number;
+  t.is((await a.request({ cmd: 'provision.persist', pid, target: 'permanent' }))['status'], 'ok');
+  const sid = ((await a.request({ cmd: 'session.open', pid_lock: String(pid) }))['session'] as Json)['id'] as string;
+  const locked = { version: 1, status: 'error', error: `pid_locked:${pid}` };
+  t.deepEqual(await b.request({ cmd: 'load', path: 'v2.hxe', replace: true }), locked, 'load replace');
+  t.deepEqual(await b.request({ cmd: 'provision.load', data: Buffer.from(v2).toString('base64'), replace: true }), locked, 'provision.load replace');
+  t.deepEqual(await b.request({ cmd: 'provision.rollback' }), locked, 'rollback');
+  t.deepEqual(await b.request({ cmd: 'kill', pid: `0x${pid.toString(16)}` }), locked, 'kill');
+  const ps = (await b.request({ cmd: 'provision.status', pid }))['task'] as Json;
+  t.is(ps['sha256'], sha256Hex(v1), 'still v1');
+  const upd = await a.request({ cmd: 'load', path: 'v2.hxe', replace: true, session: sid });
+  t.is(upd['outcome'], 'updated', JSON.stringify(upd));
 });
