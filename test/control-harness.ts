@@ -92,9 +92,10 @@ export class LineClient {
     return this.reader.closedWith !== null;
   }
 
-  static connect(port: number): Promise<LineClient> {
+  /** `localAddress`: connect from another loopback address (127.0.0.2: another address for the per-address limits). */
+  static connect(port: number, localAddress?: string): Promise<LineClient> {
     return new Promise((resolve, reject) => {
-      const s = connect(port, '127.0.0.1', () => resolve(new LineClient(s)));
+      const s = connect({ port, host: '127.0.0.1', ...(localAddress ? { localAddress } : {}) }, () => resolve(new LineClient(s)));
       s.once('error', reject);
     });
   }

@@ -947,3 +947,18 @@ test('cli: job watch follows a job someone else submitted; a bad --connect is a 
   t.is(badConnect.code, 2);
   t.like(lines(badConnect.stdout)[0], { ok: false, error: { kind: 'usage' } });
 });
+
+test('job.watch counts toward the control port\'s stream limits (max_streams): over it, ELIMIT naming the limit, the connection carries on', async (t) => {
+  const { h } = await jobHarness({ limits: { max_streams: 1 } });
+  t.teardown(() => h.close());
+  const w1 = await h.client();
+  const w2 = await h.client();
+  t.is((await w1.request({ cmd: 'job.watch' }))['status'], 'ok');
+  t.deepEqual(await w2.request({ cmd: 'job.watch' }), { version: 1, status: 'error', error: 'ELIMIT:max_streams', detail: { limit: 1 } });
+  t.deepEqual(await w2.request({ cmd: 'ping' }), { version: 1, status: 'ok', reply: 'pong' });
+  w1.destroy();
+  // the watch ended with its connection: its place is free (waited for by retrying on the close, bounded)
+  let r: Record<string, unknown> = {};
+  for (let i = 0; i < 50 && r['status'] !== 'ok'; i++) r = await w2.request({ cmd: 'job.watch' });
+  t.is(r['status'], 'ok', JSON.stringify(r));
+});

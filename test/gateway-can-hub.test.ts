@@ -14,10 +14,12 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ControlClient } from '../src/gateway/control/client.js';
-import { parseCanAddress } from '../src/link/can/address.js';
+import { openCanBus, parseCanAddress } from '../src/link/can/address.js';
+import { validateConfig } from '../src/gateway/config.js';
+import { canAddress, canBusOptions } from '../src/gateway/masters.js';
 import type { CanBus } from '../src/link/can/bus.js';
 import { requestValue } from '../src/link/can/value-client.js';
-import { encodeRecord, NetVirtualBus, startVirtualHub } from '../src/link/can/virtual-net.js';
+import { DEFAULT_HUB_LIMITS, encodeRecord, NetVirtualBus, startVirtualHub } from '../src/link/can/virtual-net.js';
 import { startServe } from './support/serve-child.js';
 
 const MiB = 1024 * 1024;
@@ -254,4 +256,114 @@ test('serve hosting the hub keeps answering control pings while a client floods 
   for (const l of cuts) t.log(l);
   t.true(cuts.some((l) => l.includes('"reason":"malformed"')));
   t.true(cuts.some((l) => l.includes('"reason":"flood"')));
+});
+
+
+/** Writes `total` bytes of `chunk` on one connection, then waits (on its 'close', bounded) for the hub to cut it off. */
+async function floodUntilCut(port: number, chunk: Buffer, total: number, ms = 10_000): Promise<{ written: number; cutOff: boolean }> {
+  const s = net.connect(port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => {
+    s.once('connect', resolve);
+    s.once('error', reject);
+  });
+  s.on('error', () => undefined);
+  let closed = false;
+  const gone = new Promise<void>((resolve) => s.once('close', () => ((closed = true), resolve())));
+  let written = 0;
+  while (written < total && !closed) {
+    written += chunk.length;
+    if (!s.write(chunk)) await Promise.race([new Promise((r) => s.once('drain', r)), gone]);
+  }
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([gone, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+  const cutOff = closed;
+  s.destroy();
+  return { written, cutOff };
+}
+
+// ---- the hub's limits from the gateway config ([links.can.hub]) ------------------------------------
+
+test('config: [links.can.hub] keys have the documented defaults, name their problems, and reach the hub a gateway link hosts', async (t) => {
+  const base = (hub: Record<string, unknown> | undefined, iface = '127.0.0.1:47000', backend = 'virtual') => ({
+    gateway: { id: 'g' },
+    links: { can: [{ interface: iface, backend, role: 'master', ...(hub ? { hub } : {}) }] },
+  });
+  // defaults = the hub's own defaults
+  const d = validateConfig(base({}));
+  if (!d.ok) return t.fail(d.error.message);
+  const dh = d.value.links.can[0]!.hub!;
+  t.deepEqual({ max_queued_frames: dh.max_queued_frames, max_bytes_per_second: dh.max_bytes_per_second, burst_bytes: dh.burst_bytes, max_output_bytes: dh.max_output_bytes, allow_remote: dh.allow_remote, bind: dh.bind },
+    { max_queued_frames: DEFAULT_HUB_LIMITS.maxQueuedFrames, max_bytes_per_second: DEFAULT_HUB_LIMITS.maxBytesPerSecond, burst_bytes: DEFAULT_HUB_LIMITS.burstBytes, max_output_bytes: DEFAULT_HUB_LIMITS.maxOutputBytes, allow_remote: false, bind: undefined });
+  // problems name the key and why
+  const problems = (r: ReturnType<typeof validateConfig>): string => (r.ok ? '' : r.error.problems.join('\n'));
+  t.regex(problems(validateConfig(base({}, 'vcan0', 'socketcan'))), /links\.can\[0\]\.hub: applies to backend = "virtual" links written HOST:PORT only/);
+  t.regex(problems(validateConfig(base({ bind: '0.0.0.0' }))), /links\.can\[0\]\.hub\.bind: "0\.0\.0\.0" is not a loopback address; the hub has no authentication, so set allow_remote = true/);
+  t.regex(problems(validateConfig(base({ bind: '10.1.2.3', allow_remote: true }))), /links\.can\[0\]\.hub\.bind: "10\.1\.2\.3" is neither the link's host/);
+  t.regex(problems(validateConfig(base({ max_queued_frames: 0 }))), /links\.can\[0\]\.hub\.max_queued_frames/);
+  t.regex(problems(validateConfig(base({ flood: 1 }))), /links\.can\[0\]\.hub.*"flood"/);
+  t.true(validateConfig(base({ bind: '0.0.0.0', allow_remote: true })).ok);
+  t.true(validateConfig(base({ bind: '::' }, '127.0.0.1:47000?remote=1')).ok, '?remote=1 in the interface counts as allow_remote');
+
+  // a link opened as the gateway opens it hosts the hub with the configured limits and bind address
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  const cfg = validateConfig(base({ max_queued_frames: 64, burst_bytes: 65536, max_bytes_per_second: 1048576, max_output_bytes: 65536, bind: '0.0.0.0', allow_remote: true }, `127.0.0.1:${port}`));
+  if (!cfg.ok) return t.fail(cfg.error.message);
+  const link = cfg.value.links.can[0]!;
+  const bus = (await openCanBus(canAddress(link), canBusOptions(link))) as NetVirtualBus;
+  t.teardown(() => bus.close());
+  const hub = bus.hostedHub;
+  if (!hub) return t.fail('the first on the address hosts the hub');
+  t.is(hub.host, '0.0.0.0');
+  t.deepEqual({ ...hub.limits }, { maxQueuedFrames: 64, burstBytes: 65536, maxBytesPerSecond: 1048576, maxOutputBytes: 65536 });
+  // and enforces them: 256 KiB of valid frames at once is over a 64 KiB burst (or 64 queued frames)
+  const r = await floodUntilCut(port, validChunk(), 4 * 65536);
+  t.true(r.cutOff, 'cut off');
+  t.log(`config-driven hub: cut off after ${r.written} bytes written; stats ${JSON.stringify(hub.stats)}`);
+  t.is(hub.stats.cutOffBy.flood, 1);
+});
+
+test('serve: a hub it hosts takes its limits from [links.can.hub] (the cut-off names the configured limit)', async (t) => {
+  t.timeout(120_000);
+  const probe = net.createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  const dir = mkdtempSync(join(tmpdir(), 'hsx-hubcfg-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const config = join(dir, 'gateway.toml');
+  writeFileSync(config, [
+    '[gateway]', 'id = "hubcfg"', 'log_level = "warn"',
+    '[control]', 'listen = "127.0.0.1:0"',
+    '[[links.can]]', `interface = "127.0.0.1:${port}"`, 'backend = "virtual"', 'timing = false', 'role = "master"',
+    '[links.can.hub]', 'max_queued_frames = 100', 'burst_bytes = 70000',
+    '[[devices]]', 'name = "node1"', 'state_dir = "state/node1"', 'node_id = 1', 'flash = { size = 262144 }', 'fram = { size = 16384 }',
+    '[boot]', 'confirm_window_ms = 0',
+  ].join('\n'));
+  const gw = await startServe(config);
+  t.teardown(() => {
+    if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL');
+  });
+  const r = await floodUntilCut(port, validChunk(), 8 * 65536);
+  t.true(r.cutOff);
+  const cutLine = (): string | undefined => gw.stderr().split('\n').find((l) => l.includes('virtual CAN hub: connection cut off'));
+  // on the log's own output, not a poll
+  const cut = cutLine() ?? await new Promise<string | undefined>((resolve) => {
+    const timer = setTimeout(() => resolve(undefined), 10_000);
+    const onData = (): void => {
+      const l = cutLine();
+      if (l === undefined) return;
+      clearTimeout(timer);
+      gw.child.stderr!.off('data', onData);
+      resolve(l);
+    };
+    gw.child.stderr!.on('data', onData);
+  });
+  t.log(cut ?? '(no cut-off line)');
+  t.truthy(cut);
+  t.regex(cut ?? '', /"reason":"flood"/);
+  t.regex(cut ?? '', /\(limit 100\)|more than 70000 bytes at once/, 'the configured limit, not the default');
 });

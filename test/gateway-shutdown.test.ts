@@ -14,6 +14,7 @@ import { ControlClient } from '../src/gateway/control/client.js';
 import { CanMaster } from '../src/link/can/master.js';
 import { startVirtualHub } from '../src/link/can/virtual-net.js';
 import { startServe, type ServeChild } from './support/serve-child.js';
+import { STOP_UNFLUSHED_EXIT } from '../src/cli/commands/serve.js';
 
 type Json = Record<string, unknown>;
 
@@ -118,6 +119,7 @@ test('SIGTERM with a hung broker, a client that never reads and a CAN transfer m
   t.log(`SIGTERM → exit ${exit.code ?? exit.signal} in ${ms} ms (bound 5000 ms); stop() said it took ${stopped?.['elapsed_ms']} ms; broker swallowed ${broker.bytes()} bytes`);
   for (const u of unflushed) t.log(`  not flushed: ${u['component']}: ${u['what']}`);
   t.not(exit.code, null, 'exited by itself, not killed');
+  t.is(exit.code, STOP_UNFLUSHED_EXIT, 'not 0: something was not flushed');
   t.truthy(stopped, gw.stderr());
   t.truthy(unflushed.find((u) => u['component'] === 'mqtt' && /not delivered to mqtt:\/\/127\.0\.0\.1/.test(String(u['what']))), 'names the MQTT messages the broker never acknowledged');
   t.truthy(unflushed.find((u) => u['component'] === 'devices.node1' && /CAN transfer \(session 41\) aborted/.test(String(u['what']))), 'names the CAN transfer it aborted');
@@ -143,6 +145,7 @@ test('SIGTERM with an external broker that accepts TCP and never answers: exits 
   t.log(`SIGTERM → exit ${exit.code ?? exit.signal} in ${Math.round(exit.at - signalled)} ms (bound 5000 ms)`);
   for (const u of unflushed) t.log(`  not flushed: ${u['component']}: ${u['what']}`);
   t.not(exit.code, null, `${JSON.stringify(gw.lines)}\n${gw.stderr()}`);
+  t.is(exit.code, STOP_UNFLUSHED_EXIT);
   t.truthy(gw.lines.find((l) => l['type'] === 'stopped'), gw.stderr());
   t.truthy(unflushed.find((u) => u['component'] === 'mqtt' && /not connected/.test(String(u['what']))), 'says the buffered events never reached the broker');
 });
@@ -168,4 +171,44 @@ test('a second SIGTERM exits at once, non-zero, and says so', async (t) => {
   t.is(exit.code, 143);
   t.like(said, { reason: 'second_signal', signal: 'SIGTERM', code: 143 });
   t.falsy(gw.lines.find((l) => l['type'] === 'stopped'), 'it did not wait for the stop to finish');
+});
+
+test('a broker that went away: events buffered for it are not flushed, serve says so and exits 4; with nothing lost it exits 0', async (t) => {
+  t.timeout(120_000);
+  const broker = await hungBroker(true);
+  const dir = tempDir(t);
+  const config = writeConfig(dir, 'sd4', [
+    '[mqtt]', `url = "${broker.url}"`, 'protocol_version = 4',
+    '[[devices]]', 'name = "node1"', 'state_dir = "state/node1"', 'flash = { size = 262144 }', 'fram = { size = 16384 }',
+  ]);
+  const gw = await startServe(config);
+  killOnTeardown(t, gw);
+  // the broker goes away (sockets and listener), then the gateway has something to say: a load's events
+  await broker.close();
+  const c = await ControlClient.connect(gw.control);
+  if (!c.ok) return t.fail(c.error.message);
+  const image = readFileSync('test/fixtures/t01_minimal.hxe');
+  const loaded = await c.value.request('provision.load', { data: image.toString('base64'), source: 'ci:outage' });
+  t.true(loaded.ok, JSON.stringify(loaded));
+  c.value.close();
+  gw.child.kill('SIGTERM');
+  const exit = await gw.exited;
+  const unflushed = gw.lines.filter((l) => l['type'] === 'unflushed');
+  const stopped = gw.lines.find((l) => l['type'] === 'stopped');
+  for (const u of unflushed) t.log(`  not flushed: ${u['component']}: ${u['what']}`);
+  t.log(`stopped: ${JSON.stringify(stopped)}; exit code ${exit.code}`);
+  t.truthy(unflushed.find((u) => u['component'] === 'mqtt' && /message\(s\) not delivered to mqtt:\/\/127\.0\.0\.1/.test(String(u['what']))), 'names the buffered messages');
+  t.like(stopped, { clean: false, code: STOP_UNFLUSHED_EXIT });
+  t.is(exit.code, STOP_UNFLUSHED_EXIT);
+
+  // the same gateway without MQTT and without clients: nothing to lose, exit 0
+  const dir2 = tempDir(t);
+  const clean = await startServe(writeConfig(dir2, 'sd5', [
+    '[[devices]]', 'name = "node1"', 'state_dir = "state/node1"', 'flash = { size = 262144 }', 'fram = { size = 16384 }',
+  ]));
+  killOnTeardown(t, clean);
+  clean.child.kill('SIGTERM');
+  const cleanExit = await clean.exited;
+  t.like(clean.lines.find((l) => l['type'] === 'stopped'), { clean: true, code: 0 });
+  t.is(cleanExit.code, 0);
 });

@@ -92,6 +92,12 @@ export interface IntakeAnnounce {
   streamBytes?: number;
   /** A patch's base: the SHA-256 the device's active image must hash to. */
   baseSha256?: string | Uint8Array;
+  /**
+   * Asked after the image is verified and before anything is committed or switched, with the pids
+   * of the running tasks the install would replace (empty for a new app): an error refuses the
+   * install (the staged image is discarded, nothing running changes). The control port's pid locks.
+   */
+  admit?: (replaces: readonly number[]) => EngineError | null;
 }
 
 /** An image a device runs, as a master or a person wants to see it. */
@@ -481,10 +487,10 @@ export class DeviceIntake {
    * Ends a session a client drove on the engine itself (the control port's `provision.begin/write`,
    * whose sequence numbers the engine checks): the same admit, stage and switch as any image.
    */
-  async finishSession(id: number, options: { persist?: boolean } = {}): Promise<Result<IntakeVerdict, EngineError>> {
+  async finishSession(id: number, options: { persist?: boolean; admit?: IntakeAnnounce['admit'] } = {}): Promise<Result<IntakeVerdict, EngineError>> {
     const staged = this.engine.endStaged(id);
     if (!staged.ok) return staged;
-    return this.serial(() => this.install(staged.value, this.planFor(options)));
+    return this.serial(() => this.admitted(staged.value, this.planFor(options), options.admit));
   }
 
   abort(id: number, reason: string): void {
@@ -510,7 +516,17 @@ export class DeviceIntake {
     if (a.version !== undefined) opts.appVersion = a.version;
     const staged = this.engine.stageImage(bytes, opts);
     if (!staged.ok) return staged;
-    return this.serial(() => this.install(staged.value, this.planFor(a)));
+    return this.serial(() => this.admitted(staged.value, this.planFor(a), a.admit));
+  }
+
+  /** The `admit` hook (in the serial section, so no other install moves the tasks under it), then the install. */
+  private async admitted(staged: StagedLoad, plan: InstallPlan, admit: IntakeAnnounce['admit']): Promise<Result<IntakeVerdict, EngineError>> {
+    const refused = admit?.(staged.replaces ? [staged.replaces.pid] : []) ?? null;
+    if (refused) {
+      this.engine.discard(staged, `${refused.code} ${refused.reason}`);
+      return err(refused);
+    }
+    return this.install(staged, plan);
   }
 
   // ───────────────────────────── stage → switch ─────────────────────────────
@@ -618,11 +634,17 @@ export class DeviceIntake {
    * Back to the previous image: the store switches (and restores that image's values), then the
    * device stops what the store held and runs the previous image again.
    */
-  async rollback(reason: string): Promise<Result<{ task: TaskInfo | null; slot: 'A' | 'B' }, EngineError>> {
+  async rollback(reason: string, admit?: IntakeAnnounce['admit']): Promise<Result<{ task: TaskInfo | null; slot: 'A' | 'B' }, EngineError>> {
+    const active = this.engine.storedSha256();
+    if (admit) {
+      // the tasks this rollback stops, asked before anything changes
+      const pendingPid = this.pending?.pid;
+      const refused = admit(this.engine.ps().filter((t) => t.sha256 === active || t.pid === pendingPid).map((t) => t.pid));
+      if (refused) return err(refused);
+    }
     const p = this.pending;
     this.pending = null;
     if (p) this.clock.clearTimeout(p.timer);
-    const active = this.engine.storedSha256();
     const rb = await this.engine.rollback(reason);
     if (!rb.ok) return rb;
     for (const t of this.engine.ps()) if (t.sha256 === active || t.pid === p?.pid) this.engine.unload(t.pid);

@@ -8,6 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { MAX_NODE } from '../link/can/ids.js';
+import { isLoopbackHost } from '../link/can/virtual-net.js';
 
 const hostPort = z
   .string()
@@ -51,6 +52,10 @@ const controlSchema = z.strictObject({
   max_sessions: z.number().int().min(1).max(1_000_000).default(256),
   /** Open protocol sessions one connection opened. */
   max_sessions_per_connection: z.number().int().min(1).max(1_000_000).default(16),
+  /** Event streams (`events.subscribe`, `job.watch`) open at once: `ELIMIT:max_streams`, the connection carries on. */
+  max_streams: z.number().int().min(1).max(65_535).default(32),
+  /** Event streams open at once from one remote address: `ELIMIT:max_streams_per_address`. */
+  max_streams_per_address: z.number().int().min(1).max(65_535).default(8),
   /** The connection is closed after this many failed authentications. */
   max_auth_failures: z.number().int().min(1).max(1000).default(5),
   /** The reply to a failed authentication waits this long, doubled for each failure of the connection or its address... */
@@ -122,6 +127,24 @@ const canLinkSchema = z.strictObject({
   fd: z.boolean().default(false),
   node_id: z.number().int().min(0).max(MAX_NODE).optional(),
   role: linkRole,
+  /**
+   * The virtual CAN hub of a `virtual` HOST:PORT link, when this gateway is the first process on the
+   * address and so hosts it (src/link/can/virtual-net.ts; docs/can_protocol.md, docs/security.md).
+   */
+  hub: z.strictObject({
+    /** Frames one hub connection may have waiting for the bus; more: the connection is cut off (flood). */
+    max_queued_frames: z.number().int().min(16).max(1_000_000).default(4096),
+    /** Bytes per second one connection may send, sustained… */
+    max_bytes_per_second: z.number().int().min(1024).max(1024 * 1024 * 1024).default(32 * 1024 * 1024),
+    /** …and in one burst; more is a flood: the connection is cut off. */
+    burst_bytes: z.number().int().min(1024).max(1024 * 1024 * 1024).default(8 * 1024 * 1024),
+    /** Bytes waiting to be written to one connection; more: it is cut off (slow reader). */
+    max_output_bytes: z.number().int().min(1024).max(1024 * 1024 * 1024).default(4 * 1024 * 1024),
+    /** Where the hub listens: the link's HOST (default), or `0.0.0.0` / `::` (every interface; needs allow_remote). */
+    bind: z.string().min(1).optional(),
+    /** Let the hub listen on a non-loopback address (it has no authentication); the same as `?remote=1`. */
+    allow_remote: z.boolean().default(false),
+  }).optional(),
 });
 
 const deviceSchema = z.strictObject({
@@ -267,6 +290,10 @@ export function validateConfig(raw: unknown, file = '<inline>', baseDir = proces
   cfg.links.uart.forEach((u, i) => {
     if (u.device !== undefined && !names.has(u.device)) problems.push(`links.uart[${i}].device: no device named "${u.device}"`);
   });
+  cfg.links.can.forEach((l, i) => {
+    const problem = hubProblem(l);
+    if (problem) problems.push(`links.can[${i}].hub${problem}`);
+  });
   // Jobs and scans name a link: two master links with one name would be one queue for two buses.
   const linkNames = new Map<string, string>();
   const masters = [
@@ -359,4 +386,25 @@ function missingBootPaths(cfg: GatewayConfig): string[] {
 /** The name jobs and `scan` use for a link: its `name`, else its CAN interface or serial port. */
 export function linkName(l: GatewayConfig['links']['can'][number] | GatewayConfig['links']['uart'][number]): string {
   return l.name ?? ('interface' in l ? l.interface : l.port);
+}
+
+/** Wildcard listen addresses a hub may bind to instead of its HOST (every interface). */
+const WILDCARD_HOSTS = new Set(['0.0.0.0', '::', '[::]']);
+
+/** What is wrong with a CAN link's `hub` table (a suffix for the key path and the reason), or null. */
+function hubProblem(l: { backend: string; interface: string; hub?: { bind?: string | undefined; allow_remote: boolean } | undefined }): string | null {
+  if (!l.hub) return null;
+  const m = /^(.+):(\d{1,5})(\?.*)?$/.exec(l.interface);
+  if (l.backend !== 'virtual' || !m) return `: applies to backend = "virtual" links written HOST:PORT only (got ${l.backend} "${l.interface}")`;
+  const host = m[1]!;
+  const remote = l.hub.allow_remote || /[?&]remote=1(&|$)/.test(m[3] ?? '');
+  const bind = l.hub.bind;
+  if (bind !== undefined && bind !== host && !WILDCARD_HOSTS.has(bind)) {
+    return `.bind: "${bind}" is neither the link's host "${host}" nor every interface ("0.0.0.0", "::"): members connect to ${host}`;
+  }
+  const listens = bind ?? host;
+  if (!remote && !isLoopbackHost(listens)) {
+    return `.bind: "${listens}" is not a loopback address; the hub has no authentication, so set allow_remote = true to open it on purpose`;
+  }
+  return null;
 }

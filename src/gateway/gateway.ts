@@ -25,7 +25,7 @@ import { parseTokenEnv } from './control/auth.js';
 import { MqttBridge } from './mqtt/bridge.js';
 import { allTopics } from './mqtt/topics.js';
 import { engineSetup } from './profiles.js';
-import { canAddress, openMasterLinks, MasterLinkError } from './masters.js';
+import { canAddress, canBusOptions, openMasterLinks, MasterLinkError } from './masters.js';
 import { JobManager } from './jobs/manager.js';
 import { jobEventToBus } from './jobs/bus-events.js';
 import type { Flasher } from '../link/flasher.js';
@@ -261,7 +261,7 @@ export class Gateway {
       if (flasher instanceof CanFlasher) bus = flasher.bus;
       else {
         try {
-          bus = await openCanBus(canAddress(l), { fd: l.fd });
+          bus = await openCanBus(canAddress(l), canBusOptions(l));
         } catch (e) {
           this.fail(`links.can.${link}`, `CAN ${canAddress(l)}: ${(e as Error).message}`);
         }
@@ -529,7 +529,7 @@ export class Gateway {
     const address = canAddress(link);
     let bus: CanBus;
     try {
-      bus = await openCanBus(address, { fd: link.fd });
+      bus = await openCanBus(address, canBusOptions(link));
     } catch (e) {
       this.fail(`links.can.${link.interface}`, `CAN ${address}: ${(e as Error).message}`);
     }
@@ -668,7 +668,7 @@ export class Gateway {
       intake: {
         load: (bytes, opts) => intake().load(bytes, opts),
         finishSession: (sid, opts) => intake().finishSession(sid, opts),
-        rollback: (reason) => intake().rollback(reason),
+        rollback: (reason, admit) => intake().rollback(reason, admit),
       },
     };
   }

@@ -8,6 +8,7 @@ import type { Flasher } from '../link/flasher.js';
 import { CanFlasher } from '../link/can/flasher.js';
 import { UartFlasher } from '../link/uart/flasher.js';
 import { linkName, type GatewayConfig } from './config.js';
+import type { CanBusOptions } from '../link/can/address.js';
 
 /** `virtual` CAN links are in-process buses by name, or cross-process ones when written HOST:PORT. */
 export function canAddress(link: GatewayConfig['links']['can'][number]): string {
@@ -16,6 +17,23 @@ export function canAddress(link: GatewayConfig['links']['can'][number]): string 
   // The interface may carry options of its own (`127.0.0.1:47000?loss=0.01`, `10.0.0.5:47000?remote=1`).
   const sep = link.interface.includes('?') ? '&' : '?';
   return `virtual:${link.interface}${timing ? sep + timing : ''}`;
+}
+
+/** How a CAN link's bus is opened: FD, and for a virtual HOST:PORT link the limits and bind address of the hub it may host (`[links.can.hub]`). */
+export function canBusOptions(link: GatewayConfig['links']['can'][number]): CanBusOptions {
+  const h = link.hub;
+  if (!h) return { fd: link.fd };
+  return {
+    fd: link.fd,
+    hub: {
+      maxQueuedFrames: h.max_queued_frames,
+      maxBytesPerSecond: h.max_bytes_per_second,
+      burstBytes: h.burst_bytes,
+      maxOutputBytes: h.max_output_bytes,
+      allowRemote: h.allow_remote,
+      ...(h.bind !== undefined ? { bindHost: h.bind.replace(/^\[|\]$/g, '') } : {}),
+    },
+  };
 }
 
 export class MasterLinkError extends Error {
@@ -35,7 +53,7 @@ export async function openMasterLinks(config: GatewayConfig): Promise<Map<string
       const name = linkName(l);
       const address = canAddress(l);
       try {
-        out.set(name, await CanFlasher.open(name, address, { fd: l.fd }));
+        out.set(name, await CanFlasher.open(name, address, canBusOptions(l)));
       } catch (e) {
         throw new MasterLinkError(`links.can.${name}`, `CAN master link "${name}" (${address}): ${(e as Error).message}`);
       }

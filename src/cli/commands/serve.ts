@@ -6,9 +6,18 @@ import { EXIT, errorLine, logFormatOption, usageError } from '../output.js';
 export const STOP_DEADLINE_MS = 5_000;
 
 /**
+ * The exit code of a stop that finished in time but could not flush everything (MQTT messages the
+ * broker never took, a journal or device file not closed, an aborted transfer, replies a client did
+ * not read): each is named on its own `unflushed` line first. 0 is kept for a stop that lost nothing.
+ */
+export const STOP_UNFLUSHED_EXIT = 4;
+
+/**
  * `hsx-gateway serve`: the daemon. The first SIGINT/SIGTERM stops cleanly (aborts in-flight
  * transfers, flushes MQTT, closes device files) within STOP_DEADLINE_MS, and says what it could
- * not flush; a second one exits at once (code 130 for SIGINT, 143 for SIGTERM).
+ * not flush; a second one exits at once (code 130 for SIGINT, 143 for SIGTERM). Exit codes of a
+ * stop: 0 everything flushed, STOP_UNFLUSHED_EXIT (4) something not flushed, 1 the stop failed or
+ * missed its deadline.
  *
  * Start-up order: the options and the configuration are checked first, with nothing but the config
  * reader loaded; only then are the gateway, its links, MQTT and the broker imported. A bad config
@@ -104,11 +113,12 @@ export function registerServe(program: Command): void {
             (report) => {
               clearTimeout(backstop);
               for (const u of report.unflushed) out({ type: 'unflushed', component: u.component, what: u.what }, `serve: not flushed: ${u.component}: ${u.what}`);
+              const code = report.clean ? 0 : STOP_UNFLUSHED_EXIT;
               out(
-                { type: 'stopped', clean: report.clean, unflushed: report.unflushed, elapsed_ms: report.elapsedMs },
-                `serve: stopped in ${report.elapsedMs} ms` + (report.clean ? '' : ` (${report.unflushed.length} item(s) not flushed, see above)`),
+                { type: 'stopped', clean: report.clean, unflushed: report.unflushed, elapsed_ms: report.elapsedMs, code },
+                `serve: stopped in ${report.elapsedMs} ms` + (report.clean ? '' : ` (${report.unflushed.length} item(s) not flushed, see above); exit code ${code}`),
               );
-              resolve(0);
+              resolve(code);
             },
             (e: Error) => {
               clearTimeout(backstop);

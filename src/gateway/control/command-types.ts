@@ -11,6 +11,7 @@ import type { ControlEngine, WireError } from './engine-port.js';
 import type { JobService } from '../jobs/types.js';
 import type { JobUploads } from './job-commands.js';
 import { MAX_TEXT_BYTES } from './roles.js';
+import type { StreamSlots } from './limits.js';
 import { RequestError, toInt, type SessionRegistry } from './sessions.js';
 
 export { toInt };
@@ -30,6 +31,8 @@ export const failWith = (w: WireError): CommandResult =>
 export interface ConnectionApi {
   readonly id: number;
   readonly peer: string;
+  /** The remote address without port (per-address limits); absent for a caller that is not a socket. */
+  readonly address?: string;
   /** Streaming sessions opened on this connection are aborted when it drops. */
   ownSession(device: string, sessionId: number): void;
   disownSession(device: string, sessionId: number): void;
@@ -68,6 +71,8 @@ export interface ServerCore {
   readonly jobUploads: JobUploads;
   /** Session id → its event subscription token. */
   readonly streams: Map<string, string>;
+  /** Every open event stream and its address (`max_streams`, `max_streams_per_address`). */
+  readonly streamSlots: StreamSlots;
   /**
    * Streaming uploads (`provision.begin`) by `uploadKey(device, session_id)` → the id of the
    * connection that opened it: only that connection (or an admin) may write, end or abort it.
@@ -215,4 +220,19 @@ export function deviceCommand(
   opts: { takesPid?: boolean } = {},
 ): CommandSpec {
   return { mutates, ...opts, run: (ctx) => run(ctx, deviceOf(ctx)) };
+}
+
+/** The address a stream of this request's connection counts against. */
+export function streamAddress(ctx: CommandContext): string {
+  return ctx.conn.address ?? ctx.conn.peer;
+}
+
+/**
+ * Before a request's connection becomes an event stream: `ELIMIT:max_streams` or
+ * `ELIMIT:max_streams_per_address` (detail.limit) when it would go over; the connection carries on.
+ * `replacing`: the token of the session's stream the new one replaces (it does not count).
+ */
+export function admitStream(ctx: CommandContext, replacing?: string): void {
+  const over = ctx.core.streamSlots.over(streamAddress(ctx), replacing);
+  if (over) throw new RequestError(`ELIMIT:${over.name}`, { limit: over.limit });
 }

@@ -18,8 +18,9 @@ import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { eventJson, type BusEvent, type CloseReason, type Subscription } from '../events/index.js';
 import { roleAllows, type Identity } from './auth.js';
-import { optIntField, uploadKey, type CommandContext, type CommandResult, type CommandSpec, type ConnectionApi, type ServerCore } from './command-types.js';
+import { uploadKey, type CommandContext, type CommandResult, type CommandSpec, type ConnectionApi, type ServerCore } from './command-types.js';
 import { LineFramer, type Frame } from './framing.js';
+import { requestPid } from './pid-locks.js';
 import { clip, MAX_REQUEST_DEPTH, nestsDeeperThan, requiredRole } from './roles.js';
 import { RequestError } from './sessions.js';
 import type { AuditLog, Verdict } from './audit.js';
@@ -447,11 +448,8 @@ export class Connection implements ConnectionApi {
       // The pid is parsed once, whatever its JSON type ("1", "0x1", 1 are one pid), and that
       // value is both lock-checked and handed to the command. A pid locked by a session may be
       // changed only through that session (reference semantics).
-      if (spec.mutates || spec.takesPid) {
-        const pid = optIntField(r, 'pid', cmd);
-        if (pid !== undefined) ctx.pid = pid;
-        if (pid !== undefined && spec.mutates) core.sessions.ensurePidAccess(pid, sessionId);
-      }
+      const pid = requestPid(spec, cmd, r, sessionId, core);
+      if (pid !== undefined) ctx.pid = pid;
       result = await spec.run(ctx);
     } catch (e) {
       if (!(e instanceof RequestError)) {

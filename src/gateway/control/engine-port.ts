@@ -29,10 +29,15 @@ export interface InstallVerdictLike {
  * reference's semantics (no updates).
  */
 export interface ControlIntake {
-  load(bytes: Uint8Array, opts: { source: string; update: 'replace' | 'reject'; force: boolean; persist: boolean }): Promise<Result<InstallVerdictLike, EngineError>>;
-  finishSession(sessionId: number, opts: { persist: boolean }): Promise<Result<InstallVerdictLike, EngineError>>;
-  rollback(reason: string): Promise<Result<{ task: TaskInfoLike | null; slot: string }, EngineError>>;
+  /** `admit` (src/engine/intake.ts): asked with the pids the install would replace, before anything switches (pid locks, pid-locks.ts). */
+  load(bytes: Uint8Array, opts: { source: string; update: 'replace' | 'reject'; force: boolean; persist: boolean; admit?: PidAdmit }): Promise<Result<InstallVerdictLike, EngineError>>;
+  finishSession(sessionId: number, opts: { persist: boolean; admit?: PidAdmit }): Promise<Result<InstallVerdictLike, EngineError>>;
+  /** `admit`: asked with the pids the rollback would stop, before anything changes. */
+  rollback(reason: string, admit?: PidAdmit): Promise<Result<{ task: TaskInfoLike | null; slot: string }, EngineError>>;
 }
+
+/** May these running tasks be replaced or stopped? An error refuses (and nothing changes). */
+export type PidAdmit = (pids: readonly number[]) => EngineError | null;
 
 export interface ControlEngine {
   loadImage(bytes: Uint8Array, opts: { source: string }): Result<TaskInfoLike, EngineError>;

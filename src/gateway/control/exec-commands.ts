@@ -8,6 +8,7 @@
  * - `cmd.call` and every VM-execution command answer `ENOTSUP:no_vm`, naming the command.
  */
 import { RequestError } from './sessions.js';
+import { followReplacement, guardPids } from './pid-locks.js';
 import {
   deviceOf,
   failWith,
@@ -209,6 +210,7 @@ async function reloadTask(ctx: CommandContext, dev: DeviceRef): Promise<CommandR
     return failWith({ error: w.error, detail: { device: dev.name, ...w.detail, old_pid: pid, restored } });
   }
   const t = loaded.value;
+  followReplacement(ctx, pid, t.pid); // the lock, if this session holds one, follows the app
   const image = taskToImage(t, imageExtras(dev.engine.taskImage?.(t.pid), t.pid, dev.engine.metadata));
   return okBody({ reload: { old_pid: pid, new_pid: t.pid, program, from, image, task: taskToPsRow(t) }, device: dev.name });
 }
@@ -246,7 +248,7 @@ export const execCommands: Record<string, CommandSpec> = {
       // a value belongs to its task: a task locked by another session is not written behind its back
       if (target.kind === 'local') {
         const owner = target.engine.metadata.value(oid)?.pid;
-        if (owner !== undefined) ctx.core.sessions.ensurePidAccess(owner, ctx.sessionId);
+        if (owner !== undefined) guardPids(ctx, [owner]);
       }
       const r = await setValue(target, oid, ctx.req['value'], { auth: authLevelOf(ctx.identity?.role) });
       if (!r.ok) return valueRefusal(r.error, where);

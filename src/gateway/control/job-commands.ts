@@ -26,7 +26,7 @@ import { JOB_EVENT_CATEGORY, jobIdOf } from '../jobs/bus-events.js';
 import type { JobError, JobListFilter, JobOptions, JobRecord, JobService, JobState, JobSubmitter } from '../jobs/types.js';
 import { checkOptions } from '../jobs/manager.js';
 import { parseNodeList } from '../../link/can/master.js';
-import { failWith, okBody, type CommandContext, type CommandResult, type CommandSpec } from './command-types.js';
+import { admitStream, failWith, okBody, streamAddress, type CommandContext, type CommandResult, type CommandSpec } from './command-types.js';
 import type { WireError } from './engine-port.js';
 import { clip, MAX_TEXT_BYTES } from './roles.js';
 import { RequestError, toInt } from './sessions.js';
@@ -308,6 +308,7 @@ function watch(ctx: CommandContext, jobs: JobService): CommandResult {
     return true;
   };
 
+  admitStream(ctx, session ? core.streams.get(session.id) : undefined); // max_streams, max_streams_per_address
   if (session) {
     // one subscription per session, as events.subscribe: a new one replaces (and ends) the old
     const old = core.streams.get(session.id);
@@ -323,10 +324,12 @@ function watch(ctx: CommandContext, jobs: JobService): CommandResult {
     deferStart: true,
     deliver,
     onClose: (reason) => {
+      core.streamSlots.remove(sub.token);
       if (session && core.streams.get(session.id) === sub.token) core.streams.delete(session.id);
       ctx.conn.streamClosed(reason);
     },
   });
+  core.streamSlots.add(sub.token, streamAddress(ctx));
   if (tracking) {
     const original = sub.ack.bind(sub);
     rawAck = original;

@@ -27,6 +27,10 @@ export interface ControlLimits {
   max_sessions: number;
   /** Protocol sessions opened by one connection that are still open. */
   max_sessions_per_connection: number;
+  /** Event streams (`events.subscribe`, `job.watch`) open at once on the control port. */
+  max_streams: number;
+  /** Event streams open at once from one remote address (a stream takes over its connection, so one per connection). */
+  max_streams_per_address: number;
   /** A connection is closed after this many failed authentications. */
   max_auth_failures: number;
   /** The reply to the first failed authentication is delayed this long; each further one doubles it. */
@@ -46,6 +50,8 @@ export const DEFAULT_CONTROL_LIMITS: Readonly<ControlLimits> = Object.freeze({
   idle_timeout_ms: 600_000,
   max_sessions: 256,
   max_sessions_per_connection: 16,
+  max_streams: 32,
+  max_streams_per_address: 8,
   max_auth_failures: 5,
   auth_failure_delay_ms: 100,
   auth_failure_delay_max_ms: 5_000,
@@ -159,5 +165,43 @@ export class AuthThrottle {
       failures_in_window: a.count,
       window_ms: this.limits.auth_failure_window_ms,
     }, `audit: ${folded} more failed authentication(s) from ${address} in ${this.limits.auth_failure_window_ms} ms`);
+  }
+}
+
+/**
+ * The event streams open on the control port, by subscription token, with the address of the
+ * connection each took over: `max_streams` in all, `max_streams_per_address` per remote address.
+ * A stream that replaces one of the same session does not count the one it replaces.
+ */
+export class StreamSlots {
+  private readonly byToken = new Map<string, string>();
+
+  constructor(private readonly limits: () => Pick<ControlLimits, 'max_streams' | 'max_streams_per_address'>) {}
+
+  get size(): number {
+    return this.byToken.size;
+  }
+
+  /** The limit a new stream from `address` would go over (replacing `replacing`), or null. */
+  over(address: string, replacing?: string): { name: 'max_streams' | 'max_streams_per_address'; limit: number } | null {
+    const L = this.limits();
+    let total = 0;
+    let mine = 0;
+    for (const [token, a] of this.byToken) {
+      if (token === replacing) continue;
+      total++;
+      if (a === address) mine++;
+    }
+    if (total >= L.max_streams) return { name: 'max_streams', limit: L.max_streams };
+    if (mine >= L.max_streams_per_address) return { name: 'max_streams_per_address', limit: L.max_streams_per_address };
+    return null;
+  }
+
+  add(token: string, address: string): void {
+    this.byToken.set(token, address);
+  }
+
+  remove(token: string): void {
+    this.byToken.delete(token);
   }
 }

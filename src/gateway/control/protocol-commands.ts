@@ -7,11 +7,13 @@ import { randomUUID } from 'node:crypto';
 import type { Subscription } from '../events/index.js';
 import { RequestError } from './sessions.js';
 import {
+  admitStream,
   boundedText,
   deviceCommand,
   deviceOf,
   failWith,
   okBody,
+  streamAddress,
   toInt,
   type CommandContext,
   type CommandResult,
@@ -65,6 +67,7 @@ function subscribe(ctx: CommandContext): CommandResult {
   }
   // One subscription per session, as in the reference: a new one replaces (and ends) the old.
   const old = core.streams.get(session.id);
+  admitStream(ctx, old); // max_streams, max_streams_per_address (the one replaced does not count)
   if (old !== undefined) core.bus.unsubscribe(old);
   const sub = core.bus.subscribe({
     token: `${session.id}:${randomUUID()}`,
@@ -76,10 +79,12 @@ function subscribe(ctx: CommandContext): CommandResult {
     deferStart: true,
     deliver: (ev) => ctx.conn.deliverEvent(ev),
     onClose: (reason) => {
+      core.streamSlots.remove(sub.token);
       if (core.streams.get(session.id) === sub.token) core.streams.delete(session.id);
       ctx.conn.streamClosed(reason);
     },
   });
+  core.streamSlots.add(sub.token, streamAddress(ctx));
   core.streams.set(session.id, sub.token);
   return { kind: 'stream', body: { events: streamReplyEvents(core, sub, sinceSeq, ackWindow) }, subscription: sub };
 }

@@ -22,6 +22,7 @@ import {
 import { engineErrorToWire, taskToImage, taskToWire, toWire, type TaskInfoLike } from './engine-port.js';
 import type { EngineError } from '../../engine/errors.js';
 import { imageExtras } from './reference-shapes.js';
+import { followReplacement, guardPids, replacedPid, replaceGuard } from './pid-locks.js';
 import type { Result } from '../../hxe/result.js';
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -99,9 +100,14 @@ function loadCommand(compat: boolean): CommandSpec {
     const intake = dev.engine.intake;
     if (intake) {
       // RAM only, as the executive's `load`; `force` unless replacing, so a second load of the same
-      // single-instance image still answers `app_exists` as the reference does.
-      const r = await intake.load(input.bytes, { source: input.source, update: replace ? 'replace' : 'reject', force: !replace, persist: false });
+      // single-instance image still answers `app_exists` as the reference does. An update of a
+      // running app is refused when that app's pid is locked by another session.
+      const guard = replaceGuard(ctx);
+      const r = await intake.load(input.bytes, { source: input.source, update: replace ? 'replace' : 'reject', force: !replace, persist: false, admit: guard.admit });
+      const locked = guard.refusal();
+      if (locked) throw locked;
       if (!r.ok) return compat ? compatLoadError(r.error, dev) : engineFail(r.error, dev);
+      followReplacement(ctx, replacedPid(r.value), r.value.task.pid);
       const extra = replace ? outcomeFields(r.value) : {};
       return compat ? okBody({ image: imageOf(dev, r.value.task), ...extra }) : okBody({ device: dev.name, task: taskToWire(r.value.task), ...extra });
     }
@@ -167,9 +173,13 @@ export const provisionCommands: Record<string, CommandSpec> = {
     if (refused) return refused;
     const intake = dev.engine.intake;
     if (intake) {
-      const r = await intake.finishSession(sid, { persist: false });
+      const guard = replaceGuard(ctx);
+      const r = await intake.finishSession(sid, { persist: false, admit: guard.admit });
       ctx.conn.disownSession(dev.name, sid); // ended either way: READY, or FAILED and freed
+      const locked = guard.refusal();
+      if (locked) throw locked;
       if (!r.ok) return engineFail(r.error, dev);
+      followReplacement(ctx, replacedPid(r.value), r.value.task.pid);
       return okBody({ device: dev.name, session_id: sid, task: taskToWire(r.value.task), ...outcomeFields(r.value) });
     }
     const r = dev.engine.end(sid);
@@ -209,6 +219,8 @@ export const provisionCommands: Record<string, CommandSpec> = {
     const pid = ctx.pid;
     const e = dev.engine;
     if (pid !== undefined && !e.ps().some((t) => t.pid === pid)) return unknownPid(dev, pid);
+    // without a pid it confirms whatever the device runs on trial: none of its tasks may be another session's
+    if (pid === undefined) guardPids(ctx, e.ps().map((t) => t.pid));
     return settle(dev, e.confirm ? () => e.confirm!() : null, 'activated');
   }),
 
@@ -217,11 +229,17 @@ export const provisionCommands: Record<string, CommandSpec> = {
     const e = dev.engine;
     const intake = e.intake;
     if (intake) {
-      // the store switches back and the device runs the previous image again, with its values
-      const r = await intake.rollback(reason);
+      // the store switches back and the device runs the previous image again, with its values;
+      // the tasks it stops must not be locked by another session
+      const guard = replaceGuard(ctx);
+      const r = await intake.rollback(reason, guard.admit);
+      const locked = guard.refusal();
+      if (locked) throw locked;
       if (!r.ok) return engineFail(r.error, dev);
       return okBody({ device: dev.name, rollback: { slot: r.value.slot, task: r.value.task ? taskToWire(r.value.task) : null } });
     }
+    // a device without an intake: which task the store's image is, it cannot say, so every task counts
+    guardPids(ctx, e.ps().map((t) => t.pid));
     return settle(dev, e.rollback ? () => e.rollback!(reason) : null, 'rollback');
   }),
 

@@ -9,7 +9,8 @@
 import type { AuditLog } from './audit.js';
 import { roleAllows, type Identity } from './auth.js';
 import { RequestError } from './sessions.js';
-import type { CommandResult, CommandSpec, ConnectionApi, ServerCore } from './command-types.js';
+import type { CommandContext, CommandResult, CommandSpec, ConnectionApi, ServerCore } from './command-types.js';
+import { requestPid } from './pid-locks.js';
 import { clip, MAX_REQUEST_DEPTH, nestsDeeperThan, requiredRole } from './roles.js';
 
 export interface RunAsCaller {
@@ -61,7 +62,11 @@ export async function runCommandAs(deps: RunAsDeps, cmd: string, fields: Record<
   };
   let result: CommandResult;
   try {
-    result = await spec.run({ cmd, req, sessionId: null, identity: caller.identity, conn, core: deps.core });
+    // the same pid parse and lock check as a control connection's request (pid-locks.ts); no session here
+    const ctx: CommandContext = { cmd, req, sessionId: null, identity: caller.identity, conn, core: deps.core };
+    const pid = requestPid(spec, cmd, req, null, deps.core);
+    if (pid !== undefined) ctx.pid = pid;
+    result = await spec.run(ctx);
   } catch (e) {
     if (!(e instanceof RequestError)) {
       if (spec.mutates) audit('error', 'internal_error');

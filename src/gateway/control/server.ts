@@ -5,7 +5,7 @@
  * the engines and the event bus come from its caller. Reading image files for `load` happens
  * here, in the gateway layer, because the engine does no I/O.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, Socket, type Server } from 'node:net';
 import { resolve } from 'node:path';
 import pino, { type Logger } from 'pino';
 import { systemClock } from '../../engine/clock.js';
@@ -20,7 +20,7 @@ import type { CanBus } from '../../link/can/bus.js';
 import { Connection, type ConnectionLimits } from './connection.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
-import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, type ControlLimits } from './limits.js';
+import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, StreamSlots, type ControlLimits } from './limits.js';
 import { JOB_UPLOAD_OWNER, jobCommands, JobUploads } from './job-commands.js';
 import type { JobService } from '../jobs/types.js';
 import { protocolCommands } from './protocol-commands.js';
@@ -130,6 +130,11 @@ export function controlLimitsFromConfig(control: Partial<ControlLimits>): Partia
   return out;
 }
 
+/** The commands that change a device or the gateway (audited; a pid they name is lock-checked, pid-locks.ts). */
+export function changingCommands(): string[] {
+  return [...COMMANDS].filter(([, spec]) => spec.mutates).map(([name]) => name);
+}
+
 /** Every command and the role it needs (for docs, tests and `info`); null = anyone. A copy of roles.ts's table. */
 export function commandRoles(): Record<string, string | null> {
   return Object.fromEntries(COMMAND_ROLES);
@@ -200,6 +205,7 @@ export class ControlServer {
       clock: this.clock,
       tokensConfigured: tokens !== null,
       streams: new Map(),
+      streamSlots: new StreamSlots(() => this.controlLimits),
       uploads: new Map(),
       device: (name) => this.deviceRef(name),
       deviceNames: () => names,
@@ -393,8 +399,9 @@ export class ControlServer {
     return true;
   }
 
-  private accept(socket: Socket, audit: AuditLog): void {
-    if (!this.admit(socket)) return;
+  private accept(accepted: Socket, audit: AuditLog): void {
+    if (!this.admit(accepted)) return;
+    const socket = readIntoSharedBuffer(accepted, this.server);
     const conn = new Connection(this.nextConnId++, socket, {
       core: this.core,
       commands: COMMANDS,
@@ -455,4 +462,56 @@ function mostCrowded(unauth: readonly Connection[]): Connection | undefined {
     if (top === undefined || n > (count.get(top) ?? 0)) top = c.address;
   }
   return unauth.find((c) => c.address === top);
+}
+
+/**
+ * One read buffer for every control connection. By default each read of a socket allocates a
+ * fresh 64 KiB buffer that lives until the next garbage collection; a flood of connections that
+ * each send a megabyte without a newline left tens of MiB of such garbage (and the allocator's
+ * high-water mark) behind, however quickly the connections were closed. Every byte read is handed
+ * to the line framer synchronously, which decodes a whole line at once or copies an unfinished one
+ * into its own bounded buffer, so one buffer can serve every socket in turn.
+ */
+const SHARED_READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
+
+/**
+ * The accepted socket, re-wrapped so its reads go into SHARED_READ_BUFFER (Node's `onread` option,
+ * which `net.Server` does not offer for the sockets it accepts) and are emitted as `'data'` views
+ * of it, valid only during the event. The server's connection count moves to the new socket. If the
+ * runtime's sockets do not have the shape this needs, the accepted socket is returned as it is.
+ */
+function readIntoSharedBuffer(accepted: Socket, server: Server): Socket {
+  type Internals = { _handle?: { useUserBuffer?: unknown; reading?: boolean } | null; _server?: unknown };
+  type ServerInternals = { _connections?: number };
+  const a = accepted as unknown as Internals;
+  const srv = server as unknown as ServerInternals;
+  const handle = a._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function' || a._server !== server || typeof srv._connections !== 'number') return accepted;
+  try {
+    let socket: Socket | null = null;
+    const wrapped = new Socket({
+      handle: handle as never,
+      readable: true,
+      writable: true,
+      allowHalfOpen: false,
+      pauseOnCreate: true,
+      onread: {
+        buffer: SHARED_READ_BUFFER,
+        callback: (n: number, buf: Uint8Array) => {
+          socket?.emit('data', Buffer.from(buf.buffer, buf.byteOffset, n));
+          return !(socket?.isPaused() ?? false);
+        },
+      },
+    } as ConstructorParameters<typeof Socket>[0]);
+    socket = wrapped;
+    // the old object lets go of the handle (destroying it now closes nothing but itself, and gives
+    // back its place in the server's count), the new one takes its place
+    a._handle = null;
+    accepted.destroy();
+    (wrapped as unknown as Internals)._server = server;
+    srv._connections = (srv._connections ?? 0) + 1;
+    return wrapped;
+  } catch {
+    return accepted;
+  }
 }

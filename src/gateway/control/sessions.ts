@@ -208,6 +208,19 @@ export class SessionRegistry {
     if (owner !== undefined && owner !== sessionId) throw new RequestError(`pid_locked:${pid}`);
   }
 
+  /**
+   * A task this session holds locked was replaced by a new pid (its own update or reload): the lock
+   * follows the app to the new pid, so the update does not leave it unprotected.
+   */
+  moveLock(fromPid: number, toPid: number, sessionId: string | null): void {
+    if (fromPid === toPid || sessionId === null || this.pidLocks.get(fromPid) !== sessionId || this.pidLocks.has(toPid)) return;
+    const rec = this.sessions.get(sessionId);
+    if (!rec) return;
+    this.pidLocks.delete(fromPid);
+    this.pidLocks.set(toPid, sessionId);
+    rec.pidLocks = [...rec.pidLocks.filter((p) => p !== fromPid), toPid].sort((a, b) => a - b);
+  }
+
   /** Closes sessions whose heartbeat lapsed. */
   prune(): string[] {
     const now = this.nowS();

@@ -10,7 +10,7 @@ import type { CanBus } from './bus.js';
 import { FaultyBus, hasFaults, type FaultOptions } from './faults.js';
 import { SocketCanBus } from './socketcan-bus.js';
 import { namedVirtualBus, type VirtualBusOptions } from './virtual-bus.js';
-import { isLoopbackHost, NetVirtualBus } from './virtual-net.js';
+import { isLoopbackHost, NetVirtualBus, type HubLimits } from './virtual-net.js';
 
 export type CanAddress =
   | { kind: 'socketcan'; iface: string; faults: FaultOptions }
@@ -86,8 +86,17 @@ export function parseCanAddress(spec: string): AddressResult {
   return { ok: true, address: { kind: 'socketcan', iface: base, faults } };
 }
 
+export interface CanBusOptions {
+  fd?: boolean;
+  /**
+   * For a `virtual:HOST:PORT` bus: the limits of the hub this process hosts if it is the first on
+   * the address, where that hub listens (`bindHost`), and `allowRemote` (as `?remote=1`).
+   */
+  hub?: HubLimits & { bindHost?: string; allowRemote?: boolean };
+}
+
 /** Creates (not yet opened) the bus an address names. */
-export function createCanBus(address: CanAddress, options: { fd?: boolean } = {}): CanBus {
+export function createCanBus(address: CanAddress, options: CanBusOptions = {}): CanBus {
   const fd = options.fd ?? true;
   let bus: CanBus;
   switch (address.kind) {
@@ -98,14 +107,14 @@ export function createCanBus(address: CanAddress, options: { fd?: boolean } = {}
       bus = namedVirtualBus(address.name, address.timing).attach(`virtual:${address.name}`);
       break;
     case 'virtual-net':
-      bus = new NetVirtualBus(address.host, address.port, { ...address.timing, allowRemote: address.remote === true }, fd);
+      bus = new NetVirtualBus(address.host, address.port, { ...address.timing, ...options.hub, allowRemote: address.remote === true || options.hub?.allowRemote === true }, fd);
       break;
   }
   return hasFaults(address.faults) ? new FaultyBus(bus, address.faults) : bus;
 }
 
 /** Parse, create and open in one step; throws with a message naming the address on failure. */
-export async function openCanBus(spec: string, options: { fd?: boolean } = {}): Promise<CanBus> {
+export async function openCanBus(spec: string, options: CanBusOptions = {}): Promise<CanBus> {
   const parsed = parseCanAddress(spec);
   if (!parsed.ok) throw new Error(parsed.message);
   const bus = createCanBus(parsed.address, options);

@@ -15,7 +15,7 @@
  */
 import { LinkLock, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type ScanOptions, type TargetProgress, type TargetVerdict } from '../flasher.js';
 import { scanCan } from './scan.js';
-import { openCanBus } from './address.js';
+import { openCanBus, type CanBusOptions } from './address.js';
 import type { CanBus } from './bus.js';
 import { nodeProblem } from './ids.js';
 import { CanMaster, OK_STATUSES, type MasterOptions, type MasterProgress, type MasterResult, type MasterStats, type NodeVerdict } from './master.js';
@@ -104,8 +104,8 @@ export class CanFlasher implements Flasher {
   }
 
   /** Opens the bus `address` names (see address.ts) and owns it: `close()` closes it. */
-  static async open(name: string, address: string, options: { fd?: boolean } = {}): Promise<CanFlasher> {
-    const bus = await openCanBus(address, options.fd === undefined ? {} : { fd: options.fd });
+  static async open(name: string, address: string, options: CanBusOptions = {}): Promise<CanFlasher> {
+    const bus = await openCanBus(address, options);
     return new CanFlasher({ name, bus }, { ownsBus: true });
   }
 

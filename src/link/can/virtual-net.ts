@@ -64,9 +64,22 @@ export interface HubLimits {
   maxOutputBytes?: number;
 }
 
+/** The defaults of `HubLimits` (docs/can_protocol.md; `[links.can.hub]` in the gateway config). */
+export const DEFAULT_HUB_LIMITS: Readonly<Required<HubLimits>> = Object.freeze({
+  maxQueuedFrames: 4096,
+  maxBytesPerSecond: 32 * 1024 * 1024,
+  burstBytes: 8 * 1024 * 1024,
+  maxOutputBytes: 4 * 1024 * 1024,
+});
+
 export interface HubOptions extends VirtualBusOptions, HubLimits {
   /** Listen on a non-loopback address (the hub has no authentication; default false). */
   allowRemote?: boolean;
+  /**
+   * Where a `NetVirtualBus` that has to host the hub listens (default: the HOST members connect to).
+   * A wildcard (`0.0.0.0`, `::`) or any other non-loopback address needs `allowRemote`.
+   */
+  bindHost?: string;
   /** Told about each connection the hub cuts off (it is also counted in `stats`). */
   onCutOff?: (event: HubCutOffEvent) => void;
 }
@@ -93,6 +106,9 @@ export interface VirtualHubStats {
 export interface VirtualHub {
   readonly bus: VirtualBus;
   readonly port: number;
+  /** Where it listens and the limits in force. */
+  readonly host: string;
+  readonly limits: Readonly<Required<HubLimits>>;
   readonly stats: VirtualHubStats;
   close(): Promise<void>;
 }
@@ -117,10 +133,10 @@ export async function startVirtualHub(host: string, port: number, options: HubOp
   if (!options.allowRemote && !isLoopbackHost(host)) {
     throw new Error(`virtual CAN hub: ${host} is not a loopback address; the hub has no authentication, so it listens on loopback only unless remote access is asked for explicitly (?remote=1)`);
   }
-  const maxQueuedFrames = options.maxQueuedFrames ?? 4096;
-  const rate = options.maxBytesPerSecond ?? 32 * 1024 * 1024;
-  const burst = options.burstBytes ?? 8 * 1024 * 1024;
-  const maxOutputBytes = options.maxOutputBytes ?? 4 * 1024 * 1024;
+  const maxQueuedFrames = options.maxQueuedFrames ?? DEFAULT_HUB_LIMITS.maxQueuedFrames;
+  const rate = options.maxBytesPerSecond ?? DEFAULT_HUB_LIMITS.maxBytesPerSecond;
+  const burst = options.burstBytes ?? DEFAULT_HUB_LIMITS.burstBytes;
+  const maxOutputBytes = options.maxOutputBytes ?? DEFAULT_HUB_LIMITS.maxOutputBytes;
   const bus = new VirtualBus(options);
   const stats: VirtualHubStats = { connections: 0, accepted: 0, framesIn: 0, bytesIn: 0, cutOff: 0, cutOffBy: { flood: 0, malformed: 0, slow_reader: 0 } };
   const sockets = new Set<net.Socket>();
@@ -211,6 +227,8 @@ export async function startVirtualHub(host: string, port: number, options: HubOp
   return {
     bus,
     port: addr.port,
+    host,
+    limits: Object.freeze({ maxQueuedFrames, maxBytesPerSecond: rate, burstBytes: burst, maxOutputBytes }),
     stats,
     close: () =>
       new Promise<void>((resolve) => {
@@ -302,7 +320,7 @@ export class NetVirtualBus extends CanBusBase {
         if (code !== 'ECONNREFUSED' || attempt >= 5) throw new Error(`${this.name}: ${(e as Error).message}`);
       }
       try {
-        this.hosted = await startVirtualHub(this.host, this.port, {
+        this.hosted = await startVirtualHub(this.hubOptions.bindHost ?? this.host, this.port, {
           ...this.hubOptions,
           onCutOff: (e) => {
             this.hubOptions.onCutOff?.(e);
