@@ -77,8 +77,11 @@ export class FleetMqtt {
     return () => this.handlers.delete(h);
   }
 
+  /** Subscribes (again: mqtt.js would skip a filter it holds, and the broker re-sends retained messages only on a SUBSCRIBE). */
   async subscribe(filters: string[]): Promise<void> {
-    const granted = await this.client.subscribeAsync(filters, { qos: 1 });
+    const map: Record<string, unknown> = { resubscribe: true };
+    for (const f of filters) map[f] = { qos: 1 };
+    const granted = await this.client.subscribeAsync(map as unknown as Parameters<MqttClient['subscribeAsync']>[0]);
     const denied = granted.filter((g) => g.qos === 128);
     if (denied.length) throw new Error(`the broker refused the subscription to ${denied.map((g) => g.topic).join(', ')}`);
   }

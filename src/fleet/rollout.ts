@@ -275,7 +275,7 @@ export function checkRolloutDoc(raw: unknown, expectId?: string): RolloutDoc {
       const key = `${t.gateway}\u0000${t.link}\u0000${t.target}`;
       if (seen.has(key)) bad(`waves[${i}].targets`, `list ${t.gateway}/${t.device} twice`);
       seen.add(key);
-      if (w['state'] === 'pending' && t.state !== 'PENDING') bad(`waves[${i}]`, `is pending but target ${t.gateway}/${t.device} is ${t.state}`);
+      if (w['state'] === 'pending' && t.state !== 'PENDING' && t.state !== 'CANCELED') bad(`waves[${i}]`, `is pending but target ${t.gateway}/${t.device} is ${t.state}`);
     }
   });
   const cur = d['current_wave'];

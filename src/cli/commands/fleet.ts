@@ -22,6 +22,9 @@ interface CommonOpts {
   json?: boolean;
 }
 
+/** Refusals of the command line itself (exit 2); the rest (no match, a bad document on the broker) are 1. */
+const USAGE_REASONS = new Set(['bad_selector', 'bad_waves', 'bad_threshold', 'bad_timeout', 'bad_part_bytes', 'bad_rollout_id', 'no_image', 'empty_image']);
+
 class Exit {
   constructor(readonly code: number) {}
 }
@@ -32,7 +35,7 @@ const line = (o: Record<string, unknown>): void => out(`${JSON.stringify(o)}\n`)
 function fail(opts: CommonOpts, e: unknown): number {
   if (e instanceof Exit) return e.code;
   const f = e instanceof FleetError ? e : null;
-  const code = f ? (f.code === 'EINVAL' ? 2 : 1) : 1;
+  const code = f && USAGE_REASONS.has(f.reason) ? 2 : 1;
   const message = (e as Error).message;
   if (opts.json) line({ type: 'error', ok: false, code: f?.code ?? 'EIO', reason: f?.reason ?? 'error', message, ...(f?.field ? { field: f.field } : {}) });
   else process.stderr.write(`fleet: ${message}\n`);
