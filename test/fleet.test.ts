@@ -4,7 +4,7 @@
  * child process. Every wait is on a line, a process exit or an MQTT message.
  */
 import test, { type ExecutionContext } from 'ava';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -341,4 +341,37 @@ test.serial('a gateway offline (its Last Will) when its wave starts: its devices
   t.is(d.waves[1]!.state, 'pending');
   t.is(d.current_wave, 1);
   for (const topic of ['hsx/ghost-1/status', 'hsx/ghost-1/device/bus-1/inventory', 'hsx/ghost-1/device/bus-2/inventory']) await w.c.publishAsync(topic, '', { qos: 1, retain: true });
+});
+
+test.serial('the controlling client SIGKILLed mid-rollout: resume from another client completes it, and no job runs twice', async (t) => {
+  if (skip()) return t.pass('mosquitto not installed');
+  // hall-b-1 runs v1 since the pause test; the others run v2.
+  const ctl = spawnCli(['fleet', 'rollout', 'create', '--broker', fleet!.broker.url, '--json', '--token', OPERATOR, '--image', V1_FILE, '--select', 'gateway=hall-b-*', '--waves', '1,100%', '--id', 'r-takeover']);
+  // Killed once the second wave has started (its requests may or may not have reached the gateways).
+  await ctl.waitFor((l) => l['type'] === 'rollout' && (l['rollout'] as RolloutDoc).waves[1]?.state === 'running');
+  ctl.child.kill('SIGKILL');
+  await ctl.exited;
+  const st = await cli(['rollout', 'status', 'r-takeover']);
+  t.is(docOf(st.lines).state, 'running', 'the document still says running: its controller is gone');
+  const r = await cli(['rollout', 'resume', 'r-takeover', '--token', OPERATOR]);
+  t.is(r.code, 0, JSON.stringify(result(r.lines)));
+  const d = docOf(r.lines);
+  t.is(d.state, 'completed');
+  t.is(d.totals.skipped, 4);
+  t.is(d.totals.succeeded, 12);
+  t.not(d.controller, docOf(st.lines).controller);
+  // One job per gateway and wave, whatever the takeover resent: the gateways answered a resent request with its job.
+  const w = await client(t, []);
+  const tokens: string[] = [];
+  w.c.on('message', (topic, p) => {
+    if (!p.length || !/^hsx\/[^/]+\/jobs\/[^/]+$/.test(topic)) return;
+    const ct = (JSON.parse(p.toString()) as { client_token?: string }).client_token;
+    if (ct?.startsWith('r-takeover:')) tokens.push(ct);
+  });
+  await w.c.subscribeAsync(['hsx/+/jobs/+', 'hsx/sync-takeover'], { qos: 1 });
+  await w.c.publishAsync('hsx/sync-takeover', 'x', { qos: 1 });
+  await w.next((topic) => topic === 'hsx/sync-takeover', 'sync marker');
+  t.deepEqual(tokens.sort(), ['r-takeover:0:hall-b-2:bus', 'r-takeover:1:hall-b-2:bus', 'r-takeover:1:hall-b-3:bus', 'r-takeover:1:hall-b-4:bus']);
+  // Each gateway fetched v1 from the broker once and keeps it in its cache.
+  for (const gw of GATEWAYS) t.true(existsSync(join(fleet!.dir, `${gw}-state`, 'fleet-images', `${V1}.hxe`)), gw);
 });

@@ -256,6 +256,7 @@ interface Group {
 export class RolloutController {
   private doc!: RolloutDoc;
   private lastWritten = '';
+  private lastBody = '';
   private stopped: string | null = null;
   private wake: (() => void) | null = null;
   private readonly gwState = new Map<string, string | null>();
@@ -529,9 +530,13 @@ export class RolloutController {
     this.dirty = false;
     this.writing = this.writing.then(async () => {
       if (this.stopped) return;
+      recount(this.doc);
+      // Writes are queued and serialise the document as it is when they run: two in a row may carry the same change.
+      const body = JSON.stringify({ ...this.doc, version: 0, updated_ts: 0 });
+      if (body === this.lastBody) return;
+      this.lastBody = body;
       this.doc.version++;
       this.doc.updated_ts = now();
-      recount(this.doc);
       const text = JSON.stringify(this.doc);
       this.lastWritten = text;
       await this.m.publish(rolloutTopic(this.m.prefix, this.id), text, true);
