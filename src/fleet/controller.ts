@@ -327,6 +327,9 @@ export class RolloutController {
     w.started_ts = now();
     await this.write();
     const deadline = w.started_ts + this.doc.timeout_s;
+    // A request a previous controller sent without seeing its answer is sent again (the gateway answers a
+    // request whose clientToken a job already carries with that job, so nothing runs twice).
+    for (const t of w.targets) if (t.state === 'QUEUED' && t.job_id === null) t.state = 'PENDING';
     const groups = this.groups(i);
     for (const g of groups) this.adopt(g);
     for (const g of groups) await this.submit(g, i);
