@@ -5,6 +5,10 @@
  * SHA-256 is fetched from `<prefix>/fleet/images/<sha256>`, verified, and cached in
  * `<state_dir>/fleet-images/` (a cached, intact copy is never fetched again).
  *
+ * It also follows the rollout documents: a job of a rollout still QUEUED here when its rollout stops running
+ * that wave (paused, cancelled, a hand-edited invalid document, or found so when the gateway comes back) is
+ * cancelled before it starts (`watchRollouts`, used by job-commands.ts).
+ *
  * It uses a connection of its own to the gateway's broker (clean session; the bridge's client stays
  * as it is), opened at the first request.
  */
@@ -12,7 +16,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FleetMqtt } from '../fleet/mqtt.js';
 import { assembleImage, sha256Hex } from '../fleet/images.js';
-import { FleetError, checkRolloutDoc, imageTopic, rolloutTopic, validRolloutId } from '../fleet/rollout.js';
+import { FleetError, checkRolloutDoc, imageTopic, rolloutFilter, rolloutTopic, validRolloutId, type RolloutDoc } from '../fleet/rollout.js';
 
 export interface FleetPlaneOptions {
   url: string;
@@ -73,6 +77,26 @@ export class GatewayFleetPlane {
       throw new FleetError('ESTALE', 'not_in_wave', `wave ${ref.wave} of rollout ${ref.id} has no target on gateway ${this.o.gatewayId}`, 'rollout');
     }
     return ref;
+  }
+
+  /**
+   * Follows every rollout document (retained, so also at each connect and reconnect) and hands each
+   * one, checked, to `fn` (null for a document that is invalid or cleared). Returns the stop.
+   */
+  async watchRollouts(fn: (id: string, doc: RolloutDoc | null) => void): Promise<() => void> {
+    const m = await this.mqtt();
+    const off = m.on(rolloutFilter(this.o.prefix), (topic, payload) => {
+      const id = topic.slice(topic.lastIndexOf('/') + 1);
+      let doc: RolloutDoc | null = null;
+      try {
+        doc = payload.length ? checkRolloutDoc(JSON.parse(payload.toString('utf8')), id) : null;
+      } catch {
+        doc = null;
+      }
+      fn(id, doc);
+    });
+    await m.subscribe([rolloutFilter(this.o.prefix)]);
+    return off;
   }
 
   /** The image with this SHA-256: from the cache, else from the broker (verified, then cached). */

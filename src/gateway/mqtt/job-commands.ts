@@ -101,6 +101,8 @@ export interface AcceptedAnswer {
 export interface FleetHooks {
   checkRollout(raw: unknown): Promise<{ id: string; wave: number }>;
   image(sha256: unknown): Promise<Uint8Array>;
+  /** Every rollout document (null: invalid or cleared); see `cancelStaleRolloutJobs`. */
+  watchRollouts?(fn: (id: string, doc: { state: string; current_wave: number | null } | null) => void): Promise<() => void>;
 }
 
 export class MqttCommandsConfigError extends Error {
@@ -189,6 +191,7 @@ export class MqttJobCommands {
   private readonly deviceName: DeviceNameOf;
   private readonly now: () => number;
   private unwatch: (() => void) | null = null;
+  private unwatchRollouts: (() => void) | null = null;
   private unsubscribe: (() => void) | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   /** Jobs whose retained document we published (and have not cleared) → that document. */
@@ -223,6 +226,12 @@ export class MqttJobCommands {
       this.unsubscribe = bridge.onCommands([jobSubmitTopic(topics), jobCancelFilter(topics)], (m) => this.onCommand(m));
       this.log.info({ topics: [jobSubmitTopic(topics), jobCancelFilter(topics)] }, 'mqtt: job commands on (mqtt.commands = true)');
     }
+    if (this.opts.commands && this.opts.fleet?.watchRollouts) {
+      this.opts.fleet
+        .watchRollouts((id, doc) => void this.cancelStaleRolloutJobs(id, doc))
+        .then((off) => (this.started ? (this.unwatchRollouts = off) : off()))
+        .catch((e: Error) => this.log.warn({ err: e.message }, 'mqtt: cannot follow the fleet rollout documents; queued rollout jobs are not re-checked'));
+    }
     const every = this.opts.sweepIntervalMs ?? 30_000;
     if (every > 0) {
       this.sweepTimer = setInterval(() => this.sweep(), every);
@@ -238,6 +247,8 @@ export class MqttJobCommands {
     this.unsubscribe = null;
     this.unwatch?.();
     this.unwatch = null;
+    this.unwatchRollouts?.();
+    this.unwatchRollouts = null;
     this.opts.bridge.setDeviceResolver(null);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
@@ -259,6 +270,24 @@ export class MqttJobCommands {
       this.published.delete(id);
       this.opts.bridge.clearRetained(jobDocTopic(this.opts.topics, id));
       n++;
+    }
+    return n;
+  }
+
+  /**
+   * A rollout that no longer runs wave `w` (or whose document is invalid or gone): its jobs still QUEUED
+   * here (client token `<id>:<w>:…`, as the fleet controller sends them) are cancelled before they start.
+   */
+  async cancelStaleRolloutJobs(id: string, doc: { state: string; current_wave: number | null } | null): Promise<number> {
+    let n = 0;
+    for (const job of this.opts.jobs.list({ state: 'QUEUED', limit: Number.MAX_SAFE_INTEGER })) {
+      const ct = job.client_token;
+      if (typeof ct !== 'string' || !ct.startsWith(`${id}:`)) continue;
+      const wave = Number(ct.slice(id.length + 1).split(':')[0]);
+      if (doc && doc.state === 'running' && doc.current_wave === wave) continue;
+      const r = await this.opts.jobs.cancel(job.id, { name: 'fleet', role: 'operator', via: 'mqtt' });
+      if (r.ok) n++;
+      this.log.warn({ job: job.id, rollout: id, wave, state: doc?.state ?? 'invalid' }, 'mqtt: a queued job of a rollout that no longer runs its wave was cancelled');
     }
     return n;
   }
