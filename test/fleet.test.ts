@@ -15,6 +15,9 @@ import { ROOT } from './support/cli-argv.js';
 import { openTestBus, spawnCli, type CliChild, type TestBus } from './support/can-bus.js';
 import { mosquittoAvailable, startMosquitto, type Mosquitto } from './support/mosquitto.js';
 import { startServe, type ServeChild } from './support/serve-child.js';
+import { startVirtualHub } from '../src/link/can/virtual-net.js';
+import type { JobRecord } from '../src/gateway/jobs/types.js';
+import { sensorOfSize } from './update-images.js';
 
 const OPERATOR = 'fleet-operator-secret-1';
 const APPS = join(ROOT, 'configs', 'sd', 'apps');
@@ -374,4 +377,74 @@ test.serial('the controlling client SIGKILLed mid-rollout: resume from another c
   t.deepEqual(tokens.sort(), ['r-takeover:0:hall-b-2:bus', 'r-takeover:1:hall-b-2:bus', 'r-takeover:1:hall-b-3:bus', 'r-takeover:1:hall-b-4:bus']);
   // Each gateway fetched v1 from the broker once and keeps it in its cache.
   for (const gw of GATEWAYS) t.true(existsSync(join(fleet!.dir, `${gw}-state`, 'fleet-images', `${V1}.hxe`)), gw);
+});
+
+test.serial('a gateway SIGKILLed mid-wave: its devices TIMED_OUT, the threshold pauses the rollout, the other gateway is unaffected; after its restart nothing runs twice', async (t) => {
+  if (skip()) return t.pass('mosquitto not installed');
+  // Two more gateways under their own prefix: slow-1 on a bus with real timing (a 48 KiB image takes seconds), slow-2 on a plain one.
+  const dir = fleet!.dir;
+  const hub = await startVirtualHub('127.0.0.1', 0, { bitrate: 125_000 });
+  const plain = await openTestBus();
+  const devices: CliChild[] = [];
+  t.teardown(async () => {
+    for (const d of devices) d.child.kill('SIGTERM');
+    await Promise.all(devices.map((d) => d.exited));
+    await hub.close();
+    await plain.close();
+  });
+  const addr = { 'slow-1': `virtual:127.0.0.1:${hub.port}`, 'slow-2': plain.processAddress() };
+  const configs: Record<string, string> = {};
+  for (const [gw, address] of Object.entries(addr)) {
+    for (let n = 1; n <= 2; n++) devices.push(spawnCli(['device', '--can', address, '--node', String(n), '--state', join(dir, `${gw}-node${n}`), '--json']));
+    configs[gw] = join(dir, `${gw}.toml`);
+    writeFileSync(configs[gw]!, [
+      `[gateway]\nid = "${gw}"\nlog_level = "warn"\nstate_dir = "${join(dir, `${gw}-state`)}"\n`,
+      `[control]\nlisten = "127.0.0.1:9998"\n`,
+      `[[control.tokens]]\nname = "ops"\nrole = "operator"\nsha256 = "${tokenHash(OPERATOR)}"\n`,
+      `[mqtt]\nurl = "${fleet!.broker.url}"\ntopic_prefix = "slow"\ncommands = true\n`,
+      `[[links.can]]\nname = "bus"\ninterface = "${address.replace(/^virtual:/, '')}"\nbackend = "virtual"\nrole = "master"\ntiming = false\n`,
+    ].join('\n'));
+  }
+  await Promise.all(devices.map((d) => d.waitFor((l) => l['type'] === 'ready')));
+  const running: ServeChild[] = [];
+  t.teardown(async () => {
+    for (const s of running) if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGTERM');
+    await Promise.all(running.map((s) => s.exited));
+  });
+  const slow1 = await startServe(configs['slow-1']!);
+  running.push(slow1, await startServe(configs['slow-2']!));
+  const big = join(dir, 'big.hxe');
+  writeFileSync(big, sensorOfSize(7, 48 * 1024));
+
+  const w = await client(t, ['slow/+/jobs/+']);
+  const ctl = spawnCli(['fleet', 'rollout', 'create', '--broker', fleet!.broker.url, '--prefix', 'slow', '--json', '--token', OPERATOR, '--image', big, '--select', 'gateway=slow-*', '--waves', '3,100%', '--timeout', '8s', '--id', 'r-kill']);
+  const started = await w.next((topic, b) => topic.startsWith('slow/slow-1/jobs/') && b?.state === 'IN_PROGRESS', 'slow-1 runs its job');
+  slow1.child.kill('SIGKILL');
+  await slow1.exited;
+  t.is(await ctl.exited, 1, ctl.stderr());
+  const d = docOf(ctl.lines);
+  t.is(d.state, 'paused');
+  t.regex(d.reason!, /failure rate 66\.7% after wave 0 is over the threshold 5%/);
+  t.deepEqual(d.waves[0]!.targets.map((x) => `${x.gateway}:${x.target}:${x.state}`), ['slow-1:1:TIMED_OUT', 'slow-1:2:TIMED_OUT', 'slow-2:1:SUCCEEDED']);
+  t.true(d.waves[0]!.targets.slice(0, 2).every((x) => x.error === 'ETIMEDOUT:gateway_offline'));
+  t.deepEqual(d.waves[1]!.targets.map((x) => `${x.gateway}:${x.target}:${x.state}`), ['slow-2:2:PENDING']);
+
+  // slow-1 comes back: its journal has the job cut off (FAILED interrupted); nothing is run again.
+  const again = await startServe(configs['slow-1']!);
+  running.push(again);
+  const id = (started.body as JobRecord).id;
+  t.true(((again.lines.find((l) => l['type'] === 'serving')!['recovered'] as { interrupted: string[] }).interrupted).includes(id));
+  const after = await w.next((topic, b) => topic === `slow/slow-1/jobs/${id}` && b?.state === 'FAILED', 'the interrupted job document');
+  t.is(after.body.reason, 'interrupted');
+  const status = await cli(['rollout', 'status', 'r-kill', '--prefix', 'slow']);
+  t.deepEqual(docOf(status.lines), d, 'the paused document is as the controller left it');
+  const ids = new Set<string>();
+  const sync = await client(t, []);
+  sync.c.on('message', (topic, p) => {
+    if (p.length && topic.startsWith('slow/slow-1/jobs/')) ids.add(topic);
+  });
+  await sync.c.subscribeAsync(['slow/slow-1/jobs/+', 'slow/sync-kill'], { qos: 1 });
+  await sync.c.publishAsync('slow/sync-kill', 'x', { qos: 1 });
+  await sync.next((topic) => topic === 'slow/sync-kill', 'sync');
+  t.deepEqual([...ids], [`slow/slow-1/jobs/${id}`], 'one job on slow-1, ever');
 });
