@@ -377,6 +377,13 @@ test.serial('the controlling client SIGKILLed mid-rollout: resume from another c
   t.deepEqual(tokens.sort(), ['r-takeover:0:hall-b-2:bus', 'r-takeover:1:hall-b-2:bus', 'r-takeover:1:hall-b-3:bus', 'r-takeover:1:hall-b-4:bus']);
   // Each gateway fetched v1 from the broker once and keeps it in its cache.
   for (const gw of GATEWAYS) t.true(existsSync(join(fleet!.dir, `${gw}-state`, 'fleet-images', `${V1}.hxe`)), gw);
+  // With the image gone from the broker, a gateway that holds it still takes a request naming it (from its cache).
+  const answers = await client(t, ['hsx/hall-b-3/jobs/submit/+', 'hsx/hall-b-3/jobs/+']);
+  await answers.c.publishAsync(`hsx/fleet/images/${V1}`, '', { qos: 1, retain: true });
+  await answers.c.publishAsync('hsx/hall-b-3/jobs/submit', JSON.stringify({ clientToken: 'from-cache', token: OPERATOR, link: 'bus', targets: ['1'], image_sha256: V1 }), { qos: 1 });
+  const a = await answers.next((topic, b) => /\/(accepted|rejected)$/.test(topic) && b?.clientToken === 'from-cache', 'answer');
+  t.is(a.topic, 'hsx/hall-b-3/jobs/submit/accepted', JSON.stringify(a.body));
+  await answers.next((topic, b) => topic === `hsx/hall-b-3/jobs/${a.body.job.id}` && b?.state === 'SKIPPED', 'the job: SKIPPED (node 1 runs v1)');
 });
 
 test.serial('a gateway SIGKILLed mid-wave: its devices TIMED_OUT, the threshold pauses the rollout, the other gateway is unaffected; after its restart nothing runs twice', async (t) => {
