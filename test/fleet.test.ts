@@ -40,7 +40,8 @@ const cleanups: Array<() => Promise<void>> = [];
 async function startFleet(): Promise<Fleet> {
   const dir = mkdtempSync(join(tmpdir(), 'fleet-'));
   cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
-  const broker = await startMosquitto();
+  // Persistence: retained documents and images survive the restart of the broker test.
+  const broker = await startMosquitto({ persistence: true });
   cleanups.push(() => broker.stop());
   const buses: TestBus[] = [];
   const devices: CliChild[] = [];
@@ -454,4 +455,30 @@ test.serial('a gateway SIGKILLed mid-wave: its devices TIMED_OUT, the threshold 
   await sync.c.publishAsync('slow/sync-kill', 'x', { qos: 1 });
   await sync.next((topic) => topic === 'slow/sync-kill', 'sync');
   t.deepEqual([...ids], [`slow/slow-1/jobs/${id}`], 'one job on slow-1, ever');
+});
+
+test.serial('the broker restarted mid-rollout: nothing is lost (retained documents and images persist, clients reconnect), the rollout completes, no job runs twice', async (t) => {
+  if (skip()) return t.pass('mosquitto not installed');
+  // Every hall-b device runs v1 now.
+  const ctl = spawnCli(['fleet', 'rollout', 'create', '--broker', fleet!.broker.url, '--json', '--token', OPERATOR, '--image', V2_FILE, '--select', 'gateway=hall-b-*', '--waves', '1,50%,100%', '--id', 'r-restart']);
+  await ctl.waitFor((l) => l['type'] === 'rollout' && (l['rollout'] as RolloutDoc).waves[0]?.state === 'done');
+  await fleet!.broker.stop();
+  await fleet!.broker.restart();
+  t.is(await ctl.exited, 0, `${ctl.stderr()} ${JSON.stringify(ctl.lines.at(-1))}`);
+  const d = docOf(ctl.lines);
+  t.is(d.state, 'completed');
+  t.is(d.totals.succeeded, 16);
+  const st = await cli(['rollout', 'status', 'r-restart']);
+  t.deepEqual(docOf(st.lines), d, 'the retained document is the controller\'s last');
+  const w = await client(t, []);
+  const tokens: string[] = [];
+  w.c.on('message', (topic, p) => {
+    if (!p.length || !/^hsx\/[^/]+\/jobs\/[^/]+$/.test(topic)) return;
+    const ct = (JSON.parse(p.toString()) as { client_token?: string }).client_token;
+    if (ct?.startsWith('r-restart:')) tokens.push(ct);
+  });
+  await w.c.subscribeAsync(['hsx/+/jobs/+', 'hsx/sync-restart'], { qos: 1 });
+  await w.c.publishAsync('hsx/sync-restart', 'x', { qos: 1 });
+  await w.next((topic) => topic === 'hsx/sync-restart', 'sync marker');
+  t.deepEqual(tokens.sort(), ['r-restart:0:hall-b-1:bus', 'r-restart:1:hall-b-1:bus', 'r-restart:1:hall-b-2:bus', 'r-restart:2:hall-b-3:bus', 'r-restart:2:hall-b-4:bus']);
 });
