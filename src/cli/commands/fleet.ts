@@ -13,7 +13,7 @@ import { CLIENT_TOKEN_ENV } from '../../gateway/control/client.js';
 import { DEFAULT_PART_BYTES } from '../../fleet/images.js';
 import { FleetMqtt } from '../../fleet/mqtt.js';
 import { cancelRollout, createRollout, listRollouts, pauseRollout, pct, readFleet, readRollout, RolloutController } from '../../fleet/controller.js';
-import { FleetError, parseDuration, parseRate, rolloutTopic, type RolloutDoc } from '../../fleet/rollout.js';
+import { FleetError, parseDuration, parseRate, parseSelector, parseWaves, rolloutTopic, type RolloutDoc } from '../../fleet/rollout.js';
 
 interface CommonOpts {
   broker: string[];
@@ -177,11 +177,20 @@ export function registerFleet(program: Command): void {
     .option('--max-message-bytes <n>', 'largest MQTT payload to publish: bigger images go in parts', String(DEFAULT_PART_BYTES))
     .option('--no-run', 'create the rollout and leave (no controller: run `fleet rollout resume ID`)')
     .action(async (opts: CommonOpts & { image: string; select: string; waves: string; abortFailureRate: string; timeout: string; id?: string; maxMessageBytes: string; run: boolean }) => {
+      // Every option is checked before the broker is asked anything.
+      let rate: number;
+      let timeoutS: number;
+      try {
+        token(opts);
+        parseSelector(opts.select);
+        parseWaves(opts.waves);
+        rate = parseRate(opts.abortFailureRate);
+        timeoutS = parseDuration(opts.timeout);
+      } catch (e) {
+        process.exitCode = fail(opts, e);
+        return;
+      }
       process.exitCode = await withBroker(opts, async (m) => {
-        const tok = token(opts);
-        void tok;
-        const rate = parseRate(opts.abortFailureRate);
-        const timeoutS = parseDuration(opts.timeout);
         const partBytes = Number(opts.maxMessageBytes);
         let image: Uint8Array;
         try {
