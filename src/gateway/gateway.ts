@@ -5,6 +5,7 @@
  * that in-flight work is aborted cleanly, MQTT is flushed and every file is closed.
  */
 import { ContentStore, stateImageDir } from '../link/delta/image-store.js';
+import { join } from 'node:path';
 import { EventEmitter } from 'node:events';
 import { systemClock, type Clock, type EngineConfigInput, type EventSink } from '../engine/index.js';
 import { withAuditLog } from '../engine/policy.js';
@@ -32,6 +33,7 @@ import type { Flasher } from '../link/flasher.js';
 import { CanFlasher } from '../link/can/flasher.js';
 import { AuditLog } from './control/audit.js';
 import { TokenStore, type TokenEntry } from './control/auth.js';
+import { GatewayFleetPlane } from './fleet-plane.js';
 import { MqttJobCommands, checkCommandsConfig, deviceNamesFromConfig, targetTopicLevel } from './mqtt/job-commands.js';
 import { MqttValueCommands } from './mqtt/value-commands.js';
 import { canTarget, deviceTarget } from './values.js';
@@ -111,6 +113,9 @@ export class Gateway {
   private mqttJobs: MqttJobCommands | null = null;
   /** `val.set` over MQTT (only with `mqtt.commands = true`). */
   private mqttValues: MqttValueCommands | null = null;
+  /** Fleet rollouts' side (docs/fleet.md): with MQTT commands on an external broker. */
+  private fleetPlane: GatewayFleetPlane | null = null;
+  private mqttUrlInUse: string | null = null;
   /** What each master link's last scan found (null until the master links are open). */
   inventory: Inventory | null = null;
   private unwatchJobs: (() => void) | null = null;
@@ -302,6 +307,18 @@ export class Gateway {
     const m = this.config.mqtt;
     if (!this.bridge || !this.jobs) return;
     const entries = this.tokenEntries('mqtt');
+    if (m?.commands && this.mqttUrlInUse && !this.embeddedBroker) {
+      this.fleetPlane = new GatewayFleetPlane({
+        url: this.mqttUrlInUse,
+        ...(m.username !== undefined ? { username: m.username } : {}),
+        ...(m.password !== undefined ? { password: m.password } : {}),
+        prefix: m.topic_prefix ?? 'hsx',
+        gatewayId: this.config.gateway.id,
+        cacheDir: this.config.gateway.state_dir ? join(this.config.gateway.state_dir, 'fleet-images') : null,
+        maxImageBytes: this.config.control.max_image_bytes,
+        log: this.log.child({ component: 'fleet' }),
+      });
+    }
     this.mqttJobs = new MqttJobCommands({
       bridge: this.bridge,
       topics: { prefix: m?.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id },
@@ -313,6 +330,7 @@ export class Gateway {
       maxImageBytes: this.config.control.max_image_bytes,
       deviceName: deviceNamesFromConfig(this.config),
       logger: this.log.child({ component: 'mqtt-jobs' }),
+      ...(this.fleetPlane ? { fleet: this.fleetPlane } : {}),
     });
     this.mqttJobs.start();
   }
@@ -398,6 +416,7 @@ export class Gateway {
     if (m?.key_file) opts.keyFile = m.key_file;
     const bridge = new MqttBridge(opts);
     this.bridge = bridge;
+    this.mqttUrlInUse = url;
     const sub = this.bus.subscribe({
       // The bridge never refuses an event (it buffers on its own), so this depth is only a safety net.
       maxEvents: 2048,
@@ -834,6 +853,10 @@ export class Gateway {
       this.stopping = 'stopping MQTT job commands';
       await within(Promise.resolve(this.mqttJobs.stop()), Math.min(left(), 500));
       this.mqttJobs = null;
+    }
+    if (this.fleetPlane) {
+      await within(this.fleetPlane.close(), Math.min(left(), 500));
+      this.fleetPlane = null;
     }
     this.unwatchJobs?.();
     this.unwatchJobs = null;

@@ -17,6 +17,7 @@ import { registerDemo } from './demo.js';
 import { registerScan } from './scan.js';
 import { registerJob } from './job.js';
 import { registerVal } from './val.js';
+import { registerFleet } from './fleet.js';
 
 /**
  * Every subcommand lives in its own module and registers itself here, one line each,
@@ -44,6 +45,7 @@ const registrations: Register[] = [
   registerScan,
   registerJob,
   registerVal,
+  registerFleet,
 ];
 
 export function registerAll(program: Command): void {

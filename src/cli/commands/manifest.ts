@@ -32,6 +32,7 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: 'demo', description: 'flash simulated devices over CAN and UART, show persistence across a power cycle, serve until Ctrl-C', load: async () => (await import('./demo.js')).registerDemo },
   { name: 'scan', description: 'list the devices on a CAN bus or UART link and what each runs (app, version, SHA-256, slots)', load: async () => (await import('./scan.js')).registerScan },
   { name: 'job', description: 'jobs on a gateway\'s master links: submit, list, status, cancel, watch (asks the control server)', load: async () => (await import('./job.js')).registerJob },
+  { name: 'fleet', description: 'rollouts across gateways over their MQTT broker (docs/fleet.md)', load: async () => (await import('./fleet.js')).registerFleet },
 ];
 
 /**

@@ -64,6 +64,11 @@ export interface MqttJobCommandsOptions {
   /** The device a target is (default: none known, so progress goes to `<link>-<target>`). */
   deviceName?: DeviceNameOf;
   /**
+   * Fleet rollouts (docs/fleet.md): checks a request's `rollout` against the rollout document and
+   * fetches an image named by `image_sha256`. Without it such requests are refused (ENOTSUP).
+   */
+  fleet?: FleetHooks;
+  /**
    * Publish `job.*` events on the bridge from here (own `seq`). Leave false when the gateway puts job
    * events on its event bus, whose subscription already republishes them: they would come twice.
    */
@@ -90,6 +95,14 @@ export interface RejectedAnswer {
 export interface AcceptedAnswer {
   clientToken: string | null;
   job: JobRecord;
+}
+
+/** What the command plane asks of the gateway's fleet side (fleet-plane.ts); each throws a FleetError. */
+export interface FleetHooks {
+  checkRollout(raw: unknown): Promise<{ id: string; wave: number }>;
+  image(sha256: unknown): Promise<Uint8Array>;
+  /** Every rollout document (null: invalid or cleared); see `cancelStaleRolloutJobs`. */
+  watchRollouts?(fn: (id: string, doc: { state: string; current_wave: number | null } | null) => void): Promise<() => void>;
 }
 
 export class MqttCommandsConfigError extends Error {
@@ -137,7 +150,7 @@ export const MAX_REQUEST_BYTES = 64 * 1024;
 /** Most targets one MQTT submit may list. */
 export const MAX_TARGETS = 1024;
 
-const SUBMIT_KEYS = new Set(['clientToken', 'token', 'link', 'targets', 'image', 'options']);
+const SUBMIT_KEYS = new Set(['clientToken', 'token', 'link', 'targets', 'image', 'image_sha256', 'rollout', 'options']);
 const CANCEL_KEYS = new Set(['clientToken', 'token']);
 
 const own = (o: Record<string, unknown>, k: string): unknown => (Object.prototype.hasOwnProperty.call(o, k) ? o[k] : undefined);
@@ -178,6 +191,7 @@ export class MqttJobCommands {
   private readonly deviceName: DeviceNameOf;
   private readonly now: () => number;
   private unwatch: (() => void) | null = null;
+  private unwatchRollouts: (() => void) | null = null;
   private unsubscribe: (() => void) | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   /** Jobs whose retained document we published (and have not cleared) → that document. */
@@ -212,6 +226,12 @@ export class MqttJobCommands {
       this.unsubscribe = bridge.onCommands([jobSubmitTopic(topics), jobCancelFilter(topics)], (m) => this.onCommand(m));
       this.log.info({ topics: [jobSubmitTopic(topics), jobCancelFilter(topics)] }, 'mqtt: job commands on (mqtt.commands = true)');
     }
+    if (this.opts.commands && this.opts.fleet?.watchRollouts) {
+      this.opts.fleet
+        .watchRollouts((id, doc) => void this.cancelStaleRolloutJobs(id, doc))
+        .then((off) => (this.started ? (this.unwatchRollouts = off) : off()))
+        .catch((e: Error) => this.log.warn({ err: e.message }, 'mqtt: cannot follow the fleet rollout documents; queued rollout jobs are not re-checked'));
+    }
     const every = this.opts.sweepIntervalMs ?? 30_000;
     if (every > 0) {
       this.sweepTimer = setInterval(() => this.sweep(), every);
@@ -227,6 +247,8 @@ export class MqttJobCommands {
     this.unsubscribe = null;
     this.unwatch?.();
     this.unwatch = null;
+    this.unwatchRollouts?.();
+    this.unwatchRollouts = null;
     this.opts.bridge.setDeviceResolver(null);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     this.sweepTimer = null;
@@ -248,6 +270,24 @@ export class MqttJobCommands {
       this.published.delete(id);
       this.opts.bridge.clearRetained(jobDocTopic(this.opts.topics, id));
       n++;
+    }
+    return n;
+  }
+
+  /**
+   * A rollout that no longer runs wave `w` (or whose document is invalid or gone): its jobs still QUEUED
+   * here (client token `<id>:<w>:…`, as the fleet controller sends them) are cancelled before they start.
+   */
+  async cancelStaleRolloutJobs(id: string, doc: { state: string; current_wave: number | null } | null): Promise<number> {
+    let n = 0;
+    for (const job of this.opts.jobs.list({ state: 'QUEUED', limit: Number.MAX_SAFE_INTEGER })) {
+      const ct = job.client_token;
+      if (typeof ct !== 'string' || !ct.startsWith(`${id}:`)) continue;
+      const wave = Number(ct.slice(id.length + 1).split(':')[0]);
+      if (doc && doc.state === 'running' && doc.current_wave === wave) continue;
+      const r = await this.opts.jobs.cancel(job.id, { name: 'fleet', role: 'operator', via: 'mqtt' });
+      if (r.ok) n++;
+      this.log.warn({ job: job.id, rollout: id, wave, state: doc?.state ?? 'invalid' }, 'mqtt: a queued job of a rollout that no longer runs its wave was cancelled');
     }
     return n;
   }
@@ -359,6 +399,20 @@ export class MqttJobCommands {
       }
       const by: JobSubmitter = { name: identity.name, role: identity.role, via: 'mqtt' };
       if (item.kind === 'submit') {
+        const rollout = own(req, 'rollout');
+        if (rollout !== undefined && rollout !== null) {
+          // A rollout's request runs only while its document says that wave runs (never late, never twice).
+          if (!this.opts.fleet) throw new Refusal('ENOTSUP', 'no_fleet', 'this gateway takes no rollout requests', 'rollout');
+          const ref = await this.fleetCall(() => this.opts.fleet!.checkRollout(rollout));
+          target['rollout'] = `${ref.id}/${ref.wave}`;
+          const again = clientToken === null ? undefined : this.opts.jobs.list({ limit: Number.MAX_SAFE_INTEGER }).find((j) => j.client_token === clientToken);
+          if (again) {
+            target['job'] = again.id;
+            this.answerAccepted(item, clientToken, again);
+            this.audit(item, identity, 'ok', undefined, target);
+            return;
+          }
+        }
         const submit = await this.buildSubmit(req, by, clientToken, target);
         const r = await this.opts.jobs.submit(submit);
         if (!r.ok) throw new Refusal(r.error.code, r.error.reason, r.error.message, r.error.field);
@@ -404,6 +458,18 @@ export class MqttJobCommands {
         throw new Refusal('EINVAL', 'bad_targets', `targets[${i}] must be a target name (a string such as "7")`, 'targets');
       });
     }
+    const sha = own(req, 'image_sha256');
+    if (sha !== undefined && sha !== null) {
+      if (own(req, 'image') !== undefined) throw new Refusal('EINVAL', 'bad_image', 'give image or image_sha256, not both', 'image');
+      if (!this.opts.fleet) throw new Refusal('ENOTSUP', 'no_fleet', 'this gateway fetches no images from the broker', 'image_sha256');
+      target['image'] = `sha256:${clip(String(sha), 64)}`;
+      const options = this.options(own(req, 'options'));
+      const bytes = await this.fleetCall(() => this.opts.fleet!.image(sha));
+      const submit: JobSubmit = { link, image: { bytes, name: `sha256:${sha as string}` }, client_token: clientToken, by };
+      if (targets !== undefined) submit.targets = targets;
+      if (options !== undefined) submit.options = options;
+      return submit;
+    }
     const image = own(req, 'image');
     if (typeof image !== 'string' || image.length === 0) {
       throw new Refusal('EINVAL', 'bad_image', 'image must name a file in the images directory (no upload over MQTT)', 'image');
@@ -420,6 +486,17 @@ export class MqttJobCommands {
     if (targets !== undefined) submit.targets = targets;
     if (options !== undefined) submit.options = options;
     return submit;
+  }
+
+  /** A fleet hook's FleetError as a refusal; anything else (broker gone) as EIO. */
+  private async fleetCall<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      const f = e as { code?: unknown; reason?: unknown; message?: string; field?: string };
+      if (typeof f.code === 'string' && typeof f.reason === 'string') throw new Refusal(f.code, f.reason, f.message ?? f.reason, f.field);
+      throw new Refusal('EIO', 'fleet_unavailable', `the fleet topics could not be read: ${(e as Error).message}`);
+    }
   }
 
   /** The link options, checked by the job service's one validator (the control port uses it too). */
