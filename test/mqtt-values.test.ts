@@ -142,6 +142,15 @@ test('val.set over MQTT: operator+ only, the one value rule, typed refusals nami
   const speedAdmin = await ask({ token: ADMIN, device: 'node1', oid: 0x201, value: 5 });
   t.like(speedAdmin, { verdict: 'accepted', answer: { oid: 513, value: 5 } });
 
+  // a task locked by a control-port session is not written over MQTT (no session there), until the lock goes
+  const lock = await c.value.request('session.open', { client: 'holder', pid_lock: 1 });
+  if (!lock.ok) throw new Error(lock.error.message);
+  const lockSid = ((lock.value as Json)['session'] as Json)['id'] as string;
+  const whileLocked = await ask({ token: OPERATOR, device: 'node1', oid: '1:2', value: 21 });
+  t.like(whileLocked, { verdict: 'rejected', answer: { code: 'EPERM', reason: 'pid_locked', field: 'oid' } });
+  t.true((await c.value.request('session.close', { session: lockSid })).ok);
+  t.like(await ask({ token: OPERATOR, device: 'node1', oid: '1:2', value: 20 }), { verdict: 'accepted' });
+
   // refusals: each typed, naming the field
   const cases: Array<[string, Json, Json]> = [
     ['no token', { device: 'node1', oid: '1:2', value: 1 }, { code: 'EPERM', reason: 'token_required', field: 'token' }],
@@ -187,7 +196,7 @@ test('val.set over MQTT: operator+ only, the one value rule, typed refusals nami
 
   // audit: one line per request, like the job plane's; never a token
   const lines = audit().filter((l) => l['cmd'] === 'val.set' && l['peer'] === 'mqtt');
-  t.is(lines.length, 5 + cases.length, JSON.stringify(lines.map((l) => [l['verdict'], l['reason']])));
+  t.is(lines.length, 7 + cases.length, JSON.stringify(lines.map((l) => [l['verdict'], l['reason']])));
   t.like(lines[0], { who: 'ops', role: 'operator', verdict: 'ok', target_via: 'mqtt', target_topic: 'hsx/vals/values/set', target_device: 'node1', target_oid: 258 });
   t.like(lines.find((l) => l['reason'] === 'EPERM:operator_required'), { who: 'watcher', role: 'viewer', verdict: 'denied' });
   t.like(lines.find((l) => l['reason'] === 'EPERM:token_required'), { who: 'anonymous', verdict: 'denied' });

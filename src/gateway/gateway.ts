@@ -355,6 +355,7 @@ export class Gateway {
         return bus ? canTarget(link, bus, node) : undefined;
       },
       canLinks: () => [...this.canValueBuses().keys()],
+      pidLocked: (pid) => this.control?.pidLocked(pid) ?? false,
       logger: this.log.child({ component: 'mqtt-values' }),
     });
     this.mqttValues.start();

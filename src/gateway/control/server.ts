@@ -29,7 +29,7 @@ import { COMMAND_ROLES } from './roles.js';
 import { runCommandAs, type RunAsCaller } from './run-as.js';
 import type { CommandResult } from './command-types.js';
 import type { Identity } from './auth.js';
-import { DEFAULT_SESSION_LIMITS, SessionRegistry, type SessionLimits } from './sessions.js';
+import { DEFAULT_SESSION_LIMITS, RequestError, SessionRegistry, type SessionLimits } from './sessions.js';
 
 export const TOKENS_ENV = 'HSX_GATEWAY_TOKENS';
 export const DEFAULT_CONTROL_PORT = 9998;
@@ -302,6 +302,17 @@ export class ControlServer {
   }
 
   /** Who a token is (the control port's token store), or null; `local` admin when no token is configured. */
+  /** Whether a session holds `pid` locked: a writer without a session (MQTT) may not change it (pid-locks.ts). */
+  pidLocked(pid: number): boolean {
+    try {
+      this.core.sessions.ensurePidAccess(pid, null);
+      return false;
+    } catch (e) {
+      if (e instanceof RequestError) return true;
+      throw e;
+    }
+  }
+
   verifyToken(token: string | null): Identity | null {
     if (!this.tokens) return { name: 'local', role: 'admin' };
     return token ? this.tokens.verify(token) : null;

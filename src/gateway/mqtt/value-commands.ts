@@ -41,6 +41,11 @@ export interface MqttValueCommandsOptions {
   canLinks?(): string[];
   /** Requests waiting at most; beyond, `EBUSY:too_many_requests`. Default 64. */
   maxPending?: number;
+  /**
+   * Whether a control-port session holds this pid locked (pid-locks.ts). MQTT has no sessions, so a
+   * value of a locked task is refused, as a control-port write from another session is.
+   */
+  pidLocked?(pid: number): boolean;
   logger?: BridgeLogger;
 }
 
@@ -156,6 +161,12 @@ export class MqttValueCommands {
       if (!oid.ok) throw new Refusal(oid.error.code, oid.error.reason, oid.error.message, 'oid');
       target['oid'] = oid.value;
       if (!Object.prototype.hasOwnProperty.call(req, 'value')) throw new Refusal('EINVAL', 'value', 'val.set needs "value" (a number an f16 holds)', 'value');
+      if (where.target.kind === 'local') {
+        const owner = where.target.engine.metadata.value(oid.value)?.pid;
+        if (owner !== undefined && this.opts.pidLocked?.(owner)) {
+          throw new Refusal('EPERM', 'pid_locked', `PID ${owner}, which owns this value, is locked by a control-port session`, 'oid');
+        }
+      }
       const r = await setValue(where.target, oid.value, req['value'], { auth: authLevelOf(identity.role) });
       if (!r.ok) {
         const e = r.error;
