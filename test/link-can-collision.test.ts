@@ -43,9 +43,10 @@ test('two devices on node 7: the flash reports node_id_collision for 7 (exit 1, 
     second = await device(7);
   }
   await device(8);
-  const image = join(dir, 'sensor.hxe');
-  writeFileSync(image, sensorOfSize(3, 4000));
+  // The second time: a new build to the same devices (an update; node 8 is UPDATED).
   for (const round of [1, 2]) {
+    const image = join(dir, `sensor-${round}.hxe`);
+    writeFileSync(image, sensorOfSize(round + 2, 4000));
     const flash = spawnCli(['flash', '--can', bus.processAddress(), '--nodes', '7,8', '--json', image]);
     const code = await flash.exited;
     t.is(code, 1, `round ${round}: a collision fails the flash`);
@@ -54,6 +55,6 @@ test('two devices on node 7: the flash reports node_id_collision for 7 (exit 1, 
     const summary = flash.lines.find((l) => l['type'] === 'summary')!;
     t.deepEqual(summary['node_id_collisions'], [7]);
     t.regex(String(summary['hint']), /node 7: two devices answered as one node id; give each device on the bus its own node id/);
-    t.like(verdicts.find((v) => v['node'] === 8), { status: round === 1 ? 'READY' : 'CURRENT' }, `round ${round}: node 8 is unaffected`);
+    t.like(verdicts.find((v) => v['node'] === 8), { status: round === 1 ? 'READY' : 'UPDATED' }, `round ${round}: node 8 is unaffected`);
   }
 });

@@ -8,7 +8,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { MAX_NODE } from '../link/can/ids.js';
-import { isLoopbackHost } from '../link/can/virtual-net.js';
+import { isLoopbackHost } from '../link/loopback.js';
 
 const hostPort = z
   .string()

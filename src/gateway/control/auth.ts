@@ -5,7 +5,6 @@
  * only: it binds loopback and refuses anything else.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { isIP } from 'node:net';
 
 export type Role = 'viewer' | 'operator' | 'admin';
 export const ROLES: readonly Role[] = ['viewer', 'operator', 'admin'];
@@ -91,9 +90,4 @@ export class TokenStore {
   }
 }
 
-export function isLoopbackHost(host: string): boolean {
-  if (host === 'localhost') return true;
-  if (isIP(host) === 4) return host.startsWith('127.');
-  if (isIP(host) === 6) return host === '::1' || host.toLowerCase().startsWith('::ffff:127.');
-  return false;
-}
+export { isLoopbackHost } from '../../link/loopback.js';

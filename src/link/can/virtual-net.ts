@@ -9,6 +9,7 @@
  * then the payload.
  */
 import net from 'node:net';
+import { isLoopbackHost } from '../loopback.js';
 import { CanBusBase } from './bus.js';
 import type { CanFrame } from './frame.js';
 import { VirtualBus, type VirtualBusOptions } from './virtual-bus.js';
@@ -114,13 +115,7 @@ export interface VirtualHub {
 }
 
 /** 127.0.0.0/8, ::1 and `localhost`: the only hosts a hub listens on unless told otherwise. */
-export function isLoopbackHost(host: string): boolean {
-  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
-  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
-  if (net.isIPv4(h)) return h.startsWith('127.');
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(h);
-  return mapped !== null && mapped[1]!.startsWith('127.');
-}
+export { isLoopbackHost };
 
 /**
  * Listen on host:port (port 0 = any free one) and relay frames between all connections. A test
