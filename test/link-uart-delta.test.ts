@@ -13,25 +13,19 @@
  * The device runs in this process (the test looks at its engine); masters talk to it through the pty only.
  */
 import test from 'ava';
-import { createHash } from 'node:crypto';
-import { EventEmitter } from 'node:events';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { EngineEvent, EventSink } from '../src/engine/index.js';
 import { buildImage } from '../src/hxe/index.js';
 import { compressImage, makePatch, MemoryContentStore, ContentStore, type ImageSource } from '../src/link/delta/index.js';
-import type { Transport, TransportStatus } from '../src/link/transport.js';
-import { FrameType, type Frame } from '../src/link/uart/frame.js';
-import { UartPortTransport } from '../src/link/uart/port-transport.js';
 import { sendImage } from '../src/link/uart/master.js';
 import { UartFlasher, UART_TARGET } from '../src/link/uart/flasher.js';
-import { runUartDevice } from '../src/link/uart/device-command.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
 import { haveSocat, startPtyPair } from './support/pty.js';
+import { confirmed, EventLog, listen, masterOn, runningSha, tempOf, type CountingTransport } from './support/uart-device.js';
 import { cliArgv } from './support/cli-argv.js';
 import { spawn } from 'node:child_process';
-import { TEMP, TEMP_OID, f16 } from './update-images.js';
+import { TEMP, TEMP_OID, f16, sha256Hex as sha } from './update-images.js';
 
 test.before(() => {
   if (!haveSocat()) throw new Error('socat is not installed: the UART link tests need it (apt-get install socat)');
@@ -52,112 +46,33 @@ function asHxe(file: string): Uint8Array {
 
 const V1 = asHxe('klipper-v3-usart2-usb-clock.old.bin');
 const V2 = asHxe('klipper-v3-usart2-usb-clock.new.bin');
-const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-class EventLog implements EventSink {
-  readonly events: EngineEvent[] = [];
-  private readonly bus = new EventEmitter();
-  emit(e: EngineEvent): void {
-    this.events.push(e);
-    this.bus.emit('event', e);
-  }
-  mark(): number {
-    return this.events.length;
-  }
-  waitFor(pred: (e: EngineEvent) => boolean, from: number, what: string, timeoutMs = 20_000): Promise<EngineEvent> {
-    const seen = this.events.slice(from).find(pred);
-    if (seen) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.bus.off('event', on);
-        reject(new Error(`no ${what} event`));
-      }, timeoutMs);
-      const on = (e: EngineEvent): void => {
-        if (!pred(e)) return;
-        clearTimeout(timer);
-        this.bus.off('event', on);
-        resolve(e);
-      };
-      this.bus.on('event', on);
-    });
-  }
-}
-const confirmed = (e: EngineEvent): boolean => e.type === 'provisioning.persisted' && e.data['confirmed'] === true;
 
 interface Rig {
   state: string;
   log: EventLog;
   dev: SimulatedDevice;
   lines: Array<Record<string, unknown>>;
-  master: CuttableTransport;
+  master: CountingTransport;
   pair: Awaited<ReturnType<typeof startPtyPair>>;
   deviceDone: Promise<number>;
   stopDevice(): Promise<number>;
   close(): Promise<void>;
 }
 
-/** The master's transport; `cutAt` swallows DATA from that sequence number on (a dying cable). */
-class CuttableTransport extends EventEmitter implements Transport<Frame, Frame> {
-  readonly name = 'cuttable';
-  cutAt: number | null = null;
-  dataFrames = 0;
-  constructor(readonly inner: UartPortTransport) {
-    super();
-    inner.on('status', (s: TransportStatus) => this.emit('status', s));
-  }
-  open(): Promise<void> { return this.inner.open(); }
-  async send(f: Frame): Promise<void> {
-    if (f.type === FrameType.DATA) {
-      if (this.cutAt !== null && f.seq >= this.cutAt) return;
-      this.dataFrames++;
-    }
-    await this.inner.send(f);
-  }
-  receive(h: (f: Frame) => void): () => void { return this.inner.receive(h); }
-  close(): Promise<void> { return this.inner.close(); }
-  status(): TransportStatus { return this.inner.status(); }
-}
-
 async function rig(state: string, log: EventLog, dev: SimulatedDevice, opts: { maxProtocol?: number } = {}): Promise<Rig> {
   const pair = await startPtyPair();
-  const lines: Array<Record<string, unknown>> = [];
-  const controller = new AbortController();
-  let listening!: () => void;
-  const ready = new Promise<void>((resolve) => (listening = resolve));
-  const deviceDone = runUartDevice({
-    port: pair.b, stateDir: state, json: true, intake: dev.intake, restore: false, signal: controller.signal,
-    ...(opts.maxProtocol !== undefined ? { maxProtocol: opts.maxProtocol } : {}),
-    out: (text) => {
-      const line = JSON.parse(text) as Record<string, unknown>;
-      lines.push(line);
-      if (line['event'] === 'listening') listening();
-    },
-  });
-  const early = await Promise.race([ready.then(() => null), deviceDone]);
-  if (early !== null) throw new Error(`device did not start: ${JSON.stringify(lines)}`);
-  const inner = new UartPortTransport({ path: pair.a });
-  await inner.open();
-  const master = new CuttableTransport(inner);
-  const stopDevice = async (): Promise<number> => {
-    controller.abort();
-    return deviceDone;
-  };
+  const device = await listen(dev, pair.b, state, opts.maxProtocol !== undefined ? { maxProtocol: opts.maxProtocol } : {});
+  const master = await masterOn(pair.a);
   return {
-    state, log, dev, lines, master, pair, deviceDone, stopDevice,
+    state, log, dev, lines: device.lines, master, pair, deviceDone: device.done, stopDevice: device.stop,
     close: async () => {
       await master.close().catch(() => undefined);
-      await stopDevice();
+      await device.stop();
       await pair.stop();
     },
   };
 }
-
-const runningSha = (dev: SimulatedDevice): string[] => dev.engine.ps().map((t) => t.sha256);
-const tempOf = (dev: SimulatedDevice): number => {
-  const v = dev.engine.getValue(TEMP_OID);
-  if (!v.ok) throw new Error(v.error.message);
-  return v.value.raw;
-};
 
 async function flashWith(r: Rig, images: ImageSource, image: Uint8Array, options: { compress?: boolean; delta?: boolean } = {}) {
   const flasher = new UartFlasher({ name: 'test', transport: r.master, images });

@@ -10,18 +10,13 @@
  * talks to it through the pty only. Waits are on events and lines, never on sleeps.
  */
 import test from 'ava';
-import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { EngineEvent, EventSink } from '../src/engine/index.js';
-import type { Transport, TransportStatus } from '../src/link/transport.js';
-import { FrameType, type Frame } from '../src/link/uart/frame.js';
-import { UartPortTransport } from '../src/link/uart/port-transport.js';
 import { sendImage, type FlashOutcome, type MasterOptions } from '../src/link/uart/master.js';
-import { runUartDevice } from '../src/link/uart/device-command.js';
 import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
 import { haveSocat, startPtyPair, type PtyPair } from './support/pty.js';
+import { confirmed, EventLog, listen, masterOn, runningSha, tempOf, type CountingTransport } from './support/uart-device.js';
 import { TEMP_OID, f16, sensorBuild, sensorOfSize, sha256Hex } from './update-images.js';
 
 test.before(() => {
@@ -30,102 +25,9 @@ test.before(() => {
 
 const CONFIRM_WINDOW_MS = 150;
 
-/** Collects the device's events and lets a test wait for one that comes after a mark. */
-class EventLog implements EventSink {
-  readonly events: EngineEvent[] = [];
-  private readonly bus = new EventEmitter();
-  emit(e: EngineEvent): void {
-    this.events.push(e);
-    this.bus.emit('event', e);
-  }
-  mark(): number {
-    return this.events.length;
-  }
-  /** The first event at or after `from` that matches (already logged or still to come). */
-  waitFor(pred: (e: EngineEvent) => boolean, from: number, what: string, timeoutMs = 20_000): Promise<EngineEvent> {
-    const seen = this.events.slice(from).find(pred);
-    if (seen) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.bus.off('event', on);
-        reject(new Error(`no ${what} event; last: ${JSON.stringify(this.events.slice(-5).map((e) => e.type))}`));
-      }, timeoutMs);
-      const on = (e: EngineEvent): void => {
-        if (!pred(e)) return;
-        clearTimeout(timer);
-        this.bus.off('event', on);
-        resolve(e);
-      };
-      this.bus.on('event', on);
-    });
-  }
-}
-
-const confirmed = (e: EngineEvent): boolean => e.type === 'provisioning.persisted' && e.data['confirmed'] === true;
 
 async function openDevice(state: string, log: EventLog): Promise<SimulatedDevice> {
   return openSimulatedDevice({ name: 'uart', stateDir: state, events: log, confirmWindowMs: CONFIRM_WINDOW_MS });
-}
-
-interface DeviceLink {
-  lines: Array<Record<string, unknown>>;
-  /** Resolves with the device's exit code (1 once its port is lost). */
-  done: Promise<number>;
-  stop(): Promise<number>;
-}
-
-/** `runUartDevice` for this device on `port`, as the CLI runs it; resolves once it listens. */
-async function listen(dev: SimulatedDevice, port: string, state: string, opts: { restore?: boolean; onLine?: (l: Record<string, unknown>) => void } = {}): Promise<DeviceLink> {
-  const lines: Array<Record<string, unknown>> = [];
-  const controller = new AbortController();
-  let listening!: () => void;
-  const ready = new Promise<void>((resolve) => (listening = resolve));
-  const done = runUartDevice({
-    port, stateDir: state, json: true, intake: dev.intake, restore: opts.restore === true, signal: controller.signal,
-    out: (text) => {
-      const line = JSON.parse(text) as Record<string, unknown>;
-      lines.push(line);
-      opts.onLine?.(line);
-      if (line['event'] === 'listening') listening();
-    },
-  });
-  const early = await Promise.race([ready.then(() => null), done]);
-  if (early !== null) throw new Error(`device did not start: ${JSON.stringify(lines)}`);
-  return {
-    lines, done,
-    stop: async () => {
-      controller.abort();
-      return done;
-    },
-  };
-}
-
-/** The master's transport, counting the DATA frames it sends; `cutAt` swallows DATA from that chunk on. */
-class CountingTransport extends EventEmitter implements Transport<Frame, Frame> {
-  readonly name = 'counting';
-  dataFrames = 0;
-  cutAt: number | null = null;
-  constructor(readonly inner: UartPortTransport) {
-    super();
-    inner.on('status', (s: TransportStatus) => this.emit('status', s));
-  }
-  open(): Promise<void> { return this.inner.open(); }
-  async send(f: Frame): Promise<void> {
-    if (f.type === FrameType.DATA) {
-      if (this.cutAt !== null && f.seq >= this.cutAt) return;
-      this.dataFrames++;
-    }
-    await this.inner.send(f);
-  }
-  receive(h: (f: Frame) => void): () => void { return this.inner.receive(h); }
-  close(): Promise<void> { return this.inner.close(); }
-  status(): TransportStatus { return this.inner.status(); }
-}
-
-async function masterOn(port: string): Promise<CountingTransport> {
-  const inner = new UartPortTransport({ path: port });
-  await inner.open();
-  return new CountingTransport(inner);
 }
 
 async function flash(master: CountingTransport, image: Uint8Array, opts: MasterOptions = {}): Promise<{ outcome: FlashOutcome; dataFrames: number }> {
@@ -135,13 +37,6 @@ async function flash(master: CountingTransport, image: Uint8Array, opts: MasterO
   return { outcome: r.value, dataFrames: master.dataFrames - before };
 }
 
-const tempOf = (dev: SimulatedDevice): number => {
-  const v = dev.engine.getValue(TEMP_OID);
-  if (!v.ok) throw new Error(`temperature: ${v.error.message}`);
-  return v.value.raw;
-};
-
-const runningSha = (dev: SimulatedDevice): string[] => dev.engine.ps().map((t) => t.sha256);
 
 test('a new build of the running app is UPDATED with its value kept; the running build again is CURRENT and no DATA moves (twice on one state dir)', async (t) => {
   t.timeout(120_000);
