@@ -8,11 +8,10 @@
  */
 import test from 'ava';
 import { crc32 } from 'node:zlib';
-import { DeviceIntake, FakeClock, ProvisioningEngine } from '../src/engine/index.js';
-import { FaultPlan, bootMemory, formatMemoryDevice, openStores, type SlotImageStore, type TearMode, type ValueJournal } from '../src/persist/index.js';
+import { FaultPlan, formatMemoryDevice, type TearMode } from '../src/persist/index.js';
 import { makePatch } from '../src/link/delta/index.js';
 import { GAIN, TEMP, TEMP_OID, f16, sensorBuild, sha256Hex } from './update-images.js';
-import { WaitingSink } from './support/event-waiter.js';
+import { boot as bootFaultDevice, copy, type Bytes, type Dev } from './support/fault-device.js';
 
 const GEOMETRY = { flashSize: 64 * 1024, sectorSize: 4096, pageSize: 256, statusSectors: 2, framSize: 8192 };
 const TEARS: TearMode[] = ['none', 'prefix', 'bits'];
@@ -25,21 +24,7 @@ const nameOf = (sha: string | undefined): string => Object.entries(SHA).find(([,
 const TEMP_V1 = 33.5;
 const TEMP_V2 = 40;
 
-interface Bytes { flashBytes: Uint8Array; framBytes: Uint8Array }
-const copy = (b: Bytes): Bytes => ({ flashBytes: b.flashBytes.slice(), framBytes: b.framBytes.slice() });
-interface Dev { clock: FakeClock; sink: WaitingSink; imageStore: SlotImageStore; valueStore: ValueJournal; engine: ProvisioningEngine; intake: DeviceIntake }
-
-async function boot(b: Bytes, plan?: FaultPlan): Promise<Dev> {
-  const { flash, fram } = bootMemory(b.flashBytes, b.framBytes, plan);
-  const clock = new FakeClock(1_000);
-  const sink = new WaitingSink();
-  const { imageStore, valueStore } = await openStores(flash, fram, sink, { clock });
-  const engine = new ProvisioningEngine({ clock, events: sink, imageStore, valueStore });
-  const intake = new DeviceIntake({ engine, clock, events: sink, confirmWindowMs: WINDOW });
-  const restored = engine.restore();
-  if (!restored.ok) throw new Error(`restore: ${restored.error.message}`);
-  return { clock, sink, imageStore, valueStore, engine, intake };
-}
+const boot = (b: Bytes, plan?: FaultPlan): Promise<Dev> => bootFaultDevice(b, WINDOW, plan);
 
 const temp = (d: Dev): number | null => {
   const r = d.engine.getValue(TEMP_OID);
