@@ -166,6 +166,7 @@ export class MqttBridge {
       this.onMessage(topic, payload, packet.retain);
     });
     this.client.on('close', () => {
+      this.online = false;
       if (!this.stopping && this.connectedOnce) this.log.warn({ url: opts.url, buffered: this.buffer.size }, 'mqtt broker connection lost; buffering events');
     });
     this.client.on('error', (e) => this.log.error({ url: opts.url, err: e.message }, 'mqtt error'));
@@ -186,6 +187,13 @@ export class MqttBridge {
       this.client.once('connect', onConnect);
     });
   }
+
+  /**
+   * Connected and the outage backlog flushed. mqtt.js sets `client.connected` at CONNACK, before it
+   * replays its own store and emits 'connect' (where the backlog goes out): a message sent directly
+   * in that gap would overtake the backlog, so until then new messages join the buffer's tail.
+   */
+  private online = false;
 
   private onConnect(): void {
     if (this.connectedOnce) this.reconnects++;
@@ -208,6 +216,8 @@ export class MqttBridge {
     const backlog = this.buffer.drain();
     const lost = this.buffer.takeCounters();
     for (const m of backlog) this.send(m);
+    // From here on messages go straight out: the backlog is ahead of them.
+    this.online = true;
     if (backlog.length || lost.droppedProgress || lost.droppedTerminal) {
       this.log.info({ flushed: backlog.length, droppedProgress: lost.droppedProgress, droppedTerminal: lost.droppedTerminal }, 'mqtt reconnected; flushed buffered events');
     }
@@ -329,7 +339,7 @@ export class MqttBridge {
   }
 
   private enqueue(m: BufferedMessage): void {
-    if (this.client.connected) this.send(m);
+    if (this.online) this.send(m);
     else {
       // Known at once as our newest retained word for the topic (sent when the buffer flushes).
       if (m.retain) this.remember(m.topic, m.payload, m.qos, false);
@@ -456,7 +466,7 @@ export class MqttBridge {
   }
 
   stats(): BridgeStats {
-    return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.client.connected, reconnects: this.reconnects, reasserted: this.reasserted };
+    return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.online, reconnects: this.reconnects, reasserted: this.reasserted };
   }
 
   get url(): string {
