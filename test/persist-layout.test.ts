@@ -100,9 +100,11 @@ test('status record and slot entry', (t) => {
   ascii(want, slotB + 72, 'blinky');
   ascii(want, slotB + 104, '1.2.3');
   ascii(want, slotB + 128, 'can:vcan0');
+  u32(want, 472, 2); // damage seen: two slots, with the CRC-32 of their offsets
+  u32(want, 476, 0xdeadbeef);
   u32(want, 508, crc32(want.subarray(0, 508)));
   const r: StatusRecord = {
-    seq: 7, active: 1, previous: 0, restoreSlot: null, securityCounter: 3, restoreSeq: 0, restoreTag: 0,
+    seq: 7, active: 1, previous: 0, restoreSlot: null, securityCounter: 3, restoreSeq: 0, restoreTag: 0, damageSeen: { count: 2, crc: 0xdeadbeef },
     slots: [null, {
       state: 'test', imageLen: 1234, commitSeq: 7,
       meta: testMeta('1.2.3', 3, { appName: 'blinky', reqCaps: 0x11, codeLen: 100, roLen: 20, bssSize: 8, crc32: 0xdeadbeef, bootPriority: 2, source: 'can:vcan0', sha256: hash }),

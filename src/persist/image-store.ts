@@ -5,7 +5,7 @@ import { PersistError } from './errors.js';
 import { partitionBytes, partitionOffset, planLayout, readLayout, writeLayout, type FlashLayout } from './layout.js';
 import { FIELD_LIMITS, checkMeta, emptyStatus, utf8Truncate, type SlotEntry, type SlotIndex, type StatusRecord } from './status-record.js';
 import { findSlotImage, type FoundImage } from './slot-scan.js';
-import { StatusRing } from './status-ring.js';
+import { StatusRing, type StatusScan } from './status-ring.js';
 import type { ValueJournal } from './value-journal.js';
 
 /**
@@ -103,6 +103,7 @@ export class SlotImageStore implements ImageStore {
       this.recovery.actions.push(done ? 'completed_value_restore' : 'value_restore_snapshot_missing');
     }
     if (scan.damagedNewest !== null) await this.recoverDamagedStatus(scan.damagedNewest, scan.latest);
+    if (!scan.damageReported) await this.reportDamagedHistory(scan);
     const a = this.st.active;
     if (a === null) return;
     const entry = this.st.slots[a];
@@ -124,6 +125,24 @@ export class SlotImageStore implements ImageStore {
         this.recovery.actions.push('test_image_kept_no_fallback');
       }
     }
+  }
+
+  /**
+   * Damaged record slots other than the one where the newest record would be: history the device no
+   * longer reads, but damage all the same, so each is reported (`status_record_damaged`) once. A new
+   * status record, the same state with the damage in its `damageSeen`, makes the report durable: the
+   * next start finds nothing new and stays quiet (a record torn by a power cut alerts once, not at
+   * every start).
+   */
+  private async reportDamagedHistory(scan: StatusScan): Promise<void> {
+    const state = scan.latest ? `the newest intact record (seq ${scan.latest.seq}) still describes the device` : 'no intact record describes the device';
+    for (const off of scan.damaged) {
+      if (off === scan.damagedNewest) continue;
+      this.alert('status_record_damaged', off, `left it unread; ${state}`, `status record at flash offset 0x${off.toString(16)} fails its CRC check`, {});
+    }
+    // Unless recovery already wrote a record (a rebuild), write one to remember what was reported.
+    if (this.st.seq === (scan.latest?.seq ?? 0)) await this.writeStatus({ ...this.st });
+    this.recovery.actions.push(`damaged_records_reported:${scan.damaged.length}`);
   }
 
   /**
@@ -197,9 +216,8 @@ export class SlotImageStore implements ImageStore {
   }
 
   /** Append the next status record (seq + 1) and make it durable. */
-  private async writeStatus(next: Omit<StatusRecord, 'seq'>): Promise<StatusRecord> {
-    const r: StatusRecord = { ...next, seq: this.st.seq + 1 };
-    this.ring.append(r);
+  private async writeStatus(next: Omit<StatusRecord, 'seq' | 'damageSeen'>): Promise<StatusRecord> {
+    const r = this.ring.append({ ...next, seq: this.st.seq + 1 });
     this.st = r;
     const w = this.ring.lastWrite!;
     await this.dev.sync(w.offset, w.length);

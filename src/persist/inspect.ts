@@ -80,6 +80,11 @@ export function inspectDevice(path: string): DeviceReport {
           : `${at}: no intact record and no slot holds an image that verifies; the device starts empty`);
       }
     }
+    if (!scan.damageReported) {
+      for (const off of scan.damaged) {
+        if (off !== scan.damagedNewest) damage.push(`status record at flash offset 0x${off.toString(16)} fails its CRC check: history the device no longer reads; the next start reports it once`);
+      }
+    }
     for (const slot of slots) {
       if (slot.active && slot.verified === false) damage.push(`slot ${slot.slot} (active) does not match its SHA-256: the device will not run it`);
     }

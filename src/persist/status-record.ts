@@ -17,7 +17,8 @@ import { PersistError } from './errors.js';
  *  16  u32 restore seq (seq of the rollback record that asked for a value restore; 0 none)
  *  20  u32 restore tag (the snapshot tag to restore)
  *  24  slot entry A (224 bytes)   248 slot entry B (224 bytes)
- * 472  [36] reserved             508 u32 CRC-32 of bytes 0..507
+ * 472  u32 damage seen: count     476 u32 damage seen: CRC-32 of the offsets
+ * 480  [28] reserved             508 u32 CRC-32 of bytes 0..507
  */
 export const STATUS_MAGIC = 'HSXS';
 export const STATUS_PAYLOAD = 512;
@@ -47,11 +48,34 @@ export interface StatusRecord {
   securityCounter: number;
   restoreSeq: number;
   restoreTag: number;
+  /** The damaged record slots already reported when this record was written (status-ring.ts). */
+  damageSeen: DamageSeen;
   slots: [SlotEntry | null, SlotEntry | null];
 }
 
+/**
+ * A fingerprint of a set of damaged status-record slots: how many, and the CRC-32 of their flash
+ * offsets (u32 little-endian, ascending). Records written before this field existed hold zeros, which
+ * is the fingerprint of the empty set.
+ */
+export interface DamageSeen {
+  count: number;
+  crc: number;
+}
+
+export function damageFingerprint(offsets: readonly number[]): DamageSeen {
+  const sorted = [...offsets].sort((a, b) => a - b);
+  const b = new Uint8Array(sorted.length * 4);
+  const dv = new DataView(b.buffer);
+  sorted.forEach((o, i) => dv.setUint32(i * 4, o, true));
+  return { count: sorted.length, crc: sorted.length ? crc32(b) : 0 };
+}
+
 export function emptyStatus(): StatusRecord {
-  return { seq: 0, active: null, previous: null, restoreSlot: null, securityCounter: 0, restoreSeq: 0, restoreTag: 0, slots: [null, null] };
+  return {
+    seq: 0, active: null, previous: null, restoreSlot: null, securityCounter: 0, restoreSeq: 0, restoreTag: 0,
+    damageSeen: { count: 0, crc: 0 }, slots: [null, null],
+  };
 }
 
 const enc = new TextEncoder();
@@ -163,6 +187,8 @@ export function encodeStatus(r: StatusRecord, recordSize: number): Uint8Array {
   dv.setUint32(20, r.restoreTag, true);
   encodeSlot(b, 24, r.slots[0]);
   encodeSlot(b, 24 + SLOT_ENTRY_SIZE, r.slots[1]);
+  dv.setUint32(472, r.damageSeen.count, true);
+  dv.setUint32(476, r.damageSeen.crc, true);
   dv.setUint32(508, crc32(b.subarray(0, 508)), true);
   return b;
 }
@@ -181,6 +207,7 @@ export function decodeStatus(b: Uint8Array): StatusRecord | null {
     securityCounter: dv.getUint32(12, true),
     restoreSeq: dv.getUint32(16, true),
     restoreTag: dv.getUint32(20, true),
+    damageSeen: { count: dv.getUint32(472, true), crc: dv.getUint32(476, true) },
     slots: [decodeSlot(b, 24), decodeSlot(b, 24 + SLOT_ENTRY_SIZE)],
   };
 }

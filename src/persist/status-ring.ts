@@ -1,15 +1,30 @@
 import type { BlockDevice } from './block-device.js';
 import { partitionOffset, type FlashLayout } from './layout.js';
-import { decodeStatus, encodeStatus, type StatusRecord } from './status-record.js';
+import { damageFingerprint, decodeStatus, encodeStatus, type StatusRecord } from './status-record.js';
 
 /**
  * The status partition as a ring of record slots spread over several sectors. Records are
  * appended; when a sector is full the next one (holding only older records) is erased and
  * writing continues there, so status writes wear all status sectors evenly and the sector
  * holding the newest record is never erased. Recovery = read every slot, keep the intact record
- * with the highest seq. A slot that is neither intact nor erased (a torn write) is skipped, never
- * programmed over.
+ * with the highest seq. A slot that is neither intact nor erased (a torn write, a flipped bit) is
+ * damaged: skipped, never programmed over (flash with ECC refuses a second program of a page, so it
+ * cannot be marked in place either). Each record carries the fingerprint of the damaged slots known
+ * when it was written (`damageSeen`), so a start can tell damage already reported from new damage and
+ * report each once; when the ring erases a sector, its damaged slots leave the set.
  */
+export interface StatusScan {
+  latest: StatusRecord | null;
+  intact: number;
+  /** Record slots neither intact nor erased. */
+  torn: number;
+  damagedNewest: number | null;
+  /** Their offsets, in ring order. */
+  damaged: number[];
+  /** The newest intact record was written knowing exactly these damaged slots (already reported). */
+  damageReported: boolean;
+}
+
 export class StatusRing {
   private readonly base: number;
   private readonly sectors: number;
@@ -21,6 +36,8 @@ export class StatusRing {
   private nextSlot = 0;
   private nextNeedsErase = false;
   lastWrite: { offset: number; length: number } | null = null;
+  /** Damaged slots at the last scan, less those erased since. */
+  private damaged = new Set<number>();
 
   constructor(private readonly dev: BlockDevice, layout: FlashLayout) {
     this.base = partitionOffset(layout, layout.status);
@@ -40,19 +57,28 @@ export class StatusRing {
     return true;
   }
 
+  /** Whether `r` was written knowing exactly the damaged slots found now. */
+  private seenBy(r: StatusRecord | null, damaged: readonly number[]): boolean {
+    const f = damageFingerprint(damaged);
+    const seen = r?.damageSeen ?? { count: 0, crc: 0 };
+    return seen.count === f.count && seen.crc === f.crc;
+  }
+
   /**
    * Read every slot; return the newest intact record and position the ring after it.
    * `damagedNewest` is the offset of a record slot that fails its check where the newest record
    * would be: right after the newest intact one, or anywhere when none is intact. A damaged slot
    * there means the last status write (or the record read at boot) is damaged; one older than the
-   * newest intact record is history the device no longer reads.
+   * newest intact record is history the device no longer reads. `damaged` lists every damaged slot;
+   * `damageReported` says whether the newest record already knew exactly these.
    */
-  scan(): { latest: StatusRecord | null; intact: number; torn: number; damagedNewest: number | null } {
+  scan(): StatusScan {
     let latest: StatusRecord | null = null;
     let at = { sector: 0, slot: -1 };
     let intact = 0;
     let torn = 0;
     let firstTorn: number | null = null;
+    const damaged: number[] = [];
     for (let s = 0; s < this.sectors; s++) {
       for (let k = 0; k < this.perSector; k++) {
         const off = this.slotOffset(s, k);
@@ -67,6 +93,7 @@ export class StatusRing {
         } else if (!this.isErased(off, this.recordSize)) {
           torn++;
           firstTorn ??= off;
+          damaged.push(off);
         }
       }
     }
@@ -77,7 +104,10 @@ export class StatusRing {
       const v = this.dev.view(next, this.recordSize);
       if (!decodeStatus(v) && !this.isErased(next, this.recordSize)) damagedNewest = next;
     }
-    return { latest, intact, torn, damagedNewest };
+    this.damaged = new Set(damaged);
+    // Damage the newest record already knew of is not the newest write failing: it was reported.
+    const damageReported = this.seenBy(latest, damaged);
+    return { latest, intact, torn, damagedNewest: damageReported ? null : damagedNewest, damaged, damageReported };
   }
 
   private position(after: { sector: number; slot: number } | null): void {
@@ -123,17 +153,33 @@ export class StatusRing {
     return out;
   }
 
-  /** Append one record: erase the sector first if the ring just entered it. */
-  append(r: StatusRecord): void {
-    if (this.nextSlot === 0 && this.nextNeedsErase) {
-      this.dev.erase(this.slotOffset(this.nextSector, 0), this.sectorSize);
-      this.nextNeedsErase = false;
+  /**
+   * Append one record: erase the sector first if the ring just entered it. The record written carries
+   * the damaged slots known now (`damageSeen`); the one written is returned.
+   */
+  append(r: Omit<StatusRecord, 'damageSeen'>): StatusRecord {
+    // A slot that is not erased (damaged past the newest record) is passed over, never programmed over.
+    for (let passed = 0; ; passed++) {
+      if (passed > this.sectors * this.perSector) {
+        throw new Error('status ring: no record slot is erased after a whole turn (the erase did not erase)');
+      }
+      if (this.nextSlot === 0 && this.nextNeedsErase) {
+        const start = this.slotOffset(this.nextSector, 0);
+        this.dev.erase(start, this.sectorSize);
+        for (const d of this.damaged) if (d >= start && d < start + this.sectorSize) this.damaged.delete(d);
+        this.nextNeedsErase = false;
+      }
+      if (this.isErased(this.slotOffset(this.nextSector, this.nextSlot), this.recordSize)) break;
+      this.nextSlot++;
+      if (this.nextSlot >= this.perSector) this.moveToSector((this.nextSector + 1) % this.sectors);
     }
+    const written: StatusRecord = { ...r, damageSeen: damageFingerprint([...this.damaged]) };
     const off = this.slotOffset(this.nextSector, this.nextSlot);
-    this.dev.program(off, encodeStatus(r, this.recordSize));
+    this.dev.program(off, encodeStatus(written, this.recordSize));
     this.lastWrite = { offset: off, length: this.recordSize };
     this.nextSlot++;
     if (this.nextSlot >= this.perSector) this.moveToSector((this.nextSector + 1) % this.sectors);
+    return written;
   }
 
   /** Every intact record in the ring, oldest first (for inspection). */
