@@ -291,6 +291,13 @@ test('bad requests: unknown paths 404, wrong methods 405, malformed and oversize
   t.is((await fetch(base + '/api/../etc/passwd')).status, 404);
   x = await json(await fetch(base + '/api/state', { method: 'POST', headers: auth }));
   t.is(x.status, 405);
+  x = await json(await fetch(base + '/api/state?part=jobs', { headers: auth }));
+  t.deepEqual([x.status, x.body.error], [400, 'bad_part']);
+  // the rows a scan changes, and nothing else: what the page fetches again after a scan or a boot
+  const rows = await (await fetch(base + '/api/state?part=rows', { headers: auth })).json() as Record<string, unknown>;
+  t.deepEqual(Object.keys(rows).sort(), ['devices', 'links', 'recent', 'seq']);
+  const whole = await (await fetch(base + '/api/state', { headers: auth })).json() as Record<string, unknown>;
+  t.deepEqual(rows['devices'], whole['devices']);
   x = await json(await fetch(base + '/api/jobs', { method: 'POST', headers: { ...auth, 'content-type': 'text/plain' }, body: 'link=bus' }));
   t.is(x.status, 415);
   x = await json(await fetch(base + '/api/jobs', { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: '{"link": "bus",' }));

@@ -62,6 +62,9 @@ export interface PageState {
   recent: RecentAlert[];
 }
 
+/** The part of the state a scan, a boot or a device error changes (`/api/state?part=rows`). */
+export type PageRows = Pick<PageState, 'seq' | 'links' | 'devices' | 'recent'>;
+
 export interface PageModelSources {
   gatewayId: string;
   bus: EventBus;
@@ -136,7 +139,29 @@ export class PageModel {
     if (this.recent.length > MAX_RECENT) this.recent.splice(0, this.recent.length - MAX_RECENT);
   }
 
+  /** The rows a scan, a boot or a device error changes: what the page fetches again after one. */
+  rows(): PageRows {
+    const { seq, links, devices, recent } = this.snapshotRows();
+    return { seq, links, devices, recent };
+  }
+
   snapshot(you: { name: string; role: string }): PageState {
+    const s = this.src;
+    const { seq, links, devices, recent } = this.snapshotRows();
+    const jobs = s.jobs();
+    return {
+      gateway: { id: s.gatewayId, auth: s.tokensConfigured() ? 'tokens' : 'loopback', jobs: jobs ? 'enabled' : 'disabled', started_ts: this.startedTs },
+      you,
+      seq,
+      links,
+      devices,
+      jobs: jobs ? jobs.list({ limit: MAX_JOBS }) : [],
+      images: this.images(),
+      recent,
+    };
+  }
+
+  private snapshotRows(): PageRows {
     const s = this.src;
     const seq = s.bus.lastSeq;
     const locals = new Map(s.localDevices().map((d) => [d.name, d.local]));
@@ -155,17 +180,7 @@ export class PageModel {
     for (const [name, local] of locals) {
       if (!seen.has(name)) devices.push({ key: `local/${name}`, link: null, target: null, device: name, scanned_ts: null, local });
     }
-    const jobs = s.jobs();
-    return {
-      gateway: { id: s.gatewayId, auth: s.tokensConfigured() ? 'tokens' : 'loopback', jobs: jobs ? 'enabled' : 'disabled', started_ts: this.startedTs },
-      you,
-      seq,
-      links,
-      devices,
-      jobs: jobs ? jobs.list({ limit: MAX_JOBS }) : [],
-      images: this.images(),
-      recent: this.alerts(),
-    };
+    return { seq, links, devices, recent: this.alerts() };
   }
 
   /** `.hxe` files in the images directory, the names a submit may give. */

@@ -13,7 +13,7 @@
  * |---|---|---|---|
  * | `/` | GET | — | the page |
  * | `/page.js`, `/page.css` | GET | — | its script and style |
- * | `/api/state` | GET | viewer | the page's state (model.ts) |
+ * | `/api/state` | GET | viewer | the page's state (model.ts); `?part=rows` only what scans and boots change |
  * | `/api/events` | GET | viewer | server-sent events (sse.ts); `?since=SEQ` replays after SEQ |
  * | `/api/jobs` | POST | operator | submit: `{link, image, targets?|nodes?, options?}` as `job.submit` |
  * | `/api/jobs/<id>/cancel` | POST | operator | cancel, as `job.cancel` |
@@ -215,7 +215,9 @@ export class PageServer {
     if (path === '/api/state') {
       only('GET');
       const who = await this.caller(req, url);
-      return this.json(res, 200, this.opts.model.snapshot({ name: who.name, role: who.role }));
+      const part = url.searchParams.get('part');
+      if (part !== null && part !== 'rows') throw new HttpError(400, 'bad_part', 'part must be rows (or absent for the whole state)');
+      return this.json(res, 200, part === 'rows' ? this.opts.model.rows() : this.opts.model.snapshot({ name: who.name, role: who.role }));
     }
     if (path === '/api/events') {
       only('GET');

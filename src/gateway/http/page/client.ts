@@ -9,7 +9,7 @@
  * in this module's scope.
  */
 import type { JobRecord } from '../../jobs/types.js';
-import type { DeviceRow, PageState } from '../model.js';
+import type { DeviceRow, PageRows, PageState } from '../model.js';
 
 interface El {
   textContent: string | null;
@@ -84,20 +84,20 @@ async function load(): Promise<void> {
   openStream(state.seq);
 }
 
+/**
+ * A scan, a boot or a device error changes the device rows, not the jobs (job events carry their
+ * records): fetch only the rows (`?part=rows`), a fraction of the whole state's size and of the
+ * gateway's work to build it.
+ */
 function scheduleReload(): void {
   if (reloadTimer !== null) return;
   reloadTimer = setTimeout(() => {
     reloadTimer = null;
-    void fetch('/api/state', { headers: headers() })
+    void fetch('/api/state?part=rows', { headers: headers() })
       .then(async (r) => {
-        if (!r.ok) return;
-        const fresh = (await r.json()) as State;
-        // job events after this state's seq were applied already; keep whichever record is newer
-        if (state) for (const j of state.jobs) {
-          const f = fresh.jobs.find((x) => x.id === j.id);
-          if (f && jobRevision(j) > jobRevision(f)) fresh.jobs[fresh.jobs.indexOf(f)] = j;
-        }
-        state = fresh;
+        if (!r.ok || !state) return;
+        const rows = (await r.json()) as PageRows;
+        state = { ...state, links: rows.links, devices: rows.devices, recent: rows.recent, seq: Math.max(state.seq, rows.seq) };
         render();
       })
       .catch(() => undefined);
