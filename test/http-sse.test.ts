@@ -149,3 +149,43 @@ test('streams are capped by [http] max_streams', async (t) => {
   for (const o of open) o.socket.destroy();
   await Promise.all(open.map((o) => o.closed));
 });
+
+test("a job's record-carrying events in one turn of the event loop reach the page as the newest one, in bus order with what follows", async (t) => {
+  const { clock, bus, port } = await setup(t);
+  const res = await fetch(`http://127.0.0.1:${port}/api/events`);
+  const reader = res.body!.getReader();
+  clock.advance(2_000);
+  const events: Array<{ seq: number; type: string; target?: string }> = [];
+  const reading = (async () => {
+    const dec = new TextDecoder();
+    let text = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      text += dec.decode(value, { stream: true });
+      const parts = text.split('\n\n');
+      text = parts.pop() ?? '';
+      for (const p of parts) {
+        const line = p.split('\n').find((l) => l.startsWith('data: '));
+        if (!line) continue;
+        const ev = JSON.parse(line.slice(6)) as { seq: number; type: string; data: { target?: { target: string } } };
+        events.push({ seq: ev.seq, type: ev.type, ...(ev.data.target ? { target: ev.data.target.target } : {}) });
+        if (ev.type === 'job.finished') return;
+      }
+    }
+  })();
+  const record = (n: number) => ({ id: 'j-1', state: 'RUNNING', revision: n, targets: [] });
+  // 16 targets change together (one turn), then a scan, then the job ends in a later turn
+  for (let i = 1; i <= 16; i++) bus.publish({ type: 'job.target', pid: null, phase: null, data: { job_id: 'j-1', state: 'RUNNING', target: { target: String(i) }, job: record(i) } });
+  const last = bus.lastSeq;
+  bus.publish({ type: 'inventory.scanned', pid: null, phase: null, data: { link: 'bus', targets: [] } });
+  await new Promise<void>((r) => setImmediate(r));
+  await new Promise<void>((r) => setTimeout(r, 20));
+  bus.publish({ type: 'job.finished', pid: null, phase: null, data: { job_id: 'j-1', state: 'SUCCEEDED', job: record(17) } });
+  await reading;
+  t.deepEqual(events.map((e) => e.type), ['job.target', 'inventory.scanned', 'job.finished']);
+  t.is(events[0]!.seq, last, 'the newest of the 16 job.target events is the one delivered');
+  t.is(events[0]!.target, '16');
+  t.true(events[1]!.seq > events[0]!.seq && events[2]!.seq > events[1]!.seq, 'bus order is kept');
+  await reader.cancel();
+});

@@ -53,6 +53,8 @@ export class PageStream {
    */
   private readonly heldProgress = new Map<string, BusEvent>();
   private lastProgressAt = -Infinity;
+  /** A job's newest record-carrying event (`job.target`, `job.started`, ...) in this turn of the event loop. */
+  private readonly heldJobs = new Map<string, BusEvent>();
   private progressTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: PageStreamOptions) {
@@ -104,6 +106,13 @@ export class PageStream {
     if (job !== null && this.heldProgress.size) {
       for (const [k, held] of this.heldProgress) if (held.data['job_id'] === job) this.heldProgress.delete(k);
     }
+    if (job !== null && ev.type.startsWith('job.') && ev.data['job'] !== undefined) {
+      // Every such event carries the job's whole record, so in one turn of the event loop (a job's
+      // targets change together, one event each) the newest says all the others did.
+      this.heldJobs.set(job, ev);
+      this.scheduleFlush();
+      return !this.full;
+    }
     return this.append(ev);
   }
 
@@ -116,22 +125,35 @@ export class PageStream {
   }
 
   private append(ev: BusEvent): boolean {
+    this.drainHeldJobs();
     this.batch += `id: ${ev.seq}\ndata: ${eventJson(ev)}\n\n`;
     // a burst is not held whole: past 64 KiB it goes to the socket now, and the socket's answer counts
     if (this.batch.length >= 64 * 1024) return this.flush();
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => {
-        this.flushScheduled = false;
-        if (this.flush()) return;
-        // nothing more is delivered until the socket drains ('drain' resumes the subscription)
-      });
-    }
+    this.scheduleFlush();
     return !this.full;
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+      // when the socket is full, nothing more is delivered until it drains ('drain' resumes the subscription)
+    });
+  }
+
+  /** Held job events go into the batch, in bus order, before anything delivered after them. */
+  private drainHeldJobs(): void {
+    if (!this.heldJobs.size) return;
+    const held = [...this.heldJobs.values()].sort((a, b) => a.seq - b.seq);
+    this.heldJobs.clear();
+    for (const ev of held) this.batch += `id: ${ev.seq}\ndata: ${eventJson(ev)}\n\n`;
   }
 
   /** Writes the batch; false when the socket's buffer is full (delivery then waits for 'drain'). */
   private flush(): boolean {
+    this.drainHeldJobs();
     if (this.closed || this.batch === '') return !this.full;
     const text = this.batch;
     this.batch = '';
@@ -149,6 +171,7 @@ export class PageStream {
     this.closed = true;
     this.batch = '';
     this.heldProgress.clear();
+    this.heldJobs.clear();
     if (this.progressTimer) clearTimeout(this.progressTimer);
     this.progressTimer = null;
     if (this.heartbeat) clearInterval(this.heartbeat);
