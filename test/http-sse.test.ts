@@ -40,6 +40,20 @@ async function setup(t: import('ava').ExecutionContext) {
   return { clock, bus, server, port: listening.value.port };
 }
 
+/** Reads an event stream one event (a `\n\n`-terminated part) at a time until `onEvent` says done or the stream ends. */
+async function readEvents(reader: ReadableStreamDefaultReader<Uint8Array>, onEvent: (part: string) => boolean): Promise<void> {
+  const dec = new TextDecoder();
+  let text = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    text += dec.decode(value, { stream: true });
+    const parts = text.split('\n\n');
+    text = parts.pop() ?? '';
+    for (const p of parts) if (onEvent(p)) return;
+  }
+}
+
 /** Opens /api/events and resolves once the response headers are in; then reads nothing more. */
 function stalledStream(port: number): Promise<{ socket: Socket; closed: Promise<void> }> {
   return new Promise((resolve, reject) => {
@@ -113,20 +127,11 @@ test('a page that reads keeps its stream through the same flood', async (t) => {
   clock.advance(2_000);
   let got = 0;
   let progressSeen = 0;
-  let text = '';
-  const reading = (async () => {
-    const dec = new TextDecoder();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      text += dec.decode(value, { stream: true });
-      const parts = text.split('\n\n');
-      text = parts.pop() ?? '';
-      progressSeen += parts.filter((p) => p.includes('"job.progress"')).length;
-      got += parts.filter((p) => p.includes('"job.finished"')).length;
-      if (got === 1) return;
-    }
-  })();
+  const reading = readEvents(reader, (p) => {
+    if (p.includes('"job.progress"')) progressSeen++;
+    if (p.includes('"job.finished"')) got++;
+    return got === 1;
+  });
   for (let i = 0; i < 2_000; i++) {
     bus.publish({ type: 'job.progress', pid: null, phase: null, data: { job_id: 'j-1', target: '1', acked_bytes: i, total_bytes: 2000 } });
     if (i % 50 === 0) await new Promise<void>((r) => setImmediate(r)); // let the socket drain, as a live browser would
@@ -156,24 +161,13 @@ test("a job's record-carrying events in one turn of the event loop reach the pag
   const reader = res.body!.getReader();
   clock.advance(2_000);
   const events: Array<{ seq: number; type: string; target?: string }> = [];
-  const reading = (async () => {
-    const dec = new TextDecoder();
-    let text = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      text += dec.decode(value, { stream: true });
-      const parts = text.split('\n\n');
-      text = parts.pop() ?? '';
-      for (const p of parts) {
-        const line = p.split('\n').find((l) => l.startsWith('data: '));
-        if (!line) continue;
-        const ev = JSON.parse(line.slice(6)) as { seq: number; type: string; data: { target?: { target: string } } };
-        events.push({ seq: ev.seq, type: ev.type, ...(ev.data.target ? { target: ev.data.target.target } : {}) });
-        if (ev.type === 'job.finished') return;
-      }
-    }
-  })();
+  const reading = readEvents(reader, (p) => {
+    const line = p.split('\n').find((l) => l.startsWith('data: '));
+    if (!line) return false;
+    const ev = JSON.parse(line.slice(6)) as { seq: number; type: string; data: { target?: { target: string } } };
+    events.push({ seq: ev.seq, type: ev.type, ...(ev.data.target ? { target: ev.data.target.target } : {}) });
+    return ev.type === 'job.finished';
+  });
   const record = (n: number) => ({ id: 'j-1', state: 'RUNNING', revision: n, targets: [] });
   // 16 targets change together (one turn), then a scan, then the job ends in a later turn
   for (let i = 1; i <= 16; i++) bus.publish({ type: 'job.target', pid: null, phase: null, data: { job_id: 'j-1', state: 'RUNNING', target: { target: String(i) }, job: record(i) } });
