@@ -116,8 +116,13 @@ test('full load, streaming load, abort and an ACK-paced event subscription over 
   t.is(kinds[0], 'provisioning.started');
   const completeAt = kinds.indexOf('provisioning.complete');
   t.true(completeAt > 0);
-  t.is(kinds[completeAt - 1], 'provisioning.progress');
-  t.is((stream[completeAt - 1]!['data'] as Json)['percent'], 100, 'a final 100% right before complete');
+  // A final 100% before complete. Between them there may only be the error of the test's own gapped
+  // write: whether 100% went out at the last chunk or was held for the end depends on the progress
+  // rate limit, that is on how fast this machine ran the writes.
+  const lastProgress = kinds.lastIndexOf('provisioning.progress', completeAt);
+  t.true(lastProgress > 0, 'progress before complete');
+  t.is((stream[lastProgress]!['data'] as Json)['percent'], 100, 'a final 100% before complete');
+  t.deepEqual(kinds.slice(lastProgress + 1, completeAt).filter((k) => k !== 'provisioning.error'), [], 'nothing but the gap error between them');
   const percents = stream.filter((e) => e['type'] === 'provisioning.progress').map((e) => (e['data'] as Json)['percent'] as number);
   t.deepEqual(percents, [...percents].sort((x, y) => x - y), 'progress is monotonic');
   const aborted = events.find((e) => e['type'] === 'provisioning.aborted' && e['pid'] === abortId);
