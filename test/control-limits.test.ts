@@ -15,6 +15,7 @@ import { createInterface } from 'node:readline';
 import { sha256Hex } from '../src/gateway/control/auth.js';
 import { LineFramer } from '../src/gateway/control/framing.js';
 import { DEFAULT_CONTROL_LIMITS } from '../src/gateway/control/limits.js';
+import { DEFAULT_REQUESTS_PER_TURN } from '../src/gateway/control/connection.js';
 import { LineClient, startHarness } from './control-harness.js';
 
 type Json = Record<string, unknown>;
@@ -439,6 +440,63 @@ test('event streams: per address and in total, named errors; the connection carr
   t.deepEqual(await ctl.request({ cmd: 'events.unsubscribe', session: s3 }), { version: 1, status: 'ok', unsubscribed: true });
   t.true(await b1.waitEnd());
   t.is((await b2.request({ cmd: 'events.subscribe', session: s4 }))['status'], 'ok');
+});
+
+// ---- fairness between connections (counted in requests, never in time) ------------------------------
+
+/**
+ * One client pipelines N `session.open` in one write, another sends `info` right after it; `info`
+ * answers with the number of sessions open at the moment it was handled, i.e. how many of the
+ * flood's requests were served first. Both lines are in the server's sockets before its event loop
+ * runs again (one process), so the count depends on the scheduling rule only.
+ */
+async function floodThenInfo(opts: { requestsPerTurn?: number; slicesPerTurn?: number }, n: number, floods = 1): Promise<{ servedFirst: number; replies: Json[][] }> {
+  const h = await startHarness({ limits: { max_sessions: 100_000, max_sessions_per_connection: 100_000 }, ...opts });
+  try {
+    const flooders: LineClient[] = [];
+    for (let i = 0; i < floods; i++) flooders.push(await h.client());
+    const other = await h.client();
+    for (const c of [...flooders, other]) assertPong(await c.request({ cmd: 'ping' }));
+    flooders.forEach((c, k) => c.sendRaw(Array.from({ length: n }, (_, i) => `${JSON.stringify({ version: 1, cmd: 'session.open', client: `f${k}-${i}` })}\n`).join('')));
+    other.sendRaw(`${JSON.stringify({ version: 1, cmd: 'info' })}\n`);
+    const info = await other.nextJson(30_000);
+    const replies: Json[][] = [];
+    for (const c of flooders) {
+      const mine: Json[] = [];
+      for (let i = 0; i < n; i++) mine.push(await c.nextJson(30_000));
+      replies.push(mine);
+    }
+    return { servedFirst: (info['info'] as Json)['sessions'] as number, replies };
+  } finally {
+    await h.close();
+  }
+}
+
+function assertPong(r: Json): void {
+  if (r['reply'] !== 'pong') throw new Error(`not a pong: ${JSON.stringify(r)}`);
+}
+
+test('fairness: a client pipelining 2,000 requests does not keep another client\'s request waiting behind them; every reply comes, in order', async (t) => {
+  const N = 2000;
+  const paced = await floodThenInfo({}, N);
+  const limit = 2 * DEFAULT_REQUESTS_PER_TURN;
+  say(t, `info was served after ${paced.servedFirst} of ${N} pipelined session.open (requests_per_turn ${DEFAULT_REQUESTS_PER_TURN})`);
+  t.true(paced.servedFirst <= limit, `served after at most ${limit} of the flood's requests (${paced.servedFirst})`);
+  t.deepEqual(paced.replies[0]!.map((r) => (r['session'] as Json | undefined)?.['client']), Array.from({ length: N }, (_, i) => `f0-${i}`), 'every request answered, in order');
+  // the rule is what makes the difference: without it the whole first read of the flood goes first
+  const unpaced = await floodThenInfo({ requestsPerTurn: Number.MAX_SAFE_INTEGER }, N);
+  say(t, `without the per-turn share: info was served after ${unpaced.servedFirst} of ${N}`);
+  t.true(unpaced.servedFirst > 10 * limit, `the count tells the two apart (${unpaced.servedFirst})`);
+});
+
+test('fairness: four flooding clients share the turns; a fifth client\'s request still goes ahead of their backlog', async (t) => {
+  const N = 1000;
+  const r = await floodThenInfo({}, N, 4);
+  // each flooder may have had its first share (in the turn its input was read) before info was read
+  const limit = 4 * DEFAULT_REQUESTS_PER_TURN + DEFAULT_REQUESTS_PER_TURN;
+  say(t, `4 floods of ${N}: info was served after ${r.servedFirst} of ${4 * N}`);
+  t.true(r.servedFirst <= limit, `${r.servedFirst} <= ${limit}`);
+  r.replies.forEach((mine, k) => t.deepEqual(mine.map((x) => (x['session'] as Json | undefined)?.['client']), Array.from({ length: N }, (_, i) => `f${k}-${i}`)));
 });
 
 test('framer: bytes held before a newline stay within the limit, however the line arrives', (t) => {

@@ -17,7 +17,8 @@ import { isLoopbackHost, parseTokenEnv, TokenStore, type TokenEntry } from './au
 import { RecentLog, type CommandSpec, type DeviceRef, type ServerCore, type InventoryPort } from './command-types.js';
 import { execCommands } from './exec-commands.js';
 import type { CanBus } from '../../link/can/bus.js';
-import { Connection, type ConnectionLimits } from './connection.js';
+import { Connection, DEFAULT_SLICES_PER_TURN, type ConnectionLimits } from './connection.js';
+import { TurnShares } from './turns.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
 import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, StreamSlots, type ControlLimits } from './limits.js';
@@ -52,6 +53,10 @@ export interface ControlServerOptions {
   streamHighWater?: number;
   maxPipelined?: number;
   stalledDropMs?: number;
+  /** Requests of one connection handled per turn of the event loop (connection.ts pump; default 4). */
+  requestsPerTurn?: number;
+  /** Connections with requests still waiting that get their share in one turn (turns.ts; default 2). */
+  slicesPerTurn?: number;
   /** Same as `limits.max_connections`. */
   maxConnections?: number;
   /** The named limits (limits.ts; `[control]` keys of the gateway config); unset ones take their defaults. */
@@ -161,6 +166,8 @@ export class ControlServer {
   private pruneTimer: TimerHandle | null = null;
   private listening = false;
   private readonly audit: AuditLog;
+  /** The event loop's turns, shared among connections with a backlog of requests (turns.ts). */
+  private readonly turns: TurnShares;
 
   private constructor(private readonly opts: ControlServerOptions, devices: Map<string, ControlEngine>, tokens: TokenStore | null) {
     this.devices = devices;
@@ -175,7 +182,9 @@ export class ControlServer {
       streamHighWater: opts.streamHighWater ?? 256 * 1024,
       maxPipelined: opts.maxPipelined ?? 64,
       stalledDropMs: opts.stalledDropMs ?? 30_000,
+      ...(opts.requestsPerTurn !== undefined ? { requestsPerTurn: opts.requestsPerTurn } : {}),
     };
+    this.turns = new TurnShares(opts.slicesPerTurn ?? DEFAULT_SLICES_PER_TURN);
     this.controlLimits = Object.freeze({
       ...DEFAULT_CONTROL_LIMITS,
       ...opts.limits,
@@ -422,6 +431,7 @@ export class ControlServer {
       control: this.controlLimits,
       throttle: this.throttle,
       lingering: this.lingering,
+      turns: this.turns,
       log: (level, obj, msg) => this.logger[level](obj, msg),
       onAbortSession: (device, sid) => {
         if (device === JOB_UPLOAD_OWNER) {
