@@ -132,14 +132,20 @@ class Conn {
   }
 }
 
+/** The slowest fresh ping of the current measure: how long its connect took, and the whole. */
+let slowest = { connect_ms: 0, total_ms: 0 };
+
 /** A fresh client's ping (connect included), in ms; null when not answered. */
 async function freshPing(port: number): Promise<number | null> {
   const t0 = performance.now();
   const c = await Conn.open(port);
   if (!c) return null;
+  const connected = performance.now() - t0;
   try {
     const r = await c.request({ cmd: 'ping', token: TOKEN });
-    return r?.['reply'] === 'pong' ? performance.now() - t0 : null;
+    const total = performance.now() - t0;
+    if (total > slowest.total_ms) slowest = { connect_ms: r2(connected), total_ms: r2(total) };
+    return r?.['reply'] === 'pong' ? total : null;
   } finally {
     c.destroy();
   }
@@ -239,6 +245,7 @@ async function run(i: number, flooder: Flooder): Promise<RunFigures> {
     const opened = flooder.next('idle_opened');
     let idleDone: Json | null = null;
     void opened.then((m) => (idleDone = m));
+    slowest = { connect_ms: 0, total_ms: 0 };
     flooder.send({ kind: 'idle', port: gw.port, ...IDLE });
     const during: number[] = [];
     let unanswered2 = 0;
@@ -254,7 +261,7 @@ async function run(i: number, flooder: Flooder): Promise<RunFigures> {
     const idf = { base_fresh: median(base2.fresh), first: during[0] ?? NaN, max: Math.max(...during), med: median(during), after: median(after.fresh) };
     out({
       measure: 'idle_opens', run: i, connections: idle['opened'], open_ms: r2(idle['ms'] as number), closed_by_server: idle['closed'], first_lines: idle['first_lines'],
-      fresh: { baseline_ms: r2(idf.base_fresh), during_first_ms: r2(idf.first), during_median_ms: r2(idf.med), during_max_ms: r2(idf.max), pings: during.length, held_after_ms: r2(idf.after) },
+      fresh: { baseline_ms: r2(idf.base_fresh), during_first_ms: r2(idf.first), during_median_ms: r2(idf.med), during_max_ms: r2(idf.max), pings: during.length, held_after_ms: r2(idf.after), slowest },
       unanswered: unanswered2, goal: 'during_max_ms <= 100', load1: [l0, load1()], serve_log_lines: gw.logLines(),
     });
     held.destroy();

@@ -26,7 +26,7 @@ import { clip, MAX_REQUEST_DEPTH, nestsDeeperThan, requiredRole } from './roles.
 import { RequestError } from './sessions.js';
 import type { AuditLog, Verdict } from './audit.js';
 import type { TokenStore } from './auth.js';
-import { addressKey, limitLine, type AuthThrottle, type ControlLimits } from './limits.js';
+import { addressKey, limitLine, type AuthThrottle, type ControlLimits, type LimitLog } from './limits.js';
 
 export interface ConnectionLimits {
   maxLineBytes: number;
@@ -69,6 +69,10 @@ export interface ConnectionDeps {
   lingering?: { count: number; max: number };
   log?: (level: 'info' | 'warn' | 'debug' | 'error', obj: Record<string, unknown>, msg: string) => void;
   onAbortSession: (device: string, sessionId: number) => void;
+  /** Where the lines of connections closed over a limit go, coalesced (limits.ts); else `log`, one each. */
+  limitLog?: LimitLog;
+  /** The peer's address and port when the caller has read them already (each read is a system call). */
+  remote?: { address: string | undefined; port: number | undefined };
   /** The turns shared by the server's connections (turns.ts); a connection without one has its own. */
   turns?: TurnShares;
 }
@@ -118,6 +122,7 @@ export class Connection implements ConnectionApi {
   private batchScheduled = false;
   /** pump() is handling requests: replies join `batch` and go out when it yields or stops (or before a handler waits). */
   private holdReplies = false;
+  private noDelay = false;
   private readonly turns: TurnShares;
 
   constructor(
@@ -126,8 +131,9 @@ export class Connection implements ConnectionApi {
     private readonly deps: ConnectionDeps,
   ) {
     this.turns = deps.turns ?? new TurnShares(DEFAULT_SLICES_PER_TURN);
-    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
-    this.address = addressKey(socket.remoteAddress);
+    const remote = deps.remote ?? { address: socket.remoteAddress, port: socket.remotePort };
+    this.peer = `${remote.address ?? '?'}:${remote.port ?? 0}`;
+    this.address = addressKey(remote.address);
     // Without a token store every (necessarily local) client is trusted fully.
     this.identity = deps.tokens ? null : { name: 'local', role: 'admin' };
     // Before a token: short lines only (without a token store there is nothing to wait for).
@@ -138,7 +144,6 @@ export class Connection implements ConnectionApi {
       if (!this.isEstablished) this.closeOverLimit('pre_auth_timeout_ms', deps.control.pre_auth_timeout_ms);
     }, deps.control.pre_auth_timeout_ms);
     this.preAuthTimer.unref();
-    socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.closed || this.ending) return; // closing: what still arrives is dropped unread
       this.bytesIn += chunk.length;
@@ -200,7 +205,8 @@ export class Connection implements ConnectionApi {
    */
   closeOverLimit(name: keyof ControlLimits, limit: number): void {
     if (this.closed || this.ending) return;
-    this.deps.log?.('info', { peer: this.peer, limit: name, value: limit, established: this.isEstablished }, `control: connection closed over limit ${name}`);
+    if (this.deps.limitLog) this.deps.limitLog.note('closed', name, limit, this.peer, { established: this.isEstablished });
+    else this.deps.log?.('info', { peer: this.peer, limit: name, value: limit, established: this.isEstablished }, `control: connection closed over limit ${name}`);
     this.flushBatch();
     this.ending = true;
     this.pendingLines.length = 0;
@@ -619,6 +625,11 @@ export class Connection implements ConnectionApi {
 
   private send(data: string): void {
     if (this.closed || this.ending) return;
+    if (!this.noDelay) {
+      // at the first reply, not at accept: an idle connection never pays for the system call
+      this.noDelay = true;
+      this.socket.setNoDelay(true);
+    }
     const flushed = this.socket.write(data);
     if (this.socket.writableLength > this.deps.limits.maxOutBytes) {
       this.deps.log?.('warn', { peer: this.peer, unread: this.socket.writableLength }, 'control client is not reading; dropping it');
