@@ -357,6 +357,39 @@ test('caps: the oldest unauthenticated connection makes room; authenticated ones
   for (const c of a) t.is((await c.request({ cmd: 'ping' }))['reply'], 'pong', 'the authenticated ones are untouched');
 });
 
+test('caps: connections that arrive together are refused as a sequence of arrivals would be (all but the newest 8 get ELIMIT:max_unauthenticated), an authenticated one is untouched, and the log says it once with a count', async (t) => {
+  const h = await startHarness({ tokens });
+  t.teardown(() => h.close());
+  const a = await h.client();
+  t.is((await a.request({ cmd: 'auth', token: TOKEN }))['status'], 'ok');
+  const N = 200;
+  // opened in one go: most of them are accepted in one poll of the listening socket
+  const all = Array.from({ length: N }, () => probe(h.port));
+  await settleWithin(all.map((p) => new Promise<void>((r) => {
+    p.socket.once('connect', () => r());
+    void p.closed.then(() => r());
+  })), 20_000);
+  const cap = DEFAULT_CONTROL_LIMITS.max_unauthenticated;
+  const open = () => all.filter((p) => !p.isClosed());
+  const settleBy = Date.now() + 20_000;
+  while (open().length > cap && Date.now() < settleBy) await settleWithin([Promise.race(open().map((p) => p.closed))], settleBy - Date.now());
+  const closed = all.filter((p) => p.isClosed());
+  const lines = tally(await Promise.all(closed.map((p) => p.firstLine)));
+  say(t, `${N} connections at once: ${closed.length} closed, first lines ${JSON.stringify(lines)}, ${open().length} held`);
+  t.is(open().length, cap, `the newest ${cap} are held`);
+  t.deepEqual(lines, { 'ELIMIT:max_unauthenticated': N - cap }, 'every other one got the line naming the limit');
+  // the held ones are the last ones opened (the kernel queues connections in the order they came)
+  t.deepEqual(all.map((p) => !p.isClosed()), all.map((_, i) => i >= N - cap));
+  t.is((await a.request({ cmd: 'ping' }))['reply'], 'pong', 'the authenticated connection is untouched');
+  const logLines = h.logs.filter((l) => String(l['msg']).includes('over limit max_unauthenticated'));
+  t.is(logLines.length, 1, 'one line as it happens; the rest are counted');
+  await h.server.close();
+  const summary = h.logs.filter((l) => String(l['msg']).includes('more connection(s) closed over limit max_unauthenticated'));
+  t.is(summary.length, 1);
+  t.is(summary[0]!['count'], N - cap - 1, 'the summary counts the others');
+  for (const p of all) p.socket.destroy();
+});
+
 test('pre-auth: a line over pre_auth_line_bytes, or no auth within pre_auth_timeout_ms, closes with the named limit; after auth max_line_bytes applies', async (t) => {
   const h = await startHarness({ tokens, maxLineBytes: 64 * 1024, limits: { pre_auth_timeout_ms: 300 } });
   t.teardown(() => h.close());
