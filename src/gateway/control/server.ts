@@ -283,7 +283,11 @@ export class ControlServer {
     return new Promise((done) => {
       const onError = (e: Error) => done(err({ code: 'ELISTEN', message: `control server: cannot listen on ${this.host}:${this.port}: ${e.message}` }));
       this.server.once('error', onError);
-      this.server.listen(this.port, this.host, () => {
+      // A long accept queue (Node's default is 511): a flood of connections that outruns our
+      // accepts would otherwise overflow it, and the kernel then drops the handshake's last ACK of
+      // whoever comes next — a client that waits 1 s for the SYN-ACK to be sent again. Accepting
+      // costs little (acceptInBatches), so a long queue drains quickly.
+      this.server.listen({ port: this.port, host: this.host, backlog: LISTEN_BACKLOG }, () => {
         this.server.off('error', onError);
         this.listening = true;
         acceptInBatches(this.server, () => this.controlLimits.max_unauthenticated, (peer) =>
@@ -525,6 +529,9 @@ function sharedOnread(self: () => Socket | null): { buffer: Buffer; callback: (n
     },
   };
 }
+
+/** The listening socket's accept queue (the kernel caps it at net.core.somaxconn, 4096 on current Linux). */
+const LISTEN_BACKLOG = 4096;
 
 /** Connections refused on their raw handle per turn of the event loop (acceptInBatches). */
 const REFUSALS_PER_TURN = 64;
