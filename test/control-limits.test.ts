@@ -390,6 +390,33 @@ test('caps: connections that arrive together are refused as a sequence of arriva
   for (const p of all) p.socket.destroy();
 });
 
+test('caps: connections that arrive together, where authenticated ones of their address leave less room: the per-address limit is the one named', async (t) => {
+  const h = await startHarness({ tokens, limits: { max_connections_per_address: 10 } });
+  t.teardown(() => h.close());
+  const authed: LineClient[] = [];
+  for (let i = 0; i < 4; i++) {
+    const c = await h.client();
+    t.is((await c.request({ cmd: 'auth', token: TOKEN }))['status'], 'ok');
+    authed.push(c);
+  }
+  const N = 100;
+  const all = Array.from({ length: N }, () => probe(h.port));
+  const room = 10 - 4;
+  const open = () => all.filter((p) => !p.isClosed());
+  const settleBy = Date.now() + 20_000;
+  await settleWithin(all.map((p) => new Promise<void>((r) => {
+    p.socket.once('connect', () => r());
+    void p.closed.then(() => r());
+  })), 20_000);
+  while (open().length > room && Date.now() < settleBy) await settleWithin([Promise.race(open().map((p) => p.closed))], settleBy - Date.now());
+  const lines = tally(await Promise.all(all.filter((p) => p.isClosed()).map((p) => p.firstLine)));
+  say(t, `${N} at once beside 4 authenticated (max_connections_per_address 10): first lines ${JSON.stringify(lines)}, ${open().length} held`);
+  t.is(open().length, room);
+  t.deepEqual(lines, { 'ELIMIT:max_connections_per_address': N - room });
+  for (const c of authed) t.is((await c.request({ cmd: 'ping' }))['reply'], 'pong');
+  for (const p of all) p.socket.destroy();
+});
+
 test('pre-auth: a line over pre_auth_line_bytes, or no auth within pre_auth_timeout_ms, closes with the named limit; after auth max_line_bytes applies', async (t) => {
   const h = await startHarness({ tokens, maxLineBytes: 64 * 1024, limits: { pre_auth_timeout_ms: 300 } });
   t.teardown(() => h.close());

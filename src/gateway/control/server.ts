@@ -290,8 +290,8 @@ export class ControlServer {
       this.server.listen({ port: this.port, host: this.host, backlog: LISTEN_BACKLOG }, () => {
         this.server.off('error', onError);
         this.listening = true;
-        acceptInBatches(this.server, () => this.controlLimits.max_unauthenticated, (peer) =>
-          this.limitLog.note('closed', 'max_unauthenticated', this.controlLimits.max_unauthenticated, peer, { established: false }));
+        acceptInBatches(this.server, (address) => this.unauthenticatedRoom(address), (peer, name, limit) =>
+          this.limitLog.note('closed', name, limit, peer, { established: false }));
         const addr = this.address();
         if (!this.tokens) {
           this.note(`control: no access tokens configured; listening on loopback only (${addr.host}:${addr.port}), every local client has the admin role`);
@@ -427,6 +427,29 @@ export class ControlServer {
     }
     while (unauth.length >= L.max_unauthenticated && evict(mostCrowded(unauth), 'max_unauthenticated', L.max_unauthenticated));
     return true;
+  }
+
+  /**
+   * How many unauthenticated connections from `address` can be held once those now held by
+   * authenticated connections are counted, and the limit that sets it (the one admit() would name
+   * when it pushes one out): acceptInBatches refuses at once a new connection that at least this
+   * many later ones of its batch would push out.
+   */
+  private unauthenticatedRoom(address: string): { room: number; name: keyof ControlLimits; limit: number } {
+    const L = this.controlLimits;
+    let total = 0;
+    let fromAddress = 0;
+    for (const c of this.connections) {
+      if (!c.active || !c.established) continue;
+      total++;
+      if (c.address === address) fromAddress++;
+    }
+    let best: { room: number; name: keyof ControlLimits; limit: number } = { room: L.max_unauthenticated, name: 'max_unauthenticated', limit: L.max_unauthenticated };
+    const perAddress = L.max_connections_per_address - fromAddress;
+    if (perAddress < best.room) best = { room: perAddress, name: 'max_connections_per_address', limit: L.max_connections_per_address };
+    const all = L.max_connections - total;
+    if (all < best.room) best = { room: all, name: 'max_connections', limit: L.max_connections };
+    return best;
   }
 
   private accept(accepted: Socket, audit: AuditLog): void {
@@ -596,7 +619,11 @@ function refuseRaw(client: ClientHandle, line: string): boolean {
  * time left a new client's request queued behind up to 511 full set-ups (the listen backlog).
  * Without the internals this needs, nothing changes (Node's onconnection, then accept() re-wraps).
  */
-function acceptInBatches(server: Server, unauthenticated: () => number, onRefused: (peer: string) => void): void {
+function acceptInBatches(
+  server: Server,
+  roomFor: (address: string) => { room: number; name: keyof ControlLimits; limit: number },
+  onRefused: (peer: string, name: keyof ControlLimits, limit: number) => void,
+): void {
   type ListenHandle = { onconnection?: (this: unknown, err: number, client: ClientHandle | undefined) => void };
   type ServerInternals = { _handle?: ListenHandle | null; _connections?: number; maxConnections?: number; allowHalfOpen?: boolean };
   const srv = server as unknown as ServerInternals;
@@ -628,7 +655,6 @@ function acceptInBatches(server: Server, unauthenticated: () => number, onRefuse
       for (const c of clients) c.close?.(); // the server closed meanwhile
       return;
     }
-    const max = unauthenticated();
     const peers = clients.map((c) => {
       const out: { address?: string; port?: number } = {};
       try {
@@ -639,17 +665,25 @@ function acceptInBatches(server: Server, unauthenticated: () => number, onRefuse
       return out;
     });
     const later = new Map<string, number>();
-    const doomed = new Array<boolean>(clients.length).fill(false);
+    const rooms = new Map<string, { room: number; name: keyof ControlLimits; limit: number; line: string }>();
+    const doomed = new Array<{ line: string; name: keyof ControlLimits; limit: number } | null>(clients.length).fill(null);
     for (let i = clients.length - 1; i >= 0; i--) {
       const key = addressKey(peers[i]!.address);
+      let room = rooms.get(key);
+      if (!room) {
+        const r = roomFor(key);
+        room = { ...r, line: limitLine(r.name, r.limit) };
+        rooms.set(key, room);
+      }
       const n = later.get(key) ?? 0;
-      doomed[i] = max >= 1 && n >= max;
+      // no room at all: admit() refuses it at arrival, with its own reasons; leave it to admit()
+      if (room.room >= 1 && n >= room.room) doomed[i] = room;
       later.set(key, n + 1);
     }
-    const line = limitLine('max_unauthenticated', max);
     clients.forEach((client, i) => {
-      if (doomed[i] && WriteWrap) {
-        refusing.push({ client, line, peer: `${peers[i]!.address ?? '?'}:${peers[i]!.port ?? 0}` });
+      const d = doomed[i];
+      if (d && WriteWrap) {
+        refusing.push({ client, line: d.line, peer: `${peers[i]!.address ?? '?'}:${peers[i]!.port ?? 0}`, name: d.name, limit: d.limit });
         return;
       }
       try {
@@ -665,12 +699,12 @@ function acceptInBatches(server: Server, unauthenticated: () => number, onRefuse
       setImmediate(refuseSome);
     }
   };
-  const refusing: { client: ClientHandle; line: string; peer: string }[] = [];
+  const refusing: { client: ClientHandle; line: string; peer: string; name: keyof ControlLimits; limit: number }[] = [];
   let refusalsScheduled = false;
   const refuseSome = (): void => {
     refusalsScheduled = false;
     for (const r of refusing.splice(0, REFUSALS_PER_TURN)) {
-      if (refuseRaw(r.client, r.line)) onRefused(r.peer);
+      if (refuseRaw(r.client, r.line)) onRefused(r.peer, r.name, r.limit);
       else r.client.close?.();
     }
     if (refusing.length) {
