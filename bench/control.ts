@@ -7,7 +7,7 @@
  *   npx tsx bench/control.ts [runs]        (default 5 runs)
  *
  * The rig: a real `serve` process per run (a token, one simulated device, its log to a file as a
- * daemon's would go), the flooding clients in a second process (bench/support/control-flood.ts),
+ * daemon's would go), the flooding clients in a second process (test/support/control-flood.ts),
  * and the pinging client here, so each of the three has its own event loop and the figures are the
  * gateway's, not a busy client's. Two kinds of ping, alternating:
  *   - fresh: connect, `{"cmd":"ping","token":…}`, reply (what the tests time: a new client);
@@ -162,7 +162,7 @@ class Flooder {
   private readonly waiters = new Map<string, (m: Json) => void>();
   readonly ready: Promise<void>;
   constructor() {
-    this.child = fork(new URL('./support/control-flood.ts', import.meta.url).pathname, [], { execArgv: ['--import=tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.child = fork(new URL('../test/support/control-flood.ts', import.meta.url).pathname, [], { execArgv: ['--import=tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     this.child.on('message', (m: Json) => {
       const w = this.waiters.get(String(m['kind']));
       if (m['kind'] === 'error') console.error(`bench/control: flooder: ${String(m['message'])}`);

@@ -1,17 +1,22 @@
 /**
- * The flooding side of bench/control.ts, in its own process (forked with IPC), so that the pinger's
- * figures are the gateway's and not this process's event loop: a burst of pipelined `session.open`
- * requests over a few authenticated connections, or many idle connections that never send a byte.
+ * The flooding side of bench/control.ts and of test/control-limits.test.ts, in its own process
+ * (forked with IPC), so that the pinger's figures are the gateway's and not a busy client's event
+ * loop: a burst of pipelined `session.open` requests over a few authenticated connections, or many
+ * idle connections that never send a byte.
  *
  * Messages in:  {kind:'burst', port, token, total, conns, batch}  → {kind:'burst_done', sent, replies, ms}
- *               {kind:'idle', port, n, parallel}                  → {kind:'idle_opened', opened, closed, ms, first_lines}
- *               {kind:'release'}                                  → {kind:'released'} (every idle connection destroyed)
+ *               {kind:'idle', port, n, parallel}                  → {kind:'idle_started'} once the first `parallel` are connecting,
+                                                                   {kind:'idle_opened', opened, closed, ms, first_lines}
+ *               {kind:'settle', max, ms}                          → {kind:'settled', open, closed, first_lines} once at most
+                                                                   `max` idle connections are still open, or after `ms`
+               {kind:'release'}                                  → {kind:'released'} (every idle connection destroyed)
  */
 import { connect, type Socket } from 'node:net';
 
 type Msg =
   | { kind: 'burst'; port: number; token: string; total: number; conns: number; batch: number }
   | { kind: 'idle'; port: number; n: number; parallel: number }
+  | { kind: 'settle'; max: number; ms: number }
   | { kind: 'release' };
 
 const send = (m: Record<string, unknown>): void => void process.send!(m);
@@ -66,11 +71,13 @@ function burster(port: number, token: string, batch: number, take: (n: number) =
 }
 
 let idle: Socket[] = [];
+let idleClosed = 0;
+const firstLines: Record<string, number> = {};
+let onIdleClose: (() => void) | null = null;
 
 async function openIdle(port: number, n: number, parallel: number): Promise<void> {
   const t0 = performance.now();
-  const firstLines: Record<string, number> = {};
-  let closed = 0;
+  const closedBefore = idleClosed;
   for (let i = 0; i < n; i += parallel) {
     const batch: Promise<void>[] = [];
     for (let j = i; j < Math.min(n, i + parallel); j++) {
@@ -85,15 +92,19 @@ async function openIdle(port: number, n: number, parallel: number): Promise<void
         firstLines[k] = (firstLines[k] ?? 0) + 1;
       });
       s.on('error', () => {});
-      s.once('close', () => closed++);
+      s.once('close', () => {
+        idleClosed++;
+        onIdleClose?.();
+      });
       batch.push(new Promise<void>((r) => {
         s.once('connect', () => r());
         s.once('close', () => r());
       }));
     }
+    if (i === 0) send({ kind: 'idle_started' });
     await Promise.all(batch);
   }
-  send({ kind: 'idle_opened', opened: n, closed, ms: performance.now() - t0, first_lines: firstLines });
+  send({ kind: 'idle_opened', opened: n, closed: idleClosed - closedBefore, ms: performance.now() - t0, first_lines: { ...firstLines } });
 }
 
 process.on('message', (m: Msg) => {
@@ -111,9 +122,22 @@ process.on('message', (m: Msg) => {
       .catch((e: Error) => send({ kind: 'error', message: e.message }));
   } else if (m.kind === 'idle') {
     void openIdle(m.port, m.n, m.parallel);
+  } else if (m.kind === 'settle') {
+    const report = (): void => {
+      clearTimeout(timer);
+      onIdleClose = null;
+      send({ kind: 'settled', open: idle.length - idleClosed, closed: idleClosed, first_lines: { ...firstLines } });
+    };
+    const timer = setTimeout(report, m.ms);
+    onIdleClose = () => {
+      if (idle.length - idleClosed <= m.max) report();
+    };
+    onIdleClose();
   } else if (m.kind === 'release') {
     for (const s of idle) s.destroy();
     idle = [];
+    idleClosed = 0;
+    for (const k of Object.keys(firstLines)) delete firstLines[k];
     send({ kind: 'released' });
   }
 });
