@@ -20,7 +20,9 @@
  *    every ping answers within 100 ms (max_ms); the baseline is the quiet ping of the same run.
  *
  * Each line carries the 1-minute load average at its start and end (a 2-core host shared with
- * other jobs): a run on a loaded host says so.
+ * other jobs) and the CPU time `serve` used meanwhile (serve_cpu_ms, from /proc; 10 ms ticks): a
+ * run on a loaded host says so, and a ping that waited far longer than serve worked waited for a
+ * CPU, not for the gateway.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -47,7 +49,7 @@ const median = (xs: number[]): number => {
 const load1 = (): number => r2(loadavg()[0]!);
 const out = (o: Json): void => console.log(JSON.stringify({ bench: 'control', ...o }));
 
-async function startServe(): Promise<{ child: ChildProcess; port: number; logLines: () => number; stop: () => Promise<void> }> {
+async function startServe(): Promise<{ child: ChildProcess; port: number; cpuMs: () => number; sysMs: () => number; logLines: () => number; stop: () => Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'hsx-bench-control-'));
   const config = join(dir, 'gateway.toml');
   writeFileSync(config, [
@@ -75,6 +77,12 @@ async function startServe(): Promise<{ child: ChildProcess; port: number; logLin
   return {
     child,
     port,
+    cpuMs: () => {
+      // utime + stime of serve, in clock ticks (100 per second on Linux)
+      const f = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      return (Number(f[11]) + Number(f[12])) * 10;
+    },
+    sysMs: () => Number(readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[12]) * 10,
     logLines: () => readFileSync(logPath, 'utf8').split('\n').length - 1,
     stop: () => new Promise<void>((r) => {
       child.once('exit', () => {
@@ -218,6 +226,7 @@ async function run(i: number, flooder: Flooder): Promise<RunFigures> {
     const done = flooder.next('burst_done');
     let finished: Json | null = null;
     void done.then((m) => (finished = m));
+    const cpu0 = gw.cpuMs();
     flooder.send({ kind: 'burst', port: gw.port, token: TOKEN, ...BURST });
     const fresh: number[] = [];
     const heldMs: number[] = [];
@@ -236,7 +245,7 @@ async function run(i: number, flooder: Flooder): Promise<RunFigures> {
       measure: 'session_open_burst', run: i, requests: burst['sent'], replies: burst['replies'], burst_ms: r2(burst['ms'] as number),
       fresh: { baseline_ms: r2(bf.base_fresh), during_median_ms: r2(bf.fresh), during_max_ms: r2(Math.max(...fresh)), ratio: r2(bf.fresh / bf.base_fresh), pings: fresh.length },
       held: { baseline_ms: r2(bf.base_held), during_median_ms: r2(bf.held), during_max_ms: r2(Math.max(...heldMs)), ratio: r2(bf.held / bf.base_held), pings: heldMs.length },
-      unanswered, goal: 'ratio <= 2', load1: [l0, load1()],
+      unanswered, serve_cpu_ms: gw.cpuMs() - cpu0, goal: 'ratio <= 2', load1: [l0, load1()],
     });
 
     // 2. idle connections being opened
@@ -246,6 +255,9 @@ async function run(i: number, flooder: Flooder): Promise<RunFigures> {
     let idleDone: Json | null = null;
     void opened.then((m) => (idleDone = m));
     slowest = { connect_ms: 0, total_ms: 0 };
+    const cpu1 = gw.cpuMs();
+    const sys1 = gw.sysMs();
+    const w0 = performance.now();
     flooder.send({ kind: 'idle', port: gw.port, ...IDLE });
     const during: number[] = [];
     let unanswered2 = 0;
@@ -254,6 +266,8 @@ async function run(i: number, flooder: Flooder): Promise<RunFigures> {
       if (a === null) unanswered2++;
       else during.push(a);
     }
+    const cpuIdle = { serve_cpu_ms: gw.cpuMs() - cpu1, serve_sys_ms: gw.sysMs() - sys1, wall_ms: r2(performance.now() - w0) };
+    const slowestDuring = slowest;
     const after = await quiet(gw.port, held, 5);
     const idle = idleDone as Json;
     flooder.send({ kind: 'release' });
@@ -261,8 +275,8 @@ async function run(i: number, flooder: Flooder): Promise<RunFigures> {
     const idf = { base_fresh: median(base2.fresh), first: during[0] ?? NaN, max: Math.max(...during), med: median(during), after: median(after.fresh) };
     out({
       measure: 'idle_opens', run: i, connections: idle['opened'], open_ms: r2(idle['ms'] as number), closed_by_server: idle['closed'], first_lines: idle['first_lines'],
-      fresh: { baseline_ms: r2(idf.base_fresh), during_first_ms: r2(idf.first), during_median_ms: r2(idf.med), during_max_ms: r2(idf.max), pings: during.length, held_after_ms: r2(idf.after), slowest },
-      unanswered: unanswered2, goal: 'during_max_ms <= 100', load1: [l0, load1()], serve_log_lines: gw.logLines(),
+      fresh: { baseline_ms: r2(idf.base_fresh), during_first_ms: r2(idf.first), during_median_ms: r2(idf.med), during_max_ms: r2(idf.max), pings: during.length, held_after_ms: r2(idf.after), slowest: slowestDuring },
+      unanswered: unanswered2, ...cpuIdle, goal: 'during_max_ms <= 100', load1: [l0, load1()], serve_log_lines: gw.logLines(),
     });
     held.destroy();
     return { burst: bf, idle: idf };
