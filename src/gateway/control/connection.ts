@@ -380,12 +380,12 @@ export class Connection implements ConnectionApi {
     return this.deps.limits.requestsPerTurn ?? DEFAULT_REQUESTS_PER_TURN;
   }
 
-  /** Replies held while a turn's requests are handled go out now (one write), and later ones at once. */
   /** Sends the replies held so far and keeps holding the next ones (a handler is about to wait). */
   private releaseHeldReplies(): void {
     if (this.holdReplies) this.flushBatch();
   }
 
+  /** Replies held while a turn's requests are handled go out now (one write), and later ones at once. */
   private releaseReplies(): void {
     this.holdReplies = false;
     this.flushBatch();
