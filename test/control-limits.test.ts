@@ -6,7 +6,7 @@
  * the assertions are about behaviour: bounded memory, answered pings, named errors.
  */
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -15,6 +15,7 @@ import { createInterface } from 'node:readline';
 import { sha256Hex } from '../src/gateway/control/auth.js';
 import { LineFramer } from '../src/gateway/control/framing.js';
 import { DEFAULT_CONTROL_LIMITS } from '../src/gateway/control/limits.js';
+import { DEFAULT_REQUESTS_PER_TURN } from '../src/gateway/control/connection.js';
 import { LineClient, startHarness } from './control-harness.js';
 
 type Json = Record<string, unknown>;
@@ -147,6 +148,48 @@ async function timedPing(port: number, ms = 10_000): Promise<{ reply: Json | nul
   }
 }
 
+/** test/support/control-flood.ts in its own process: clients that flood without sharing this process's event loop. */
+class FloodChild {
+  private readonly child: ChildProcess;
+  private readonly waiters = new Map<string, (m: Json) => void>();
+  private readonly early = new Map<string, Json>();
+
+  constructor() {
+    this.child = fork(new URL('./support/control-flood.ts', import.meta.url).pathname, [], { execArgv: ['--import=tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    this.child.on('message', (m: Json) => {
+      const kind = String(m['kind']);
+      const w = this.waiters.get(kind);
+      if (w) {
+        this.waiters.delete(kind);
+        w(m);
+      } else this.early.set(kind, m);
+    });
+  }
+
+  next(kind: string): Promise<Json> {
+    const m = this.early.get(kind);
+    if (m) {
+      this.early.delete(kind);
+      return Promise.resolve(m);
+    }
+    return new Promise((r) => this.waiters.set(kind, r));
+  }
+
+  send(m: Json): void {
+    this.child.send(m);
+  }
+
+  request(m: Json, reply: string): Promise<Json> {
+    const p = this.next(reply);
+    this.send(m);
+    return p;
+  }
+
+  stop(): void {
+    if (this.child.exitCode === null) this.child.kill();
+  }
+}
+
 function say(t: { log(...v: unknown[]): void }, msg: string): void {
   t.log(msg);
   console.log(`control-limits: ${msg}`);
@@ -205,30 +248,37 @@ test.serial('serve: 1,024 idle unauthenticated connections do not keep an authen
     };
     const quiet = await ping();
     t.is(quiet.reply?.['reply'], 'pong');
-    // the idle flood, and a ping started while it is being opened (a fresh client may be the oldest
-    // unauthenticated one at some point, so it retries, a bounded number of times)
-    const flooding = openMany(gw.port, 1024, undefined, 256);
+    // the idle flood, from another process (so the ping's figure is the gateway's, not this
+    // process's, busy with 1,024 sockets), and a ping started while it is being opened (a fresh
+    // client may be the oldest unauthenticated one at some point, so it retries, a bounded number
+    // of times)
+    const flooder = new FloodChild();
+    t.teardown(() => flooder.stop());
+    await flooder.next('ready');
+    const started = flooder.next('idle_started');
+    const opened = flooder.next('idle_opened');
+    flooder.send({ kind: 'idle', port: gw.port, n: 1024, parallel: 256 });
+    await started;
     let during: { reply: Json | null; ms: number } = { reply: null, ms: 0 };
     let attempts = 0;
     while (attempts < 20 && during.reply?.['reply'] !== 'pong') {
       attempts++;
       during = await ping();
     }
-    const idle = await flooding;
+    await opened;
     // the evictions of the last ones are still under way: wait (on close events, bounded) until at
     // most max_unauthenticated are held
     const cap = DEFAULT_CONTROL_LIMITS.max_unauthenticated;
-    const open = () => idle.filter((p) => !p.isClosed());
-    const settleBy = Date.now() + 10_000;
-    while (open().length > cap && Date.now() < settleBy) await settleWithin([Promise.race(open().map((p) => p.closed))], settleBy - Date.now());
-    const held = open().length;
+    const settled = await flooder.request({ kind: 'settle', max: cap, ms: 10_000 }, 'settled');
+    const held = settled['open'] as number;
     const held2 = await ping();
     const who = tokens ? 'authenticated ping' : 'fresh client without tokens (ping)';
-    say(t, `${tokens ? 'tokens' : 'no tokens'}: ${who}: ${quiet.ms.toFixed(1)} ms before the flood, ${during.ms.toFixed(1)} ms while 1,024 idle connections were being opened (attempt ${attempts}), ${held2.ms.toFixed(1)} ms with ${held} of them still held; first lines ${JSON.stringify(tally(await Promise.all(idle.filter((p) => p.isClosed()).map((p) => p.firstLine))))}`);
+    say(t, `${tokens ? 'tokens' : 'no tokens'}: ${who}: ${quiet.ms.toFixed(1)} ms before the flood, ${during.ms.toFixed(1)} ms while 1,024 idle connections were being opened by another process (attempt ${attempts}), ${held2.ms.toFixed(1)} ms with ${held} of them still held; first lines ${JSON.stringify(settled['first_lines'])}`);
     t.is(during.reply?.['reply'], 'pong', 'answered during the flood');
     t.is(held2.reply?.['reply'], 'pong', 'answered while they are held');
     t.true(held <= cap, `at most max_unauthenticated idle connections are held (${held})`);
-    for (const p of idle) p.socket.destroy();
+    await flooder.request({ kind: 'release' }, 'released');
+    flooder.stop();
     gw.child.kill('SIGKILL');
   }
 });
@@ -245,33 +295,16 @@ test.serial('serve: a burst of session.open (up to 50,000 in ~10 s) gets named l
     t.is(p.reply?.['reply'], 'pong');
     pingsBefore.push(p.ms);
   }
-  // 8 authenticated connections, each pipelining session.open in batches of 250 and reading the replies
+  // 8 authenticated connections, each pipelining session.open in batches of 250 and reading the
+  // replies, from another process (the ping's figure is then the gateway's, not this process's,
+  // busy with 50,000 replies)
   const TOTAL = 50_000;
   const CONNS = 8;
   const BATCH = 250;
-  const deadline = Date.now() + 10_000;
-  let sent = 0;
-  const replies: Record<string, number> = {};
-  const line = `${JSON.stringify({ version: 1, cmd: 'session.open', client: 'burst' })}\n`;
-  const burster = async (): Promise<void> => {
-    const c = await LineClient.connect(gw.port);
-    try {
-      t.is((await c.request({ cmd: 'auth', token: TOKEN }, 10_000))['status'], 'ok');
-      while (sent < TOTAL && Date.now() < deadline) {
-        const n = Math.min(BATCH, TOTAL - sent);
-        sent += n;
-        c.sendRaw(line.repeat(n));
-        for (let i = 0; i < n; i++) {
-          const r = await c.nextJson(20_000);
-          const k = r['status'] === 'ok' ? 'ok' : String(r['error']);
-          replies[k] = (replies[k] ?? 0) + 1;
-        }
-      }
-    } finally {
-      c.destroy();
-    }
-  };
-  const burst = Promise.all(Array.from({ length: CONNS }, burster));
+  const flooder = new FloodChild();
+  t.teardown(() => flooder.stop());
+  await flooder.next('ready');
+  const burst = flooder.request({ kind: 'burst', port: gw.port, token: TOKEN, total: TOTAL, conns: CONNS, batch: BATCH }, 'burst_done');
   const pingsDuring: number[] = [];
   let unanswered = 0;
   let running = true;
@@ -281,9 +314,13 @@ test.serial('serve: a burst of session.open (up to 50,000 in ~10 s) gets named l
     if (p.reply?.['reply'] === 'pong') pingsDuring.push(p.ms);
     else unanswered++;
   }
-  await burst;
+  const done = await burst;
+  flooder.stop();
+  const sent = done['sent'] as number;
+  const replies = done['replies'] as Record<string, number>;
+  const burstMs = done['ms'] as number;
   const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
-  say(t, `session.open burst: ${sent} sent in ${(10_000 - Math.max(0, deadline - Date.now())) / 1000} s or less, replies ${JSON.stringify(replies)}; ping median ${med(pingsBefore).toFixed(1)} ms before, ${med(pingsDuring).toFixed(1)} ms during (max ${Math.max(...pingsDuring).toFixed(1)} ms, ${pingsDuring.length} pings, ${unanswered} unanswered)`);
+  say(t, `session.open burst (another process): ${sent} sent in ${(burstMs / 1000).toFixed(2)} s, replies ${JSON.stringify(replies)}; ping median ${med(pingsBefore).toFixed(1)} ms before, ${med(pingsDuring).toFixed(1)} ms during (max ${Math.max(...pingsDuring).toFixed(1)} ms, ${pingsDuring.length} pings, ${unanswered} unanswered)`);
   t.true(pingsDuring.length > 0, 'pings were answered during the burst');
   t.is(unanswered, 0, 'every ping during the burst was answered');
   t.is(replies['ok'], CONNS * DEFAULT_CONTROL_LIMITS.max_sessions_per_connection, 'each connection got its 16 sessions');
@@ -354,6 +391,66 @@ test('caps: the oldest unauthenticated connection makes room; authenticated ones
   t.deepEqual(await extra.nextJson(), { version: 1, status: 'error', error: 'ELIMIT:max_connections', detail: { limit: 4 } });
   t.true(await extra.waitEnd());
   for (const c of a) t.is((await c.request({ cmd: 'ping' }))['reply'], 'pong', 'the authenticated ones are untouched');
+});
+
+test('caps: connections that arrive together are refused as a sequence of arrivals would be (all but the newest 8 get ELIMIT:max_unauthenticated), an authenticated one is untouched, and the log says it once with a count', async (t) => {
+  const h = await startHarness({ tokens });
+  t.teardown(() => h.close());
+  const a = await h.client();
+  t.is((await a.request({ cmd: 'auth', token: TOKEN }))['status'], 'ok');
+  const N = 200;
+  // opened in one go: most of them are accepted in one poll of the listening socket
+  const all = Array.from({ length: N }, () => probe(h.port));
+  await settleWithin(all.map((p) => new Promise<void>((r) => {
+    p.socket.once('connect', () => r());
+    void p.closed.then(() => r());
+  })), 20_000);
+  const cap = DEFAULT_CONTROL_LIMITS.max_unauthenticated;
+  const open = () => all.filter((p) => !p.isClosed());
+  const settleBy = Date.now() + 20_000;
+  while (open().length > cap && Date.now() < settleBy) await settleWithin([Promise.race(open().map((p) => p.closed))], settleBy - Date.now());
+  const closed = all.filter((p) => p.isClosed());
+  const lines = tally(await Promise.all(closed.map((p) => p.firstLine)));
+  say(t, `${N} connections at once: ${closed.length} closed, first lines ${JSON.stringify(lines)}, ${open().length} held`);
+  t.is(open().length, cap, `the newest ${cap} are held`);
+  t.deepEqual(lines, { 'ELIMIT:max_unauthenticated': N - cap }, 'every other one got the line naming the limit');
+  // the held ones are the last ones opened (the kernel queues connections in the order they came)
+  t.deepEqual(all.map((p) => !p.isClosed()), all.map((_, i) => i >= N - cap));
+  t.is((await a.request({ cmd: 'ping' }))['reply'], 'pong', 'the authenticated connection is untouched');
+  const logLines = h.logs.filter((l) => String(l['msg']).includes('over limit max_unauthenticated'));
+  t.is(logLines.length, 1, 'one line as it happens; the rest are counted');
+  await h.server.close();
+  const summary = h.logs.filter((l) => String(l['msg']).includes('more connection(s) closed over limit max_unauthenticated'));
+  t.is(summary.length, 1);
+  t.is(summary[0]!['count'], N - cap - 1, 'the summary counts the others');
+  for (const p of all) p.socket.destroy();
+});
+
+test('caps: connections that arrive together, where authenticated ones of their address leave less room: the per-address limit is the one named', async (t) => {
+  const h = await startHarness({ tokens, limits: { max_connections_per_address: 10 } });
+  t.teardown(() => h.close());
+  const authed: LineClient[] = [];
+  for (let i = 0; i < 4; i++) {
+    const c = await h.client();
+    t.is((await c.request({ cmd: 'auth', token: TOKEN }))['status'], 'ok');
+    authed.push(c);
+  }
+  const N = 100;
+  const all = Array.from({ length: N }, () => probe(h.port));
+  const room = 10 - 4;
+  const open = () => all.filter((p) => !p.isClosed());
+  const settleBy = Date.now() + 20_000;
+  await settleWithin(all.map((p) => new Promise<void>((r) => {
+    p.socket.once('connect', () => r());
+    void p.closed.then(() => r());
+  })), 20_000);
+  while (open().length > room && Date.now() < settleBy) await settleWithin([Promise.race(open().map((p) => p.closed))], settleBy - Date.now());
+  const lines = tally(await Promise.all(all.filter((p) => p.isClosed()).map((p) => p.firstLine)));
+  say(t, `${N} at once beside 4 authenticated (max_connections_per_address 10): first lines ${JSON.stringify(lines)}, ${open().length} held`);
+  t.is(open().length, room);
+  t.deepEqual(lines, { 'ELIMIT:max_connections_per_address': N - room });
+  for (const c of authed) t.is((await c.request({ cmd: 'ping' }))['reply'], 'pong');
+  for (const p of all) p.socket.destroy();
 });
 
 test('pre-auth: a line over pre_auth_line_bytes, or no auth within pre_auth_timeout_ms, closes with the named limit; after auth max_line_bytes applies', async (t) => {
@@ -439,6 +536,63 @@ test('event streams: per address and in total, named errors; the connection carr
   t.deepEqual(await ctl.request({ cmd: 'events.unsubscribe', session: s3 }), { version: 1, status: 'ok', unsubscribed: true });
   t.true(await b1.waitEnd());
   t.is((await b2.request({ cmd: 'events.subscribe', session: s4 }))['status'], 'ok');
+});
+
+// ---- fairness between connections (counted in requests, never in time) ------------------------------
+
+/**
+ * One client pipelines N `session.open` in one write, another sends `info` right after it; `info`
+ * answers with the number of sessions open at the moment it was handled, i.e. how many of the
+ * flood's requests were served first. Both lines are in the server's sockets before its event loop
+ * runs again (one process), so the count depends on the scheduling rule only.
+ */
+async function floodThenInfo(opts: { requestsPerTurn?: number; slicesPerTurn?: number }, n: number, floods = 1): Promise<{ servedFirst: number; replies: Json[][] }> {
+  const h = await startHarness({ limits: { max_sessions: 100_000, max_sessions_per_connection: 100_000 }, ...opts });
+  try {
+    const flooders: LineClient[] = [];
+    for (let i = 0; i < floods; i++) flooders.push(await h.client());
+    const other = await h.client();
+    for (const c of [...flooders, other]) assertPong(await c.request({ cmd: 'ping' }));
+    flooders.forEach((c, k) => c.sendRaw(Array.from({ length: n }, (_, i) => `${JSON.stringify({ version: 1, cmd: 'session.open', client: `f${k}-${i}` })}\n`).join('')));
+    other.sendRaw(`${JSON.stringify({ version: 1, cmd: 'info' })}\n`);
+    const info = await other.nextJson(30_000);
+    const replies: Json[][] = [];
+    for (const c of flooders) {
+      const mine: Json[] = [];
+      for (let i = 0; i < n; i++) mine.push(await c.nextJson(30_000));
+      replies.push(mine);
+    }
+    return { servedFirst: (info['info'] as Json)['sessions'] as number, replies };
+  } finally {
+    await h.close();
+  }
+}
+
+function assertPong(r: Json): void {
+  if (r['reply'] !== 'pong') throw new Error(`not a pong: ${JSON.stringify(r)}`);
+}
+
+test('fairness: a client pipelining 2,000 requests does not keep another client\'s request waiting behind them; every reply comes, in order', async (t) => {
+  const N = 2000;
+  const paced = await floodThenInfo({}, N);
+  const limit = 2 * DEFAULT_REQUESTS_PER_TURN;
+  say(t, `info was served after ${paced.servedFirst} of ${N} pipelined session.open (requests_per_turn ${DEFAULT_REQUESTS_PER_TURN})`);
+  t.true(paced.servedFirst <= limit, `served after at most ${limit} of the flood's requests (${paced.servedFirst})`);
+  t.deepEqual(paced.replies[0]!.map((r) => (r['session'] as Json | undefined)?.['client']), Array.from({ length: N }, (_, i) => `f0-${i}`), 'every request answered, in order');
+  // the rule is what makes the difference: without it the whole first read of the flood goes first
+  const unpaced = await floodThenInfo({ requestsPerTurn: Number.MAX_SAFE_INTEGER }, N);
+  say(t, `without the per-turn share: info was served after ${unpaced.servedFirst} of ${N}`);
+  t.true(unpaced.servedFirst > 10 * limit, `the count tells the two apart (${unpaced.servedFirst})`);
+});
+
+test('fairness: four flooding clients share the turns; a fifth client\'s request still goes ahead of their backlog', async (t) => {
+  const N = 1000;
+  const r = await floodThenInfo({}, N, 4);
+  // each flooder may have had its first share (in the turn its input was read) before info was read
+  const limit = 4 * DEFAULT_REQUESTS_PER_TURN + DEFAULT_REQUESTS_PER_TURN;
+  say(t, `4 floods of ${N}: info was served after ${r.servedFirst} of ${4 * N}`);
+  t.true(r.servedFirst <= limit, `${r.servedFirst} <= ${limit}`);
+  r.replies.forEach((mine, k) => t.deepEqual(mine.map((x) => (x['session'] as Json | undefined)?.['client']), Array.from({ length: N }, (_, i) => `f${k}-${i}`)));
 });
 
 test('framer: bytes held before a newline stay within the limit, however the line arrives', (t) => {

@@ -107,7 +107,8 @@ export class RecentLog {
 
   record(level: string, message: string, fields: Record<string, unknown>): void {
     this.lines.push({ seq: ++this.seq, ts: this.clock.now() / 1000, level, message, clock_steps: 0, ...fields });
-    if (this.lines.length > this.max) this.lines.splice(0, this.lines.length - this.max);
+    // trimmed in steps (a splice of the whole array per request was a cost of every request)
+    if (this.lines.length >= 2 * this.max) this.lines.splice(0, this.lines.length - this.max);
   }
 
   /** The last `limit` lines (default all held), oldest first; `session` keeps one session's requests. */
@@ -116,7 +117,8 @@ export class RecentLog {
       seq: 0, ts: e.ts, level: e.type.endsWith('.error') || e.type === 'warning' ? 'warning' : 'info', message: e.type,
       clock_steps: 0, command: null, session: null, event_seq: e.seq, pid: e.pid, phase: e.phase ?? null,
     }));
-    const mine = session !== undefined ? this.lines.filter((l) => l['session'] === session) : this.lines;
+    const held = this.lines.length > this.max ? this.lines.slice(this.lines.length - this.max) : this.lines;
+    const mine = session !== undefined ? held.filter((l) => l['session'] === session) : held;
     const all = [...mine.map((l) => ({ ...l })), ...events].sort((a, b) => a.ts - b.ts);
     all.forEach((l, i) => (l.seq = i + 1));
     const n = limit === undefined ? all.length : Math.min(limit, all.length);

@@ -20,12 +20,13 @@ import { eventJson, type BusEvent, type CloseReason, type Subscription } from '.
 import { roleAllows, type Identity } from './auth.js';
 import { uploadKey, type CommandContext, type CommandResult, type CommandSpec, type ConnectionApi, type ServerCore } from './command-types.js';
 import { LineFramer, type Frame } from './framing.js';
+import { TurnShares } from './turns.js';
 import { requestPid } from './pid-locks.js';
 import { clip, MAX_REQUEST_DEPTH, nestsDeeperThan, requiredRole } from './roles.js';
 import { RequestError } from './sessions.js';
 import type { AuditLog, Verdict } from './audit.js';
 import type { TokenStore } from './auth.js';
-import { addressKey, limitLine, type AuthThrottle, type ControlLimits } from './limits.js';
+import { addressKey, limitLine, type AuthThrottle, type ControlLimits, type LimitLog } from './limits.js';
 
 export interface ConnectionLimits {
   maxLineBytes: number;
@@ -37,7 +38,15 @@ export interface ConnectionLimits {
   maxPipelined: number;
   /** A client whose unread output has not drained for this long is dropped. */
   stalledDropMs: number;
+  /** Requests of one connection handled per turn of the event loop before the others get theirs (default 4). */
+  requestsPerTurn?: number;
 }
+
+/** See pump(): few enough that a turn with every connection flooding stays short, enough that a pipelining client still gets thousands per second. */
+export const DEFAULT_REQUESTS_PER_TURN = 4;
+
+/** Connections handled per turn of the event loop after their first share (turns.ts; default 2). */
+export const DEFAULT_SLICES_PER_TURN = 2;
 
 /** How long a connection closed over a limit still has its input read (and dropped) so the client gets the error line. */
 const LINGER_MS = 1000;
@@ -60,6 +69,12 @@ export interface ConnectionDeps {
   lingering?: { count: number; max: number };
   log?: (level: 'info' | 'warn' | 'debug' | 'error', obj: Record<string, unknown>, msg: string) => void;
   onAbortSession: (device: string, sessionId: number) => void;
+  /** Where the lines of connections closed over a limit go, coalesced (limits.ts); else `log`, one each. */
+  limitLog?: LimitLog;
+  /** The peer's address and port when the caller has read them already (each read is a system call). */
+  remote?: { address: string | undefined; port: number | undefined };
+  /** The turns shared by the server's connections (turns.ts); a connection without one has its own. */
+  turns?: TurnShares;
 }
 
 type Reply = Record<string, unknown>;
@@ -105,14 +120,20 @@ export class Connection implements ConnectionApi {
   /** Event lines not yet handed to the socket. */
   private batch = '';
   private batchScheduled = false;
+  /** pump() is handling requests: replies join `batch` and go out when it yields or stops (or before a handler waits). */
+  private holdReplies = false;
+  private noDelay = false;
+  private readonly turns: TurnShares;
 
   constructor(
     readonly id: number,
     private readonly socket: Socket,
     private readonly deps: ConnectionDeps,
   ) {
-    this.peer = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`;
-    this.address = addressKey(socket.remoteAddress);
+    this.turns = deps.turns ?? new TurnShares(DEFAULT_SLICES_PER_TURN);
+    const remote = deps.remote ?? { address: socket.remoteAddress, port: socket.remotePort };
+    this.peer = `${remote.address ?? '?'}:${remote.port ?? 0}`;
+    this.address = addressKey(remote.address);
     // Without a token store every (necessarily local) client is trusted fully.
     this.identity = deps.tokens ? null : { name: 'local', role: 'admin' };
     // Before a token: short lines only (without a token store there is nothing to wait for).
@@ -123,7 +144,6 @@ export class Connection implements ConnectionApi {
       if (!this.isEstablished) this.closeOverLimit('pre_auth_timeout_ms', deps.control.pre_auth_timeout_ms);
     }, deps.control.pre_auth_timeout_ms);
     this.preAuthTimer.unref();
-    socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
       if (this.closed || this.ending) return; // closing: what still arrives is dropped unread
       this.bytesIn += chunk.length;
@@ -185,7 +205,8 @@ export class Connection implements ConnectionApi {
    */
   closeOverLimit(name: keyof ControlLimits, limit: number): void {
     if (this.closed || this.ending) return;
-    this.deps.log?.('info', { peer: this.peer, limit: name, value: limit, established: this.isEstablished }, `control: connection closed over limit ${name}`);
+    if (this.deps.limitLog) this.deps.limitLog.note('closed', name, limit, this.peer, { established: this.isEstablished });
+    else this.deps.log?.('info', { peer: this.peer, limit: name, value: limit, established: this.isEstablished }, `control: connection closed over limit ${name}`);
     this.flushBatch();
     this.ending = true;
     this.pendingLines.length = 0;
@@ -310,12 +331,33 @@ export class Connection implements ConnectionApi {
     void this.pump();
   }
 
+  /**
+   * Handles the waiting requests in order, at most `requestsPerTurn` of them per turn of the event
+   * loop: then the replies so far go out in one write and the rest waits for the next turn
+   * (setImmediate), after the loop has polled every socket. So a client that pipelines thousands
+   * of requests costs every other client at most a few requests' time per turn, and a new client's
+   * request is read and answered in the turn it arrives (issue 23: a burst of 50,000
+   * `session.open` from a few clients slowed everyone else's ping 200-fold when each connection
+   * was served until its queue was empty). Reading stops while `maxPipelined` requests wait
+   * (they wait in the kernel and in the client, not here) and resumes below half of it.
+   */
   private async pump(): Promise<void> {
     if (this.busy) return;
     this.busy = true;
+    this.holdReplies = true;
+    let served = 0;
     try {
       while (this.pendingLines.length && !this.closed && !this.stream) {
+        if (served >= this.requestsPerTurn) {
+          this.releaseReplies();
+          this.resumeIfRoom();
+          await this.turns.next();
+          this.holdReplies = true;
+          served = 0;
+          continue;
+        }
         const item = this.pendingLines.shift() as { line: string } | { reply: Reply };
+        served++;
         if ('reply' in item) {
           this.writeLine(serialize(item.reply) ?? INTERNAL_ERROR_LINE);
           continue;
@@ -329,7 +371,27 @@ export class Connection implements ConnectionApi {
       }
     } finally {
       this.busy = false;
+      this.releaseReplies();
     }
+    this.resumeIfRoom();
+  }
+
+  private get requestsPerTurn(): number {
+    return this.deps.limits.requestsPerTurn ?? DEFAULT_REQUESTS_PER_TURN;
+  }
+
+  /** Sends the replies held so far and keeps holding the next ones (a handler is about to wait). */
+  private releaseHeldReplies(): void {
+    if (this.holdReplies) this.flushBatch();
+  }
+
+  /** Replies held while a turn's requests are handled go out now (one write), and later ones at once. */
+  private releaseReplies(): void {
+    this.holdReplies = false;
+    this.flushBatch();
+  }
+
+  private resumeIfRoom(): void {
     if (this.pendingLines.length < this.deps.limits.maxPipelined / 2) this.resumeReading();
   }
 
@@ -450,7 +512,9 @@ export class Connection implements ConnectionApi {
       // changed only through that session (reference semantics).
       const pid = requestPid(spec, cmd, r, sessionId, core);
       if (pid !== undefined) ctx.pid = pid;
-      result = await spec.run(ctx);
+      const running = spec.run(ctx);
+      if (running instanceof Promise) this.releaseHeldReplies(); // it may take a while: what is answered goes out first
+      result = await running;
     } catch (e) {
       if (!(e instanceof RequestError)) {
         // answered by the boundary in serveLine (internal_error); a changing command still gets its audit line
@@ -498,6 +562,7 @@ export class Connection implements ConnectionApi {
     const error = 'EPERM:invalid_token';
     if (auditThis) this.audit(cmd, r, null, 'denied', error);
     if (delayMs > 0) {
+      this.releaseHeldReplies();
       await new Promise<void>((done) => {
         // a connection that goes away is not waited for
         const onClose = () => {
@@ -538,6 +603,15 @@ export class Connection implements ConnectionApi {
   // ---- output ---------------------------------------------------------------------------------
 
   private writeLine(text: string): void {
+    if (this.holdReplies) {
+      // while pump() handles a turn's requests: one write for all their replies (a write per
+      // reply was a third of the server's time in a pipelined burst); events delivered in
+      // between keep their place, they share the batch
+      this.batch += text;
+      this.batch += '\n';
+      if (this.batch.length >= EVENT_BATCH_BYTES) this.flushBatch();
+      return;
+    }
     this.flushBatch(); // keeps what was delivered before this line ahead of it
     this.send(`${text}\n`);
   }
@@ -551,6 +625,11 @@ export class Connection implements ConnectionApi {
 
   private send(data: string): void {
     if (this.closed || this.ending) return;
+    if (!this.noDelay) {
+      // at the first reply, not at accept: an idle connection never pays for the system call
+      this.noDelay = true;
+      this.socket.setNoDelay(true);
+    }
     const flushed = this.socket.write(data);
     if (this.socket.writableLength > this.deps.limits.maxOutBytes) {
       this.deps.log?.('warn', { peer: this.peer, unread: this.socket.writableLength }, 'control client is not reading; dropping it');

@@ -17,10 +17,11 @@ import { isLoopbackHost, parseTokenEnv, TokenStore, type TokenEntry } from './au
 import { RecentLog, type CommandSpec, type DeviceRef, type ServerCore, type InventoryPort } from './command-types.js';
 import { execCommands } from './exec-commands.js';
 import type { CanBus } from '../../link/can/bus.js';
-import { Connection, type ConnectionLimits } from './connection.js';
+import { Connection, DEFAULT_SLICES_PER_TURN, type ConnectionLimits } from './connection.js';
+import { TurnShares } from './turns.js';
 import type { ControlEngine, WireError } from './engine-port.js';
 import { DEFAULT_MAX_IMAGE_BYTES, readImageInside } from './image-files.js';
-import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, limitLine, StreamSlots, type ControlLimits } from './limits.js';
+import { addressKey, AuthThrottle, DEFAULT_CONTROL_LIMITS, LimitLog, limitLine, StreamSlots, type ControlLimits } from './limits.js';
 import { JOB_UPLOAD_OWNER, jobCommands, JobUploads } from './job-commands.js';
 import type { JobService } from '../jobs/types.js';
 import { protocolCommands } from './protocol-commands.js';
@@ -52,6 +53,10 @@ export interface ControlServerOptions {
   streamHighWater?: number;
   maxPipelined?: number;
   stalledDropMs?: number;
+  /** Requests of one connection handled per turn of the event loop (connection.ts pump; default 4). */
+  requestsPerTurn?: number;
+  /** Connections with requests still waiting that get their share in one turn (turns.ts; default 2). */
+  slicesPerTurn?: number;
   /** Same as `limits.max_connections`. */
   maxConnections?: number;
   /** The named limits (limits.ts; `[control]` keys of the gateway config); unset ones take their defaults. */
@@ -161,6 +166,10 @@ export class ControlServer {
   private pruneTimer: TimerHandle | null = null;
   private listening = false;
   private readonly audit: AuditLog;
+  /** Connections refused or closed over a limit, logged coalesced (limits.ts). */
+  private readonly limitLog: LimitLog;
+  /** The event loop's turns, shared among connections with a backlog of requests (turns.ts). */
+  private readonly turns: TurnShares;
 
   private constructor(private readonly opts: ControlServerOptions, devices: Map<string, ControlEngine>, tokens: TokenStore | null) {
     this.devices = devices;
@@ -175,7 +184,10 @@ export class ControlServer {
       streamHighWater: opts.streamHighWater ?? 256 * 1024,
       maxPipelined: opts.maxPipelined ?? 64,
       stalledDropMs: opts.stalledDropMs ?? 30_000,
+      ...(opts.requestsPerTurn !== undefined ? { requestsPerTurn: opts.requestsPerTurn } : {}),
     };
+    this.limitLog = new LimitLog((obj, msg) => this.logger.info(obj, msg));
+    this.turns = new TurnShares(opts.slicesPerTurn ?? DEFAULT_SLICES_PER_TURN);
     this.controlLimits = Object.freeze({
       ...DEFAULT_CONTROL_LIMITS,
       ...opts.limits,
@@ -271,9 +283,15 @@ export class ControlServer {
     return new Promise((done) => {
       const onError = (e: Error) => done(err({ code: 'ELISTEN', message: `control server: cannot listen on ${this.host}:${this.port}: ${e.message}` }));
       this.server.once('error', onError);
-      this.server.listen(this.port, this.host, () => {
+      // A long accept queue (Node's default is 511): a flood of connections that outruns our
+      // accepts would otherwise overflow it, and the kernel then drops the handshake's last ACK of
+      // whoever comes next — a client that waits 1 s for the SYN-ACK to be sent again. Accepting
+      // costs little (acceptInBatches), so a long queue drains quickly.
+      this.server.listen({ port: this.port, host: this.host, backlog: LISTEN_BACKLOG }, () => {
         this.server.off('error', onError);
         this.listening = true;
+        acceptInBatches(this.server, (address) => this.unauthenticatedRoom(address), (peer, name, limit) =>
+          this.limitLog.note('closed', name, limit, peer, { established: false }));
         const addr = this.address();
         if (!this.tokens) {
           this.note(`control: no access tokens configured; listening on loopback only (${addr.host}:${addr.port}), every local client has the admin role`);
@@ -342,6 +360,7 @@ export class ControlServer {
     this.pruneTimer = null;
     for (const c of this.connections) c.close();
     this.throttle.close();
+    this.limitLog.close();
     this.core.sessions.closeAll('server_shutdown');
     this.core.jobUploads.clear();
     if (!this.listening) return Promise.resolve();
@@ -370,11 +389,11 @@ export class ControlServer {
    * connection is closed. So idle connections that never authenticate can neither hold more than
    * `max_unauthenticated` places nor keep an authenticated client (or a fresh one) out.
    */
-  private admit(socket: Socket): boolean {
+  private admit(socket: Socket, remote: { address: string | undefined; port: number | undefined }): boolean {
     const L = this.controlLimits;
-    const address = addressKey(socket.remoteAddress);
+    const address = addressKey(remote.address);
     const refuse = (name: keyof ControlLimits, limit: number): false => {
-      this.logger.info({ peer: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`, limit: name, value: limit }, `control: connection refused over limit ${name}`);
+      this.limitLog.note('refused', name, limit, `${remote.address ?? '?'}:${remote.port ?? 0}`);
       socket.on('error', () => {});
       socket.pause();
       socket.end(limitLine(name, limit));
@@ -410,10 +429,37 @@ export class ControlServer {
     return true;
   }
 
+  /**
+   * How many unauthenticated connections from `address` can be held once those now held by
+   * authenticated connections are counted, and the limit that sets it (the one admit() would name
+   * when it pushes one out): acceptInBatches refuses at once a new connection that at least this
+   * many later ones of its batch would push out.
+   */
+  private unauthenticatedRoom(address: string): { room: number; name: keyof ControlLimits; limit: number } {
+    const L = this.controlLimits;
+    let total = 0;
+    let fromAddress = 0;
+    for (const c of this.connections) {
+      if (!c.active || !c.established) continue;
+      total++;
+      if (c.address === address) fromAddress++;
+    }
+    let best: { room: number; name: keyof ControlLimits; limit: number } = { room: L.max_unauthenticated, name: 'max_unauthenticated', limit: L.max_unauthenticated };
+    const perAddress = L.max_connections_per_address - fromAddress;
+    if (perAddress < best.room) best = { room: perAddress, name: 'max_connections_per_address', limit: L.max_connections_per_address };
+    const all = L.max_connections - total;
+    if (all < best.room) best = { room: all, name: 'max_connections', limit: L.max_connections };
+    return best;
+  }
+
   private accept(accepted: Socket, audit: AuditLog): void {
-    if (!this.admit(accepted)) return;
-    const socket = readIntoSharedBuffer(accepted, this.server);
+    // read once: each read of the peer's address is a system call
+    const remote = ACCEPTED_REMOTE.get(accepted) ?? { address: accepted.remoteAddress, port: accepted.remotePort };
+    if (!this.admit(accepted, remote)) return;
+    const socket = SHARED_READ.has(accepted) ? accepted : readIntoSharedBuffer(accepted, this.server);
     const conn = new Connection(this.nextConnId++, socket, {
+      remote,
+      limitLog: this.limitLog,
       core: this.core,
       commands: COMMANDS,
       tokens: this.tokens,
@@ -422,6 +468,7 @@ export class ControlServer {
       control: this.controlLimits,
       throttle: this.throttle,
       lingering: this.lingering,
+      turns: this.turns,
       log: (level, obj, msg) => this.logger[level](obj, msg),
       onAbortSession: (device, sid) => {
         if (device === JOB_UPLOAD_OWNER) {
@@ -491,6 +538,190 @@ const SHARED_READ_BUFFER = Buffer.allocUnsafeSlow(64 * 1024);
  * of it, valid only during the event. The server's connection count moves to the new socket. If the
  * runtime's sockets do not have the shape this needs, the accepted socket is returned as it is.
  */
+/** Sockets that read into SHARED_READ_BUFFER. */
+const SHARED_READ = new WeakSet<Socket>();
+
+/** The `onread` option of a socket that reads into SHARED_READ_BUFFER. */
+function sharedOnread(self: () => Socket | null): { buffer: Buffer; callback: (n: number, buf: Uint8Array) => boolean } {
+  return {
+    buffer: SHARED_READ_BUFFER,
+    callback: (n: number, buf: Uint8Array) => {
+      const socket = self();
+      socket?.emit('data', Buffer.from(buf.buffer, buf.byteOffset, n));
+      return !(socket?.isPaused() ?? false);
+    },
+  };
+}
+
+/** The listening socket's accept queue (the kernel caps it at net.core.somaxconn, 4096 on current Linux). */
+const LISTEN_BACKLOG = 4096;
+
+/** Connections refused on their raw handle per turn of the event loop (acceptInBatches). */
+const REFUSALS_PER_TURN = 64;
+
+/** The peer of a socket accepted through acceptInBatches (read once, from its handle). */
+const ACCEPTED_REMOTE = new WeakMap<Socket, { address: string | undefined; port: number | undefined }>();
+
+type ClientHandle = {
+  useUserBuffer?: unknown;
+  getpeername?: (out: { address?: string; port?: number }) => number;
+  writeUtf8String?: (req: unknown, text: string) => number;
+  close?: (cb?: () => void) => void;
+};
+
+/** Node's WriteWrap (the request object of a raw handle write), if this runtime lets us have it. */
+const WriteWrap: (new () => Record<string, unknown>) | null = (() => {
+  try {
+    const binding = (process as unknown as { binding: (name: string) => { WriteWrap?: new () => Record<string, unknown> } }).binding('stream_wrap');
+    return typeof binding.WriteWrap === 'function' ? binding.WriteWrap : null;
+  } catch {
+    return null;
+  }
+})();
+
+/**
+ * Writes `line` on a raw accepted handle and closes it, without a socket object ever being made
+ * for it; false when the handle cannot do that (the caller then takes the ordinary path).
+ */
+function refuseRaw(client: ClientHandle, line: string): boolean {
+  if (!WriteWrap || typeof client.writeUtf8String !== 'function' || typeof client.close !== 'function') return false;
+  try {
+    const req = new WriteWrap();
+    let closed = false;
+    const close = (): void => {
+      if (closed) return;
+      closed = true;
+      client.close!();
+    };
+    req['handle'] = client;
+    req['oncomplete'] = close;
+    req['async'] = false;
+    const err = client.writeUtf8String(req, line);
+    if (err !== 0 || !req['async']) close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Takes over the listening socket's accepts (Node's `onconnection`, which the server replaces for
+ * one of its own): every connection accepted in one poll of the listening socket is taken as a
+ * raw handle, and the batch is handled once the poll is over (setImmediate), in order:
+ *   - a connection that the ones after it in the same batch would push out anyway — at least
+ *     `max_unauthenticated` later ones from its address (the oldest unauthenticated connection of
+ *     an address goes first, server.ts admit) — gets the `ELIMIT:max_unauthenticated` line written
+ *     on its handle and is closed, without a socket object ever made for it;
+ *   - the others become sockets that read into SHARED_READ_BUFFER (made once, with `onread`,
+ *     instead of once by Node and again by readIntoSharedBuffer) and go to `connection` as usual.
+ * So a flood of idle connections costs an accept and a write for most of them instead of the whole
+ * set-up of a connection that is closed a moment later: opening 1,024 idle connections 256 at a
+ * time left a new client's request queued behind up to 511 full set-ups (the listen backlog).
+ * Without the internals this needs, nothing changes (Node's onconnection, then accept() re-wraps).
+ */
+function acceptInBatches(
+  server: Server,
+  roomFor: (address: string) => { room: number; name: keyof ControlLimits; limit: number },
+  onRefused: (peer: string, name: keyof ControlLimits, limit: number) => void,
+): void {
+  type ListenHandle = { onconnection?: (this: unknown, err: number, client: ClientHandle | undefined) => void };
+  type ServerInternals = { _handle?: ListenHandle | null; _connections?: number; maxConnections?: number; allowHalfOpen?: boolean };
+  const srv = server as unknown as ServerInternals;
+  const handle = srv._handle;
+  const original = handle?.onconnection;
+  if (!handle || typeof original !== 'function' || typeof srv._connections !== 'number') return;
+  let batch: ClientHandle[] = [];
+  const take = (client: ClientHandle, remote: { address?: string; port?: number }): void => {
+    let socket: Socket | null = null;
+    socket = new Socket({
+      handle: client as never,
+      readable: true,
+      writable: true,
+      allowHalfOpen: false,
+      pauseOnCreate: true,
+      onread: sharedOnread(() => socket),
+    } as ConstructorParameters<typeof Socket>[0]);
+    SHARED_READ.add(socket);
+    ACCEPTED_REMOTE.set(socket, { address: remote.address, port: remote.port });
+    srv._connections = (srv._connections ?? 0) + 1;
+    (socket as unknown as { server: Server }).server = server;
+    (socket as unknown as { _server: Server })._server = server;
+    server.emit('connection', socket);
+  };
+  const run = (): void => {
+    const clients = batch;
+    batch = [];
+    if (srv._handle !== handle) {
+      for (const c of clients) c.close?.(); // the server closed meanwhile
+      return;
+    }
+    const peers = clients.map((c) => {
+      const out: { address?: string; port?: number } = {};
+      try {
+        c.getpeername?.(out);
+      } catch {
+        /* unknown peer */
+      }
+      return out;
+    });
+    const later = new Map<string, number>();
+    const rooms = new Map<string, { room: number; name: keyof ControlLimits; limit: number; line: string }>();
+    const doomed = new Array<{ line: string; name: keyof ControlLimits; limit: number } | null>(clients.length).fill(null);
+    for (let i = clients.length - 1; i >= 0; i--) {
+      const key = addressKey(peers[i]!.address);
+      let room = rooms.get(key);
+      if (!room) {
+        const r = roomFor(key);
+        room = { ...r, line: limitLine(r.name, r.limit) };
+        rooms.set(key, room);
+      }
+      const n = later.get(key) ?? 0;
+      // no room at all: admit() refuses it at arrival, with its own reasons; leave it to admit()
+      if (room.room >= 1 && n >= room.room) doomed[i] = room;
+      later.set(key, n + 1);
+    }
+    clients.forEach((client, i) => {
+      const d = doomed[i];
+      if (d && WriteWrap) {
+        refusing.push({ client, line: d.line, peer: `${peers[i]!.address ?? '?'}:${peers[i]!.port ?? 0}`, name: d.name, limit: d.limit });
+        return;
+      }
+      try {
+        take(client, peers[i]!);
+      } catch {
+        original.call(handle, 0, client);
+      }
+    });
+    // the refusals wait for the turns after this one, a bounded number each: the connections
+    // taken above (a new client among them) have their requests read first
+    if (refusing.length && !refusalsScheduled) {
+      refusalsScheduled = true;
+      setImmediate(refuseSome);
+    }
+  };
+  const refusing: { client: ClientHandle; line: string; peer: string; name: keyof ControlLimits; limit: number }[] = [];
+  let refusalsScheduled = false;
+  const refuseSome = (): void => {
+    refusalsScheduled = false;
+    for (const r of refusing.splice(0, REFUSALS_PER_TURN)) {
+      if (refuseRaw(r.client, r.line)) onRefused(r.peer, r.name, r.limit);
+      else r.client.close?.();
+    }
+    if (refusing.length) {
+      refusalsScheduled = true;
+      setImmediate(refuseSome);
+    }
+  };
+  handle.onconnection = function onconnection(this: unknown, err: number, client: ClientHandle | undefined): void {
+    if (err || !client || typeof client.useUserBuffer !== 'function' || srv.maxConnections || srv.allowHalfOpen) {
+      original.call(this, err, client);
+      return;
+    }
+    if (batch.length === 0) setImmediate(run);
+    batch.push(client);
+  };
+}
+
 function readIntoSharedBuffer(accepted: Socket, server: Server): Socket {
   type Internals = { _handle?: { useUserBuffer?: unknown; reading?: boolean } | null; _server?: unknown };
   type ServerInternals = { _connections?: number };
@@ -506,13 +737,7 @@ function readIntoSharedBuffer(accepted: Socket, server: Server): Socket {
       writable: true,
       allowHalfOpen: false,
       pauseOnCreate: true,
-      onread: {
-        buffer: SHARED_READ_BUFFER,
-        callback: (n: number, buf: Uint8Array) => {
-          socket?.emit('data', Buffer.from(buf.buffer, buf.byteOffset, n));
-          return !(socket?.isPaused() ?? false);
-        },
-      },
+      onread: sharedOnread(() => socket),
     } as ConstructorParameters<typeof Socket>[0]);
     socket = wrapped;
     // the old object lets go of the handle (destroying it now closes nothing but itself, and gives

@@ -48,10 +48,22 @@ export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   maxSessionsPerOwner: 16,
 };
 
-/** A request-level failure with the exact wire string (e.g. `session_required`). */
+/**
+ * A request-level failure with the exact wire string (e.g. `session_required`). It is an answer,
+ * not a bug: no stack trace is captured (that was most of the cost of refusing a request, and a
+ * flood of refused requests is what a misbehaving client sends).
+ */
 export class RequestError extends Error {
-  constructor(readonly wire: string, readonly detail?: Record<string, unknown>) {
+  readonly wire: string;
+  readonly detail?: Record<string, unknown>;
+
+  constructor(wire: string, detail?: Record<string, unknown>) {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(wire);
+    Error.stackTraceLimit = limit;
+    this.wire = wire;
+    if (detail !== undefined) this.detail = detail;
   }
 }
 
