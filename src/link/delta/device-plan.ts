@@ -4,7 +4,7 @@
  * content-addressed store holds that base and the patch is strictly smaller than the compressed image),
  * COMPRESSED (raw deflate) or RAW (the device decodes nothing, or the caller turned both off).
  */
-import { compressImage } from './compress.js';
+import { compressImage, type CompressedImage } from './compress.js';
 import { makePatch } from './bsdiff.js';
 import { cheapestTransfer, patchWindowBitsFor } from './plan.js';
 import { sha256Hex, type ImageSource } from './image-store.js';
@@ -45,6 +45,8 @@ export interface ChooseOptions {
   force?: boolean;
   /** Leave out this base (it was refused: the device's active slot does not hash to it). */
   excludeBase?: string;
+  /** Compressed images by window bits, shared by calls for one image (a CAN plan asks once per group). */
+  compressedCache?: Map<number, CompressedImage>;
 }
 
 export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState, store: ImageSource | null, o: ChooseOptions = {}): Promise<TransferChoice> {
@@ -52,7 +54,12 @@ export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState
   const sizes: TransferChoice['sizes'] = { raw: image.length, compressed: null, patch: null };
   if (device.sha256 === sha && !o.force) return { mode: 'current', encoded: null, base: null, sizes };
   const codec = device.codec;
-  const compressed = codec?.deflate && o.compress !== false ? compressImage(image, { windowBits: Math.min(12, codec.maxWindowBits) }) : null;
+  let compressed: CompressedImage | null = null;
+  if (codec?.deflate && o.compress !== false) {
+    const wb = Math.min(12, codec.maxWindowBits);
+    compressed = o.compressedCache?.get(wb) ?? compressImage(image, { windowBits: wb });
+    o.compressedCache?.set(wb, compressed);
+  }
   if (compressed) sizes.compressed = compressed.bytes.length;
   let patch: { bytes: Uint8Array; windowBits: number } | null = null;
   const baseSha = device.sha256;
