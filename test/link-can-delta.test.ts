@@ -67,7 +67,7 @@ interface Dev {
   until(pred: () => boolean): Promise<void>;
 }
 
-async function boot(bus: TestBus, node: number, dir: string, faults?: FaultOptions): Promise<Dev> {
+async function boot(bus: TestBus, node: number, dir: string, faults?: FaultOptions, codec?: false): Promise<Dev> {
   const waiters: Array<{ pred: () => boolean; resolve: () => void }> = [];
   const check = (): void => {
     for (const w of waiters.splice(0)) {
@@ -75,7 +75,9 @@ async function boot(bus: TestBus, node: number, dir: string, faults?: FaultOptio
       else waiters.push(w);
     }
   };
-  const dev = await openSimulatedDevice({ name: `node${node}`, stateDir: dir, confirmWindowMs: CONFIRM_MS, events: { emit: (_e: EngineEvent) => queueMicrotask(check) } });
+  const dev = await openSimulatedDevice({
+    name: `node${node}`, stateDir: dir, confirmWindowMs: CONFIRM_MS, events: { emit: (_e: EngineEvent) => queueMicrotask(check) }, ...(codec === false ? { codec } : {}),
+  });
   const restored = dev.engine.restore();
   if (!restored.ok) throw new Error(`node ${node}: restore failed: ${JSON.stringify(restored.error)}`);
   const ep = await bus.endpoint(faults ? { faults } : {});
@@ -96,11 +98,11 @@ interface Rig {
   faults: ((node: number) => FaultOptions | undefined) | undefined;
 }
 
-async function rig(t: ExecutionContext, count: number, faults?: (node: number) => FaultOptions | undefined): Promise<Rig> {
+async function rig(t: ExecutionContext, count: number, faults?: (node: number) => FaultOptions | undefined, rawOnly: number[] = []): Promise<Rig> {
   const bus = await openTestBus();
   const root = mkdtempSync(join(tmpdir(), 'can-delta-'));
   const devs: Dev[] = [];
-  for (let node = 1; node <= count; node++) devs.push(await boot(bus, node, join(root, `node${node}`), faults?.(node)));
+  for (let node = 1; node <= count; node++) devs.push(await boot(bus, node, join(root, `node${node}`), faults?.(node), rawOnly.includes(node) ? false : undefined));
   const r: Rig = { bus, client: await bus.endpoint(), devs, root, faults };
   t.teardown(async () => {
     await Promise.all(r.devs.map((d) => d.until(() => settled(d))));
@@ -352,4 +354,36 @@ canTest('a patch for another base and a corrupted patch: the old image keeps run
     }
     await restart(r);
   }
+});
+
+canTest('a node without codec support gets the raw image; --no-delta, --no-compress and both turned off (each flash twice: the second CURRENT)', async (t) => {
+  t.timeout(LONG);
+  const r = await rig(t, 4, undefined, [4]);
+  await provision(t, r, V1, [1, 2, 3, 4]);
+  const store = new MemoryContentStore();
+  await store.put(V1);
+  const steps: Array<{ image: Uint8Array; options: { compress?: boolean; delta?: boolean }; modes: string[]; probe: boolean }> = [
+    { image: V2, options: {}, modes: ['delta', 'delta', 'delta', 'raw'], probe: true },
+    { image: build(3), options: { delta: false }, modes: ['compressed', 'compressed', 'compressed', 'raw'], probe: true },
+    { image: build(4), options: { compress: false }, modes: ['delta', 'delta', 'delta', 'raw'], probe: true },
+    { image: build(5), options: { compress: false, delta: false }, modes: ['raw', 'raw', 'raw', 'raw'], probe: false },
+  ];
+  for (const step of steps) {
+    for (const pass of [1, 2]) {
+      const res = await flashWith(r, store, step.image, step.options);
+      const what = `${JSON.stringify(step.options)} pass ${pass}`;
+      t.true(res.ok, `${what}: ${JSON.stringify(res.nodeVerdicts)}`);
+      const modes = res.verdicts.map((v) => transferOf(v)?.mode);
+      t.deepEqual(modes, pass === 1 ? step.modes : ['current', 'current', 'current', 'current'], what);
+      // No probe when both are off: one raw broadcast, as before plans.
+      t.is(res.stats.sessions.length, pass === 1 ? (step.probe ? new Set(step.modes).size + 1 : 1) : 1, `${what}: broadcasts`);
+      if (pass === 1) {
+        const raw = transferOf(res.verdicts[3]);
+        t.like(raw, { stream_bytes: step.image.length, image_bytes: step.image.length });
+        t.true(raw!.bytes_on_wire >= step.image.length);
+      }
+      for (const d of r.devs) t.is(runs(d), sha(step.image), `${what}: node ${d.node}`);
+    }
+  }
+  for (const d of r.devs) t.like(await requestValue({ bus: r.client, node: d.node, oid: TEMP_OID }), { ok: true, value: tempOf(d.node) });
 });
