@@ -49,6 +49,33 @@ export interface ChooseOptions {
   compressedCache?: Map<number, CompressedImage>;
 }
 
+/**
+ * Patches and compressed images are pure functions of the images' bytes, so they are kept by SHA-256
+ * (a bounded LRU, this process): a gateway that updates several buses or retries a job, or a CAN plan
+ * with several groups on one base, computes each once.
+ */
+const MEMO_BYTES = 32 << 20;
+const memo = new Map<string, { bytes: Uint8Array; windowBits: number }>();
+let memoBytes = 0;
+function memoized<T extends { bytes: Uint8Array; windowBits: number }>(key: string, make: () => T): { bytes: Uint8Array; windowBits: number } {
+  const held = memo.get(key);
+  if (held) {
+    memo.delete(key);
+    memo.set(key, held);
+    return held;
+  }
+  const made = make();
+  const entry = { bytes: made.bytes, windowBits: made.windowBits };
+  memo.set(key, entry);
+  memoBytes += entry.bytes.length;
+  while (memoBytes > MEMO_BYTES && memo.size > 1) {
+    const [k, v] = memo.entries().next().value!;
+    memo.delete(k);
+    memoBytes -= v.bytes.length;
+  }
+  return entry;
+}
+
 export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState, store: ImageSource | null, o: ChooseOptions = {}): Promise<TransferChoice> {
   const sha = sha256Hex(image);
   const sizes: TransferChoice['sizes'] = { raw: image.length, compressed: null, patch: null };
@@ -57,7 +84,7 @@ export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState
   let compressed: CompressedImage | null = null;
   if (codec?.deflate && o.compress !== false) {
     const wb = Math.min(12, codec.maxWindowBits);
-    compressed = o.compressedCache?.get(wb) ?? compressImage(image, { windowBits: wb });
+    compressed = o.compressedCache?.get(wb) ?? { ...memoized(`z:${sha}:${wb}`, () => compressImage(image, { windowBits: wb })), rawSize: image.length };
     o.compressedCache?.set(wb, compressed);
   }
   if (compressed) sizes.compressed = compressed.bytes.length;
@@ -67,7 +94,7 @@ export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState
     const base = await store.get(baseSha);
     const wb = patchWindowBitsFor(codec.ramBytes);
     if (base && wb !== null) {
-      patch = makePatch(base, image, { windowBits: wb });
+      patch = memoized(`p:${baseSha}:${sha}:${wb}`, () => makePatch(base, image, { windowBits: wb }));
       sizes.patch = patch.bytes.length;
     }
   }
