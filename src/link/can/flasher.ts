@@ -163,8 +163,9 @@ export class CanFlasher implements Flasher {
     const started = performance.now();
     // Every image flashed goes into the store: the next update of these nodes can be a delta from it.
     if (this.images) await this.images.put(image).catch(() => undefined);
+    /** Verdicts published so far (each with its transfer report, so after its broadcast ended). */
     const arrived: TargetVerdict[] = [];
-    const seen = new Set<number>();
+    let lastProgress: { p: MasterProgress; targets: number[]; streamBytes: number; chunkSize: number } | null = null;
     const base: MasterOptions = { bus: this.bus, image, nodes, fd: o.fd === true, force: o.force === true };
     if (o.window !== undefined) base.window = o.window;
     if (o.timeoutMs !== undefined) base.timeoutMs = o.timeoutMs;
@@ -185,13 +186,8 @@ export class CanFlasher implements Flasher {
       let chunkSize = o.fd ? 64 : 8;
       const onProgress = (p: MasterProgress): void => {
         req.onMasterProgress?.(p);
-        if (!req.onProgress) return;
-        for (const v of p.verdicts) {
-          if (seen.has(v.node) || v.status === 'PROBED') continue;
-          seen.add(v.node);
-          arrived.push(targetVerdict(v));
-        }
-        req.onProgress(flashProgress(p, targets, image.length, streamBytes, chunkSize, arrived));
+        lastProgress = { p, targets, streamBytes, chunkSize };
+        req.onProgress?.(flashProgress(p, targets, image.length, streamBytes, chunkSize, arrived));
       };
       let master: CanMaster;
       try {
@@ -242,8 +238,19 @@ export class CanFlasher implements Flasher {
         final.set(v.node, v);
         if (v.status === 'CURRENT') report(v.node, 'current', null, 0);
         else if (b) report(v.node, b.mode, b.base, b.streamBytes, fallback);
+        arrived.push({ ...verdictOf(v.node), target: String(v.node) });
+      }
+      // The broadcast's verdicts, with what each cost (known once it ended), go out as progress now.
+      if (req.onProgress && lastProgress) {
+        const l = lastProgress as { p: MasterProgress; targets: number[]; streamBytes: number; chunkSize: number };
+        req.onProgress(flashProgress(l.p, l.targets, image.length, l.streamBytes, l.chunkSize, arrived));
       }
       return refused;
+    };
+    const verdictOf = (n: number): TargetVerdict => {
+      const v = targetVerdict(final.get(n)!);
+      const t = reports.get(n);
+      return v.ok && t ? { ...v, transfer: t } : v;
     };
 
     let plan: CanPlan | null = null;
@@ -281,11 +288,6 @@ export class CanFlasher implements Flasher {
     const canceled = typeof signal?.reason === 'string' && signal.reason !== '' ? signal.reason : 'canceled';
     for (const n of nodes) if (!final.has(n)) final.set(n, { node: n, status: 'ECANCELED', where: 'transfer', reason: canceled });
     const nodeVerdicts = [...nodes].sort((a, b) => a - b).map((n) => final.get(n)!);
-    const verdictOf = (n: number): TargetVerdict => {
-      const v = targetVerdict(final.get(n)!);
-      const t = reports.get(n);
-      return v.ok && t ? { ...v, transfer: t } : v;
-    };
     return {
       ok: nodeVerdicts.every((v) => OK_STATUSES.has(v.status)),
       // One per requested target, in the order requested.
