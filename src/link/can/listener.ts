@@ -795,7 +795,7 @@ function sameAnnounce(a: Announce, b: Announce): boolean {
   return (
     a.totalBytes === b.totalBytes && a.crc32 === b.crc32 && a.chunkSize === b.chunkSize && a.fd === b.fd && a.window === b.window &&
     Buffer.from(a.sha256).equals(Buffer.from(b.sha256)) && a.nodes.join() === b.nodes.join() && !!a.force === !!b.force && !!a.probe === !!b.probe &&
-    a.stream?.encoding.kind === b.stream?.encoding.kind && a.stream?.streamBytes === b.stream?.streamBytes && a.stream?.streamCrc32 === b.stream?.streamCrc32 &&
+    JSON.stringify(a.stream?.encoding ?? null) === JSON.stringify(b.stream?.encoding ?? null) && a.stream?.streamBytes === b.stream?.streamBytes && a.stream?.streamCrc32 === b.stream?.streamCrc32 &&
     Buffer.from(a.stream?.baseSha256 ?? []).equals(Buffer.from(b.stream?.baseSha256 ?? []))
   );
 }
