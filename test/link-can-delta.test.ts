@@ -203,6 +203,13 @@ canTest('a flash --can process, v0 and v1 in its store: the v1 and v0 groups eac
       t.deepEqual(plan.broadcasts, []);
       for (const v of verdicts) t.like(v, { status: 'CURRENT', mode: 'CURRENT', bytes_on_wire: 0 });
       t.like(summary['sent'], { data: 0, sync: 0, repair: 0 });
+      // The human output: the plan on stderr before anything moves, the transfer column per node.
+      const human = spawnCli(['flash', '--can', r.bus.processAddress(), '--nodes', '1-16', '--can-timeout', '1000', '--can-session', '40', '--cache', cache, join(files, 'v2.hxe')]);
+      t.is(await human.exited, 0, human.stderr());
+      t.regex(human.stderr(), /plan: \d+-byte image; 16 CURRENT \(skipped\): nodes 1-16; 0 to send in 0 broadcasts/);
+      const rows = human.lines.map((l) => String(l['text'] ?? '')).filter((l) => /^\s+\d+\s+CURRENT/.test(l));
+      t.is(rows.length, 16);
+      t.true(rows.every((l) => l.includes('CURRENT 0 B')), rows.join('\n'));
     }
     await allOnV2WithValues(t, r);
     await restart(r);
