@@ -254,14 +254,18 @@ export class CanFlasher implements Flasher {
     };
 
     let plan: CanPlan | null = null;
+    let probeResult: MasterResult | null = null;
     if (o.compress === false && o.delta === false) {
       // Both turned off: one raw broadcast, as before there were plans.
       const raw: Broadcast = { mode: 'raw', nodes, base: null, streamBytes: image.length };
       take(await run(nodes, {}, image.length), raw);
     } else {
       // Ask first: who runs the image already, and what the others run and decode.
-      const probe = await run(nodes, { probe: true }, image.length);
-      take(probe, null);
+      probeResult = await run(nodes, { probe: true }, image.length);
+      take(probeResult, null);
+    }
+    if (!(o.compress === false && o.delta === false) && !signal?.aborted) {
+      const probe = probeResult!;
       const current = probe.verdicts.filter((v) => v.status === 'CURRENT').map((v) => v.node);
       plan = await planCanTransfer(image, probe.probes, this.images, { compress: o.compress !== false, delta: o.delta !== false, force: o.force === true }, current);
       req.onPlan?.(plan);
