@@ -264,8 +264,8 @@ export class CanFlasher implements Flasher {
       probeResult = await run(nodes, { probe: true }, image.length);
       take(probeResult, null);
     }
-    if (!(o.compress === false && o.delta === false) && !signal?.aborted) {
-      const probe = probeResult!;
+    if (probeResult && !signal?.aborted) {
+      const probe = probeResult;
       const current = probe.verdicts.filter((v) => v.status === 'CURRENT').map((v) => v.node);
       plan = await planCanTransfer(image, probe.probes, this.images, { compress: o.compress !== false, delta: o.delta !== false, force: o.force === true }, current);
       req.onPlan?.(plan);
