@@ -94,7 +94,8 @@ export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState
     const base = await store.get(baseSha);
     const wb = patchWindowBitsFor(codec.ramBytes);
     if (base && wb !== null) {
-      patch = memoized(`p:${baseSha}:${sha}:${wb}`, () => makePatch(base, image, { windowBits: wb }));
+      // keyed by the hash of the bytes the store gave, not the SHA-256 asked for: a patch is made from those
+      patch = memoized(`p:${sha256Hex(base)}:${sha}:${wb}`, () => makePatch(base, image, { windowBits: wb }));
       sizes.patch = patch.bytes.length;
     }
   }
