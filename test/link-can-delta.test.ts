@@ -394,3 +394,28 @@ canTest('a node without codec support gets the raw image; --no-delta, --no-compr
   }
   for (const d of r.devs) t.like(await requestValue({ bus: r.client, node: d.node, oid: TEMP_OID }), { ok: true, value: tempOf(d.node) });
 });
+
+canTest('CAN FD: a patch per base in 64-byte chunks (version 2 announce in two parts), twice', async (t) => {
+  t.timeout(LONG);
+  const r = await rig(t, 3);
+  await provision(t, r, V1, [1, 2]);
+  await provision(t, r, V0, [3]);
+  const fdClient = await r.bus.endpoint({ fd: true });
+  const store = new MemoryContentStore();
+  await store.put(V1);
+  await store.put(V0);
+  for (const round of [1, 2]) {
+    const flasher = new CanFlasher({ name: 'test', bus: fdClient, images: store });
+    const res = await flasher.flash({ image: V2, targets: ['1', '2', '3'], options: { fd: true, timeoutMs: 1000, session: 150 + 10 * round } });
+    await Promise.all(r.devs.map((d) => d.until(() => settled(d))));
+    t.true(res.ok, JSON.stringify(res.nodeVerdicts));
+    t.is(res.stats.chunkSize, 64);
+    const modes = res.verdicts.map((v) => transferOf(v)?.mode);
+    if (round === 1) {
+      t.deepEqual(modes, ['delta', 'delta', 'delta']);
+      t.deepEqual(res.plan?.broadcasts.map((b) => [b.mode, b.nodes]), [['delta', [1, 2]], ['delta', [3]]]);
+      t.deepEqual(res.stats.sessions.map((s) => s.sent.announce), [1, 2, 2], 'probe: 1 FD part (version 1); each broadcast: 2 (version 2)');
+    } else t.deepEqual(modes, ['current', 'current', 'current']);
+    for (const d of r.devs) t.is(runs(d), sha(V2));
+  }
+});
