@@ -422,7 +422,7 @@ test.serial('a gateway SIGKILLed mid-wave: its devices TIMED_OUT, the threshold 
   const slow1 = await startServe(configs['slow-1']!);
   running.push(slow1, await startServe(configs['slow-2']!));
   const big = join(dir, 'big.hxe');
-  writeFileSync(big, sensorOfSize(7, 48 * 1024));
+  writeFileSync(big, sensorOfSize(7, 48 * 1024, true)); // random code: it does not compress, so the transfer takes its time
 
   const w = await client(t, ['slow/+/jobs/+']);
   const ctl = spawnCli(['fleet', 'rollout', 'create', '--broker', fleet!.broker.url, '--prefix', 'slow', '--json', '--token', OPERATOR, '--image', big, '--select', 'gateway=slow-*', '--waves', '3,100%', '--timeout', '8s', '--id', 'r-kill']);

@@ -240,7 +240,8 @@ test.serial('jobs over the control port and MQTT to 8 CAN nodes: installed, then
 });
 
 test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, nothing is lost, devices run old or new; a cancel mid-transfer leaves the old image; a broker outage mid-job loses no state', async (t) => {
-  // 125 kbit/s with bus timing: a 48 KiB image takes seconds, long enough to kill and to cancel mid-way.
+  // 125 kbit/s with bus timing: a 48 KiB image takes seconds, long enough to kill and to cancel mid-way
+  // (sent raw: compressed, this repetitive build would be over before the first progress event).
   const r = await rig(t, [{ name: 'slow', nodes: 3, bitrate: 125_000 }], 'persistent');
   const big = sensorOfSize(7, 48 * 1024);
   writeFileSync(join(r.images, 'big.hxe'), big);
@@ -252,7 +253,7 @@ test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, n
   for (const round of [1, 2]) {
     // A job, then SIGKILL as soon as data moves.
     const c = await control(t, s);
-    const sub = await c.request('job.submit', { link: 'slow', image: 'big.hxe', nodes: '1-3', options: { force: true } });
+    const sub = await c.request('job.submit', { link: 'slow', image: 'big.hxe', nodes: '1-3', options: { force: true, compress: false, delta: false } });
     t.true(sub.ok, JSON.stringify(sub));
     const id = (sub as { ok: true; value: { job: JobRecord } }).value.job.id;
     const watch = spawnCli(['job', 'watch', id, '--connect', s.control, '--token', OPERATOR, '--json']);
@@ -288,7 +289,7 @@ test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, n
   await cliSubmit(s, ['--link', 'slow', '--nodes', '1-3', '--image-name', 'sensor.hxe', '--force']);
   const c = await control(t, s);
   for (const round of [1, 2]) {
-    const sub = await c.request('job.submit', { link: 'slow', image: 'big.hxe', nodes: '1-3', options: { force: true } });
+    const sub = await c.request('job.submit', { link: 'slow', image: 'big.hxe', nodes: '1-3', options: { force: true, compress: false, delta: false } });
     const id = (sub as { ok: true; value: { job: JobRecord } }).value.job.id;
     const watch = spawnCli(['job', 'watch', id, '--connect', s.control, '--token', OPERATOR, '--json']);
     await watch.waitFor((l) => l['type'] === 'event' && l['event'] === 'job.progress');
@@ -307,7 +308,7 @@ test.serial('SIGKILL mid-job: after the restart the job is FAILED interrupted, n
   // A broker outage mid-job (twice): the job runs on; its final document and terminal event arrive after the reconnect.
   for (const round of [1, 2]) {
     const w = await watcher(t, r.broker!.url, ['hsx/jobs-test/jobs/+', 'hsx/jobs-test/events/job/finished', 'hsx/jobs-test/device/+/events/job/progress'], `outage-watcher-${round}`);
-    const sub = await c.request('job.submit', { link: 'slow', image: round === 1 ? 'big.hxe' : 'big2.hxe', nodes: '1-3', options: { force: true } });
+    const sub = await c.request('job.submit', { link: 'slow', image: round === 1 ? 'big.hxe' : 'big2.hxe', nodes: '1-3', options: { force: true, compress: false, delta: false } });
     const id = (sub as { ok: true; value: { job: JobRecord } }).value.job.id;
     const watch = spawnCli(['job', 'watch', id, '--connect', s.control, '--token', OPERATOR, '--json']);
     await watch.waitFor((l) => l['type'] === 'event' && l['event'] === 'job.progress');

@@ -14,7 +14,7 @@ import { CAN_SERIAL, openTestBus, spawnCli, type CliChild } from './support/can-
 import { ROOT } from './support/cli-argv.js';
 import { startServe } from './support/serve-child.js';
 import { sha256Hex } from './update-images.js';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 
 const canTest = CAN_SERIAL ? test.serial : test;
 const APPS = join(ROOT, 'configs', 'sd', 'apps');
@@ -51,7 +51,16 @@ canTest('a job on the daemon\'s CAN master link installs on two device processes
     t.truthy(job, `round ${round}: ${JSON.stringify(p.lines.slice(-3))} ${p.stderr()}`);
     t.is(code, 0, `round ${round}: ${JSON.stringify(job)}`);
     t.deepEqual(job!.targets.map((x) => `${x.target}:${x.state}/${x.outcome}`), [`1:${want}`, `2:${want}`], `round ${round}`);
+    // How the image went (issue 25): fresh nodes decode deflate, so the compressed image; then CURRENT.
+    for (const x of job!.targets) {
+      const tr = x.transfer;
+      t.is(tr?.mode, round === 1 ? 'compressed' : 'current', `round ${round}: target ${x.target}: ${JSON.stringify(tr)}`);
+      if (round === 1) t.true(tr!.bytes_on_wire > 0 && tr!.bytes_on_wire < tr!.image_bytes && tr!.ratio === Math.round((tr!.bytes_on_wire / tr!.image_bytes) * 10000) / 10000);
+      else t.is(tr?.bytes_on_wire, 0);
+    }
   }
+  // The gateway keeps what it flashed by SHA-256 in its state dir: the base of the next delta.
+  t.true(existsSync(join(dir, 'gateway', 'images-by-sha', `${v1}.hxe`)));
   // Scanned again after the job: both nodes run the image. (Connected only now: a connection that
   // says nothing for [control] pre_auth_timeout_ms is closed, and the VM lane is slow.)
   const conn = await ControlClient.connect(s.control, { timeoutMs: 60_000 });

@@ -46,8 +46,9 @@ canTest('device processes take a broadcast from a flash process (classic) and fr
   t.log(`flash process: exit ${code}; ${JSON.stringify(summary?.['sent'])}, ${summary?.['repairedChunks']} repaired; stderr: ${flash.stderr().trim()}`);
   t.is(code, 0);
   t.deepEqual(verdicts.map((v) => [v['node'], v['status']]), [[1, 'READY'], [2, 'READY'], [3, 'READY']]);
+  // Session 21 is the probe (what each node runs and decodes); the image goes in session 22.
   for (const d of devices) {
-    const v = await d.waitFor((l) => l['type'] === 'verdict' && l['session'] === 21);
+    const v = await d.waitFor((l) => l['type'] === 'verdict' && l['session'] === 22);
     t.is(v['status'], 'READY');
     t.is(v['appName'], 'sensor_app');
   }
@@ -55,9 +56,9 @@ canTest('device processes take a broadcast from a flash process (classic) and fr
   // 2. An in-process master, CAN FD, to the same processes.
   const ep = await bus.endpoint({ fd: true });
   const image = new Uint8Array(readFileSync(fixture('t10_test_stdio_mailbox.hxe')));
-  const r = await new CanMaster({ bus: ep, image, nodes: [1, 2, 3], fd: true, session: 22, timeoutMs: 400 }).run();
+  const r = await new CanMaster({ bus: ep, image, nodes: [1, 2, 3], fd: true, session: 23, timeoutMs: 400 }).run();
   t.true(r.ok, JSON.stringify(r.verdicts));
-  for (const d of devices) t.is((await d.waitFor((l) => l['type'] === 'verdict' && l['session'] === 22))['status'], 'READY');
+  for (const d of devices) t.is((await d.waitFor((l) => l['type'] === 'verdict' && l['session'] === 23))['status'], 'READY');
 
   // 3. Values over the bus, from separate processes.
   const set = spawnCli(['can', 'set', '--can', bus.processAddress(), '--node', '1', '1:2', '21.5', '--json']);

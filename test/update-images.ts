@@ -22,11 +22,23 @@ export function sensorBuild(seed: number, codeBytes = 16, extra: Partial<ImageSp
   return r.value;
 }
 
-/** Build `seed` of sensor_app, about `bytes` long in total (code fills the rest). */
-export function sensorOfSize(seed: number, bytes: number): Uint8Array {
+/**
+ * Build `seed` of sensor_app, about `bytes` long in total (code fills the rest). `random`: the code is
+ * seeded random bytes, so the image does not compress (a transfer that must take its time on the bus).
+ */
+export function sensorOfSize(seed: number, bytes: number, random = false): Uint8Array {
   const probe = sensorBuild(seed, 4);
   const codeBytes = Math.max(4, Math.floor((bytes - probe.length + 4) / 4) * 4);
-  return sensorBuild(seed, codeBytes);
+  if (!random) return sensorBuild(seed, codeBytes);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  const code = Uint8Array.from({ length: codeBytes }, () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x & 0xff;
+  });
+  return sensorBuild(seed, codeBytes, { code });
 }
 
 export const sha256Hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');

@@ -519,6 +519,31 @@ export class DeviceIntake {
     return this.serial(() => this.admitted(staged.value, this.planFor(a), a.admit));
   }
 
+  /**
+   * A whole encoded stream at once (a compressed image or a delta patch the control port or a boot source
+   * holds complete): the announce names the encoding and the decoded image's size (and its CRC-32 and
+   * SHA-256, when known); the stream goes through the same decoder and checks as one arriving by link
+   * (open → write → finish), so the rules are those of a stream.
+   */
+  async loadEncoded(stream: Uint8Array, a: Omit<IntakeAnnounce, 'streamBytes'>): Promise<Result<IntakeVerdict, EngineError>> {
+    if (!a.encoding || a.encoding.kind === 'raw') {
+      return err(engineError('EBADMSG', 'begin', 'encoding_required', 'loadEncoded takes a deflate stream or a patch; a raw image goes to load()', { field: 'encoding' }));
+    }
+    const opened = this.open({ ...a, streamBytes: stream.length });
+    if (!opened.ok) return opened;
+    if (opened.value.kind === 'current') {
+      const t = this.engine.taskBySha256(opened.value.running.sha256)!;
+      return ok({ outcome: 'current', task: t, from: null, slot: null, confirmPending: this.pending?.pid === t.pid });
+    }
+    const id = opened.value.id;
+    const w = this.write(id, 0, stream);
+    if (!w.ok) {
+      this.abort(id, w.error.reason);
+      return w;
+    }
+    return this.finish(id);
+  }
+
   /** The `admit` hook (in the serial section, so no other install moves the tasks under it), then the install. */
   private async admitted(staged: StagedLoad, plan: InstallPlan, admit: IntakeAnnounce['admit']): Promise<Result<IntakeVerdict, EngineError>> {
     const refused = admit?.(staged.replaces ? [staged.replaces.pid] : []) ?? null;

@@ -53,7 +53,9 @@ export async function openMasterLinks(config: GatewayConfig): Promise<Map<string
       const name = linkName(l);
       const address = canAddress(l);
       try {
-        out.set(name, await CanFlasher.open(name, address, canBusOptions(l)));
+        // with a state dir, the same image store as UART: every image flashed is the base of the next delta
+        const stateDir = config.gateway.state_dir;
+        out.set(name, await CanFlasher.open(name, address, canBusOptions(l), stateDir ? { images: new ContentStore(stateImageDir(stateDir)) } : {}));
       } catch (e) {
         throw new MasterLinkError(`links.can.${name}`, `CAN master link "${name}" (${address}): ${(e as Error).message}`);
       }

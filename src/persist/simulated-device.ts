@@ -4,7 +4,7 @@
  * demo assemble a device here, so there is one way to make one.
  */
 import { mkdirSync } from 'node:fs';
-import { DeviceIntake, ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink, type UpdatePolicy } from '../engine/index.js';
+import { DeviceIntake, ProvisioningEngine, systemClock, type Clock, type EngineConfigInput, type EventSink, type UpdatePolicy, type IntakeOptions } from '../engine/index.js';
 import { openDevice, type Device, type DeviceGeometry } from './device.js';
 
 export interface SimulatedDeviceOptions {
@@ -19,6 +19,8 @@ export interface SimulatedDeviceOptions {
   update?: UpdatePolicy;
   /** How long an update must stay loaded before it is confirmed (default 10 s). */
   confirmWindowMs?: number;
+  /** What the device decodes (IntakeOptions.codec; default: deflate and patches; false: raw images only). */
+  codec?: IntakeOptions['codec'];
 }
 
 export interface SimulatedDevice {
@@ -51,6 +53,7 @@ export async function openSimulatedDevice(opts: SimulatedDeviceOptions): Promise
     engine, clock: engineOpts.clock, events,
     ...(opts.update ? { update: opts.update } : {}),
     ...(opts.confirmWindowMs !== undefined ? { confirmWindowMs: opts.confirmWindowMs } : {}),
+    ...(opts.codec !== undefined ? { codec: opts.codec } : {}),
   });
   return {
     name: opts.name,

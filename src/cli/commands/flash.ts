@@ -48,7 +48,9 @@ export function registerFlash(program: Command): void {
         process.exitCode = await runCanFlash(image, {
           can: opts['can'], nodes: opts['nodes'] as string | undefined, fd: !!opts['fd'], json: !!opts['json'],
           session: opts['canSession'] as string | undefined, timeout: opts['canTimeout'] as string | undefined, retries: opts['canRetries'] as string | undefined,
-          force: !!opts['force'],
+          force: !!opts['force'], compress: opts['compress'] !== false, delta: opts['delta'] !== false,
+          ...(typeof opts['cache'] === 'string' ? { cache: opts['cache'] } : {}),
+          ...(Array.isArray(opts['base']) ? { bases: opts['base'] as string[] } : {}),
         });
         return;
       }

@@ -20,7 +20,7 @@ export interface JobOptions {
   timeout_ms?: number;
   retries?: number;
   session?: number;
-  /** Issue 25: allow the compressed image / a delta patch (default true each; UART links). */
+  /** Issue 25: allow the compressed image / a delta patch (default true each; UART and CAN links). */
   compress?: boolean;
   delta?: boolean;
 }

@@ -18,6 +18,9 @@ import { OK_STATUSES, parseNodeList, type MasterProgress, type NodeVerdict } fro
 import { parseOid, requestValue } from './value-client.js';
 import { restoreAtBoot } from '../device-boot.js';
 import { pubFrame } from './value-watch.js';
+import { ContentStore, defaultCacheDir } from '../delta/image-store.js';
+import type { TransferReport } from '../flasher.js';
+import { describePlan } from './transfer-plan.js';
 
 type Out = (line: string) => void;
 const stdout: Out = (l) => process.stdout.write(l + '\n');
@@ -62,6 +65,13 @@ export interface CanFlashOptions {
   retries?: string;
   /** Send even to nodes that already run the image. */
   force?: boolean;
+  /** Allow the compressed image / a delta patch (default true each; docs/delta.md). */
+  compress?: boolean;
+  delta?: boolean;
+  /** The content-addressed image store (default defaultCacheDir()). */
+  cache?: string;
+  /** Images to add to the store by hand (bases nodes may run). */
+  bases?: string[];
 }
 
 /** What the verdict column says: READY, CURRENT, UPDATED (from → to), or the error code. */
@@ -113,12 +123,24 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
     else stderr(`flash: ${e.message}${e.detail.offset !== null ? ` (byte offset ${e.detail.offset})` : ''} [${e.code} ${e.reason}]`);
     return 1;
   }
+  // The content-addressed store: the image flashed goes in (the flasher puts it), and so does every --base.
+  const images = new ContentStore(o.cache ?? defaultCacheDir());
+  for (const file of o.bases ?? []) {
+    try {
+      await images.put(new Uint8Array(await readFile(file)));
+    } catch (e) {
+      const message = `cannot read --base ${file} or store it in ${images.dir}: ${(e as Error).message}`;
+      if (json) stdout(JSON.stringify({ ok: false, type: 'error', error: { code: 'ENOENT', where: 'image', reason: 'base_unreadable', message } }));
+      else stderr(`flash: ${message}`);
+      return 1;
+    }
+  }
   const bus = await openBus(o.can, !!o.fd, json);
   if (typeof bus === 'number') return bus;
 
   const display = json ? jsonProgress(nodes) : barProgress(nodes, process.stderr.isTTY === true);
   // The bus is ours (opened above, closed below): the flasher only uses it.
-  const flasher = new CanFlasher({ name: o.can, bus });
+  const flasher = new CanFlasher({ name: o.can, bus, images });
   // Ctrl-C: tell the nodes to abort, then report what was reached (exit 1).
   const cancel = new AbortController();
   const interrupt = (): void => cancel.abort('interrupted');
@@ -130,12 +152,19 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
       result = await flasher.flash({
         image, targets: nodes.map(String), signal: cancel.signal,
         options: {
-          fd: !!o.fd, force: !!o.force,
+          fd: !!o.fd, force: !!o.force, compress: o.compress !== false, delta: o.delta !== false,
           ...(session !== undefined ? { session: session as number } : {}),
           ...(timeoutMs !== undefined ? { timeoutMs: timeoutMs as number } : {}),
           ...(retries !== undefined ? { retries: retries as number } : {}),
         },
         onMasterProgress: display.update,
+        // The schedule, before any data moves.
+        onPlan: (plan) => {
+          if (json) stdout(JSON.stringify({ type: 'plan', image_bytes: plan.imageBytes, current: plan.current, total_bytes: plan.totalBytes,
+            ...(plan.compressedToAll ? { compressed_to_all: plan.compressedToAll } : {}),
+            broadcasts: plan.broadcasts.map((b) => ({ mode: b.mode.toUpperCase(), nodes: b.nodes, base: b.base, stream_bytes: b.streamBytes })) }));
+          else for (const line of describePlan(plan)) stderr(line);
+        },
         onStart: (started) => {
           if (json) stdout(JSON.stringify({ type: 'start', session: started.session, nodes, bytes: image.length, fd: !!o.fd, force: !!o.force, bus: o.can }));
         },
@@ -167,14 +196,17 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   if (json) {
     for (const v of verdicts) {
       const reason = verdictReason(v);
-      stdout(JSON.stringify({ type: 'verdict', ...v, ...(reason ? { reason } : {}) }));
+      const t = result.transfers[String(v.node)];
+      stdout(JSON.stringify({ type: 'verdict', ...v, ...(reason ? { reason } : {}),
+        ...(t ? { mode: t.mode.toUpperCase(), bytes_on_wire: t.bytes_on_wire, ratio: t.ratio, stream_bytes: t.stream_bytes, image_bytes: t.image_bytes, base: t.base, ...(t.fallback ? { fallback: t.fallback } : {}) } : {}) }));
     }
     stdout(JSON.stringify({ type: 'summary', ok: result.ok, nodes: verdicts.length, ...counts, ...s, frames, efficiency, ...(silentHint ? { never_joined: silent } : {}), ...(shared.length ? { node_id_collisions: shared } : {}),
       ...(silentHint || sharedHint ? { hint: [silentHint, sharedHint].filter(Boolean).join('; ') } : {}) }));
   } else {
-    stdout(`\n node  verdict                     where      reason`);
+    stdout(`\n node  verdict                     where      transfer                               reason`);
     for (const v of verdicts) {
-      stdout(` ${String(v.node).padStart(4)}  ${verdictText(v).padEnd(26)}  ${v.where.padEnd(9)}  ${verdictReason(v)}`);
+      const t = result.transfers[String(v.node)];
+      stdout(` ${String(v.node).padStart(4)}  ${verdictText(v).padEnd(26)}  ${v.where.padEnd(9)}  ${(t ? transferText(t) : '').padEnd(37)}  ${verdictReason(v)}`);
     }
     stdout(
       `\n${verdicts.length} nodes: ${counts.ready} READY · ${counts.updated} UPDATED · ${counts.current} CURRENT · ${counts.failed} failed · ` +
@@ -186,6 +218,13 @@ export async function runCanFlash(imagePath: string, o: CanFlashOptions): Promis
   }
   // 3: no device answered (every target stayed silent)
   return result.ok ? 0 : verdicts.length > 0 && silent.length === verdicts.length ? 3 : 1;
+}
+
+/** `DELTA from 1a2b3c4d5e6f 1234 B (0.060)`, `COMPRESSED 13000 B (0.650)`, `CURRENT 0 B`. */
+export function transferText(t: TransferReport): string {
+  if (t.mode === 'current') return 'CURRENT 0 B';
+  const how = t.mode === 'delta' ? `DELTA from ${t.base!.slice(0, 12)}` : t.mode.toUpperCase();
+  return `${how} ${t.bytes_on_wire} B (${t.ratio.toFixed(3)})${t.fallback ? ' after base mismatch' : ''}`;
 }
 
 interface ProgressDisplay {

@@ -13,12 +13,15 @@
  * image they ran, and every node that had no verdict yet gets ECANCELED (a node that had already
  * failed keeps its own failure).
  */
-import { LinkLock, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type ScanOptions, type TargetProgress, type TargetVerdict } from '../flasher.js';
+import { LinkLock, type TransferReport, type Flasher, type FlashProgress, type FlashRequest, type FlashResult, type InventoryEntry, type ScanOptions, type TargetProgress, type TargetVerdict } from '../flasher.js';
 import { scanCan } from './scan.js';
 import { openCanBus, type CanBusOptions } from './address.js';
 import type { CanBus } from './bus.js';
 import { nodeProblem } from './ids.js';
+import { randomInt } from 'node:crypto';
+import type { ImageSource } from '../delta/index.js';
 import { CanMaster, OK_STATUSES, type MasterOptions, type MasterProgress, type MasterResult, type MasterStats, type NodeVerdict } from './master.js';
+import { planCanTransfer, type Broadcast, type CanPlan } from './transfer-plan.js';
 
 /** What a failure status means, for the reason column and the verdict's message. */
 export const STATUS_MEANING: Readonly<Record<string, string>> = {
@@ -71,6 +74,11 @@ export interface CanFlasherOptions {
   name: string;
   /** An open bus; `close()` does not close it. */
   bus: CanBus;
+  /**
+   * The content-addressed image store (src/link/delta/image-store.ts), as on UART: every image flashed
+   * goes in, and the base a node runs is looked up there for a delta. Without one: compressed or raw.
+   */
+  images?: ImageSource;
 }
 
 /** What the CAN flasher takes beyond `FlashRequest` (the CLI's display uses the master's own view). */
@@ -79,6 +87,8 @@ export interface CanFlashRequest extends FlashRequest {
   onStart?: (info: { session: number; nodes: number[] }) => void;
   /** The broadcast master's own progress (chunk counts, report round, node verdicts). */
   onMasterProgress?: (p: MasterProgress) => void;
+  /** The schedule, once the probe answered and before any data moves (again for a base-mismatch fallback). */
+  onPlan?: (plan: CanPlan) => void;
 }
 
 export interface CanFlashResult extends FlashResult {
@@ -86,7 +96,12 @@ export interface CanFlashResult extends FlashResult {
   ok: boolean;
   /** The node verdicts as the CAN link reports them (status, where, CRC-32, short SHA-256s), in node order. */
   nodeVerdicts: NodeVerdict[];
-  stats: MasterStats & Record<string, unknown>;
+  /** How the image went to each node that succeeded (mode, bytes on the wire, ratio), by node id. */
+  transfers: Record<string, TransferReport>;
+  /** The schedule (null when compression and delta were both turned off). */
+  plan: CanPlan | null;
+  /** Counters summed over the broadcasts (probe included); `sessions` has each one's. */
+  stats: MasterStats & { sessions: MasterStats[] } & Record<string, unknown>;
 }
 
 export class CanFlasher implements Flasher {
@@ -96,17 +111,19 @@ export class CanFlasher implements Flasher {
   private readonly ownsBus: boolean;
   private closed = false;
   private readonly lock = new LinkLock();
+  private readonly images: ImageSource | null;
 
   constructor(options: CanFlasherOptions, internal: { ownsBus?: boolean } = {}) {
     this.link = options.name;
     this.bus = options.bus;
     this.ownsBus = internal.ownsBus === true;
+    this.images = options.images ?? null;
   }
 
   /** Opens the bus `address` names (see address.ts) and owns it: `close()` closes it. */
-  static async open(name: string, address: string, options: CanBusOptions = {}): Promise<CanFlasher> {
+  static async open(name: string, address: string, options: CanBusOptions = {}, extra: Pick<CanFlasherOptions, 'images'> = {}): Promise<CanFlasher> {
     const bus = await openCanBus(address, options);
-    return new CanFlasher({ name, bus }, { ownsBus: true });
+    return new CanFlasher({ name, bus, ...extra }, { ownsBus: true });
   }
 
   checkTarget(target: string): string | null {
@@ -142,50 +159,147 @@ export class CanFlasher implements Flasher {
     }
     const o = req.options ?? {};
     const image = req.image;
+    if (image.length === 0) throw new RangeError('image: empty');
     const started = performance.now();
+    // Every image flashed goes into the store: the next update of these nodes can be a delta from it.
+    if (this.images) await this.images.put(image).catch(() => undefined);
+    /** Verdicts published so far (each with its transfer report, so after its broadcast ended). */
     const arrived: TargetVerdict[] = [];
-    const seen = new Set<number>();
-    let chunkSize = o.fd ? 64 : 8;
-    const onProgress = (p: MasterProgress): void => {
-      req.onMasterProgress?.(p);
-      if (!req.onProgress) return;
-      for (const v of p.verdicts) {
-        if (seen.has(v.node)) continue;
-        seen.add(v.node);
-        arrived.push(targetVerdict(v));
-      }
-      req.onProgress(flashProgress(p, nodes, image.length, chunkSize, arrived));
+    let lastProgress: { p: MasterProgress; targets: number[]; streamBytes: number; chunkSize: number } | null = null;
+    const base: MasterOptions = { bus: this.bus, image, nodes, fd: o.fd === true, force: o.force === true };
+    if (o.window !== undefined) base.window = o.window;
+    if (o.timeoutMs !== undefined) base.timeoutMs = o.timeoutMs;
+    if (o.retries !== undefined) base.retries = o.retries;
+    if (o.session !== undefined && (!Number.isInteger(o.session) || o.session < 1 || o.session > 255)) throw new RangeError('session must be 1..255');
+    // One session id per broadcast, in turn from the first (a listener remembers its last session's verdict).
+    let nextSession = o.session ?? randomInt(1, 256);
+    const takeSession = (): number => {
+      const id = nextSession;
+      nextSession = (nextSession % 255) + 1;
+      return id;
     };
-    const options: MasterOptions = { bus: this.bus, image, nodes, fd: o.fd === true, force: o.force === true, onProgress };
-    if (o.window !== undefined) options.window = o.window;
-    if (o.timeoutMs !== undefined) options.timeoutMs = o.timeoutMs;
-    if (o.retries !== undefined) options.retries = o.retries;
-    if (o.session !== undefined) options.session = o.session;
-    let master: CanMaster;
-    try {
-      master = new CanMaster(options);
-    } catch (e) {
-      throw e instanceof RangeError ? e : new RangeError((e as Error).message);
-    }
-    chunkSize = master.stats.chunkSize;
-    req.onStart?.({ session: master.session, nodes });
     const signal = req.signal;
-    const onAbort = (): void => master.abort(typeof signal?.reason === 'string' && signal.reason !== '' ? signal.reason : 'canceled');
-    if (signal?.aborted) onAbort();
-    else signal?.addEventListener('abort', onAbort, { once: true });
-    let result: MasterResult;
-    try {
-      result = await master.run();
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
+    const sessions: MasterStats[] = [];
+    let startedOnce = false;
+    /** One broadcast: a CanMaster to `targets` (progress and verdicts forwarded; cancellation honoured). */
+    const run = async (targets: number[], extra: Partial<MasterOptions>, streamBytes: number): Promise<MasterResult> => {
+      let chunkSize = o.fd ? 64 : 8;
+      const onProgress = (p: MasterProgress): void => {
+        req.onMasterProgress?.(p);
+        lastProgress = { p, targets, streamBytes, chunkSize };
+        req.onProgress?.(flashProgress(p, targets, image.length, streamBytes, chunkSize, arrived));
+      };
+      let master: CanMaster;
+      try {
+        master = new CanMaster({ ...base, ...extra, nodes: targets, session: takeSession(), onProgress });
+      } catch (e) {
+        throw e instanceof RangeError ? e : new RangeError((e as Error).message);
+      }
+      chunkSize = master.stats.chunkSize;
+      if (!startedOnce) {
+        startedOnce = true;
+        req.onStart?.({ session: master.session, nodes });
+      }
+      const onAbort = (): void => master.abort(typeof signal?.reason === 'string' && signal.reason !== '' ? signal.reason : 'canceled');
+      if (signal?.aborted) onAbort();
+      else signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        const r = await master.run();
+        sessions.push(r.stats);
+        return r;
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+      }
+    };
+
+    const final = new Map<number, NodeVerdict>();
+    const reports = new Map<number, TransferReport>();
+    const wire = new Map<number, number>();
+    const report = (n: number, mode: TransferReport['mode'], baseSha: string | null, streamBytes: number, fallback?: string): void => {
+      const onWire = mode === 'current' ? 0 : wire.get(n) ?? 0;
+      const t: TransferReport = {
+        mode, base: baseSha, image_bytes: image.length, stream_bytes: mode === 'current' ? 0 : streamBytes, bytes_on_wire: onWire,
+        ratio: image.length > 0 ? Math.round((onWire / image.length) * 10000) / 10000 : 0,
+      };
+      if (fallback) t.fallback = fallback;
+      reports.set(n, t);
+    };
+    const take = (r: MasterResult, b: Broadcast | null, fallback?: string): number[] => {
+      const refused: number[] = [];
+      for (const v of r.verdicts) {
+        if (v.status === 'PROBED') continue;
+        if (b) wire.set(v.node, (wire.get(v.node) ?? 0) + (v.status === 'CURRENT' ? 0 : r.stats.payloadBytes));
+        // At the announce (the active slot hashes to another base) or at the patch header (the store's
+        // base bytes were not what the node runs): never a patch for another base; the full image follows.
+        if (b?.mode === 'delta' && (v.reason === 'base_mismatch' || v.reason === 'base_size_mismatch')) {
+          refused.push(v.node);
+          continue;
+        }
+        final.set(v.node, v);
+        if (v.status === 'CURRENT') report(v.node, 'current', null, 0);
+        else if (b) report(v.node, b.mode, b.base, b.streamBytes, fallback);
+        arrived.push({ ...verdictOf(v.node), target: String(v.node) });
+      }
+      // The broadcast's verdicts, with what each cost (known once it ended), go out as progress now.
+      if (req.onProgress && lastProgress) {
+        const l = lastProgress as { p: MasterProgress; targets: number[]; streamBytes: number; chunkSize: number };
+        req.onProgress(flashProgress(l.p, l.targets, image.length, l.streamBytes, l.chunkSize, arrived));
+      }
+      return refused;
+    };
+    const verdictOf = (n: number): TargetVerdict => {
+      const v = targetVerdict(final.get(n)!);
+      const t = reports.get(n);
+      return v.ok && t ? { ...v, transfer: t } : v;
+    };
+
+    let plan: CanPlan | null = null;
+    let probeResult: MasterResult | null = null;
+    if (o.compress === false && o.delta === false) {
+      // Both turned off: one raw broadcast, as before there were plans.
+      const raw: Broadcast = { mode: 'raw', nodes, base: null, streamBytes: image.length };
+      take(await run(nodes, {}, image.length), raw);
+    } else {
+      // Ask first: who runs the image already, and what the others run and decode.
+      probeResult = await run(nodes, { probe: true }, image.length);
+      take(probeResult, null);
     }
-    const byNode = new Map(result.verdicts.map((v) => [v.node, v]));
+    if (probeResult && !signal?.aborted) {
+      const probe = probeResult;
+      const current = probe.verdicts.filter((v) => v.status === 'CURRENT').map((v) => v.node);
+      plan = await planCanTransfer(image, probe.probes, this.images, { compress: o.compress !== false, delta: o.delta !== false, force: o.force === true }, current);
+      req.onPlan?.(plan);
+      const refused: Array<{ node: number; base: string }> = [];
+      for (const b of plan.broadcasts) {
+        if (signal?.aborted) break;
+        const r = await run(b.nodes, b.stream ? { stream: b.stream } : {}, b.streamBytes);
+        for (const n of take(r, b)) refused.push({ node: n, base: b.base! });
+      }
+      // Nodes whose active slot does not hash to the base they reported: never a patch for another
+      // base; they get the full image (compressed where they decode it).
+      const byBase = new Map<string, number[]>();
+      for (const x of refused) byBase.set(x.base, [...(byBase.get(x.base) ?? []), x.node]);
+      for (const [badBase, group] of byBase) {
+        const answers = new Map([...probe.probes].filter(([n]) => group.includes(n)));
+        const again = await planCanTransfer(image, answers, this.images, { compress: o.compress !== false, delta: false, force: true, excludeBase: badBase });
+        req.onPlan?.(again);
+        for (const b of again.broadcasts) {
+          if (signal?.aborted) break;
+          take(await run(b.nodes, b.stream ? { stream: b.stream } : {}, b.streamBytes), b, 'base_mismatch');
+        }
+      }
+    }
+    const canceled = typeof signal?.reason === 'string' && signal.reason !== '' ? signal.reason : 'canceled';
+    for (const n of nodes) if (!final.has(n)) final.set(n, { node: n, status: 'ECANCELED', where: 'transfer', reason: canceled });
+    const nodeVerdicts = [...nodes].sort((a, b) => a - b).map((n) => final.get(n)!);
     return {
-      ok: result.ok,
+      ok: nodeVerdicts.every((v) => OK_STATUSES.has(v.status)),
       // One per requested target, in the order requested.
-      verdicts: req.targets.map((t) => ({ ...targetVerdict(byNode.get(parseTarget(t) as number)!), target: t })),
-      nodeVerdicts: result.verdicts,
-      stats: { ...result.stats },
+      verdicts: req.targets.map((t) => ({ ...verdictOf(parseTarget(t) as number), target: t })),
+      nodeVerdicts,
+      transfers: Object.fromEntries([...reports].map(([n, t]) => [String(n), t])),
+      plan,
+      stats: { ...sumStats(sessions), sessions },
       elapsedMs: performance.now() - started,
     };
   }
@@ -198,8 +312,13 @@ export class CanFlasher implements Flasher {
   }
 }
 
-function flashProgress(p: MasterProgress, nodes: number[], totalBytes: number, chunkSize: number, verdicts: TargetVerdict[]): FlashProgress {
-  const sentBytes = Math.min(totalBytes, p.sent * chunkSize);
+/**
+ * The Flasher's progress counts image bytes, as every link's does: the share of the broadcast's stream
+ * sent so far (`streamBytes`: the patch, compressed or raw image), scaled to the image.
+ */
+function flashProgress(p: MasterProgress, nodes: number[], totalBytes: number, streamBytes: number, chunkSize: number, verdicts: TargetVerdict[]): FlashProgress {
+  const sentStream = Math.min(streamBytes, p.sent * chunkSize);
+  const sentBytes = streamBytes > 0 ? Math.min(totalBytes, Math.floor((sentStream * totalBytes) / streamBytes)) : 0;
   const joined = new Set(p.joined);
   const done = new Set(p.verdicts.map((v) => v.node));
   const targets: TargetProgress[] = nodes.map((n) => {
@@ -209,4 +328,27 @@ function flashProgress(p: MasterProgress, nodes: number[], totalBytes: number, c
     return { target, phase: 'announce', ackedBytes: 0, totalBytes };
   });
   return { phase: p.phase, sentBytes, totalBytes, targets, verdicts: [...verdicts] };
+}
+
+/** The broadcasts' counters added up (session: the first one's; ms: the whole). */
+function sumStats(all: MasterStats[]): MasterStats {
+  const z: MasterStats = {
+    session: all[0]?.session ?? 0, chunks: 0, chunkSize: all[0]?.chunkSize ?? 8,
+    sent: { announce: 0, sync: 0, data: 0, repair: 0, ctrl: 0 }, heard: { join: 0, ack: 0, missing: 0, verdict: 0 },
+    payloadBytes: 0, frameBytes: 0, rounds: 0, polls: 0, repairedChunks: 0, foreignFrames: 0, joinWaitMs: 0, ms: 0,
+  };
+  for (const s of all) {
+    z.chunks += s.chunks;
+    for (const k of Object.keys(z.sent) as Array<keyof MasterStats['sent']>) z.sent[k] += s.sent[k];
+    for (const k of Object.keys(z.heard) as Array<keyof MasterStats['heard']>) z.heard[k] += s.heard[k];
+    z.payloadBytes += s.payloadBytes;
+    z.frameBytes += s.frameBytes;
+    z.rounds += s.rounds;
+    z.polls += s.polls;
+    z.repairedChunks += s.repairedChunks;
+    z.foreignFrames += s.foreignFrames;
+    z.joinWaitMs += s.joinWaitMs;
+    z.ms += s.ms;
+  }
+  return z;
 }

@@ -31,12 +31,14 @@ import {
   encodeInfoBody,
   encodeInfoParts,
   encodeJoin,
+  encodeJoinX,
   encodeRet,
   encodeVerdict,
   JoinFlag,
   shortSha,
   statusCode,
   VerdictFlag,
+  verdictReasonCode,
   whereCode,
   type Announce,
   type InfoBody,
@@ -45,7 +47,7 @@ import {
 
 /** The part of the device's intake a listener drives (`inventory` answers a scan; without it, INFO says only what runs). */
 export type ListenerIntake = Pick<DeviceIntake, 'open' | 'write' | 'finish' | 'abort' | 'primary' | 'current' | 'getValue' | 'setValue'>
-  & Partial<Pick<DeviceIntake, 'inventory'>>;
+  & Partial<Pick<DeviceIntake, 'inventory' | 'codec'>>;
 
 export interface ListenerOptions {
   bus: CanBus;
@@ -73,7 +75,8 @@ export interface ListenerOptions {
  * no data moved), or the error code. `from`/`to`: short SHA-256s (6 hex digits).
  */
 export type ListenerEvent =
-  | { type: 'joined'; session: number; totalBytes: number; chunkSize: number; fd: boolean }
+  | { type: 'joined'; session: number; totalBytes: number; chunkSize: number; fd: boolean; encoding: 'raw' | 'deflate' | 'patch'; streamBytes: number }
+  | { type: 'probed'; session: number; answer: 'current' | 'running' }
   | { type: 'progress'; session: number; held: number; total: number }
   | { type: 'verdict'; session: number; status: string; where: string; reason: string; pid?: number; appName?: string; from?: string; to?: string }
   | { type: 'conflict'; session: number; what: string }
@@ -106,6 +109,8 @@ const BLOCK_VERIFIED = 2;
 /** A transfer this listener joined. */
 interface Rx {
   a: Announce;
+  /** Bytes the chunks carry: the encoded stream (version 2 announce) or the image. */
+  streamBytes: number;
   nChunks: number;
   nBlocks: number;
   buf: Uint8Array;
@@ -143,6 +148,8 @@ export class CanListener {
   private infoTimer: NodeJS.Timeout | null = null;
   /** The last finished session and its verdict, so a late REPORT still gets an answer. */
   private finished: { session: number; verdict: LocalVerdict; announce?: Announce } | null = null;
+  /** The last probe answered (its FINISH is expected, not a session to ask an announce for). */
+  private probed: number | null = null;
   readonly counters = {
     frames: 0, data: 0, duplicates: 0, conflicts: 0, outOfRange: 0, malformed: 0, foreign: 0,
     blockCrcFailures: 0, shaFailures: 0, sessions: 0, dropped: 0, engineRenewals: 0, valueRequests: 0, infoRequests: 0,
@@ -281,6 +288,7 @@ export class CanListener {
     const a = this.assembler.push(data);
     if (!a) return;
     if (!a.nodes.includes(this.node)) return;
+    if (a.probe) return this.answerProbe(a);
     const rx = this.rx;
     if (rx && rx.a.session === a.session) {
       if (sameAnnounce(rx.a, a)) {
@@ -319,6 +327,37 @@ export class CanListener {
     this.joinSession(a);
   }
 
+  /**
+   * A probe (issue 25): say CURRENT, or what the device runs and decodes (JOINX, then JOIN JOINED with
+   * RUNNING), so the master can group nodes by base and pick patch, compressed or raw per group.
+   * Nothing is opened; a transfer in progress carries on.
+   */
+  private answerProbe(a: Announce): void {
+    this.probed = a.session;
+    const sha = Buffer.from(a.sha256).toString('hex');
+    const running = !a.force ? this.intake.current(sha) : null;
+    if (running) {
+      const v: LocalVerdict = {
+        status: 'CURRENT', where: 'none', reason: 'current', crc32: running.crc32, pid: running.pid, appName: running.appName, from: running.sha256, to: running.sha256,
+      };
+      if (this.finished?.session !== a.session) this.record(a.session, v, a);
+      this.sendJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(running.sha256.slice(0, 6), 'hex') });
+      this.emit({ type: 'probed', session: a.session, answer: 'current' });
+      return;
+    }
+    const caps = this.intake.codec ?? null;
+    const p = this.intake.primary();
+    if (caps && (caps.deflate || caps.patch)) {
+      this.sendProv(ProvOp.JOIN, encodeJoinX({
+        session: a.session, deflate: caps.deflate, patch: caps.patch, maxWindowBits: caps.maxWindowBits, ramBytes: caps.ramBytes, instance: this.instance,
+        ...(p ? { running: Buffer.from(p.sha256.slice(6, 14), 'hex') } : {}),
+      }));
+    }
+    // JOINED answers a probe (as a listener from before probes answers it too; the master's FINISH ends it).
+    this.sendJoin({ session: a.session, flags: JoinFlag.JOINED, have: 0, ...this.runningField() });
+    this.emit({ type: 'probed', session: a.session, answer: 'running' });
+  }
+
   /** JOIN's RUNNING field: the image the device runs (the one a master should call "from"). */
   private runningField(): { running?: Uint8Array } {
     const p = this.intake.primary();
@@ -326,8 +365,10 @@ export class CanListener {
   }
 
   private openIntake(a: Announce, force: boolean): ReturnType<ListenerIntake['open']> {
+    const st = a.stream;
     return this.intake.open({
       source: this.options.source ?? `can:node${this.node}`, totalBytes: a.totalBytes, crc32: a.crc32, sha256: a.sha256, force,
+      ...(st ? { encoding: st.encoding, streamBytes: st.streamBytes, ...(st.baseSha256 ? { baseSha256: st.baseSha256 } : {}) } : {}),
     });
   }
 
@@ -340,6 +381,8 @@ export class CanListener {
     if (a.fd && !this.bus.fd) return refuse('EINVAL', 'fd_unsupported');
     if (a.totalBytes === 0) return refuse('EBADMSG', 'empty_image');
     if (a.totalBytes > this.opts.maxImageBytes) return refuse('ENOSPC', 'image_too_large');
+    const streamBytes = a.stream?.streamBytes ?? a.totalBytes;
+    if (streamBytes > this.opts.maxImageBytes) return refuse('ENOSPC', 'image_too_large');
     const opened = this.openIntake(a, !!a.force);
     if (!opened.ok) return refuse(opened.error.code, opened.error.reason, opened.error.where);
     if (opened.value.kind === 'current') {
@@ -354,10 +397,10 @@ export class CanListener {
       this.sendJoin({ session: a.session, flags: JoinFlag.CURRENT, have: 0, running: Buffer.from(running.sha256.slice(0, 6), 'hex') });
       return;
     }
-    const nChunks = Math.ceil(a.totalBytes / chunkSize);
+    const nChunks = Math.ceil(streamBytes / chunkSize);
     const nBlocks = Math.ceil(nChunks / BLOCK_CHUNKS);
     const rx: Rx = {
-      a, nChunks, nBlocks,
+      a, streamBytes, nChunks, nBlocks,
       buf: new Uint8Array(nChunks * chunkSize),
       chunks: new ChunkSet(nChunks),
       blockHeld: new Uint16Array(nBlocks),
@@ -377,7 +420,7 @@ export class CanListener {
       lastHeard: Date.now(),
     };
     this.rx = rx;
-    this.emit({ type: 'joined', session: a.session, totalBytes: a.totalBytes, chunkSize, fd: a.fd });
+    this.emit({ type: 'joined', session: a.session, totalBytes: a.totalBytes, chunkSize, fd: a.fd, encoding: a.stream?.encoding.kind ?? 'raw', streamBytes });
     this.sendJoin({ session: a.session, flags: JoinFlag.JOINED, have: 0, ...this.runningField() });
   }
 
@@ -409,7 +452,7 @@ export class CanListener {
       rx.lastHeard = Date.now();
       return rx;
     }
-    if (this.finished?.session === session) return null;
+    if (this.finished?.session === session || this.probed === session) return null;
     // A master is running a session we do not know (we restarted, or missed the announce).
     const now = Date.now();
     if (now - this.lastNeedAnnounce > 200 && (!rx || rx.verdict || now - rx.lastHeard > 1000)) {
@@ -490,7 +533,7 @@ export class CanListener {
     const seq = expandSeq(low, rx.ref);
     if (seq < 0 || seq >= rx.nChunks) return void this.counters.outOfRange++;
     const cs = rx.a.chunkSize;
-    const len = seq === rx.nChunks - 1 ? rx.a.totalBytes - seq * cs : cs;
+    const len = seq === rx.nChunks - 1 ? rx.streamBytes - seq * cs : cs;
     if (data.length < len) return void this.counters.malformed++;
     // Follow the master's position only for frames near it, so stray frames cannot drag it away.
     if (Math.abs(seq - rx.ref) <= 2 * rx.a.window) rx.ref = seq;
@@ -516,7 +559,7 @@ export class CanListener {
 
   private blockBytes(rx: Rx, b: number): Uint8Array {
     const start = b * BLOCK_CHUNKS * rx.a.chunkSize;
-    const end = Math.min(start + BLOCK_CHUNKS * rx.a.chunkSize, rx.a.totalBytes);
+    const end = Math.min(start + BLOCK_CHUNKS * rx.a.chunkSize, rx.streamBytes);
     return rx.buf.subarray(start, end);
   }
 
@@ -614,13 +657,17 @@ export class CanListener {
   }
 
   private verifyAndEnd(rx: Rx): void {
-    const sha = createHash('sha256').update(rx.buf.subarray(0, rx.a.totalBytes)).digest();
-    if (!sha.equals(rx.a.sha256)) {
+    // The raw image must hash to the announced SHA-256; an encoded stream must match its announced
+    // CRC-32 (the intake then checks the decoded image's SHA-256 before anything is switched).
+    const st = rx.a.stream;
+    const whole = rx.buf.subarray(0, rx.streamBytes);
+    const good = st ? crc32(whole) >>> 0 === st.streamCrc32 : createHash('sha256').update(whole).digest().equals(rx.a.sha256);
+    if (!good) {
       this.counters.shaFailures++;
       if (++rx.shaFailures > this.opts.shaRetries) {
-        if (rx.intakeId !== null) this.intake.abort(rx.intakeId, 'SHA-256 mismatch');
+        if (rx.intakeId !== null) this.intake.abort(rx.intakeId, st ? 'stream CRC-32 mismatch' : 'SHA-256 mismatch');
         rx.intakeId = null;
-        return this.setVerdict(rx, { status: 'EBADMSG', where: 'transfer', reason: 'sha256_mismatch', crc32: 0 });
+        return this.setVerdict(rx, { status: 'EBADMSG', where: 'transfer', reason: st ? 'stream_crc_mismatch' : 'sha256_mismatch', crc32: 0 });
       }
       // Re-collect what no block CRC vouched for; if everything was vouched for, start over.
       let dropped = false;
@@ -704,9 +751,16 @@ export class CanListener {
   }
 
   private sendVerdict(session: number, v: LocalVerdict): void {
-    this.sendProv(ProvOp.VERDICT, encodeVerdict({
-      session, status: statusCode(v.status), where: whereCode(v.where), flags: v.updated ? VerdictFlag.UPDATED : 0, crc32: v.crc32,
-    }));
+    let flags = v.updated ? VerdictFlag.UPDATED : 0;
+    let crc = v.crc32;
+    // A failure names its reason where the table has it (the CRC field is unused then).
+    const code = v.status !== 'OK' && v.status !== 'CURRENT' ? verdictReasonCode(v.reason) : 0;
+    if (code > 0) {
+      flags |= VerdictFlag.REASON;
+      crc = code;
+      if (v.reason === 'base_mismatch' || v.reason === 'base_size_mismatch') flags |= VerdictFlag.BASE_MISMATCH;
+    }
+    this.sendProv(ProvOp.VERDICT, encodeVerdict({ session, status: statusCode(v.status), where: whereCode(v.where), flags, crc32: crc }));
   }
 
   // ------------------------------------------------------------------------------------------
@@ -740,6 +794,8 @@ function okVerdict(a: Announce, v: IntakeVerdict): LocalVerdict {
 function sameAnnounce(a: Announce, b: Announce): boolean {
   return (
     a.totalBytes === b.totalBytes && a.crc32 === b.crc32 && a.chunkSize === b.chunkSize && a.fd === b.fd && a.window === b.window &&
-    Buffer.from(a.sha256).equals(Buffer.from(b.sha256)) && a.nodes.join() === b.nodes.join() && !!a.force === !!b.force
+    Buffer.from(a.sha256).equals(Buffer.from(b.sha256)) && a.nodes.join() === b.nodes.join() && !!a.force === !!b.force && !!a.probe === !!b.probe &&
+    JSON.stringify(a.stream?.encoding ?? null) === JSON.stringify(b.stream?.encoding ?? null) && a.stream?.streamBytes === b.stream?.streamBytes && a.stream?.streamCrc32 === b.stream?.streamCrc32 &&
+    Buffer.from(a.stream?.baseSha256 ?? []).equals(Buffer.from(b.stream?.baseSha256 ?? []))
   );
 }

@@ -25,6 +25,7 @@ import {
   CtrlKind,
   decodeAck,
   decodeJoin,
+  decodeJoinX,
   decodeMissing,
   decodeVerdict,
   encodeAnnounceParts,
@@ -33,9 +34,11 @@ import {
   JoinFlag,
   shortSha,
   statusName,
+  VERDICT_REASONS,
   VerdictFlag,
   whereName,
   type Announce,
+  type AnnounceStream,
 } from './messages.js';
 
 export interface MasterOptions {
@@ -68,6 +71,16 @@ export interface MasterOptions {
   maxRounds?: number;
   /** Send the image even to nodes that already run it (ANNOUNCE flag FORCE). */
   force?: boolean;
+  /**
+   * Send this encoded stream of `image` (issue 25): a version 2 announce names the encoding, and the
+   * chunks carry the stream. The announce's size, CRC-32 and SHA-256 stay the image's.
+   */
+  stream?: { encoding: AnnounceStream['encoding']; bytes: Uint8Array; baseSha256?: Uint8Array };
+  /**
+   * Only ask (ANNOUNCE flag PROBE): which nodes run the image already (CURRENT), and what the others run
+   * and decode (`MasterResult.probes`); no data moves, the session ends with FINISH.
+   */
+  probe?: boolean;
   onProgress?: (p: MasterProgress) => void;
 }
 
@@ -126,10 +139,22 @@ export interface MasterResult {
   ok: boolean;
   verdicts: NodeVerdict[];
   stats: MasterStats;
+  /** A probe's answers: per node that answered JOINED, what it runs and decodes. */
+  probes: Map<number, ProbeAnswer>;
+}
+
+/** What a node said to a probe (JOIN + JOINX). */
+export interface ProbeAnswer {
+  /** Hex prefix of the SHA-256 of the image it runs: 14 digits with JOINX, 6 without; null: it runs none. */
+  running: string | null;
+  /** What it decodes (JOINX), or null: raw only. */
+  codec: { deflate: boolean; patch: boolean; maxWindowBits: number; ramBytes: number } | null;
 }
 
 interface NodeState {
   joined: boolean;
+  /** JOINX: caps and bytes 3..6 of the running SHA-256. */
+  joinx: { deflate: boolean; patch: boolean; maxWindowBits: number; ramBytes: number; tail: string } | null;
   /** Short SHA-256 of the image the node said it runs (JOIN's RUNNING field). */
   running: string | null;
   verdict: NodeVerdict | null;
@@ -150,6 +175,8 @@ export class CanMaster {
   private readonly plan: CanIdPlan;
   private readonly bus: CanBus;
   private readonly image: Uint8Array;
+  /** What the chunks carry: the encoded stream, or the image. */
+  private readonly payload: Uint8Array;
   private readonly fd: boolean;
   private readonly chunkSize: number;
   private readonly nChunks: number;
@@ -190,10 +217,12 @@ export class CanMaster {
     if (options.image.length === 0) throw new RangeError('empty image');
     this.bus = options.bus;
     this.image = options.image;
+    this.payload = options.stream?.bytes ?? options.image;
+    if (this.payload.length === 0) throw new RangeError('empty stream');
     this.fd = options.fd ?? false;
     if (this.fd && !this.bus.fd) throw new RangeError(`${this.bus.name} was opened without CAN FD`);
     this.chunkSize = this.fd ? 64 : 8;
-    this.nChunks = Math.ceil(this.image.length / this.chunkSize);
+    this.nChunks = Math.ceil(this.payload.length / this.chunkSize);
     if (this.nChunks > 0x3fffff) throw new RangeError('image too large for 22-bit chunk numbers');
     this.window = Math.min(255, Math.max(1, options.window ?? (this.fd ? 96 : 64)));
     this.inflight = Math.max(1, options.inflight ?? 2);
@@ -202,7 +231,7 @@ export class CanMaster {
     this.retries = options.retries ?? 5;
     this.maxRounds = options.maxRounds ?? 64;
     this.targets = [...new Set(options.nodes)].sort((a, b) => a - b);
-    for (const n of this.targets) this.nodes.set(n, { joined: false, running: null, verdict: null, silent: 0, answered: false, reportDone: false, instance: null, instanceEpoch: -1 });
+    for (const n of this.targets) this.nodes.set(n, { joined: false, joinx: null, running: null, verdict: null, silent: 0, answered: false, reportDone: false, instance: null, instanceEpoch: -1 });
     const session = options.session ?? randomInt(1, 256);
     if (!Number.isInteger(session) || session < 1 || session > 255) throw new RangeError('session must be 1..255');
     this.announce = {
@@ -211,10 +240,16 @@ export class CanMaster {
       sha256: createHash('sha256').update(this.image).digest(), nodes: this.targets,
     };
     if (options.force) this.announce.force = true;
+    if (options.probe) this.announce.probe = true;
+    const st = options.stream;
+    if (st) {
+      this.announce.stream = { encoding: st.encoding, streamBytes: st.bytes.length, streamCrc32: crc32(st.bytes) >>> 0 };
+      if (st.baseSha256) this.announce.stream.baseSha256 = st.baseSha256;
+    }
     this.shortSha = shortSha(this.announce.sha256);
     for (let b = 0; b * BLOCK_CHUNKS < this.nChunks; b++) {
       const start = b * BLOCK_CHUNKS * this.chunkSize;
-      this.blockCrcs.push(crc32(this.image.subarray(start, start + BLOCK_CHUNKS * this.chunkSize)) >>> 0);
+      this.blockCrcs.push(crc32(this.payload.subarray(start, start + BLOCK_CHUNKS * this.chunkSize)) >>> 0);
     }
     this.stats = {
       session, chunks: this.nChunks, chunkSize: this.chunkSize,
@@ -250,8 +285,16 @@ export class CanMaster {
     const unsubscribe = this.bus.receive((f) => this.onFrame(f));
     try {
       await this.joinPhase();
-      if (this.live().length > 0) await this.dataPhase();
-      await this.reportPhase();
+      if (this.options.probe) {
+        // A probe moves nothing: every node that answered JOINED is done with it.
+        for (const n of this.targets) {
+          const st = this.nodes.get(n)!;
+          if (!st.verdict && st.joined) st.verdict = { node: n, status: 'PROBED', where: 'none' };
+        }
+      } else {
+        if (this.live().length > 0) await this.dataPhase();
+        await this.reportPhase();
+      }
       this.sendCtrl(BROADCAST, this.aborted ? CtrlKind.ABORT : CtrlKind.FINISH);
       this.phase = 'done';
       this.progress();
@@ -268,7 +311,20 @@ export class CanMaster {
     const frames = s.sent.announce + s.sent.sync + s.sent.data + s.sent.repair + s.sent.ctrl + s.heard.join + s.heard.ack + s.heard.missing + s.heard.verdict;
     s.frameBytes = frames * this.chunkSize;
     const verdicts = this.targets.map((n) => this.nodes.get(n)!.verdict!);
-    return { ok: verdicts.every((v) => OK_STATUSES.has(v.status)), verdicts, stats: s };
+    const probes = new Map<number, ProbeAnswer>();
+    if (this.options.probe) {
+      for (const n of this.targets) {
+        const st = this.nodes.get(n)!;
+        if (st.verdict?.status !== 'PROBED') continue;
+        const x = st.joinx;
+        probes.set(n, {
+          running: st.running === null ? null : x ? st.running + x.tail : st.running,
+          codec: x && (x.deflate || x.patch) ? { deflate: x.deflate, patch: x.patch, maxWindowBits: x.maxWindowBits, ramBytes: x.ramBytes } : null,
+        });
+      }
+    }
+    const okAll = verdicts.every((v) => OK_STATUSES.has(v.status) || v.status === 'PROBED');
+    return { ok: okAll, verdicts, stats: s, probes };
   }
 
   // ------------------------------------------------------------------------------------------
@@ -319,7 +375,7 @@ export class CanMaster {
 
   private sendChunk(seq: number, repair: boolean): void {
     const start = seq * this.chunkSize;
-    const data = this.image.subarray(start, start + this.chunkSize);
+    const data = this.payload.subarray(start, start + this.chunkSize);
     if (repair) this.stats.sent.repair++;
     else this.stats.sent.data++;
     this.stats.payloadBytes += data.length;
@@ -514,6 +570,12 @@ export class CanMaster {
         const j = decodeJoin(f.data);
         if (!j) return;
         this.stats.heard.join++;
+        if ((f.data[1]! & 0x0f) === 0) {
+          // JOINX: what the node decodes and more of its running SHA-256 (the JOIN follows it).
+          const x = decodeJoinX(f.data);
+          if (x) s.joinx = { deflate: x.deflate, patch: x.patch, maxWindowBits: x.maxWindowBits, ramBytes: x.ramBytes, tail: Buffer.from(x.running ?? []).toString('hex') };
+          break;
+        }
         // Two devices answering as one node id: two answers to one announce with different instance
         // tags (a node that restarted asks for the announce again first, so its new tag answers a
         // later one). That node is never READY, whatever either of them says later.
@@ -548,7 +610,7 @@ export class CanMaster {
           s.silent = 0;
         } else if (j.flags & JoinFlag.JOINED) {
           if (s.verdict?.reason === 'no_join') s.verdict = null; // a late join is welcome
-          if (j.running) s.running = shortSha(j.running);
+          s.running = j.running ? shortSha(j.running) : null;
           s.joined = true;
           s.silent = 0;
         }
@@ -585,6 +647,12 @@ export class CanMaster {
           s.verdict = { node: c.node, status: 'EBADMSG', where: 'transfer', reason: 'verdict_crc_mismatch' };
         } else {
           s.verdict = { node: c.node, status, where: whereName(v.where) };
+          // A failure may name its reason (VERDICT flag REASON); BASE_MISMATCH: the node does not run the patch's base.
+          if (v.status !== 0 && v.flags & VerdictFlag.REASON) {
+            const reason = VERDICT_REASONS[v.crc32];
+            if (reason) s.verdict.reason = reason;
+          }
+          if (v.status !== 0 && v.flags & VerdictFlag.BASE_MISMATCH) s.verdict.reason = s.verdict.reason ?? 'base_mismatch';
           if (status === 'READY' || status === 'UPDATED') s.verdict.crc32 = v.crc32;
           if (status === 'UPDATED' || (status === 'READY' && s.running !== null && s.running !== this.shortSha)) {
             if (s.running !== null) s.verdict.from = s.running;

@@ -7,15 +7,33 @@ import { crc32 } from 'node:zlib';
 
 export const ANNOUNCE_VERSION = 1;
 export const ANNOUNCE_BODY_BYTES = 52;
+/** Version 2 (issue 25): the version 1 body plus the encoding of the stream the chunks carry. */
+export const ANNOUNCE_V2 = 2;
+export const ANNOUNCE_V2_BODY_BYTES = 94;
+/** ANNOUNCE version 2 byte 52: what the chunks carry (raw keeps version 1, so older listeners take it). */
+export const AnnounceEncoding = { DEFLATE: 1, PATCH: 2 } as const;
 /** Chunks per block: one SYNC frame (position + CRC-32 of the block) per block. */
 export const BLOCK_CHUNKS = 256;
 
 export const CtrlKind = { REPORT: 1, STATUS: 2, ABORT: 3, FINISH: 4 } as const;
 export const JoinFlag = { JOINED: 1, NEED_ANNOUNCE: 2, CURRENT: 4, RUNNING: 8 } as const;
 /** ANNOUNCE body byte 1. */
-export const AnnounceFlag = { FD: 1, FORCE: 2 } as const;
-/** VERDICT byte 3. */
-export const VerdictFlag = { UPDATED: 1 } as const;
+export const AnnounceFlag = { FD: 1, FORCE: 2, PROBE: 4 } as const;
+/**
+ * VERDICT byte 3. REASON: bytes 4..7 of a failed verdict carry a reason code (VERDICT_REASONS) instead of
+ * the CRC-32; BASE_MISMATCH: a patch was refused at the announce because the active slot does not hash to
+ * its base (the master sends that node the full image).
+ */
+export const VerdictFlag = { UPDATED: 1, REASON: 2, BASE_MISMATCH: 4 } as const;
+/** Reason codes of a failed VERDICT with flag REASON (index = code; 0: none). */
+export const VERDICT_REASONS = [
+  '', 'sha256_mismatch', 'base_mismatch', 'base_size_mismatch', 'encoding_unsupported', 'crc_mismatch', 'stream_crc_mismatch',
+  'window_exceeded', 'output_overflow', 'truncated', 'copy_beyond_base', 'seek_beyond_base', 'length_overflow', 'bad_header',
+  'bad_magic', 'target_too_large', 'image_too_large', 'exceeds_total', 'distance_before_start', 'bad_symbol', 'bad_code_lengths',
+  'transfer_crc_mismatch', 'crc_invalid', 'bad_block_type', 'stored_length_mismatch', 'trailing_data', 'bad_version', 'incomplete',
+  'base_sha256_invalid', 'stream_size_invalid',
+] as const;
+export const verdictReasonCode = (reason: string): number => Math.max(0, VERDICT_REASONS.indexOf(reason as (typeof VERDICT_REASONS)[number]));
 export const MissingFlag = { LAST: 1, RANGE: 2 } as const;
 
 /** Wire codes for verdicts and value replies (0 = READY / ok). */
@@ -59,12 +77,32 @@ export interface Announce {
   nodes: number[];
   /** Receive even when the node already runs this image (body byte 1 bit 1). */
   force?: boolean;
+  /**
+   * Body byte 1 bit 2: a probe (issue 25). A node answers what it runs and decodes (JOINX, then JOIN
+   * JOINED with RUNNING) or CURRENT, and opens nothing; the master plans from the answers and FINISHes it.
+   */
+  probe?: boolean;
+  /** Version 2: the chunks carry this encoded stream of the image (absent: the raw image, version 1). */
+  stream?: AnnounceStream;
 }
 
+/** What a version 2 announce says about the encoded stream (totalBytes, crc32 and sha256 stay the image's). */
+export interface AnnounceStream {
+  encoding: { kind: 'deflate'; windowBits: number } | { kind: 'patch' };
+  /** Length of the encoded stream: chunks are numbered in it. */
+  streamBytes: number;
+  /** CRC-32 of the whole encoded stream (which blocks to collect again when the stream does not add up). */
+  streamCrc32: number;
+  /** A patch's base: the SHA-256 the node's active slot must hash to (32 bytes). */
+  baseSha256?: Uint8Array;
+}
+
+export const announceBodyBytes = (version: number): number => (version === ANNOUNCE_V2 ? ANNOUNCE_V2_BODY_BYTES : ANNOUNCE_BODY_BYTES);
+
 export function encodeAnnounceBody(a: Announce): Uint8Array {
-  const b = new Uint8Array(ANNOUNCE_BODY_BYTES);
-  b[0] = ANNOUNCE_VERSION;
-  b[1] = (a.fd ? AnnounceFlag.FD : 0) | (a.force ? AnnounceFlag.FORCE : 0);
+  const b = new Uint8Array(a.stream ? ANNOUNCE_V2_BODY_BYTES : ANNOUNCE_BODY_BYTES);
+  b[0] = a.stream ? ANNOUNCE_V2 : ANNOUNCE_VERSION;
+  b[1] = (a.fd ? AnnounceFlag.FD : 0) | (a.force ? AnnounceFlag.FORCE : 0) | (a.probe ? AnnounceFlag.PROBE : 0);
   b[2] = a.chunkSize;
   b[3] = a.window;
   put32(b, 4, a.totalBytes);
@@ -78,14 +116,24 @@ export function encodeAnnounceBody(a: Announce): Uint8Array {
   }
   put32(b, 44, hi >>> 0);
   put32(b, 48, lo >>> 0);
+  const st = a.stream;
+  if (st) {
+    b[52] = st.encoding.kind === 'deflate' ? AnnounceEncoding.DEFLATE : AnnounceEncoding.PATCH;
+    b[53] = st.encoding.kind === 'deflate' ? st.encoding.windowBits : 0;
+    put32(b, 54, st.streamBytes);
+    put32(b, 58, st.streamCrc32);
+    if (st.baseSha256) b.set(st.baseSha256.subarray(0, 32), 62);
+  }
   return b;
 }
 
 /** Null when the body is malformed (wrong version, impossible sizes, no node bits). */
 export function decodeAnnounceBody(session: number, b: Uint8Array): Announce | null {
-  if (b.length < ANNOUNCE_BODY_BYTES || b[0] !== ANNOUNCE_VERSION) return null;
+  if (b[0] !== ANNOUNCE_VERSION && b[0] !== ANNOUNCE_V2) return null;
+  if (b.length < announceBodyBytes(b[0]!)) return null;
   const fd = (b[1]! & AnnounceFlag.FD) !== 0;
   const force = (b[1]! & AnnounceFlag.FORCE) !== 0;
+  const probe = (b[1]! & AnnounceFlag.PROBE) !== 0;
   const chunkSize = b[2]!;
   const window = b[3]!;
   if (chunkSize < 1 || chunkSize > (fd ? 64 : 8) || window < 1) return null;
@@ -96,17 +144,28 @@ export function decodeAnnounceBody(session: number, b: Uint8Array): Announce | n
   if (nodes.length === 0 || (lo & 1) !== 0) return null;
   const a: Announce = { session, fd, chunkSize, window, totalBytes: u32(b, 4), crc32: u32(b, 8), sha256: b.slice(12, 44), nodes };
   if (force) a.force = true;
+  if (probe) a.probe = true;
+  if (b[0] === ANNOUNCE_V2) {
+    const kind = b[52];
+    const streamBytes = u32(b, 54);
+    if (streamBytes === 0) return null;
+    if (kind === AnnounceEncoding.DEFLATE) {
+      a.stream = { encoding: { kind: 'deflate', windowBits: b[53]! }, streamBytes, streamCrc32: u32(b, 58) };
+    } else if (kind === AnnounceEncoding.PATCH) {
+      a.stream = { encoding: { kind: 'patch' }, streamBytes, streamCrc32: u32(b, 58), baseSha256: b.slice(62, 94) };
+    } else return null;
+  }
   return a;
 }
 
 export const announcePartBytes = (frameMax: number): number => frameMax - 2;
-export const announceParts = (frameMax: number): number => Math.ceil(ANNOUNCE_BODY_BYTES / announcePartBytes(frameMax));
+export const announceParts = (frameMax: number, version = ANNOUNCE_VERSION): number => Math.ceil(announceBodyBytes(version) / announcePartBytes(frameMax));
 
 export function encodeAnnounceParts(a: Announce, frameMax: number): Uint8Array[] {
   const body = encodeAnnounceBody(a);
   const per = announcePartBytes(frameMax);
   const parts: Uint8Array[] = [];
-  for (let p = 0; p < announceParts(frameMax); p++) {
+  for (let p = 0; p < announceParts(frameMax, body[0]); p++) {
     const slice = body.subarray(p * per, p * per + per);
     const f = new Uint8Array(2 + per);
     f[0] = a.session;
@@ -122,9 +181,9 @@ export function encodeAnnounceParts(a: Announce, frameMax: number): Uint8Array[]
  * master cannot keep ours from assembling); the part size is taken from the frame's length.
  */
 export class AnnounceAssembler {
-  private readonly pending = new Map<number, { body: Uint8Array; per: number; got: number; needed: number }>();
+  private readonly pending = new Map<number, { body: Uint8Array; per: number; got: Set<number> }>();
 
-  /** Returns the announce once every part of one session arrived, else null. */
+  /** Returns the announce once every part of one session arrived, else null (the body length follows from part 0's version). */
   push(data: Uint8Array): Announce | null {
     if (data.length < 3) return null;
     const session = data[0]!;
@@ -132,19 +191,21 @@ export class AnnounceAssembler {
     const per = data.length - 2;
     let p = this.pending.get(session);
     if (!p || p.per !== per) {
-      const needed = Math.ceil(ANNOUNCE_BODY_BYTES / per);
-      p = { body: new Uint8Array(needed * per), per, got: 0, needed };
+      p = { body: new Uint8Array(Math.ceil(ANNOUNCE_V2_BODY_BYTES / per) * per), per, got: new Set() };
       this.pending.delete(session);
       this.pending.set(session, p);
       if (this.pending.size > 4) this.pending.delete(this.pending.keys().next().value!);
     }
-    if (part >= p.needed) return null;
-    const bit = 2 ** part;
-    if (Math.floor(p.got / bit) % 2 === 0) p.got += bit;
+    if (part * per >= ANNOUNCE_V2_BODY_BYTES) return null;
+    p.got.add(part);
     p.body.set(data.subarray(2), part * per);
-    if (p.got !== 2 ** p.needed - 1) return null;
+    if (!p.got.has(0)) return null;
+    const version = p.body[0]!;
+    if (version !== ANNOUNCE_VERSION && version !== ANNOUNCE_V2) return null;
+    const needed = Math.ceil(announceBodyBytes(version) / per);
+    for (let i = 0; i < needed; i++) if (!p.got.has(i)) return null;
     this.pending.delete(session); // a repeated announce re-assembles from scratch
-    return decodeAnnounceBody(session, p.body);
+    return decodeAnnounceBody(session, p.body.subarray(0, needed * per));
   }
 }
 
@@ -210,6 +271,48 @@ export function decodeJoin(b: Uint8Array): Join | null {
   const j: Join = { session: b[0]!, flags: b[1]! & 0x0f, have: u24(b, 2), instance: b[1]! >> JOIN_INSTANCE_SHIFT };
   if (b.length >= 8 && (j.flags & JoinFlag.RUNNING) !== 0) j.running = b.slice(5, 8);
   else j.flags &= ~JoinFlag.RUNNING;
+  return j;
+}
+
+// JOINX [session, flags 0 | instance << 4, caps, ram64, running[3..7]] (issue 25): sent by a listener
+// that decodes compressed or delta streams right before its JOIN to a probe (and so, frames of one sender
+// arriving in order, before the master counts it as answered). A JOIN frame whose low flag nibble is 0:
+// masters from before ignore it. caps: bit 0 deflate, bit 1 patch, bits 4..7 the largest deflate window
+// (bits); ram64: RAM the node offers its decoder and patch applier, in units of 64 bytes; running[3..7]:
+// bytes 3..6 of the SHA-256 of the image it runs (JOIN's RUNNING carries bytes 0..2): a 7-byte prefix
+// the master resolves in its image store. The node checks the whole base SHA-256 at a patch's announce.
+export const JoinxCap = { DEFLATE: 1, PATCH: 2 } as const;
+
+export interface JoinX {
+  session: number;
+  deflate: boolean;
+  patch: boolean;
+  maxWindowBits: number;
+  /** Decoder RAM in bytes (a multiple of 64, at most 16,320). */
+  ramBytes: number;
+  /** Bytes 3..6 of the running image's SHA-256 (meaningful when the JOIN after it has flag RUNNING). */
+  running?: Uint8Array;
+  instance?: number;
+}
+
+export function encodeJoinX(j: JoinX): Uint8Array {
+  const b = new Uint8Array(8);
+  b[0] = j.session;
+  b[1] = ((j.instance ?? 0) & 0x0f) << JOIN_INSTANCE_SHIFT;
+  b[2] = (j.deflate ? JoinxCap.DEFLATE : 0) | (j.patch ? JoinxCap.PATCH : 0) | ((Math.min(15, j.maxWindowBits) & 0x0f) << 4);
+  b[3] = Math.min(255, Math.floor(j.ramBytes / 64));
+  if (j.running) b.set(j.running.subarray(0, 4), 4);
+  return b;
+}
+
+/** Null unless an 8-byte JOIN with no flag bits (the JOINX shape). */
+export function decodeJoinX(b: Uint8Array): JoinX | null {
+  if (b.length < 8 || (b[1]! & 0x0f) !== 0) return null;
+  const j: JoinX = {
+    session: b[0]!, deflate: (b[2]! & JoinxCap.DEFLATE) !== 0, patch: (b[2]! & JoinxCap.PATCH) !== 0, maxWindowBits: b[2]! >> 4,
+    ramBytes: b[3]! * 64, instance: b[1]! >> JOIN_INSTANCE_SHIFT,
+  };
+  j.running = b.slice(4, 8);
   return j;
 }
 

@@ -4,7 +4,7 @@
  * content-addressed store holds that base and the patch is strictly smaller than the compressed image),
  * COMPRESSED (raw deflate) or RAW (the device decodes nothing, or the caller turned both off).
  */
-import { compressImage } from './compress.js';
+import { compressImage, type CompressedImage } from './compress.js';
 import { makePatch } from './bsdiff.js';
 import { cheapestTransfer, patchWindowBitsFor } from './plan.js';
 import { sha256Hex, type ImageSource } from './image-store.js';
@@ -45,6 +45,35 @@ export interface ChooseOptions {
   force?: boolean;
   /** Leave out this base (it was refused: the device's active slot does not hash to it). */
   excludeBase?: string;
+  /** Compressed images by window bits, shared by calls for one image (a CAN plan asks once per group). */
+  compressedCache?: Map<number, CompressedImage>;
+}
+
+/**
+ * Patches and compressed images are pure functions of the images' bytes, so they are kept by SHA-256
+ * (a bounded LRU, this process): a gateway that updates several buses or retries a job, or a CAN plan
+ * with several groups on one base, computes each once.
+ */
+const MEMO_BYTES = 32 << 20;
+const memo = new Map<string, { bytes: Uint8Array; windowBits: number }>();
+let memoBytes = 0;
+function memoized<T extends { bytes: Uint8Array; windowBits: number }>(key: string, make: () => T): { bytes: Uint8Array; windowBits: number } {
+  const held = memo.get(key);
+  if (held) {
+    memo.delete(key);
+    memo.set(key, held);
+    return held;
+  }
+  const made = make();
+  const entry = { bytes: made.bytes, windowBits: made.windowBits };
+  memo.set(key, entry);
+  memoBytes += entry.bytes.length;
+  while (memoBytes > MEMO_BYTES && memo.size > 1) {
+    const [k, v] = memo.entries().next().value!;
+    memo.delete(k);
+    memoBytes -= v.bytes.length;
+  }
+  return entry;
 }
 
 export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState, store: ImageSource | null, o: ChooseOptions = {}): Promise<TransferChoice> {
@@ -52,7 +81,12 @@ export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState
   const sizes: TransferChoice['sizes'] = { raw: image.length, compressed: null, patch: null };
   if (device.sha256 === sha && !o.force) return { mode: 'current', encoded: null, base: null, sizes };
   const codec = device.codec;
-  const compressed = codec?.deflate && o.compress !== false ? compressImage(image, { windowBits: Math.min(12, codec.maxWindowBits) }) : null;
+  let compressed: CompressedImage | null = null;
+  if (codec?.deflate && o.compress !== false) {
+    const wb = Math.min(12, codec.maxWindowBits);
+    compressed = o.compressedCache?.get(wb) ?? { ...memoized(`z:${sha}:${wb}`, () => compressImage(image, { windowBits: wb })), rawSize: image.length };
+    o.compressedCache?.set(wb, compressed);
+  }
   if (compressed) sizes.compressed = compressed.bytes.length;
   let patch: { bytes: Uint8Array; windowBits: number } | null = null;
   const baseSha = device.sha256;
@@ -60,7 +94,8 @@ export async function chooseTransfer(image: Uint8Array, device: DeviceCodecState
     const base = await store.get(baseSha);
     const wb = patchWindowBitsFor(codec.ramBytes);
     if (base && wb !== null) {
-      patch = makePatch(base, image, { windowBits: wb });
+      // keyed by the hash of the bytes the store gave, not the SHA-256 asked for: a patch is made from those
+      patch = memoized(`p:${sha256Hex(base)}:${sha}:${wb}`, () => makePatch(base, image, { windowBits: wb }));
       sizes.patch = patch.bytes.length;
     }
   }

@@ -11,7 +11,7 @@
  * SHA-256 name; a read hashes the file again and ignores one that does not match its name.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 
@@ -34,6 +34,23 @@ export interface ImageSource {
   put(bytes: Uint8Array): Promise<string>;
   /** The image with this SHA-256, or null when the store does not hold it. */
   get(sha256: string): Promise<Uint8Array | null>;
+  /**
+   * The one SHA-256 held that starts with `prefix` (hex; a CAN node says 7 bytes of what it runs), or
+   * null when none or more than one does.
+   */
+  resolve?(prefix: string): Promise<string | null>;
+}
+
+const HEX = /^[0-9a-f]+$/;
+function unique(names: Iterable<string>, prefix: string): string | null {
+  const p = prefix.toLowerCase();
+  if (!HEX.test(p)) return null;
+  let found: string | null = null;
+  for (const n of names) if (n.startsWith(p)) {
+    if (found !== null) return null;
+    found = n;
+  }
+  return found;
 }
 
 export class ContentStore implements ImageSource {
@@ -61,6 +78,11 @@ export class ContentStore implements ImageSource {
     return sha;
   }
 
+  async resolve(prefix: string): Promise<string | null> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    return unique(names.filter((n) => /^[0-9a-f]{64}\.hxe$/.test(n)).map((n) => n.slice(0, 64)), prefix);
+  }
+
   async get(sha256: string): Promise<Uint8Array | null> {
     const want = sha256.toLowerCase();
     let bytes: Buffer;
@@ -86,5 +108,9 @@ export class MemoryContentStore implements ImageSource {
 
   async get(sha256: string): Promise<Uint8Array | null> {
     return this.images.get(sha256.toLowerCase()) ?? null;
+  }
+
+  async resolve(prefix: string): Promise<string | null> {
+    return unique(this.images.keys(), prefix);
   }
 }
