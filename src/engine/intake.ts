@@ -181,8 +181,8 @@ export function runningOf(t: TaskInfo): RunningImage {
 }
 
 /** The announce and the bytes disagree: said the same whether the intake or the store found it. */
-function shaMismatch(expected: string, actual: string): EngineError {
-  return engineError('EBADMSG', 'verify', 'sha256_mismatch', `the received bytes hash to ${actual}, the announce said ${expected}`, { expected, actual });
+function shaMismatch(expected: string, actual: string, what = 'the received bytes hash'): EngineError {
+  return engineError('EBADMSG', 'verify', 'sha256_mismatch', `${what} to ${actual}, the announce said ${expected}`, { expected, actual });
 }
 
 function shaHex(v: string | Uint8Array | undefined): string | null | EngineError {
@@ -456,6 +456,16 @@ export class DeviceIntake {
       if (e) {
         this.abort(id, e.reason);
         return err(e);
+      }
+      // A decoded image is checked against the announced SHA-256 here, before the engine's CRC-32:
+      // a patch that rebuilds another image is a SHA-256 mismatch, said so (the store hashes it again).
+      if (r.sha256 !== null && r.hash === null) {
+        const rebuilt = createHash('sha256').update(dec.image).digest('hex');
+        if (rebuilt !== r.sha256) {
+          this.receiving.delete(id);
+          this.engine.abort(id, 'sha256_mismatch');
+          return err(shaMismatch(r.sha256, rebuilt, 'the rebuilt image hashes'));
+        }
       }
     }
     const complete = r.received >= r.total;
