@@ -112,8 +112,8 @@ async function main(): Promise<void> {
   const devs = await openBenchDevices(hub, work, NODES, CONFIRM_MS);
   const images = join(work, 'images');
   mkdirSync(images);
-  writeFileSync(join(images, 'a.hxe'), sensorOfSize(401, IMAGE_KIB * 1024));
-  writeFileSync(join(images, 'b.hxe'), sensorOfSize(402, IMAGE_KIB * 1024));
+  writeFileSync(join(images, 'a.hxe'), sensorOfSize(401, IMAGE_KIB * 1024, true)); // random code: the job moves the whole image (compression would shorten it)
+  writeFileSync(join(images, 'b.hxe'), sensorOfSize(402, IMAGE_KIB * 1024, true));
   const config = join(work, 'gateway.toml');
   writeFileSync(config, [
     `[gateway]\nid = "bench-page"\nlog_level = "warn"\nstate_dir = "${join(work, 'gateway')}"\n`,
