@@ -20,17 +20,15 @@ import test, { type ExecutionContext } from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { EngineEvent } from '../src/engine/index.js';
 import { buildImage } from '../src/hxe/index.js';
 import type { CanBus } from '../src/link/can/bus.js';
 import type { FaultOptions } from '../src/link/can/faults.js';
 import { CanFlasher, type CanFlashResult } from '../src/link/can/flasher.js';
-import { CanListener } from '../src/link/can/listener.js';
 import { CanMaster } from '../src/link/can/master.js';
 import { requestValue } from '../src/link/can/value-client.js';
 import { compressImage, makePatch, MemoryContentStore, type ImageSource } from '../src/link/delta/index.js';
 import type { TargetVerdict } from '../src/link/flasher.js';
-import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
+import { bootCanNode, type CanNode } from './support/can-node.js';
 import { CAN_SERIAL, openTestBus, spawnCli, type TestBus } from './support/can-bus.js';
 import { f16, GAIN, RESET, sha256Hex, TEMP, TEMP_OID } from './update-images.js';
 
@@ -59,31 +57,10 @@ const V1 = build(1);
 const V2 = build(2);
 const sha = sha256Hex;
 
-interface Dev {
-  node: number;
-  dir: string;
-  dev: SimulatedDevice;
-  listener: CanListener;
-  until(pred: () => boolean): Promise<void>;
-}
+type Dev = CanNode;
 
-async function boot(bus: TestBus, node: number, dir: string, faults?: FaultOptions, codec?: false): Promise<Dev> {
-  const waiters: Array<{ pred: () => boolean; resolve: () => void }> = [];
-  const check = (): void => {
-    for (const w of waiters.splice(0)) {
-      if (w.pred()) w.resolve();
-      else waiters.push(w);
-    }
-  };
-  const dev = await openSimulatedDevice({
-    name: `node${node}`, stateDir: dir, confirmWindowMs: CONFIRM_MS, events: { emit: (_e: EngineEvent) => queueMicrotask(check) }, ...(codec === false ? { codec } : {}),
-  });
-  const restored = dev.engine.restore();
-  if (!restored.ok) throw new Error(`node ${node}: restore failed: ${JSON.stringify(restored.error)}`);
-  const ep = await bus.endpoint(faults ? { faults } : {});
-  const listener = new CanListener({ bus: ep, node, intake: dev.intake, source: 'can:test' });
-  listener.start();
-  return { node, dir, dev, listener, until: (pred) => (pred() ? Promise.resolve() : new Promise((resolve) => waiters.push({ pred, resolve }))) };
+function boot(bus: TestBus, node: number, dir: string, faults?: FaultOptions, codec?: false): Promise<Dev> {
+  return bootCanNode(bus, node, dir, { confirmWindowMs: CONFIRM_MS, ...(faults ? { faults } : {}), ...(codec === false ? { codec } : {}) });
 }
 
 const settled = (d: Dev): boolean => !d.dev.intake.confirmPending && (d.dev.storage.imageStore.active()?.confirmed ?? true);

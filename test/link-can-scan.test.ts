@@ -12,7 +12,6 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import type { EngineEvent } from '../src/engine/index.js';
 import type { CanBus } from '../src/link/can/bus.js';
 import { BROADCAST, classifyId, DEFAULT_ID_PLAN, ProvOp, provId, ValueOp, valueId } from '../src/link/can/ids.js';
 import { CanListener } from '../src/link/can/listener.js';
@@ -22,7 +21,8 @@ import {
 } from '../src/link/can/messages.js';
 import { scanCan, scanCanReport } from '../src/link/can/scan.js';
 import type { InventoryEntry } from '../src/link/flasher.js';
-import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
+import { openSimulatedDevice } from '../src/persist/simulated-device.js';
+import { bootCanNode, type CanNode } from './support/can-node.js';
 import { CAN_SERIAL, openTestBus, type TestBus } from './support/can-bus.js';
 import { sensorBuild, sha256Hex } from './update-images.js';
 
@@ -37,29 +37,10 @@ const FULL_SCAN_MS = VM ? 8000 : 800;
 /** Upper bound for a scan with a node list (it ends as soon as they answered). */
 const LISTED_SCAN_MS = VM ? 60_000 : 10_000;
 
-interface Dev {
-  node: number;
-  dev: SimulatedDevice;
-  listener: CanListener;
-  until(pred: () => boolean): Promise<void>;
-}
+type Dev = CanNode;
 
-async function boot(bus: TestBus, node: number, dir: string): Promise<Dev> {
-  const waiters: Array<{ pred: () => boolean; resolve: () => void }> = [];
-  const check = (): void => {
-    for (const w of waiters.splice(0)) {
-      if (w.pred()) w.resolve();
-      else waiters.push(w);
-    }
-  };
-  const dev = await openSimulatedDevice({
-    name: `node${node}`, stateDir: dir, geometry: GEOMETRY, confirmWindowMs: CONFIRM_MS,
-    events: { emit: (_e: EngineEvent) => queueMicrotask(check) },
-  });
-  const ep = await bus.endpoint();
-  const listener = new CanListener({ bus: ep, node, intake: dev.intake, source: 'can:test' });
-  listener.start();
-  return { node, dev, listener, until: (pred) => (pred() ? Promise.resolve() : new Promise((resolve) => waiters.push({ pred, resolve }))) };
+function boot(bus: TestBus, node: number, dir: string): Promise<Dev> {
+  return bootCanNode(bus, node, dir, { confirmWindowMs: CONFIRM_MS, geometry: GEOMETRY, restore: false });
 }
 
 const settled = (d: Dev): boolean => !d.dev.intake.confirmPending && (d.dev.storage.imageStore.active()?.confirmed ?? true);

@@ -11,12 +11,10 @@ import test, { type ExecutionContext } from 'ava';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { EngineEvent } from '../src/engine/index.js';
 import type { CanBus } from '../src/link/can/bus.js';
-import { CanListener } from '../src/link/can/listener.js';
 import { CanMaster, type MasterOptions, type MasterResult } from '../src/link/can/master.js';
 import { requestValue } from '../src/link/can/value-client.js';
-import { openSimulatedDevice, type SimulatedDevice } from '../src/persist/simulated-device.js';
+import { bootCanNode, type CanNode } from './support/can-node.js';
 import { CAN_SERIAL, openTestBus, spawnCli, type CliChild, type TestBus } from './support/can-bus.js';
 import { f16, sensorBuild, sensorOfSize, sha256Hex, TEMP_OID } from './update-images.js';
 
@@ -29,37 +27,10 @@ const CONFIRM_MS = 30;
 const LONG = process.env['HSX_HIL_VM'] ? 1_800_000 : 300_000;
 const short = (image: Uint8Array): string => sha256Hex(image).slice(0, 6);
 
-interface Dev {
-  node: number;
-  dir: string;
-  dev: SimulatedDevice;
-  listener: CanListener;
-  ep: CanBus;
-  /** Resolves once `pred` holds, checked now and after every event of the device. */
-  until(pred: () => boolean): Promise<void>;
-}
+type Dev = CanNode;
 
-async function boot(bus: TestBus, node: number, dir: string): Promise<Dev> {
-  const waiters: Array<{ pred: () => boolean; resolve: () => void }> = [];
-  const check = (): void => {
-    for (const w of waiters.splice(0)) {
-      if (w.pred()) w.resolve();
-      else waiters.push(w);
-    }
-  };
-  const dev = await openSimulatedDevice({
-    name: `node${node}`, stateDir: dir, geometry: GEOMETRY, confirmWindowMs: CONFIRM_MS,
-    events: { emit: (_e: EngineEvent) => queueMicrotask(check) },
-  });
-  const restored = dev.engine.restore();
-  if (!restored.ok) throw new Error(`node ${node}: restore failed: ${JSON.stringify(restored.error)}`);
-  const ep = await bus.endpoint();
-  const listener = new CanListener({ bus: ep, node, intake: dev.intake, source: 'can:test' });
-  listener.start();
-  return {
-    node, dir, dev, listener, ep,
-    until: (pred) => (pred() ? Promise.resolve() : new Promise((resolve) => waiters.push({ pred, resolve }))),
-  };
+function boot(bus: TestBus, node: number, dir: string): Promise<Dev> {
+  return bootCanNode(bus, node, dir, { confirmWindowMs: CONFIRM_MS, geometry: GEOMETRY });
 }
 
 /** The update (if any) is confirmed: nothing pending, the store's active image is known-good. */

@@ -632,15 +632,7 @@ function acceptInBatches(
   if (!handle || typeof original !== 'function' || typeof srv._connections !== 'number') return;
   let batch: ClientHandle[] = [];
   const take = (client: ClientHandle, remote: { address?: string; port?: number }): void => {
-    let socket: Socket | null = null;
-    socket = new Socket({
-      handle: client as never,
-      readable: true,
-      writable: true,
-      allowHalfOpen: false,
-      pauseOnCreate: true,
-      onread: sharedOnread(() => socket),
-    } as ConstructorParameters<typeof Socket>[0]);
+    const socket = sharedReadSocket(client);
     SHARED_READ.add(socket);
     ACCEPTED_REMOTE.set(socket, { address: remote.address, port: remote.port });
     srv._connections = (srv._connections ?? 0) + 1;
@@ -722,6 +714,20 @@ function acceptInBatches(
   };
 }
 
+/** A paused socket over an accepted handle that reads into SHARED_READ_BUFFER (Node's `onread` option). */
+function sharedReadSocket(handle: unknown): Socket {
+  let socket: Socket | null = null;
+  socket = new Socket({
+    handle: handle as never,
+    readable: true,
+    writable: true,
+    allowHalfOpen: false,
+    pauseOnCreate: true,
+    onread: sharedOnread(() => socket),
+  } as ConstructorParameters<typeof Socket>[0]);
+  return socket;
+}
+
 function readIntoSharedBuffer(accepted: Socket, server: Server): Socket {
   type Internals = { _handle?: { useUserBuffer?: unknown; reading?: boolean } | null; _server?: unknown };
   type ServerInternals = { _connections?: number };
@@ -730,16 +736,7 @@ function readIntoSharedBuffer(accepted: Socket, server: Server): Socket {
   const handle = a._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function' || a._server !== server || typeof srv._connections !== 'number') return accepted;
   try {
-    let socket: Socket | null = null;
-    const wrapped = new Socket({
-      handle: handle as never,
-      readable: true,
-      writable: true,
-      allowHalfOpen: false,
-      pauseOnCreate: true,
-      onread: sharedOnread(() => socket),
-    } as ConstructorParameters<typeof Socket>[0]);
-    socket = wrapped;
+    const wrapped = sharedReadSocket(handle);
     // the old object lets go of the handle (destroying it now closes nothing but itself, and gives
     // back its place in the server's count), the new one takes its place
     a._handle = null;
