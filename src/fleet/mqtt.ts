@@ -1,13 +1,15 @@
 /**
  * The `fleet` client's broker connection: standard MQTT 3.1.1, QoS 1, a persistent session (clean
- * session off, a stable client id) so QoS 1 messages for it survive a short cut; a list of broker URLs,
- * tried in order at connect. `snapshot()` reads what is retained under some filters: it subscribes,
+ * session off, a stable client id) so QoS 1 messages for it survive a short cut; a list of broker URLs
+ * (failover.ts: the next one when the broker in use goes away; subscriptions are made again there, and
+ * retained messages this client published that the new broker lacks are published again). `snapshot()` reads what is retained under some filters: it subscribes,
  * then publishes a marker to a topic of its own and waits for it to come back, so every retained
  * message the broker sends for the filters has arrived before it (Mosquitto delivers in order on one
  * connection).
  */
 import { randomBytes } from 'node:crypto';
-import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import type { IClientOptions, MqttClient } from 'mqtt';
+import { FailoverClient } from '../gateway/mqtt/failover.js';
 import { topicMatches } from '../gateway/mqtt/bridge.js';
 import { fleetRoot } from './rollout.js';
 
@@ -22,53 +24,78 @@ export interface FleetConnectOptions {
   connectTimeoutMs?: number;
 }
 
+/** A rollout document on the broker with a higher version than ours: someone wrote after us; keep theirs. */
+function newerDoc(there: Buffer, ours: string | Buffer): boolean {
+  try {
+    const a = (JSON.parse(there.toString('utf8')) as { version?: unknown }).version;
+    const b = (JSON.parse(Buffer.from(ours).toString('utf8')) as { version?: unknown }).version;
+    return typeof a === 'number' && typeof b === 'number' && a >= b;
+  } catch {
+    return false;
+  }
+}
+
 export type Handler = (topic: string, payload: Buffer, retained: boolean) => void;
 
 export class FleetMqtt {
   private readonly handlers = new Set<{ filter: string; fn: Handler }>();
   private syncN = 0;
+  /** Retained messages this client published (topic → payload): published again after a failover when the new broker lacks them. */
+  private readonly owned = new Map<string, string | Buffer>();
+  readonly client: MqttClient;
+  /** Republishes after failovers so far (resolves when the last is done); for tests. */
+  republished: Promise<number> = Promise.resolve(0);
 
-  private constructor(readonly client: MqttClient, readonly url: string, readonly clientId: string, readonly prefix: string) {
-    client.on('message', (topic, payload, packet) => {
+  private constructor(readonly conn: FailoverClient, readonly clientId: string, readonly prefix: string) {
+    this.client = conn.client;
+    this.client.on('message', (topic, payload, packet) => {
       for (const h of [...this.handlers]) if (topicMatches(h.filter, topic)) h.fn(topic, payload, packet.retain);
     });
+    conn.onConnect(({ failedOver }) => {
+      if (failedOver) this.republished = this.republished.then(() => this.republishOwned()).catch(() => 0);
+    });
+  }
+
+  /** The broker in use now. */
+  get url(): string {
+    return this.conn.url;
   }
 
   static async connect(o: FleetConnectOptions): Promise<FleetMqtt> {
     if (o.urls.length === 0) throw new Error('no broker: give --broker URL');
     const clientId = o.clientId ?? `hsx-fleet-${randomBytes(6).toString('hex')}`;
-    const errors: string[] = [];
-    for (const url of o.urls) {
-      const opts: IClientOptions = {
-        protocolVersion: 4,
-        clientId,
-        clean: !(o.persistent ?? true),
-        reconnectPeriod: 500,
-        connectTimeout: o.connectTimeoutMs ?? 5_000,
-      };
-      if (o.username !== undefined) opts.username = o.username;
-      if (o.password !== undefined) opts.password = o.password;
-      const client = mqtt.connect(url, opts);
-      try {
-        await new Promise<void>((resolve, reject) => {
-          const t = setTimeout(() => reject(new Error('connect timed out')), o.connectTimeoutMs ?? 5_000);
-          client.once('connect', () => {
-            clearTimeout(t);
-            resolve();
-          });
-          client.once('error', (e) => {
-            clearTimeout(t);
-            reject(e);
-          });
-        });
-        client.on('error', () => {});
-        return new FleetMqtt(client, url, clientId, o.prefix);
-      } catch (e) {
-        errors.push(`${url}: ${(e as Error).message}`);
-        await client.endAsync(true).catch(() => {});
-      }
+    const opts: IClientOptions = {
+      protocolVersion: 4,
+      clientId,
+      clean: !(o.persistent ?? true),
+      reconnectPeriod: 500,
+      connectTimeout: o.connectTimeoutMs ?? 5_000,
+    };
+    if (o.username !== undefined) opts.username = o.username;
+    if (o.password !== undefined) opts.password = o.password;
+    const conn = new FailoverClient(o.urls, opts);
+    try {
+      await conn.waitConnected((o.connectTimeoutMs ?? 5_000) * o.urls.length + 500 * o.urls.length);
+    } catch (e) {
+      await conn.client.endAsync(true).catch(() => {});
+      throw e;
     }
-    throw new Error(`no broker answered (${errors.join('; ')})`);
+    return new FleetMqtt(conn, clientId, o.prefix);
+  }
+
+  /** After a failover: what we hold retained and the new broker has not (another broker of a cluster has it already). */
+  private async republishOwned(): Promise<number> {
+    if (this.owned.size === 0) return 0;
+    const have = await this.snapshot([...this.owned.keys()]);
+    let n = 0;
+    for (const [topic, payload] of this.owned) {
+      const there = have.get(topic);
+      if (there && Buffer.compare(there, Buffer.from(payload)) === 0) continue;
+      if (there && topic.startsWith(`${fleetRoot(this.prefix)}/rollouts/`) && newerDoc(there, payload)) continue;
+      await this.client.publishAsync(topic, payload, { qos: 1, retain: true });
+      n++;
+    }
+    return n;
   }
 
   on(filter: string, fn: Handler): () => void {
@@ -121,6 +148,10 @@ export class FleetMqtt {
   }
 
   async publish(topic: string, payload: string | Buffer, retain: boolean): Promise<void> {
+    if (retain) {
+      if (payload.length === 0) this.owned.delete(topic);
+      else this.owned.set(topic, payload);
+    }
     await this.client.publishAsync(topic, payload, { qos: 1, retain });
   }
 

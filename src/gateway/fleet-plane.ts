@@ -9,8 +9,8 @@
  * that wave (paused, cancelled, a hand-edited invalid document, or found so when the gateway comes back) is
  * cancelled before it starts (`watchRollouts`, used by job-commands.ts).
  *
- * It uses a connection of its own to the gateway's broker (clean session; the bridge's client stays
- * as it is), opened at the first request.
+ * It uses a connection of its own to the gateway's brokers (clean session; the bridge's client stays
+ * as it is; the same URL list and failover), opened at the first request.
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,7 +19,8 @@ import { assembleImage, sha256Hex } from '../fleet/images.js';
 import { FleetError, checkRolloutDoc, imageTopic, rolloutFilter, rolloutTopic, validRolloutId, type RolloutDoc } from '../fleet/rollout.js';
 
 export interface FleetPlaneOptions {
-  url: string;
+  /** The gateway's brokers (`mqtt.urls`), in order: failover as the bridge's. */
+  urls: string[];
   username?: string;
   password?: string;
   prefix: string;
@@ -44,7 +45,7 @@ export class GatewayFleetPlane {
 
   private mqtt(): Promise<FleetMqtt> {
     if (!this.conn) {
-      const c: Parameters<typeof FleetMqtt.connect>[0] = { urls: [this.o.url], prefix: this.o.prefix, persistent: false, clientId: `hsx-gateway-${this.o.gatewayId}-fleet-${process.pid}` };
+      const c: Parameters<typeof FleetMqtt.connect>[0] = { urls: this.o.urls, prefix: this.o.prefix, persistent: false, clientId: `hsx-gateway-${this.o.gatewayId}-fleet-${process.pid}` };
       if (this.o.username !== undefined) c.username = this.o.username;
       if (this.o.password !== undefined) c.password = this.o.password;
       this.conn = FleetMqtt.connect(c);
