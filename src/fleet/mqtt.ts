@@ -42,6 +42,9 @@ export class FleetMqtt {
   private syncN = 0;
   /** Retained messages this client published (topic → payload): published again after a failover when the new broker lacks them. */
   private readonly owned = new Map<string, string | Buffer>();
+  /** Every filter subscribed, made again at each reconnect. */
+  private readonly subs = new Set<string>();
+  private connects = 1;
   readonly client: MqttClient;
   /** Republishes after failovers so far (resolves when the last is done); for tests. */
   republished: Promise<number> = Promise.resolve(0);
@@ -52,6 +55,14 @@ export class FleetMqtt {
       for (const h of [...this.handlers]) if (topicMatches(h.filter, topic)) h.fn(topic, payload, packet.retain);
     });
     conn.onConnect(({ failedOver }) => {
+      // Our subscriptions again, ourselves (mqtt.js' own resubscribe is off: it takes a refusal silently, and
+      // a NATS node refuses QoS 1 subscriptions for a while after another node of its cluster was lost).
+      if (this.connects++ > 0 && this.subs.size) {
+        this.subscribe([...this.subs], 30_000).catch(() => {
+          // Still refused after 30 s: the connection is of no use; the next connect tries again (the next broker).
+          this.client.stream?.destroy();
+        });
+      }
       if (failedOver) this.republished = this.republished.then(() => this.republishOwned()).catch(() => 0);
     });
   }
@@ -70,6 +81,7 @@ export class FleetMqtt {
       clean: !(o.persistent ?? true),
       reconnectPeriod: 500,
       connectTimeout: o.connectTimeoutMs ?? 5_000,
+      resubscribe: false,
     };
     if (o.username !== undefined) opts.username = o.username;
     if (o.password !== undefined) opts.password = o.password;
@@ -104,13 +116,29 @@ export class FleetMqtt {
     return () => this.handlers.delete(h);
   }
 
-  /** Subscribes (again: mqtt.js would skip a filter it holds, and the broker re-sends retained messages only on a SUBSCRIBE). */
-  async subscribe(filters: string[]): Promise<void> {
-    const map: Record<string, unknown> = { resubscribe: true };
-    for (const f of filters) map[f] = { qos: 1 };
-    const granted = await this.client.subscribeAsync(map as unknown as Parameters<MqttClient['subscribeAsync']>[0]);
-    const denied = granted.filter((g) => g.qos === 128);
-    if (denied.length) throw new Error(`the broker refused the subscription to ${denied.map((g) => g.topic).join(', ')}`);
+  /**
+   * Subscribes (again: mqtt.js would skip a filter it holds, and the broker re-sends retained messages only on a
+   * SUBSCRIBE), and again at every reconnect. A refusal (SUBACK 0x80) is asked again for `patienceMs` before it is an error: a NATS
+   * node refuses a QoS 1 subscription while its JetStream is busy (after another node was lost, under load).
+   */
+  async subscribe(filters: string[], patienceMs = 5_000): Promise<void> {
+    for (const f of filters) this.subs.add(f);
+    let left = filters;
+    const deadline = Date.now() + patienceMs;
+    for (let wait = 100; ; wait = Math.min(wait * 2, 2_000)) {
+      const map: Record<string, unknown> = { resubscribe: true };
+      for (const f of left) map[f] = { qos: 1 };
+      const granted = await this.client.subscribeAsync(map as unknown as Parameters<MqttClient['subscribeAsync']>[0]).catch((e: Error & { packet?: { granted?: number[] } }) => {
+        // mqtt.js rejects when every filter was refused: the same as a SUBACK of refusals.
+        if (e.packet?.granted) return left.map((topic) => ({ topic, qos: 128 }));
+        throw e;
+      });
+      const denied = granted.filter((g) => g.qos === 128).map((g) => g.topic);
+      if (denied.length === 0) return;
+      if (Date.now() + wait > deadline) throw new Error(`the broker refused the subscription to ${denied.join(', ')}`);
+      left = denied;
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 
   /** Waits until everything the broker sent before now has been handled (a marker round trip). */

@@ -321,11 +321,25 @@ export class MqttBridge {
     return [...this.commandHandlers.keys()];
   }
 
-  private subscribeCommands(filters: readonly string[]): void {
+  /**
+   * A refused filter is asked again (1 s, 2 s, 4 s, 8 s) while connected: a NATS node refuses QoS 1 subscriptions
+   * while its JetStream is busy, e.g. just after another node of the cluster was lost. Then it is an error.
+   */
+  private subscribeCommands(filters: readonly string[], attempt = 0): void {
     if (filters.length === 0) return;
     this.client.subscribe([...filters], { qos: 1 }, (err, granted) => {
       const denied = (granted ?? []).filter((g) => g.qos >= 0x80).map((g) => g.topic);
-      if (err || denied.length) this.log.error({ err: err?.message, denied, filters }, 'mqtt: cannot subscribe to the command topics; MQTT commands will not be received');
+      const again = (denied.length ? denied : err ? [...filters] : []).filter((f) => this.commandHandlers.has(f));
+      if (again.length === 0) return;
+      if (attempt < 4 && !this.stopping) {
+        this.log.warn({ err: err?.message, denied: again, attempt: attempt + 1 }, 'mqtt: the broker refused the command topics; asking again');
+        const timer = setTimeout(() => {
+          if (this.client.connected && !this.stopping) this.subscribeCommands(again, attempt + 1);
+        }, 1_000 * 2 ** attempt);
+        timer.unref();
+        return;
+      }
+      this.log.error({ err: err?.message, denied: again, filters }, 'mqtt: cannot subscribe to the command topics; MQTT commands will not be received');
     });
   }
 
