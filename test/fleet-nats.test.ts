@@ -179,7 +179,7 @@ test.serial('NATS cluster: the node serving the controller and one gateway SIGKI
   const ctl = spawnCli(['fleet', 'rollout', 'create', ...from(urls, 0).flatMap((b) => ['--broker', b]), '--json', '--token', OPERATOR, '--image', V1_FILE, '--select', 'gateway=hall-b-*', '--waves', '50%,100%', '--timeout', '3m', '--id', 'n-kill']);
   await ctl.waitFor((l) => l['type'] === 'rollout' && (l['rollout'] as RolloutDoc).waves[1]?.state === 'running');
   await n1!.kill('SIGKILL');
-  t.is(await ctl.exited, 0, `${ctl.stderr()} ${JSON.stringify(ctl.lines.at(-1))}`);
+  t.is(await ctl.exited, 0, `${ctl.stderr()} ${JSON.stringify(ctl.lines.at(-1))}\nhall-b-3: ${fleet!.gateways['hall-b-3']!.stderr().slice(-3000)}`);
   const d = docOf(ctl.lines);
   t.is(d.state, 'completed');
   t.is(d.totals.succeeded, 16);

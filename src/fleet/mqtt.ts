@@ -141,20 +141,35 @@ export class FleetMqtt {
     }
   }
 
-  /** Waits until everything the broker sent before now has been handled (a marker round trip). */
+  /**
+   * Waits until everything the broker sent before now has been handled (a marker round trip). A marker lost in a
+   * failover (published to a broker that died, or back before the subscription was made again on the next one) is
+   * sent again, with a new number, every 3 s, for up to 30 s; then it is an error.
+   */
   async sync(): Promise<void> {
     const topic = `${fleetRoot(this.prefix)}/sync/${this.clientId}`;
-    const n = String(++this.syncN);
-    let off: () => void = () => {};
-    const back = new Promise<void>((resolve) => {
-      off = this.on(topic, (_t, p) => {
-        if (p.toString() === n) resolve();
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const n = String(++this.syncN);
+      let off: () => void = () => {};
+      let timer: NodeJS.Timeout | undefined;
+      const back = new Promise<boolean>((resolve) => {
+        off = this.on(topic, (_t, p) => {
+          if (p.toString() === n) resolve(true);
+        });
+        timer = setTimeout(() => resolve(false), 3_000);
       });
-    });
-    await this.subscribe([topic]);
-    await this.client.publishAsync(topic, n, { qos: 1, retain: false });
-    await back;
-    off();
+      try {
+        await this.subscribe([topic]);
+        // Not awaited: a publish cut by a failover is acknowledged only after the reconnect; the marker's own wait is bounded.
+        this.client.publishAsync(topic, n, { qos: 1, retain: false }).catch(() => {});
+        if (await back) return;
+      } finally {
+        clearTimeout(timer);
+        off();
+      }
+      if (Date.now() > deadline) throw new Error('the broker did not send our sync marker back within 30 s');
+    }
   }
 
   /** Every retained message under `filters` right now: topic → payload (empty payloads left out). */

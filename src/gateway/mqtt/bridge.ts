@@ -322,24 +322,27 @@ export class MqttBridge {
   }
 
   /**
-   * A refused filter is asked again (1 s, 2 s, 4 s, 8 s) while connected: a NATS node refuses QoS 1 subscriptions
-   * while its JetStream is busy, e.g. just after another node of the cluster was lost. Then it is an error.
+   * A refused filter is asked again while connected (1 s, 2 s, 4 s, then every 8 s): a NATS node refuses QoS 1
+   * subscriptions while its JetStream is busy, e.g. for a while after another node of the cluster was lost. After
+   * 30 s of refusals the connection is dropped, so the next connect goes to the next broker of the list.
    */
-  private subscribeCommands(filters: readonly string[], attempt = 0): void {
+  private subscribeCommands(filters: readonly string[], attempt = 0, since = Date.now()): void {
     if (filters.length === 0) return;
     this.client.subscribe([...filters], { qos: 1 }, (err, granted) => {
       const denied = (granted ?? []).filter((g) => g.qos >= 0x80).map((g) => g.topic);
       const again = (denied.length ? denied : err ? [...filters] : []).filter((f) => this.commandHandlers.has(f));
-      if (again.length === 0) return;
-      if (attempt < 4 && !this.stopping) {
-        this.log.warn({ err: err?.message, denied: again, attempt: attempt + 1 }, 'mqtt: the broker refused the command topics; asking again');
-        const timer = setTimeout(() => {
-          if (this.client.connected && !this.stopping) this.subscribeCommands(again, attempt + 1);
-        }, 1_000 * 2 ** attempt);
-        timer.unref();
+      if (again.length === 0 || this.stopping) return;
+      if (Date.now() - since > 30_000 && this.conn.servers.length > 1) {
+        this.log.error({ err: err?.message, denied: again, url: this.conn.url }, 'mqtt: the broker keeps refusing the command topics; trying the next broker');
+        this.client.stream?.destroy();
         return;
       }
-      this.log.error({ err: err?.message, denied: again, filters }, 'mqtt: cannot subscribe to the command topics; MQTT commands will not be received');
+      const log = attempt === 3 ? 'error' : 'warn';
+      this.log[log]({ err: err?.message, denied: again, attempt: attempt + 1 }, 'mqtt: the broker refused the command topics; asking again (MQTT commands are not received meanwhile)');
+      const timer = setTimeout(() => {
+        if (this.client.connected && !this.stopping) this.subscribeCommands(again, attempt + 1, since);
+      }, 1_000 * 2 ** Math.min(attempt, 3));
+      timer.unref();
     });
   }
 
