@@ -239,6 +239,12 @@ export interface ControllerOptions {
   token: string;
   /** Every document written or seen. */
   onDoc?: (d: RolloutDoc) => void;
+  /**
+   * A request with no answer after this long is sent again (default 5000 ms): it may have been lost while
+   * its gateway failed over to another broker (clean sessions). The gateway answers a request whose
+   * clientToken a job already carries with that job, so nothing runs twice.
+   */
+  resendMs?: number;
 }
 
 interface Group {
@@ -265,6 +271,10 @@ export class RolloutController {
   private writing: Promise<void> = Promise.resolve();
   private dirty = false;
   private offs: Array<() => void> = [];
+  /** When each group's request (by clientToken) was last sent. */
+  private readonly sentAt = new Map<string, number>();
+  /** Requests sent again for want of an answer (for the bench and tests). */
+  resent = 0;
 
   constructor(private readonly m: FleetMqtt, private readonly id: string, private readonly o: ControllerOptions) {}
 
@@ -344,10 +354,18 @@ export class RolloutController {
         }
         await new Promise<void>((resolve) => {
           this.wake = resolve;
-          timer = setTimeout(resolve, Math.min(left * 1000, 2 ** 31 - 1));
+          timer = setTimeout(resolve, Math.min(left * 1000, this.o.resendMs ?? 5_000, 2 ** 31 - 1));
         });
         clearTimeout(timer);
         this.wake = null;
+        // A request still unanswered after resendMs (lost in a failover) is sent again.
+        const resendMs = this.o.resendMs ?? 5_000;
+        for (const g of groups) {
+          const unanswered = g.targets.filter((t) => t.state === 'QUEUED' && t.job_id === null);
+          if (unanswered.length === 0 || Date.now() - (this.sentAt.get(g.clientToken) ?? 0) < resendMs) continue;
+          for (const t of unanswered) t.state = 'PENDING';
+          this.resent++;
+        }
         // Gateways that came back online get their part (the request then still has to pass their check).
         for (const g of groups) if (g.targets.some((t) => t.state === 'PENDING')) await this.submit(g, i);
         this.flush();
@@ -394,6 +412,7 @@ export class RolloutController {
       rollout: { id: this.id, wave },
     };
     for (const t of todo) t.state = 'QUEUED';
+    this.sentAt.set(g.clientToken, Date.now());
     this.dirty = true;
     await this.m.publish(`${this.m.prefix}/${g.gateway}/jobs/submit`, JSON.stringify(req), false);
   }

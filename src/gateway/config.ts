@@ -72,6 +72,11 @@ const mqttSchema = z
     /** Port for the embedded broker; 0 picks a free one. */
     embedded_port: z.number().int().min(0).max(65535).default(1883),
     url: z.string().regex(/^mqtts?:\/\/.+/, 'expected an mqtt:// or mqtts:// URL').optional(),
+    /**
+     * Brokers in order (docs/mqtt.md "Several brokers"): the bridge and the fleet side connect to the
+     * first that answers and fail over to the next when theirs goes away. `url` is the one-element list.
+     */
+    urls: z.array(z.string().regex(/^mqtts?:\/\/[^/\s]+\/?$/, 'expected an mqtt:// or mqtts:// URL (host:port, no path)')).min(1).max(16).optional(),
     client_id: z.string().min(1).max(64).optional(),
     username: z.string().optional(),
     password: z.string().optional(),
@@ -102,7 +107,17 @@ const mqttSchema = z
      */
     commands: z.boolean().default(false),
   })
-  .refine((m) => !(m.embedded && m.url), { message: 'give either embedded = true or url, not both', path: ['url'] });
+  .refine((m) => !(m.embedded && m.url), { message: 'give either embedded = true or url, not both', path: ['url'] })
+  .refine((m) => !(m.embedded && m.urls), { message: 'give either embedded = true or urls, not both', path: ['urls'] })
+  .refine((m) => !(m.url && m.urls), { message: 'give either url (one broker) or urls (a list), not both', path: ['urls'] })
+  .refine((m) => !m.urls || new Set(m.urls).size === m.urls.length, { message: 'a broker is listed twice', path: ['urls'] });
+
+/** The gateway's broker URLs in order: `mqtt.urls`, or `[mqtt.url]`, or none. */
+export function mqttUrls(m: { url?: string | undefined; urls?: string[] | undefined } | undefined): string[] {
+  if (!m) return [];
+  if (m.urls?.length) return [...m.urls];
+  return m.url ? [m.url] : [];
+}
 
 const linkRole = z.enum(['master', 'listener']);
 

@@ -9,8 +9,8 @@
  * that wave (paused, cancelled, a hand-edited invalid document, or found so when the gateway comes back) is
  * cancelled before it starts (`watchRollouts`, used by job-commands.ts).
  *
- * It uses a connection of its own to the gateway's broker (clean session; the bridge's client stays
- * as it is), opened at the first request.
+ * It uses a connection of its own to the gateway's brokers (clean session; the bridge's client stays
+ * as it is; the same URL list and failover), opened at the first request.
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,7 +19,8 @@ import { assembleImage, sha256Hex } from '../fleet/images.js';
 import { FleetError, checkRolloutDoc, imageTopic, rolloutFilter, rolloutTopic, validRolloutId, type RolloutDoc } from '../fleet/rollout.js';
 
 export interface FleetPlaneOptions {
-  url: string;
+  /** The gateway's brokers (`mqtt.urls`), in order: failover as the bridge's. */
+  urls: string[];
   username?: string;
   password?: string;
   prefix: string;
@@ -27,6 +28,8 @@ export interface FleetPlaneOptions {
   /** Where fetched images are kept (`<state_dir>/fleet-images`); none: fetched every time. */
   cacheDir: string | null;
   maxImageBytes: number;
+  /** How long a rollout document or image that is missing, or a document a wave behind, is read again before refusing (default 3000 ms). */
+  replicationWaitMs?: number;
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
 }
 
@@ -44,7 +47,7 @@ export class GatewayFleetPlane {
 
   private mqtt(): Promise<FleetMqtt> {
     if (!this.conn) {
-      const c: Parameters<typeof FleetMqtt.connect>[0] = { urls: [this.o.url], prefix: this.o.prefix, persistent: false, clientId: `hsx-gateway-${this.o.gatewayId}-fleet-${process.pid}` };
+      const c: Parameters<typeof FleetMqtt.connect>[0] = { urls: this.o.urls, prefix: this.o.prefix, persistent: false, clientId: `hsx-gateway-${this.o.gatewayId}-fleet-${process.pid}` };
       if (this.o.username !== undefined) c.username = this.o.username;
       if (this.o.password !== undefined) c.password = this.o.password;
       this.conn = FleetMqtt.connect(c);
@@ -60,6 +63,31 @@ export class GatewayFleetPlane {
       throw new FleetError('EINVAL', 'bad_rollout', 'rollout must be {"id": a rollout id, "wave": an index ≥ 0}', 'rollout');
     }
     const ref = { id: r['id'] as string, wave: r['wave'] as number };
+    // On a broker cluster a retained document reaches the other nodes a little after the request that
+    // follows it (NATS: through JetStream): a document not there yet, or one wave behind, is read again for a
+    // while before the request is refused. A paused, cancelled or invalid one is refused at once.
+    try {
+      return await this.whileBehind(() => this.checkOnce(ref), (e) => e.reason === 'unknown_rollout' || e.reason === 'stale_wave_behind');
+    } catch (e) {
+      if (e instanceof FleetError && e.reason === 'stale_wave_behind') throw new FleetError('ESTALE', 'stale_wave', e.message, 'rollout');
+      throw e;
+    }
+  }
+
+  /** `fn` again (50 ms, doubling to 1 s) while it fails with a FleetError `behind` accepts, up to `replicationWaitMs`. */
+  private async whileBehind<T>(fn: () => Promise<T>, behind: (e: FleetError) => boolean): Promise<T> {
+    const deadline = Date.now() + (this.o.replicationWaitMs ?? 3_000);
+    for (let wait = 50; ; wait = Math.min(wait * 2, 1_000)) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!(e instanceof FleetError) || !behind(e) || Date.now() + wait > deadline) throw e;
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  private async checkOnce(ref: RolloutRef): Promise<RolloutRef> {
     const topic = rolloutTopic(this.o.prefix, ref.id);
     const got = await (await this.mqtt()).snapshot([topic]);
     const payload = got.get(topic);
@@ -72,7 +100,10 @@ export class GatewayFleetPlane {
       throw new FleetError('ESTALE', 'bad_rollout_doc', `rollout ${ref.id}: the document is not JSON`, 'rollout');
     }
     if (doc.state !== 'running') throw new FleetError('ESTALE', `rollout_${doc.state}`, `rollout ${ref.id} is ${doc.state}; its requests are not run`, 'rollout');
-    if (doc.current_wave !== ref.wave) throw new FleetError('ESTALE', 'stale_wave', `rollout ${ref.id} runs wave ${String(doc.current_wave)}, not ${ref.wave}`, 'rollout');
+    if (doc.current_wave !== ref.wave) {
+      const behind = doc.current_wave !== null && doc.current_wave < ref.wave;
+      throw new FleetError('ESTALE', behind ? 'stale_wave_behind' : 'stale_wave', `rollout ${ref.id} runs wave ${String(doc.current_wave)}, not ${ref.wave}`, 'rollout');
+    }
     if (!doc.waves[ref.wave]!.targets.some((t) => t.gateway === this.o.gatewayId)) {
       throw new FleetError('ESTALE', 'not_in_wave', `wave ${ref.wave} of rollout ${ref.id} has no target on gateway ${this.o.gatewayId}`, 'rollout');
     }
@@ -113,7 +144,11 @@ export class GatewayFleetPlane {
       }
     }
     const filters = [imageTopic(this.o.prefix, sha), `${imageTopic(this.o.prefix, sha)}/+`];
-    const bytes = assembleImage(this.o.prefix, sha, await (await this.mqtt()).snapshot(filters), this.o.maxImageBytes);
+    // Read again while missing (a cluster node may not have the replicated image yet).
+    const bytes = await this.whileBehind(
+      async () => assembleImage(this.o.prefix, sha, await (await this.mqtt()).snapshot(filters), this.o.maxImageBytes),
+      (e) => e.reason === 'no_such_image' || e.reason === 'image_part_missing',
+    );
     this.fetches++;
     this.o.log?.info({ sha256: sha, size: bytes.length }, 'fleet: image fetched from the broker');
     if (file && this.o.cacheDir) {

@@ -46,7 +46,7 @@ import { GatewayMetrics } from './http/metrics.js';
 import { PageServer } from './http/server.js';
 import { watchValuePubs, type PubWatch, type ValuePub } from '../link/can/value-watch.js';
 import { decodeF16 } from '../hxe/index.js';
-import { linkName } from './config.js';
+import { linkName, mqttUrls } from './config.js';
 
 export interface GatewayOverrides {
   controlPort?: number;
@@ -115,7 +115,7 @@ export class Gateway {
   private mqttValues: MqttValueCommands | null = null;
   /** Fleet rollouts' side (docs/fleet.md): with MQTT commands on an external broker. */
   private fleetPlane: GatewayFleetPlane | null = null;
-  private mqttUrlInUse: string | null = null;
+  private mqttUrlInUse: string[] | null = null;
   /** What each master link's last scan found (null until the master links are open). */
   inventory: Inventory | null = null;
   private unwatchJobs: (() => void) | null = null;
@@ -309,7 +309,7 @@ export class Gateway {
     const entries = this.tokenEntries('mqtt');
     if (m?.commands && this.mqttUrlInUse && !this.embeddedBroker) {
       this.fleetPlane = new GatewayFleetPlane({
-        url: this.mqttUrlInUse,
+        urls: this.mqttUrlInUse,
         ...(m.username !== undefined ? { username: m.username } : {}),
         ...(m.password !== undefined ? { password: m.password } : {}),
         prefix: m.topic_prefix ?? 'hsx',
@@ -364,7 +364,7 @@ export class Gateway {
   private async startMqtt(urlOverride?: string): Promise<void> {
     const m = this.config.mqtt;
     if (!m && !urlOverride) return;
-    let url = urlOverride ?? m?.url;
+    let urls = urlOverride ? [urlOverride] : mqttUrls(m);
     let protocolVersion: 4 | 5 = m?.protocol_version ?? 5;
     if (!urlOverride && m?.embedded) {
       // Monitors log in with the control port's tokens (config entries and HSX_GATEWAY_TOKENS).
@@ -387,13 +387,13 @@ export class Gateway {
       } catch (e) {
         this.fail('mqtt', `embedded MQTT broker cannot listen on 127.0.0.1:${m.embedded_port}: ${(e as Error).message}`);
       }
-      url = this.embeddedBroker.url;
+      urls = [this.embeddedBroker.url];
       protocolVersion = 4;
     }
-    if (!url) return;
+    if (urls.length === 0) return;
     const topics = { prefix: m?.topic_prefix ?? 'hsx', gatewayId: this.config.gateway.id };
     const opts: ConstructorParameters<typeof MqttBridge>[0] = {
-      url,
+      urls,
       topics,
       protocolVersion,
       qosTerminal: m?.qos_terminal ?? 1,
@@ -417,7 +417,7 @@ export class Gateway {
     if (m?.key_file) opts.keyFile = m.key_file;
     const bridge = new MqttBridge(opts);
     this.bridge = bridge;
-    this.mqttUrlInUse = url;
+    this.mqttUrlInUse = urls;
     const sub = this.bus.subscribe({
       // The bridge never refuses an event (it buffers on its own), so this depth is only a safety net.
       maxEvents: 2048,
@@ -427,7 +427,7 @@ export class Gateway {
       },
     });
     this.unsubscribeBridge = () => this.bus.unsubscribe(sub.token);
-    this.log.info({ url, topics: allTopics(topics) }, 'mqtt bridge started');
+    this.log.info({ url: urls[0], urls, topics: allTopics(topics) }, 'mqtt bridge started');
     // The broker may be down at start: the bridge buffers and keeps retrying, so don't fail.
     await bridge.waitConnected(3_000).catch((e: Error) => this.log.warn({ err: e.message }, 'mqtt broker not reachable yet; buffering events'));
   }

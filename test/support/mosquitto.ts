@@ -24,6 +24,8 @@ export interface Mosquitto {
   pid: number;
   dir: string;
   stop(): Promise<void>;
+  /** Kills the broker with `signal` (SIGKILL: no goodbye, as a crash) and resolves once it is gone. */
+  kill(signal?: NodeJS.Signals): Promise<void>;
   /** Starts a stopped broker again on the same port (for outage tests). */
   restart(): Promise<void>;
 }
@@ -99,9 +101,16 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
     child.kill('SIGTERM');
     await exited;
   };
+  const kill = async (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    child.kill(signal);
+    await exited;
+  };
   return {
     port,
     url: `mqtt://127.0.0.1:${port}`,
+    kill,
     get pid() {
       return child.pid ?? -1;
     },

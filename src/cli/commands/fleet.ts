@@ -7,7 +7,8 @@
  * document that is invalid), 2 usage (bad options, thresholds out of range), 3 no broker answered.
  */
 import { readFile } from 'node:fs/promises';
-import { basename } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { CLIENT_TOKEN_ENV } from '../../gateway/control/client.js';
 import { DEFAULT_PART_BYTES } from '../../fleet/images.js';
@@ -131,6 +132,14 @@ async function watch(opts: CommonOpts, m: FleetMqtt, id: string): Promise<number
 
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
+function lingerUntilSignal(say: string | null): Promise<void> {
+  if (say) process.stderr.write(`${say}\n`);
+  return new Promise((res) => {
+    process.once('SIGINT', () => res());
+    process.once('SIGTERM', () => res());
+  });
+}
+
 function common(cmd: Command): Command {
   return cmd
     .option('--broker <url>', 'MQTT broker URL, e.g. mqtt://host:1883 (repeatable: tried in order)', collect, [])
@@ -139,8 +148,58 @@ function common(cmd: Command): Command {
     .option('--json', 'JSON lines');
 }
 
+/** The repository root (src/cli/commands or dist/cli/commands: three levels up): the demo's images and configs. */
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
 export function registerFleet(program: Command): void {
   const fleet = program.command('fleet').description('rollouts across gateways over their MQTT broker (docs/fleet.md)');
+
+  fleet
+    .command('demo')
+    .description('a whole fleet on this machine: a broker, N gateway processes with M simulated devices each, v1 everywhere, then a 2-wave rollout of v2')
+    .option('--gateways <n>', 'gateway processes (1..32)', '3')
+    .option('--devices <m>', 'simulated devices per gateway, each on the gateway\'s own virtual CAN bus (1..16)', '4')
+    .option('--broker <url>', 'use this running broker instead of starting one (repeatable: gateways spread round-robin, the fleet client gets all)', collect, [])
+    .option('--prefix <prefix>', 'topic prefix of the demo gateways', 'hsx-demo')
+    .option('--state <dir>', 'where the devices and gateways keep their state between runs', '.fleet-demo-state')
+    .option('--fresh', 'wipe the state directory first')
+    .option('--once', 'exit after the rollout instead of keeping the fleet up until Ctrl-C')
+    .option('--json', 'JSON lines; the last is {"type":"summary",...}')
+    .action(async (opts: { gateways: string; devices: string; broker: string[]; prefix: string; state: string; fresh?: boolean; once?: boolean; json?: boolean }) => {
+      const co: CommonOpts = { broker: opts.broker, prefix: opts.prefix, ...(opts.json ? { json: true } : {}) };
+      const n = Number(opts.gateways);
+      const m = Number(opts.devices);
+      try {
+        if (!/^\d+$/.test(opts.gateways) || n < 1 || n > 32) throw usage(co, `--gateways must be 1..32, got ${opts.gateways}`);
+        if (!/^\d+$/.test(opts.devices) || m < 1 || m > 16) throw usage(co, `--devices must be 1..16, got ${opts.devices}`);
+        for (const b of opts.broker) if (!/^mqtts?:\/\/[^/\s]+\/?$/.test(b)) throw usage(co, `--broker must be an mqtt:// or mqtts:// URL, got ${b}`);
+      } catch (e) {
+        process.exitCode = fail(co, e);
+        return;
+      }
+      const { runFleetDemo } = await import('../../fleet/demo.js');
+      try {
+        const summary = await runFleetDemo({
+          gateways: n,
+          devices: m,
+          brokers: opts.broker,
+          stateDir: opts.state,
+          fresh: !!opts.fresh,
+          prefix: opts.prefix,
+          root: ROOT,
+          cliArgv: [...process.execArgv, process.argv[1]!],
+          say: (o, text) => (opts.json ? line(o) : out(`${text}\n`)),
+          onSummary: (summary) => {
+            if (opts.json) line({ ...summary });
+            else out(`summary: ${summary.succeeded} succeeded, ${summary.failed} failed, ${summary.skipped} skipped, ${summary.timed_out} timed out; ${summary.on_v2}/${summary.devices} devices run v2\n`);
+          },
+          linger: () => (opts.once ? Promise.resolve() : lingerUntilSignal('fleet demo: the fleet is up (Ctrl-C ends it)')),
+        });
+        process.exitCode = summary.ok ? 0 : 1;
+      } catch (e) {
+        process.exitCode = fail(co, e);
+      }
+    });
 
   common(fleet.command('ls'))
     .description('gateways and devices, from the retained status and inventory documents')

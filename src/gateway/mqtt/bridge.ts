@@ -8,7 +8,9 @@
  * there that it did not publish (another client overwrote it; an external broker has no ACL of
  * ours) gets a warning naming the topic and the bridge's own last payload published again, at most
  * once per `reassertIntervalMs` per topic (later ones wait for the interval; the last word is ours).
- * On every (re)connect the bridge publishes all its retained topics again.
+ * On every (re)connect the bridge publishes all its retained topics again. With several broker URLs
+ * (`urls`) a reconnect goes to the next broker when the one in use is gone (failover.ts); the same
+ * re-subscribe and re-publish then fill the new broker in.
  *
  * For the job command plane (job-commands.ts) it also subscribes to command topics (`onCommands`,
  * again on every connect; retained snapshots are never taken for a request), publishes answers
@@ -16,7 +18,8 @@
  * (`publishRetained`, `clearRetained`), all through the same outage buffer.
  */
 import { readFileSync } from 'node:fs';
-import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
+import type { IClientOptions, IClientPublishOptions, MqttClient } from 'mqtt';
+import { FailoverClient } from './failover.js';
 import type { EventEnvelope, EventPhase } from '../../engine/ports.js';
 import { OutageBuffer, type BufferedMessage, type OutageCounters } from './outage-buffer.js';
 import { deviceStateTopic, deviceValueTopic, eventTopic, statusTopic, type TopicRoot } from './topics.js';
@@ -31,7 +34,10 @@ export interface BridgeLogger {
 }
 
 export interface BridgeOptions {
-  url: string;
+  /** One broker (the same as `urls: [url]`). */
+  url?: string;
+  /** Brokers in order: the next one when the broker in use goes away (failover.ts). */
+  urls?: string[];
   topics: TopicRoot;
   clientId?: string;
   username?: string;
@@ -110,6 +116,8 @@ export interface BridgeStats extends OutageCounters {
   refused: number;
   connected: boolean;
   reconnects: number;
+  /** Reconnects that went to another broker of the list. */
+  failovers: number;
   /** Retained messages of ours that someone else overwrote and that were published again. */
   reasserted: number;
 }
@@ -118,6 +126,7 @@ const silentLogger: BridgeLogger = { info() {}, warn() {}, error() {} };
 
 export class MqttBridge {
   private readonly client: MqttClient;
+  private readonly conn: FailoverClient;
   private readonly buffer: OutageBuffer;
   private readonly log: BridgeLogger;
   private published = 0;
@@ -159,17 +168,22 @@ export class MqttBridge {
     if (opts.caFile) clientOpts.ca = readFileSync(opts.caFile);
     if (opts.certFile) clientOpts.cert = readFileSync(opts.certFile);
     if (opts.keyFile) clientOpts.key = readFileSync(opts.keyFile);
-    this.client = mqtt.connect(opts.url, clientOpts);
-    this.client.on('connect', () => this.onConnect());
+    const urls = opts.urls?.length ? opts.urls : opts.url ? [opts.url] : [];
+    this.conn = new FailoverClient(urls, clientOpts);
+    this.client = this.conn.client;
+    this.conn.onConnect(({ url, failedOver }) => {
+      if (failedOver) this.log.warn({ url, failovers: this.conn.failovers }, `mqtt: failed over to ${url}; subscribing and publishing our retained documents again`);
+      this.onConnect();
+    });
     this.client.on('message', (topic, payload, packet) => {
       if (this.onCommand(topic, payload, packet)) return;
       this.onMessage(topic, payload, packet.retain);
     });
     this.client.on('close', () => {
       this.online = false;
-      if (!this.stopping && this.connectedOnce) this.log.warn({ url: opts.url, buffered: this.buffer.size }, 'mqtt broker connection lost; buffering events');
+      if (!this.stopping && this.connectedOnce) this.log.warn({ url: this.conn.url, buffered: this.buffer.size }, 'mqtt broker connection lost; buffering events');
     });
-    this.client.on('error', (e) => this.log.error({ url: opts.url, err: e.message }, 'mqtt error'));
+    this.client.on('error', (e) => this.log.error({ url: this.conn.url, err: e.message }, 'mqtt error'));
   }
 
   /** Resolves once connected (or rejects after `timeoutMs`); the bridge keeps retrying either way. */
@@ -178,7 +192,7 @@ export class MqttBridge {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.client.off('connect', onConnect);
-        reject(new Error(`mqtt: no connection to ${this.opts.url} within ${timeoutMs} ms`));
+        reject(new Error(`mqtt: no connection to ${this.conn.urls.join(' or ')} within ${timeoutMs} ms`));
       }, timeoutMs);
       const onConnect = (): void => {
         clearTimeout(timer);
@@ -307,11 +321,28 @@ export class MqttBridge {
     return [...this.commandHandlers.keys()];
   }
 
-  private subscribeCommands(filters: readonly string[]): void {
+  /**
+   * A refused filter is asked again while connected (1 s, 2 s, 4 s, then every 8 s): a NATS node refuses QoS 1
+   * subscriptions while its JetStream is busy, e.g. for a while after another node of the cluster was lost. After
+   * 30 s of refusals the connection is dropped, so the next connect goes to the next broker of the list.
+   */
+  private subscribeCommands(filters: readonly string[], attempt = 0, since = Date.now()): void {
     if (filters.length === 0) return;
     this.client.subscribe([...filters], { qos: 1 }, (err, granted) => {
       const denied = (granted ?? []).filter((g) => g.qos >= 0x80).map((g) => g.topic);
-      if (err || denied.length) this.log.error({ err: err?.message, denied, filters }, 'mqtt: cannot subscribe to the command topics; MQTT commands will not be received');
+      const again = (denied.length ? denied : err ? [...filters] : []).filter((f) => this.commandHandlers.has(f));
+      if (again.length === 0 || this.stopping) return;
+      if (Date.now() - since > 30_000 && this.conn.servers.length > 1) {
+        this.log.error({ err: err?.message, denied: again, url: this.conn.url }, 'mqtt: the broker keeps refusing the command topics; trying the next broker');
+        this.client.stream?.destroy();
+        return;
+      }
+      const log = attempt === 3 ? 'error' : 'warn';
+      this.log[log]({ err: err?.message, denied: again, attempt: attempt + 1 }, 'mqtt: the broker refused the command topics; asking again (MQTT commands are not received meanwhile)');
+      const timer = setTimeout(() => {
+        if (this.client.connected && !this.stopping) this.subscribeCommands(again, attempt + 1, since);
+      }, 1_000 * 2 ** Math.min(attempt, 3));
+      timer.unref();
     });
   }
 
@@ -466,11 +497,22 @@ export class MqttBridge {
   }
 
   stats(): BridgeStats {
-    return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.online, reconnects: this.reconnects, reasserted: this.reasserted };
+    return { ...this.buffer.counters(), published: this.published, refused: this.refused, connected: this.online, reconnects: this.reconnects, failovers: this.conn.failovers, reasserted: this.reasserted };
   }
 
+  /** The broker in use now (or tried last). */
   get url(): string {
-    return this.opts.url;
+    return this.conn.url;
+  }
+
+  /** Every broker URL, in order. */
+  get urls(): string[] {
+    return this.conn.urls;
+  }
+
+  /** Connections made to another broker than the one before. */
+  get failovers(): number {
+    return this.conn.failovers;
   }
 
   /**
