@@ -487,6 +487,10 @@ export class RolloutController {
       for (const t of mine) t.job_id = a.job.id;
       this.jobs.set(`${gw}/${a.job.id}`, a.job);
       this.applyJob(gw, a.job);
+    } else if (parts[4] === 'rejected' && a.code === 'EIO') {
+      // The gateway could not read the fleet topics (its broker connection was failing over): not the request's
+      // fault; it is sent again at the next resend (resendMs), and times out with the wave if it never gets through.
+      for (const t of mine) if (t.job_id === null && t.state === 'QUEUED') t.error = `${a.code}:${a.reason ?? 'rejected'}`;
     } else if (parts[4] === 'rejected') {
       for (const t of mine) {
         if (t.job_id !== null) continue;

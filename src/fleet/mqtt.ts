@@ -121,7 +121,7 @@ export class FleetMqtt {
    * SUBSCRIBE), and again at every reconnect. A refusal (SUBACK 0x80) is asked again for `patienceMs` before it is an error: a NATS
    * node refuses a QoS 1 subscription while its JetStream is busy (after another node was lost, under load).
    */
-  async subscribe(filters: string[], patienceMs = 5_000): Promise<void> {
+  async subscribe(filters: string[], patienceMs = 30_000): Promise<void> {
     for (const f of filters) this.subs.add(f);
     let left = filters;
     const deadline = Date.now() + patienceMs;
