@@ -9,7 +9,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { IClientOptions, MqttClient } from 'mqtt';
-import { FailoverClient } from '../gateway/mqtt/failover.js';
+import { FailoverClient, endClient } from '../gateway/mqtt/failover.js';
 import { topicMatches } from '../gateway/mqtt/bridge.js';
 import { fleetRoot } from './rollout.js';
 
@@ -198,7 +198,7 @@ export class FleetMqtt {
     await this.client.publishAsync(topic, payload, { qos: 1, retain });
   }
 
-  async close(): Promise<void> {
-    await this.client.endAsync();
+  async close(timeoutMs = 2_000): Promise<void> {
+    await endClient(this.client, timeoutMs);
   }
 }

@@ -19,7 +19,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { IClientOptions, IClientPublishOptions, MqttClient } from 'mqtt';
-import { FailoverClient } from './failover.js';
+import { FailoverClient, bounded, endClient } from './failover.js';
 import type { EventEnvelope, EventPhase } from '../../engine/ports.js';
 import { OutageBuffer, type BufferedMessage, type OutageCounters } from './outage-buffer.js';
 import { deviceStateTopic, deviceValueTopic, eventTopic, statusTopic, type TopicRoot } from './topics.js';
@@ -527,10 +527,6 @@ export class MqttBridge {
     this.reassertTimers.clear();
     const deadline = Date.now() + timeoutMs;
     const left = (): number => Math.max(0, deadline - Date.now());
-    const bounded = (p: Promise<unknown>, ms: number): Promise<unknown> => {
-      let timer: NodeJS.Timeout | undefined;
-      return Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]).finally(() => clearTimeout(timer));
-    };
     const connected = this.client.connected;
     if (connected) {
       if (this.inflight > 0) await bounded(new Promise<void>((r) => this.inflightDrained.push(r)), left() / 2);
@@ -543,8 +539,7 @@ export class MqttBridge {
     }
     const unsent = this.buffer.size + this.inflight;
     // A clean end waits for the broker; a broker that said nothing in time gets a forced one.
-    if (this.client.connected && this.inflight === 0) await bounded(this.client.endAsync(), Math.max(50, left()));
-    if (!this.client.disconnected) await bounded(this.client.endAsync(true), 250);
+    await endClient(this.client, this.client.connected && this.inflight === 0 ? Math.max(50, left()) : 0);
     return { unsent, connected };
   }
 }

@@ -32,6 +32,22 @@ export function parseBrokerUrl(url: string): BrokerServer {
   return { url, protocol, host, port: u.port ? Number(u.port) : protocol === 'mqtts' ? 8883 : 1883 };
 }
 
+/** Waits for `p`, at most `ms` (a timer keeps the process alive meanwhile, so it never exits with a wait unsettled). */
+export function bounded(p: Promise<unknown>, ms: number): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise((r) => (timer = setTimeout(r, ms)))]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Ends an mqtt.js client: a clean end when it is connected and `ms` > 0 (it waits for the broker, at most
+ * `ms`), then a forced one when that did not end it. A clean end to a broker that went away
+ * during a failover can wait for ever, and a CLI awaiting it exited with 13 (a top-level await unsettled).
+ */
+export async function endClient(client: MqttClient, ms: number): Promise<void> {
+  if (client.connected && ms > 0) await bounded(client.endAsync().catch(() => {}), ms);
+  if (!client.disconnected) await bounded(client.endAsync(true).catch(() => {}), 250);
+}
+
 export interface FailoverInfo {
   /** The URL of the broker just connected to. */
   url: string;
